@@ -1,0 +1,169 @@
+"""Every error spacenb raises, in one place.
+
+The tree::
+
+    SpacenbError
+    ├── ProtocolError              a frame or byte layout is malformed (``field`` says where)
+    │   └── InvalidKeyError        an encoded key is invalid (not on the curve, bad suite)
+    ├── IntegrityError             a signature, AEAD tag, share hash or key wrap did not verify
+    ├── AuthenticationError        wrong app key, bad sign-in, username bound to another key
+    ├── PermissionDeniedError      not the owner, not the author, not a member, wrong role
+    ├── ChannelExistsError         the channel name is taken
+    ├── ChannelNotFoundError       no channel (or space) by that name or id
+    ├── InviteError                invite link expired, used up, revoked or unknown
+    ├── KeyUnavailableError        no group key for that epoch (not a member then, not admitted)
+    ├── NotEnoughSharesError       fewer than k good shares of a file could be found
+    ├── ConnectionLostError        the connection to the relay is closed
+    ├── LimitExceededError         a frame, page or payload is larger than the relay allows
+    ├── ServerError                the relay reported an error with no more specific class
+    └── SpacenbTimeoutError        also a builtin ``TimeoutError``
+
+Errors are raised, never returned. The relay sends errors as frames with a ``code``;
+:func:`error_for_code` turns a code back into the matching class, so the same class is
+raised on both sides of the wire.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ChannelExistsError",
+    "ChannelNotFoundError",
+    "ConnectionLostError",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InviteError",
+    "KeyUnavailableError",
+    "LimitExceededError",
+    "NotEnoughSharesError",
+    "PermissionDeniedError",
+    "ProtocolError",
+    "ServerError",
+    "SpacenbError",
+    "SpacenbTimeoutError",
+    "error_for_code",
+]
+
+
+class SpacenbError(Exception):
+    """Root of every spacenb error. ``code`` is the error's name on the wire."""
+
+    code = "error"
+
+
+class ProtocolError(SpacenbError, ValueError):
+    """A frame, field or byte layout is malformed. ``field`` names what was wrong."""
+
+    code = "bad_frame"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class InvalidKeyError(ProtocolError):
+    """An encoded public or private key is not a valid key of a supported suite."""
+
+    code = "bad_key"
+
+
+class IntegrityError(SpacenbError):
+    """Something did not verify: a signature, an AEAD tag, a share hash or a key wrap.
+
+    Like pyca/cryptography's ``InvalidToken``, every authentication failure collapses
+    into this one opaque error, so callers cannot learn *which* check failed.
+    """
+
+    code = "integrity"
+
+
+class AuthenticationError(SpacenbError):
+    """Wrong app key, failed sign-in, or a username already bound to another key."""
+
+    code = "auth_failed"
+
+
+class PermissionDeniedError(SpacenbError, PermissionError):
+    """The caller is not allowed to do this (not the owner, the author or a member)."""
+
+    code = "forbidden"
+
+
+class ChannelExistsError(SpacenbError):
+    """A channel with that name is already registered."""
+
+    code = "channel_exists"
+
+
+class ChannelNotFoundError(SpacenbError, LookupError):
+    """No channel or space is registered under that name or id."""
+
+    code = "not_found"
+
+
+class InviteError(SpacenbError):
+    """The invite link is expired, used up, revoked, for another space, or unknown."""
+
+    code = "invite_invalid"
+
+
+class KeyUnavailableError(SpacenbError):
+    """No group key is held for that epoch (the reader was not a member then)."""
+
+    code = "no_key"
+
+
+class NotEnoughSharesError(SpacenbError):
+    """Fewer than ``k`` shares with a correct hash could be fetched for a segment."""
+
+    code = "not_enough_shares"
+
+
+class ConnectionLostError(SpacenbError, ConnectionError):
+    """The connection to the relay or a shard store is closed or could not be opened."""
+
+    code = "connection_lost"
+
+
+class LimitExceededError(SpacenbError):
+    """A frame, page or payload is larger than the relay allows."""
+
+    code = "too_large"
+
+
+class ServerError(SpacenbError):
+    """The relay reported an error that has no more specific class."""
+
+    code = "server_error"
+
+
+class SpacenbTimeoutError(SpacenbError, TimeoutError):
+    """An operation did not finish in time. Also a builtin ``TimeoutError``."""
+
+    code = "timeout"
+
+
+_BY_CODE: dict[str, type[SpacenbError]] = {
+    cls.code: cls
+    for cls in (
+        ProtocolError,
+        InvalidKeyError,
+        IntegrityError,
+        AuthenticationError,
+        PermissionDeniedError,
+        ChannelExistsError,
+        ChannelNotFoundError,
+        InviteError,
+        KeyUnavailableError,
+        NotEnoughSharesError,
+        ConnectionLostError,
+        LimitExceededError,
+        ServerError,
+        SpacenbTimeoutError,
+    )
+}
+
+
+def error_for_code(code: str, message: str) -> SpacenbError:
+    """Build the exception that matches an error frame's ``code``."""
+    return _BY_CODE.get(code, ServerError)(message)

@@ -1,0 +1,74 @@
+"""Byte and text encodings shared by every part of the protocol.
+
+- base64url without padding for binary fields in JSON frames;
+- the canonical length-prefixed encoding that every signature and KDF label is computed over
+  (PROTOCOL.md, "Canonical encoding");
+- canonical JSON for sealed plaintexts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from typing import Any
+
+from ..exceptions import ProtocolError
+
+__all__ = ["b64d", "b64e", "canonical_json", "lp_encode"]
+
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def b64e(data: bytes) -> str:
+    """Encode bytes as unpadded base64url text."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64d(text: object, *, field: str = "value") -> bytes:
+    """Decode unpadded base64url text; anything else raises :class:`ProtocolError`."""
+    if not isinstance(text, str):
+        raise ProtocolError("expected base64url text", field=field)
+    raw = text.encode("ascii", "replace")
+    if not _B64_ALPHABET.issuperset(raw) or len(raw) % 4 == 1:
+        raise ProtocolError("not unpadded base64url", field=field)
+    try:
+        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - alphabet checked above
+        raise ProtocolError("not unpadded base64url", field=field) from exc
+    if b64e(data) != text:
+        raise ProtocolError("non-canonical base64url", field=field)
+    return data
+
+
+def lp_encode(*fields: bytes | str | int) -> bytes:
+    """The canonical encoding: each field as a 4-byte big-endian length and its bytes.
+
+    ``str`` is UTF-8; ``int`` is an unsigned 64-bit big-endian integer (so 8 bytes).
+    Because every field carries its length, no two different field lists encode alike.
+    """
+    out = bytearray()
+    for value in fields:
+        if isinstance(value, bool):
+            raise TypeError("booleans are not a canonical field type")
+        if isinstance(value, int):
+            if not 0 <= value < 2**64:
+                raise ProtocolError("integer out of range for u64")
+            data = _U64.pack(value)
+        elif isinstance(value, str):
+            data = value.encode("utf-8")
+        else:
+            data = bytes(value)
+        out += _U32.pack(len(data))
+        out += data
+    return bytes(out)
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys, no spaces and UTF-8 text: one byte string per value."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")

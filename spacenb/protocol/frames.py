@@ -1,0 +1,744 @@
+"""Every frame the client and the relay exchange (PROTOCOL.md, "Frames").
+
+Frames are JSON text objects. Four shapes, told apart by ``t``:
+
+- ``{"t": "req", "id": n, "op": ..., <fields>}``   client → relay, a request;
+- ``{"t": "res", "id": n, "result": {<fields>}}``  relay → client, its answer;
+- ``{"t": "err", "id": n|null, "code": ..., "message": ...}``  relay → client, a refusal;
+- ``{"t": "evt", "ev": ..., <fields>}``            relay → client, pushed.
+
+Each request and event is a frozen, slotted dataclass; its fields and their types are the
+schema. One generic codec checks every field against its annotation (type, size, no
+unknown or missing fields) and raises :class:`ProtocolError` naming the field for any
+malformed input. Binary fields travel as unpadded base64url.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+
+from ..exceptions import LimitExceededError, ProtocolError, SpacenbError
+from .encoding import b64d, b64e, lp_encode
+from .envelope import Envelope
+from .wrap import WrappedKey
+
+__all__ = [
+    "EVENTS",
+    "MAX_BYTES_FIELD",
+    "MAX_FRAME_BYTES",
+    "MAX_HISTORY_LIMIT",
+    "REQUESTS",
+    "ErrorFrame",
+    "Event",
+    "Request",
+    "Response",
+    "parse_client_frame",
+    "parse_result",
+    "parse_server_frame",
+]
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 1 << 20  # 1 MiB of JSON text per frame
+MAX_STR = 4096  # characters in any text field
+MAX_BYTES_FIELD = 256 << 10  # 256 KiB in any binary field (decoded)
+MAX_LIST = 10_000  # items in any list field
+MAX_HISTORY_LIMIT = 1000
+MAX_INT = 2**53 - 1  # exactly representable in every JSON implementation
+
+Role = Literal["owner", "editor", "viewer"]
+Policy = Literal["static", "rotate"]
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _decode(tp: Any, value: Any, name: str) -> Any:
+    """Check and convert one JSON value against the annotation ``tp``."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = (a for a in args if a is not type(None))
+        return _decode(inner, value, name)
+    if origin is Literal:
+        if value not in get_args(tp) or not isinstance(value, str):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ProtocolError(f"must be one of {choices}", field=name)
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ProtocolError("expected a list", field=name)
+        if len(value) > MAX_LIST:
+            raise ProtocolError(f"more than {MAX_LIST} items", field=name)
+        inner = get_args(tp)[0]
+        return tuple(_decode(inner, item, f"{name}[{i}]") for i, item in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ProtocolError("expected true or false", field=name)
+        return value
+    if tp is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError("expected an integer", field=name)
+        if not 0 <= value <= MAX_INT:
+            raise ProtocolError("integer out of range", field=name)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ProtocolError("expected a string", field=name)
+        if len(value) > MAX_STR:
+            raise ProtocolError(f"longer than {MAX_STR} characters", field=name)
+        return value
+    if tp is bytes:
+        if isinstance(value, str) and len(value) > MAX_BYTES_FIELD * 4 // 3 + 4:
+            raise ProtocolError(f"longer than {MAX_BYTES_FIELD} bytes", field=name)
+        return b64d(value, field=name)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ProtocolError("expected an object", field=name)
+        return _from_obj(tp, value, prefix=f"{name}.")
+    raise TypeError(f"unsupported frame field type {tp!r}")  # pragma: no cover
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return b64e(bytes(value))
+    if isinstance(value, tuple | list):
+        return [_encode(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _to_obj(value)
+    return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        hints = {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
+        _HINTS[cls] = hints
+    return hints
+
+
+def _from_obj(
+    cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
+) -> Any:
+    hints = _hints(cls)
+    unknown = set(obj) - set(hints) - set(skip)
+    if unknown:
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    kwargs = {}
+    for fname, tp in hints.items():
+        if fname not in obj:
+            fdef = cls.__dataclass_fields__[fname]  # type: ignore[attr-defined]
+            if fdef.default is not dataclasses.MISSING:
+                continue
+            raise ProtocolError("missing", field=prefix + fname)
+        kwargs[fname] = _decode(tp, obj[fname], prefix + fname)
+    try:
+        return cls(**kwargs)
+    except SpacenbError as exc:
+        raise ProtocolError(str(exc), field=prefix.rstrip(".") or None) from None
+
+
+def _to_obj(value: Any) -> dict[str, Any]:
+    return {name: _encode(getattr(value, name)) for name in _hints(type(value))}
+
+
+def _loads(text: str | bytes) -> dict[str, Any]:
+    if isinstance(text, bytes | bytearray):
+        raise ProtocolError("frames are JSON text, not binary", field="frame")
+    if len(text) > MAX_FRAME_BYTES:
+        raise LimitExceededError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("not valid JSON", field="frame") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a frame is a JSON object", field="frame")
+    return obj
+
+
+def _dumps(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------- shared records
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceInfo:
+    """What the relay knows of a space (never any key)."""
+
+    space_id: str
+    owner: str
+    policy: Policy
+    private: bool
+    manual_admit: bool
+    name: str | None
+    epoch: int
+    keeper: str | None
+    created_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    handle: int
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelEntry:
+    name: str
+    space_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEntry:
+    member_id: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class RosterEntry:
+    member_id: str
+    role: Role
+    signing_key: str
+    ecdh_key: str
+    online: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserEntry:
+    username: str
+    signing_key: str
+    ecdh_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkInfo:
+    """An invite link as the owner sees it. ``token`` is present only when minted."""
+
+    link_id: str
+    space_id: str
+    role: Role
+    expires_at_us: int | None
+    max_uses: int | None
+    uses: int
+    revoked: bool
+    created_at_us: int
+    token: str | None = None
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    username: str
+    created: bool
+    keeper: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveResult:
+    space_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelList:
+    channels: tuple[ChannelEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult:
+    space: SpaceInfo
+    role: Role
+    keys: tuple[WrappedKey, ...]
+    pending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeysResult:
+    keys: tuple[WrappedKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EpochResult:
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    peers: tuple[str, ...]
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class HandleResult:
+    handle: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: tuple[StoredMessage, ...]
+    next_cursor: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberList:
+    members: tuple[MemberEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RosterResult:
+    members: tuple[RosterEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkList:
+    links: tuple[LinkInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserKeysResult:
+    users: tuple[UserEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TicketResult:
+    ticket: str
+    stores: tuple[str, ...]
+    shards_needed: int
+    expires_at_us: int
+
+
+# --------------------------------------------------------------------------- requests
+
+REQUESTS: dict[str, type[Request]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Base of every client → relay request. ``id`` pairs it with its answer."""
+
+    OP: ClassVar[str] = ""
+    RESULT: ClassVar[type] = Ok
+    id: int
+
+    def to_json(self) -> str:
+        return _dumps({"t": "req", "op": self.OP, **_to_obj(self)})
+
+
+def _request(op: str, result: type = Ok) -> Any:
+    def wrap(cls: type) -> type:
+        cls.OP = op  # type: ignore[attr-defined]
+        cls.RESULT = result  # type: ignore[attr-defined]
+        made: type[Request] = dataclass(frozen=True, slots=True)(cls)
+        REQUESTS[op] = made
+        return made
+
+    return wrap
+
+
+@_request("auth", AuthResult)
+class Auth(Request):
+    """Sign up (first use of a username) or sign in; proves the identity signing key."""
+
+    app_key: str
+    username: str
+    signing_key: str
+    ecdh_key: str
+    signature: bytes
+
+
+@_request("ping")
+class Ping(Request):
+    pass
+
+
+@_request("create_space", SpaceInfo)
+class CreateSpace(Request):
+    """Create a space (and register ``name`` as a channel when given)."""
+
+    space_id: str
+    policy: Policy
+    private: bool
+    manual_admit: bool
+    name: str | None
+    signature: bytes  # by the space key over create_space_signed_bytes(...)
+    keys: tuple[WrappedKey, ...]
+
+
+@_request("space_info", SpaceInfo)
+class GetSpaceInfo(Request):
+    space_id: str
+
+
+@_request("resolve", ResolveResult)
+class Resolve(Request):
+    name: str
+
+
+@_request("list_channels", ChannelList)
+class ListChannels(Request):
+    pass
+
+
+@_request("join", JoinResult)
+class Join(Request):
+    """Ask to join; ``token`` redeems an invite link."""
+
+    space_id: str
+    token: str | None = None
+
+
+@_request("admit")
+class Admit(Request):
+    """A key-holder admits ``member`` by handing over wrapped group keys."""
+
+    space_id: str
+    member: str
+    keys: tuple[WrappedKey, ...]
+
+
+@_request("rotate", EpochResult)
+class Rotate(Request):
+    space_id: str
+    epoch: int
+    keys: tuple[WrappedKey, ...]
+
+
+@_request("keys", KeysResult)
+class FetchKeys(Request):
+    """Every group key wrapped for the caller in this space."""
+
+    space_id: str
+
+
+@_request("subscribe", SubscribeResult)
+class Subscribe(Request):
+    space_id: str
+
+
+@_request("unsubscribe")
+class Unsubscribe(Request):
+    space_id: str
+
+
+@_request("send", HandleResult)
+class Send(Request):
+    envelope: Envelope
+
+
+@_request("edit", HandleResult)
+class Edit(Request):
+    handle: int
+    envelope: Envelope
+
+
+@_request("delete")
+class Delete(Request):
+    space_id: str
+    handle: int
+
+
+@_request("ephemeral")
+class SendEphemeral(Request):
+    envelope: Envelope
+
+
+@_request("history", HistoryPage)
+class History(Request):
+    space_id: str
+    before: int | None
+    limit: int
+
+
+@_request("members", MemberList)
+class Members(Request):
+    space_id: str
+
+
+@_request("roster", RosterResult)
+class Roster(Request):
+    space_id: str
+
+
+@_request("set_role")
+class SetRole(Request):
+    space_id: str
+    member: str
+    role: Role
+
+
+@_request("invite")
+class Invite(Request):
+    space_id: str
+    username: str
+
+
+@_request("remove_member")
+class RemoveMember(Request):
+    space_id: str
+    member: str
+
+
+@_request("leave")
+class Leave(Request):
+    space_id: str
+
+
+@_request("create_link", LinkInfo)
+class CreateLink(Request):
+    space_id: str
+    expires_in_sec: int | None
+    max_uses: int | None
+    role: Role
+
+
+@_request("list_links", LinkList)
+class ListLinks(Request):
+    space_id: str
+
+
+@_request("revoke_link")
+class RevokeLink(Request):
+    space_id: str
+    token: str
+
+
+@_request("user_keys", UserKeysResult)
+class UserKeys(Request):
+    usernames: tuple[str, ...]
+
+
+@_request("shard_ticket", TicketResult)
+class ShardTicket(Request):
+    space_id: str
+
+
+# --------------------------------------------------------------------------- answers
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful answer; ``result`` is parsed by :func:`parse_result`."""
+
+    id: int
+    result: dict[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(cls, request_id: int, result: Any) -> Response:
+        return cls(request_id, _to_obj(result))
+
+    def to_json(self) -> str:
+        return _dumps({"t": "res", "id": self.id, "result": self.result})
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    """A refusal. ``id`` is None when the request could not even be read."""
+
+    id: int | None
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, request_id: int | None, error: SpacenbError) -> ErrorFrame:
+        return cls(request_id, error.code, str(error))
+
+    def to_json(self) -> str:
+        return _dumps({"t": "err", "id": self.id, "code": self.code, "message": self.message})
+
+
+# --------------------------------------------------------------------------- events
+
+EVENTS: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    EV: ClassVar[str] = ""
+
+    def to_json(self) -> str:
+        return _dumps({"t": "evt", "ev": self.EV, **_to_obj(self)})
+
+
+def _event(ev: str) -> Any:
+    def wrap(cls: type) -> type:
+        cls.EV = ev  # type: ignore[attr-defined]
+        made: type[Event] = dataclass(frozen=True, slots=True)(cls)
+        EVENTS[ev] = made
+        return made
+
+    return wrap
+
+
+@_event("hello")
+class Hello(Event):
+    """First frame on every connection: the challenge to sign."""
+
+    server: str
+    version: int
+    nonce: bytes
+    keeper: str | None
+
+
+@_event("message")
+class MessagePushed(Event):
+    handle: int
+    envelope: Envelope
+
+
+@_event("edited")
+class MessageEdited(Event):
+    handle: int
+    envelope: Envelope
+
+
+@_event("deleted")
+class MessageDeleted(Event):
+    space_id: str
+    handle: int
+
+
+@_event("ephemeral")
+class EphemeralPushed(Event):
+    envelope: Envelope
+
+
+@_event("presence")
+class Presence(Event):
+    space_id: str
+    peers: tuple[str, ...]
+
+
+@_event("join_request")
+class JoinRequested(Event):
+    space_id: str
+    member_id: str
+    signing_key: str
+    ecdh_key: str
+    role: Role
+
+
+@_event("keys")
+class KeysPushed(Event):
+    space_id: str
+    keys: tuple[WrappedKey, ...]
+
+
+@_event("epoch")
+class EpochChanged(Event):
+    space_id: str
+    epoch: int
+
+
+@_event("member")
+class MemberChanged(Event):
+    """A member joined, changed role, or (``role`` None) left or was removed."""
+
+    space_id: str
+    member_id: str
+    role: Role | None
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _frame_id(obj: dict[str, Any]) -> int:
+    rid = obj.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid <= MAX_INT:
+        raise ProtocolError("request id must be a non-negative integer", field="id")
+    return rid
+
+
+def parse_client_frame(text: str | bytes) -> Request:
+    """Parse a client → relay frame. Raises :class:`ProtocolError` (or
+    :class:`LimitExceededError` for an oversize frame); nothing else escapes."""
+    obj = _loads(text)
+    if obj.get("t") != "req":
+        raise ProtocolError("expected a request frame (t = 'req')", field="t")
+    _frame_id(obj)
+    op = obj.get("op")
+    cls = REQUESTS.get(op) if isinstance(op, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown operation {op!r}"[:200], field="op")
+    req: Request = _from_obj(cls, obj, skip=("t", "op"))
+    return req
+
+
+def request_id_of(text: str | bytes) -> int | None:
+    """Best effort: the ``id`` of a frame that failed to parse, to address the error."""
+    try:
+        return _frame_id(_loads(text))
+    except SpacenbError:
+        return None
+
+
+def parse_server_frame(text: str | bytes) -> Response | ErrorFrame | Event:
+    """Parse a relay → client frame; malformed input raises :class:`ProtocolError`."""
+    obj = _loads(text)
+    kind = obj.get("t")
+    if kind == "res":
+        if set(obj) != {"t", "id", "result"} or not isinstance(obj["result"], dict):
+            raise ProtocolError("a response has exactly t, id and an object result", field="result")
+        return Response(_frame_id(obj), obj["result"])
+    if kind == "err":
+        rid = obj.get("id")
+        code, message = obj.get("code"), obj.get("message")
+        if rid is not None:
+            rid = _frame_id(obj)
+        if not isinstance(code, str) or not isinstance(message, str):
+            raise ProtocolError("an error has a string code and message", field="code")
+        return ErrorFrame(rid, code[:64], message[:MAX_STR])
+    if kind == "evt":
+        ev = obj.get("ev")
+        cls = EVENTS.get(ev) if isinstance(ev, str) else None
+        if cls is None:
+            raise ProtocolError("unknown event", field="ev")
+        event: Event = _from_obj(cls, obj, skip=("t", "ev"))
+        return event
+    raise ProtocolError("unknown frame type", field="t")
+
+
+def parse_result(request: type[Request] | Request, result: dict[str, Any]) -> Any:
+    """Parse a response's ``result`` as the result type of ``request``."""
+    parsed = _from_obj(request.RESULT, result, prefix="result.")
+    return parsed
+
+
+def create_space_signed_bytes(
+    space_id: str, owner: str, policy: str, private: bool, manual_admit: bool, name: str | None
+) -> bytes:
+    """What the space key signs when a space is created: proof the creator holds it."""
+    from .encoding import lp_encode
+
+    return lp_encode(
+        "spacenb/v1/create-space", space_id, owner, policy, int(private), int(manual_admit),
+        name or "",
+    )  # fmt: skip
+
+
+def auth_signed_bytes(
+    nonce: bytes, app_key: str, username: str, signing_key: str, ecdh_key: str
+) -> bytes:
+    """What a user's identity key signs to sign up or sign in on one connection."""
+    return lp_encode("spacenb/v1/auth", nonce, app_key, username, signing_key, ecdh_key)

@@ -1,0 +1,47 @@
+"""spacenb's async core: ``await spacenb.aio.serve()``, ``await spacenb.aio.connect(...)``.
+
+Usable from Jupyter's top-level ``await``, from ``asyncio.run`` and from any running loop.
+The synchronous facade (``import spacenb``) is a thin layer over this package.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..events import (
+    EphemeralEvent,
+    JoinRequest,
+    MessageDeletedEvent,
+    PresenceEvent,
+    RejectedEnvelopeEvent,
+    SpaceMessageEvent,
+)
+from .client import AsyncClient, connect
+from .space import AsyncSpace, History
+from .space_api import AsyncSpaceAPI, InviteLink
+
+if TYPE_CHECKING:
+    from ..server.app import RunningServer
+
+__all__ = [
+    "AsyncClient",
+    "AsyncSpace",
+    "AsyncSpaceAPI",
+    "EphemeralEvent",
+    "History",
+    "InviteLink",
+    "JoinRequest",
+    "MessageDeletedEvent",
+    "PresenceEvent",
+    "RejectedEnvelopeEvent",
+    "SpaceMessageEvent",
+    "connect",
+    "serve",
+]
+
+
+async def serve(**kwargs: Any) -> RunningServer:
+    """Start the embedded relay, keeper and shard stores (see ``spacenb.server.app``)."""
+    from ..server.app import start_server
+
+    return await start_server(**kwargs)

@@ -1,0 +1,260 @@
+"""One authenticated websocket to the relay, with request/answer pairing and reconnection.
+
+The connection knows frames, not spaces: it sends requests, matches answers by id, hands
+pushed events to the client, and when the socket drops it reconnects with exponential
+backoff, signs in again and tells the client, which then catches up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from ..exceptions import (
+    AuthenticationError,
+    ConnectionLostError,
+    ProtocolError,
+    SpacenbError,
+    SpacenbTimeoutError,
+    error_for_code,
+)
+from ..protocol import frames
+
+__all__ = ["RelayConnection"]
+
+log = logging.getLogger("spacenb")
+R = TypeVar("R")
+
+AuthFactory = Callable[[frames.Hello, int], frames.Auth]
+
+
+class RelayConnection:
+    """A self-healing connection to one relay.
+
+    ``authenticate(hello, request_id)`` builds the ``auth`` request for a fresh socket;
+    ``on_event(event)`` receives every pushed event, in order; ``on_raw(obj)`` every frame
+    that could not be parsed; ``on_reconnected()`` runs after a lost socket is replaced.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        authenticate: AuthFactory,
+        on_event: Callable[[frames.Event], None],
+        on_reconnected: Callable[[], Awaitable[None]],
+        on_raw: Callable[[str], None] | None = None,
+        *,
+        request_timeout: float = 30.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self.url = url
+        self._authenticate = authenticate
+        self._on_event = on_event
+        self._on_reconnected = on_reconnected
+        self._on_raw = on_raw
+        self.request_timeout = request_timeout
+        self.max_backoff = max_backoff
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], type[frames.Request]]] = {}
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self.hello: frames.Hello | None = None
+        self.auth: frames.AuthResult | None = None
+        self.reconnects = 0
+
+    # ------------------------------------------------------------------ opening
+
+    async def open(self, timeout: float = 15.0) -> None:
+        """Connect and sign in; raise if that fails (no retry on the first attempt)."""
+        try:
+            await asyncio.wait_for(self._open_once(), timeout)
+        except TimeoutError:
+            raise SpacenbTimeoutError(
+                f"could not connect to {self.url} within {timeout} s: is the relay running?"
+            ) from None
+
+    async def _open_once(self) -> None:
+        try:
+            ws = await ws_connect(
+                self.url, max_size=frames.MAX_FRAME_BYTES, open_timeout=10, compression=None
+            )
+        except (OSError, InvalidHandshake, InvalidURI) as exc:
+            raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+        try:
+            hello = frames.parse_server_frame(await ws.recv())
+            if not isinstance(hello, frames.Hello):
+                raise ProtocolError("the relay did not start with hello", field="ev")
+            request_id = next(self._ids)
+            await ws.send(self._authenticate(hello, request_id).to_json())
+            answer = frames.parse_server_frame(await ws.recv())
+            if isinstance(answer, frames.ErrorFrame):
+                raise error_for_code(answer.code, answer.message)
+            if not isinstance(answer, frames.Response) or answer.id != request_id:
+                raise ProtocolError("unexpected answer to auth", field="id")
+            self.auth = frames.parse_result(frames.Auth, answer.result)
+        except ConnectionClosed as exc:
+            await ws.close()
+            reason = exc.rcvd.reason if exc.rcvd else "no reason given"
+            raise AuthenticationError(
+                f"the relay closed the connection during sign-in ({reason})"
+            ) from None
+        except BaseException:
+            await ws.close()
+            raise
+        self.hello = hello
+        self._ws = ws
+        self._connected.set()
+        self._reader = asyncio.create_task(self._read(ws), name="spacenb-reader")
+
+    # ------------------------------------------------------------------ requests
+
+    @property
+    def is_open(self) -> bool:
+        return self._connected.is_set() and not self._closing
+
+    async def request(
+        self, cls: type[frames.Request], *, timeout: float | None = None, **fields: Any
+    ) -> Any:
+        """Send ``cls(**fields)`` and return its parsed result, or raise its error."""
+        timeout = self.request_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not self._connected.is_set():
+            if self._closing:
+                raise ConnectionLostError("the client is closed")
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout)
+            except TimeoutError:
+                raise SpacenbTimeoutError(
+                    f"not connected to {self.url} (reconnecting); gave up after {timeout} s"
+                ) from None
+        ws = self._ws
+        assert ws is not None
+        request_id = next(self._ids)
+        request = cls(id=request_id, **fields)
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[request_id] = (future, cls)
+        try:
+            await ws.send(request.to_json())
+            result = await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+        except ConnectionClosed:
+            raise ConnectionLostError(
+                f"connection to the relay was lost during {cls.OP}; it will reconnect, retry then"
+            ) from None
+        except TimeoutError:
+            raise SpacenbTimeoutError(
+                f"the relay did not answer {cls.OP} within {timeout} s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+        return frames.parse_result(cls, result)
+
+    async def send_nowait(self, cls: type[frames.Request], **fields: Any) -> None:
+        """Fire a request without awaiting its answer (errors are logged)."""
+        task = asyncio.ensure_future(self.request(cls, **fields))
+        task.add_done_callback(_log_failure)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for text in ws:
+                self._dispatch(text)
+        except ConnectionClosed:
+            pass
+        except Exception:  # pragma: no cover - defensive: the reader must not die silently
+            log.exception("spacenb: reader failed")
+        finally:
+            self._connection_lost(ws)
+
+    def _dispatch(self, text: str | bytes) -> None:
+        try:
+            frame = frames.parse_server_frame(text)
+        except SpacenbError as exc:
+            log.warning("spacenb: dropped a malformed frame from the relay: %s", exc)
+            if self._on_raw is not None and isinstance(text, str):
+                self._on_raw(text)
+            return
+        if isinstance(frame, frames.Event):
+            self._on_event(frame)
+            return
+        if frame.id is None:
+            log.warning("spacenb: relay error: %s %s", getattr(frame, "code", ""), frame)
+            return
+        entry = self._pending.get(frame.id)
+        if entry is None or entry[0].done():
+            return
+        future, _cls = entry
+        if isinstance(frame, frames.ErrorFrame):
+            future.set_exception(error_for_code(frame.code, frame.message))
+        else:
+            future.set_result(frame.result)
+
+    def _connection_lost(self, ws: ClientConnection) -> None:
+        if self._ws is not ws:
+            return
+        self._connected.clear()
+        self._ws = None
+        for future, cls in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(
+                    ConnectionLostError(f"connection to the relay was lost during {cls.OP}")
+                )
+        self._pending.clear()
+        if not self._closing:
+            asyncio.get_running_loop().create_task(self._reconnect(), name="spacenb-reconnect")
+
+    async def _reconnect(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            if self._closing:
+                return
+            try:
+                await asyncio.wait_for(self._open_once(), 15)
+            except (SpacenbError, OSError, TimeoutError) as exc:
+                log.info("spacenb: reconnect to %s failed (%s); retrying", self.url, exc)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            self.reconnects += 1
+            try:
+                await self._on_reconnected()
+            except Exception:
+                log.exception("spacenb: catch-up after reconnect failed")
+            return
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """Close for good: no reconnection; pending requests fail."""
+        self._closing = True
+        self._connected.clear()
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for future, _cls in list(self._pending.values()):
+            if not future.done():
+                future.set_exception(ConnectionLostError("the client is closed"))
+        self._pending.clear()
+
+    async def drop(self) -> None:
+        """Close the socket as if the network failed (the connection will reconnect)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+
+def _log_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("spacenb: background request failed: %s", task.exception())

@@ -1,0 +1,141 @@
+"""Channels and spaces: create, list, resolve, join, private channels, get."""
+
+from __future__ import annotations
+
+import pytest
+
+from spacenb.exceptions import (
+    ChannelExistsError,
+    ChannelNotFoundError,
+    KeyUnavailableError,
+    PermissionDeniedError,
+    ProtocolError,
+    SpacenbTimeoutError,
+)
+
+from .conftest import Inbox
+
+
+async def test_create_list_resolve_join(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    general = await alice.space.create_channel("general")
+    assert general.id.startswith("spc.")
+    assert general.keyring is not None and general.keyring.epochs == [0]
+    assert [(c.name, c.space_id) for c in await bob.space.list_channels()] == [
+        ("general", general.id)
+    ]
+    assert await bob.space.resolve_channel("general") == general.id
+    assert await bob.space.resolve_channel("nope") is None
+    joined = await bob.space.join_channel("general")
+    assert joined.id == general.id
+    assert joined.keyring.key(0) == general.keyring.key(0)
+    members = {m.member_id: m.role for m in await alice.space.members(general.id)}
+    assert members["alice"] == "owner" and members["bob"] == "viewer"
+
+
+async def test_channel_name_taken(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await alice.space.create_channel("general")
+    with pytest.raises(ChannelExistsError):
+        await bob.space.create_channel("general")
+
+
+async def test_join_unknown_channel(connect):
+    bob = await connect("bob")
+    with pytest.raises(ChannelNotFoundError):
+        await bob.space.join_channel("nowhere")
+
+
+async def test_bad_policy_is_refused(connect):
+    alice = await connect("alice")
+    with pytest.raises(ProtocolError):
+        await alice.space.create_channel("x", history_policy="sometimes")
+
+
+async def test_join_by_raw_space_id(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    general = await alice.space.create_channel("general")
+    joined = await bob.space.join_channel(general.id)
+    assert joined.keyring.key(0) == general.keyring.key(0)
+
+
+async def test_private_channel_is_hidden_and_gated(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    carol = await connect("carol")
+    secret = await alice.space.create_channel("secret", private=True)
+    assert await bob.space.list_channels() == []
+    with pytest.raises((PermissionDeniedError, ChannelNotFoundError)):
+        await bob.space.join_space(secret.id, timeout=2)
+    await secret.invite("bob")
+    joined = await bob.space.join_space(secret.id)
+    assert joined.keyring.key(0) == secret.keyring.key(0)
+    # A member (not only the owner) may invite to a private channel.
+    await joined.invite("carol")
+    await carol.space.join_space(secret.id)
+
+
+async def test_outsider_cannot_invite(connect):
+    alice = await connect("alice")
+    mallory = await connect("mallory")
+    secret = await alice.space.create_channel("secret", private=True)
+    handle = await mallory.space.get(secret.id)
+    with pytest.raises(PermissionDeniedError):
+        await handle.invite("mallory")
+
+
+async def test_unnamed_space_admitted_by_an_online_member(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    space = await alice.space.create_space()
+    joined = await bob.space.join_space(space.id)
+    assert joined.keyring.key(0) == space.keyring.key(0)
+
+
+async def test_unnamed_space_with_nobody_online_times_out(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    space = await alice.space.create_space()
+    await space.disconnect()
+    await alice.close()
+    with pytest.raises(SpacenbTimeoutError) as info:
+        await bob.space.join_space(space.id, timeout=0.5)
+    assert isinstance(info.value, TimeoutError)
+
+
+async def test_manual_admission(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    room = await alice.space.create_channel("gated", auto_admit=False)
+    requests = Inbox()
+    room.on_join_request(requests)
+
+    async def decide(req):
+        if req.member_id == "bob":
+            await room.admit(req.member_id, req.identity_ecdh_pub)
+
+    room.on_join_request(decide)
+    joined = await bob.space.join_channel("gated", timeout=10)
+    assert joined.keyring.key(0) == room.keyring.key(0)
+    assert requests.items[0].member_id == "bob"
+
+
+async def test_get_returns_a_handle_without_connecting(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    general = await alice.space.create_channel("general")
+    handle = await bob.space.get(general.id)
+    assert handle.id == general.id
+    assert not handle.is_connected()
+    assert handle.keyring is None
+    with pytest.raises(KeyUnavailableError):
+        await handle.send_message("hi")
+
+
+async def test_bad_space_id_is_refused(connect):
+    alice = await connect("alice")
+    with pytest.raises(ProtocolError):
+        await alice.space.join_space("spc.not-a-key")

@@ -1,0 +1,106 @@
+"""Rotation, removal, static vs rotate history."""
+
+from __future__ import annotations
+
+import pytest
+
+from spacenb.exceptions import IntegrityError, KeyUnavailableError, PermissionDeniedError
+from spacenb.protocol.envelope import open_envelope
+
+from .conftest import Inbox, wait_until
+
+
+async def test_static_newcomer_reads_all_history(connect):
+    alice = await connect("alice")
+    a = await alice.space.create_channel("general")
+    await a.send_message("before bob")
+    bob = await connect("bob")
+    b = await bob.space.join_channel("general")
+    page = await b.history()
+    assert [m.message.body for m in page.messages] == ["before bob"]
+    assert page.unreadable == 0
+
+
+async def test_rotate_newcomer_cannot_read_earlier_epochs(connect):
+    alice = await connect("alice")
+    a = await alice.space.create_channel("ops", history_policy="rotate")
+    await a.send_message("epoch 0")
+    assert await a.rotate() == 1
+    await a.send_message("epoch 1")
+    bob = await connect("bob")
+    b = await bob.space.join_channel("ops")
+    assert b.keyring.epochs == [1]
+    page = await b.history()
+    assert [(m.epoch, m.message.body) for m in page.messages] == [(1, "epoch 1")]
+    assert page.unreadable == 1
+    assert [m.message.body for m in (await a.history()).messages] == ["epoch 0", "epoch 1"]
+
+
+async def test_rotation_reaches_online_members(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    a = await alice.space.create_channel("ops", history_policy="rotate")
+    b = await bob.space.join_channel("ops")
+    inbox = Inbox()
+    b.on_message(inbox)
+    epoch = await a.rotate()
+    await a.send_message("new epoch")
+    (ev,) = await inbox.wait(1)
+    assert ev.epoch == epoch and ev.message.body == "new epoch"
+    assert b.keyring.epochs == [0, 1]
+
+
+async def test_static_space_cannot_rotate(connect):
+    alice = await connect("alice")
+    a = await alice.space.create_channel("general")
+    with pytest.raises(Exception, match="rotate"):
+        await a.rotate()
+
+
+async def test_removed_member_cannot_read_later_epochs(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    carol = await connect("carol")
+    a = await alice.space.create_channel("ops", history_policy="rotate")
+    b = await bob.space.join_channel("ops")
+    c = await carol.space.join_channel("ops")
+    await alice.space.remove_member(a.id, "bob")
+    assert a.keyring.current_epoch == 1
+    await wait_until(lambda: c.keyring.has(1))
+    await a.send_message("after bob")
+    assert not b.keyring.has(1)
+    with pytest.raises(PermissionDeniedError):
+        await b.history()
+    # Even given the stored envelope, bob's keys do not open it.
+    page = await a.client.request(
+        __import__("spacenb.protocol.frames", fromlist=["History"]).History,
+        space_id=a.id,
+        before=None,
+        limit=10,
+    )
+    latest = page.items[-1].envelope
+    with pytest.raises(KeyUnavailableError):
+        b.keyring.key(latest.epoch)
+    with pytest.raises(IntegrityError):
+        open_envelope(latest, b.keyring.key(0), alice.identity.public("alice").signing_public_key())
+    assert [m.message.body for m in (await c.history()).messages][-1] == "after bob"
+
+
+async def test_only_owner_removes(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    a = await alice.space.create_channel("ops", history_policy="rotate")
+    await bob.space.join_channel("ops")
+    with pytest.raises(PermissionDeniedError):
+        await bob.space.remove_member(a.id, "alice")
+
+
+async def test_member_leaves(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    a = await alice.space.create_channel("general")
+    b = await bob.space.join_channel("general")
+    await b.leave()
+    assert [m.member_id for m in await alice.space.members(a.id)] == ["alice", "keeper"] or {
+        m.member_id for m in await alice.space.members(a.id)
+    } == {"alice", "keeper"}

@@ -1,3 +1,108 @@
-"""spacenb: end-to-end-encrypted group messaging spaces."""
+"""spacenb: end-to-end-encrypted group messaging spaces, with a notebook face.
+
+Two faces over one core (shared/reference/python-api.md):
+
+- ``spacenb.serve()``, ``spacenb.connect(...)``: the synchronous facade. Every call blocks
+  and returns its result, the same in a script, a Jupyter cell or a worker thread;
+  tabular results are pandas DataFrames; ``space.widget()`` is a live chat view.
+- ``spacenb.aio``: the async core (``await spacenb.aio.connect(...)``).
+
+The facade, ``aio`` and ``widgets`` are imported on first use, so that ``import spacenb``
+stays light for the relay and the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .events import (
+    EphemeralEvent,
+    JoinRequest,
+    MessageDeletedEvent,
+    PresenceEvent,
+    RejectedEnvelopeEvent,
+    SpaceMessageEvent,
+)
+from .exceptions import (
+    AuthenticationError,
+    ChannelExistsError,
+    ChannelNotFoundError,
+    ConnectionLostError,
+    IntegrityError,
+    InvalidKeyError,
+    InviteError,
+    KeyUnavailableError,
+    LimitExceededError,
+    NotEnoughSharesError,
+    PermissionDeniedError,
+    ProtocolError,
+    ServerError,
+    SpacenbError,
+    SpacenbTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from . import aio, widgets
+    from .sync import Client, InviteLink, LocalServer, LoopThreadError, Space, connect, serve
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ChannelExistsError",
+    "ChannelNotFoundError",
+    "Client",
+    "ConnectionLostError",
+    "EphemeralEvent",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InviteError",
+    "InviteLink",
+    "JoinRequest",
+    "KeyUnavailableError",
+    "LimitExceededError",
+    "LocalServer",
+    "LoopThreadError",
+    "MessageDeletedEvent",
+    "NotEnoughSharesError",
+    "PermissionDeniedError",
+    "PresenceEvent",
+    "ProtocolError",
+    "RejectedEnvelopeEvent",
+    "ServerError",
+    "Space",
+    "SpaceMessageEvent",
+    "SpacenbError",
+    "SpacenbTimeoutError",
+    "aio",
+    "connect",
+    "serve",
+    "widgets",
+]
+
+_LAZY = {
+    "Client": "sync",
+    "InviteLink": "sync",
+    "LocalServer": "sync",
+    "LoopThreadError": "sync",
+    "Space": "sync",
+    "connect": "sync",
+    "serve": "sync",
+}
+_SUBMODULES = {"aio", "widgets"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spacenb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

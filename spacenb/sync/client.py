@@ -1,0 +1,243 @@
+"""``spacenb.connect`` and ``Client``: the blocking twins of the async client.
+
+``client.space`` (:class:`SpaceAPI`) mirrors :class:`spacenb.aio.AsyncSpaceAPI` method for
+method; tabular results come back as DataFrames built by :mod:`spacenb.dataframes`.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pandas as pd
+
+from .. import aio
+from ..dataframes import channels_frame, invite_links_frame, members_frame, roster_frame
+from ..display import Displayable, secret
+from ..protocol.keyring import HistoryPolicy
+from .runner import Runner, get_runner
+from .space import Space
+
+if TYPE_CHECKING:
+    from ..widgets import ChannelDirectory
+
+__all__ = ["Client", "InviteLink", "SpaceAPI", "connect"]
+
+T = TypeVar("T")
+
+
+class InviteLink(Displayable, aio.InviteLink):
+    """An invite link (the async core's record) that shows itself without its secret."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, link: aio.InviteLink) -> InviteLink:
+        return cls(*(getattr(link, name) for name in aio.InviteLink.__dataclass_fields__))
+
+    def _repr_fields(self) -> Mapping[str, Any]:
+        return {
+            "space_id": self.space_id,
+            "role": self.role,
+            "token": secret(self.token),
+            "uses": self.uses if self.max_uses is None else f"{self.uses}/{self.max_uses}",
+            "expires_at": self.expires_at,
+            "revoked": self.revoked,
+        }
+
+
+class Client(Displayable):
+    """A signed-in user (make one with :func:`connect`); ``client.space`` does the rest.
+
+    ``timeout`` (seconds, None for no limit beyond the async core's own) bounds every
+    blocking call; past it :class:`SpacenbTimeoutError` is raised and the call cancelled.
+    """
+
+    def __init__(
+        self, inner: aio.AsyncClient, *, runner: Runner, timeout: float | None = None
+    ) -> None:
+        self.aio = inner  # the async twin, for ``await`` from notebooks
+        self.timeout = timeout
+        self._runner = runner
+        self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()
+        self.space = SpaceAPI(self)
+        runner.register(self)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(coro, self.timeout)
+
+    def _space(self, inner: aio.AsyncSpace) -> Space:
+        """The one facade object of ``inner`` (so ``off`` finds what ``on`` registered)."""
+        space = self._spaces.get(inner)
+        if space is None:
+            space = self._spaces[inner] = Space(inner, self)
+        return space
+
+    @property
+    def username(self) -> str:
+        return self.aio.username
+
+    @property
+    def url(self) -> str:
+        return self.aio.url
+
+    @property
+    def fingerprint(self) -> str:
+        """Your identity's fingerprint: compare it out of band to verify a peer."""
+        return self.aio.fingerprint
+
+    def close(self) -> None:
+        """Sign out and close the connection."""
+        self._runner.unregister(self)
+        return self._run(self.aio.close())
+
+    async def _aclose(self) -> None:
+        await self.aio.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _repr_fields(self) -> Mapping[str, Any]:
+        return {"username": self.username, "url": self.url, "fingerprint": self.fingerprint}
+
+
+class SpaceAPI:
+    """``client.space``: channels, spaces, invite links, members and roles (blocking)."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.aio = client.aio.space
+        self._run = client._run
+
+    def _open(self, coro: Coroutine[Any, Any, aio.AsyncSpace]) -> Space:
+        return self.client._space(self._run(coro))
+
+    # ------------------------------------------------------------------ spaces
+
+    def create_channel(
+        self,
+        name: str,
+        *,
+        history_policy: HistoryPolicy = "static",
+        private: bool = False,
+        auto_admit: bool = True,
+    ) -> Space:
+        """Create a named channel. Raises ChannelExistsError if the name is taken."""
+        return self._open(
+            self.aio.create_channel(
+                name, history_policy=history_policy, private=private, auto_admit=auto_admit
+            )
+        )
+
+    def join_channel(self, name: str, *, timeout: float = 15.0, auto_admit: bool = True) -> Space:
+        """Join a channel by name. Raises ChannelNotFoundError, SpacenbTimeoutError."""
+        return self._open(self.aio.join_channel(name, timeout=timeout, auto_admit=auto_admit))
+
+    def create_space(
+        self, *, history_policy: HistoryPolicy = "static", auto_admit: bool = True
+    ) -> Space:
+        """Create an unnamed space."""
+        return self._open(
+            self.aio.create_space(history_policy=history_policy, auto_admit=auto_admit)
+        )
+
+    def join_space(self, space_id: str, *, timeout: float = 15.0, auto_admit: bool = True) -> Space:
+        """Join a space by id and wait up to ``timeout`` s for its key."""
+        return self._open(self.aio.join_space(space_id, timeout=timeout, auto_admit=auto_admit))
+
+    def join_by_invite(self, space_id: str, token: str, *, timeout: float = 15.0) -> Space:
+        """Redeem an invite link. Raises InviteError if it is not valid."""
+        return self._open(self.aio.join_by_invite(space_id, token, timeout=timeout))
+
+    def get(self, space_id: str, history_policy: HistoryPolicy | None = None) -> Space:
+        """A handle on a space without connecting."""
+        return self._open(self.aio.get(space_id, history_policy))
+
+    # ------------------------------------------------------------------ directory
+
+    def list_channels(self) -> pd.DataFrame:
+        """Public channels: DataFrame with ``name``, ``space_id``."""
+        return channels_frame(self._run(self.aio.list_channels()))
+
+    def resolve_channel(self, name: str) -> str | None:
+        """The space id of channel ``name``, or None."""
+        return self._run(self.aio.resolve_channel(name))
+
+    # ------------------------------------------------------------------ invite links
+
+    def create_invite_link(
+        self,
+        space_id: str,
+        *,
+        expires_in_sec: int | None = None,
+        max_uses: int | None = None,
+        role: str = "viewer",
+    ) -> InviteLink:
+        """Mint an invite link (owner only); keep ``.token``, it is shown only now."""
+        return InviteLink.of(
+            self._run(
+                self.aio.create_invite_link(
+                    space_id, expires_in_sec=expires_in_sec, max_uses=max_uses, role=role
+                )
+            )
+        )
+
+    def list_invite_links(self, space_id: str) -> pd.DataFrame:
+        """The space's invite links (owner only), without tokens, as a DataFrame."""
+        return invite_links_frame(self._run(self.aio.list_invite_links(space_id)))
+
+    def revoke_invite_link(self, space_id: str, token: str) -> None:
+        """Revoke a link (owner only)."""
+        return self._run(self.aio.revoke_invite_link(space_id, token))
+
+    # ------------------------------------------------------------------ members
+
+    def members(self, space_id: str) -> pd.DataFrame:
+        """DataFrame with ``member_id``, ``role``."""
+        return members_frame(self._run(self.aio.members(space_id)))
+
+    def roster(self, space_id: str) -> pd.DataFrame:
+        """Members with their published keys and whether they are online."""
+        return roster_frame(self._run(self.aio.roster(space_id)))
+
+    def set_member_role(self, space_id: str, username: str, role: str) -> None:
+        """Make ``username`` an ``editor`` or a ``viewer`` (owner only)."""
+        return self._run(self.aio.set_member_role(space_id, username, role))
+
+    def remove_member(self, space_id: str, username: str) -> None:
+        """Remove ``username`` from the space (owner only)."""
+        return self._run(self.aio.remove_member(space_id, username))
+
+    # ------------------------------------------------------------------ notebook
+
+    def widget(self) -> ChannelDirectory:
+        """The channel directory: list, create and join channels, then chat."""
+        from ..widgets import ChannelDirectory
+
+        return ChannelDirectory(self)
+
+
+def connect(
+    url: str,
+    *,
+    app_key: str,
+    username: str,
+    keystore: str | os.PathLike[str] | None = None,
+    timeout: float | None = None,
+) -> Client:
+    """Sign up (first use of ``username``) or sign in, and return a :class:`Client`.
+
+    ``keystore`` is a directory for your keys (default under ``SPACENB_HOME`` or your
+    home), or ``":memory:"``. Raises AuthenticationError (wrong app key, username taken by
+    another key), ConnectionLostError (relay unreachable), SpacenbTimeoutError.
+    """
+    runner = get_runner()
+    inner = runner.run(
+        aio.connect(url, app_key=app_key, username=username, keystore=keystore), timeout
+    )
+    return Client(inner, runner=runner, timeout=timeout)

@@ -1,0 +1,199 @@
+"""The engine of the sync facade: one private asyncio loop in one daemon thread.
+
+Modelled on jupyter_core's ``_TaskRunner``: the loop is started lazily, shared by every
+server, client and widget of the process, and fed with
+:func:`asyncio.run_coroutine_threadsafe`. A blocking call works the same from a plain
+script, from a thread whose own loop is running (a Jupyter kernel, ``asyncio.run``), from
+worker threads and under ``nest_asyncio``, because it never touches the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from ..exceptions import SpacenbTimeoutError
+
+__all__ = ["LoopThreadError", "Runner", "get_runner"]
+
+T = TypeVar("T")
+
+SHUTDOWN_TIMEOUT = 5.0  # seconds the whole exit-time cleanup may take
+
+
+class LoopThreadError(RuntimeError):
+    """A blocking spacenb call was made on spacenb's own loop thread (it would deadlock).
+
+    This happens when an ``async def`` handler, or code called from one, uses the sync
+    facade. Use the ``spacenb.aio`` object instead (``await space.send_message(...)``), or
+    register a plain function: facade handlers run on a separate callback thread.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a blocking spacenb call on spacenb's own event-loop thread would deadlock: "
+            "in an async handler, await the spacenb.aio object instead"
+        )
+
+
+class Closeable(Protocol):
+    """Something the runner closes, on its loop, when the interpreter exits."""
+
+    async def _aclose(self) -> None: ...
+
+
+class Runner:
+    """A private event loop in a daemon thread, started on first use."""
+
+    def __init__(self, name: str = "spacenb-loop") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closeables: weakref.WeakSet[Closeable] = weakref.WeakSet()
+
+    # ------------------------------------------------------------------ the loop
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The private loop, started (with its thread) on first access."""
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(
+                    target=self._run_forever, args=(loop, ready), name=self._name, daemon=True
+                )
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    @staticmethod
+    def _run_forever(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def in_loop_thread(self) -> bool:
+        """True when called on the runner's own thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    # ------------------------------------------------------------------ calls
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop and return a thread-safe future (non-blocking)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block until it is done; return its result.
+
+        Its exception is re-raised as is (traceback included). Raises
+        :class:`SpacenbTimeoutError` after ``timeout`` seconds (the coroutine is cancelled),
+        :class:`LoopThreadError` when called on the loop thread itself. An interrupt
+        (KeyboardInterrupt) while waiting cancels the coroutine too.
+        """
+        if self.in_loop_thread():
+            coro.close()
+            raise LoopThreadError()
+        future = self.submit(coro)
+        try:
+            done, _ = concurrent.futures.wait([future], timeout=timeout)
+        except BaseException:
+            future.cancel()
+            raise
+        if not done:
+            future.cancel()
+            raise SpacenbTimeoutError(f"no result after {timeout} s (the operation was cancelled)")
+        return future.result()
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the plain function ``fn(*args)`` on the loop thread and return its result.
+
+        For touching loop-owned state (handler lists) from another thread. On the loop
+        thread itself it simply calls ``fn``.
+        """
+        if self.in_loop_thread():
+            return fn(*args)
+
+        async def call() -> T:
+            return fn(*args)
+
+        return self.run(call())
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Schedule ``fn(*args)`` on the loop thread without waiting (thread-safe)."""
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def register(self, obj: Closeable) -> None:
+        """Close ``obj`` (``await obj._aclose()``) when the runner shuts down.
+
+        Held weakly: an object that is garbage-collected first is simply forgotten.
+        """
+        self._closeables.add(obj)
+
+    def unregister(self, obj: Closeable) -> None:
+        self._closeables.discard(obj)
+
+    def close(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Close registered objects, cancel what still runs, stop the loop, join the thread.
+
+        Bounded by ``timeout`` seconds in total; never raises. Safe to call twice. The
+        runner starts a fresh loop if it is used again afterwards.
+        """
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None or loop.is_closed():
+            return
+        closeables = list(self._closeables)
+        self._closeables = weakref.WeakSet()
+        if threading.current_thread() is thread:  # pragma: no cover - exit from a handler
+            loop.stop()
+            return
+        future = asyncio.run_coroutine_threadsafe(_shutdown(closeables, timeout * 0.8), loop)
+        with contextlib.suppress(BaseException):  # shutdown must never raise
+            future.result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout * 0.2)
+
+
+async def _shutdown(closeables: list[Closeable], timeout: float) -> None:
+    """Close every object concurrently, then cancel and reap the loop's other tasks."""
+    if closeables:
+        await asyncio.wait(
+            [asyncio.ensure_future(_quietly(obj._aclose())) for obj in closeables],
+            timeout=timeout / 2,
+        )
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout / 2)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+async def _quietly(awaitable: Awaitable[object]) -> None:
+    with contextlib.suppress(Exception):  # best effort at exit
+        await awaitable
+
+
+_runner = Runner()
+atexit.register(_runner.close)
+
+
+def get_runner() -> Runner:
+    """The process-wide runner shared by the whole sync facade and the widgets."""
+    return _runner

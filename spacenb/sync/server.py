@@ -1,0 +1,82 @@
+"""``spacenb.serve`` and ``LocalServer``: the embedded relay, run from blocking code."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .. import aio
+from ..display import Displayable, secret
+from .runner import Runner, get_runner
+
+if TYPE_CHECKING:
+    from ..server.app import RunningServer
+
+__all__ = ["LocalServer", "serve"]
+
+
+class LocalServer(Displayable):
+    """A relay, keeper and shard stores running on the facade's loop in this process.
+
+    Stop it with :meth:`stop` or use it as a context manager; it is also stopped when the
+    interpreter exits.
+    """
+
+    def __init__(self, inner: RunningServer, *, runner: Runner) -> None:
+        self.aio = inner
+        self._runner = runner
+        runner.register(self)
+
+    @property
+    def url(self) -> str:
+        """The websocket URL clients connect to."""
+        return self.aio.url
+
+    @property
+    def app_key(self) -> str:
+        """The key every client must present (``connect(url, app_key=...)``)."""
+        return self.aio.app_key
+
+    @property
+    def data_dir(self) -> Any:
+        """Where the relay keeps its database and shards."""
+        return self.aio.data_dir
+
+    def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        self._runner.unregister(self)
+        return self._runner.run(self.aio.stop())
+
+    async def _aclose(self) -> None:
+        await self.aio.stop()
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _repr_fields(self) -> Mapping[str, Any]:
+        return {"url": self.url, "app_key": secret(self.app_key), "data_dir": self.data_dir}
+
+
+def serve(
+    data_dir: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shards: int = 5,
+    shards_needed: int = 3,
+) -> LocalServer:
+    """Start an embedded relay (+ keeper, SQLite, local shard stores) and return it.
+
+    ``port=0`` picks a free port; ``data_dir=None`` uses a temporary directory (with it
+    set, data persists across restarts). Raises OSError when the port is taken.
+    """
+    runner = get_runner()
+    inner = runner.run(
+        aio.serve(
+            data_dir=data_dir, host=host, port=port, shards=shards, shards_needed=shards_needed
+        )
+    )
+    return LocalServer(inner, runner=runner)

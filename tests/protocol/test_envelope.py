@@ -1,0 +1,262 @@
+"""spacenb.protocol.envelope: seal once for the group, sign, verify, open."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spacenb.clock import FixedClock
+from spacenb.exceptions import IntegrityError, ProtocolError
+from spacenb.protocol import crypto
+from spacenb.protocol.encoding import lp_encode
+from spacenb.protocol.envelope import (
+    Envelope,
+    Message,
+    envelope_aad,
+    open_envelope,
+    seal_envelope,
+    verify_envelope,
+)
+from spacenb.protocol.keyring import Keyring
+from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
+
+ALICE = IdentityKeys.from_seed(b"alice")
+MALLORY = IdentityKeys.from_seed(b"mallory")
+ALICE_PUB = ALICE.public("alice").signing_public_key()
+SPACE = SpaceKeyPair.from_seed(b"space").space_id
+RING = Keyring(SPACE, "rotate", {0: bytes(32), 1: bytes([1]) * 32})
+
+
+def seal(body: Any = "hi", **overrides: Any) -> tuple[Envelope, Message]:
+    options: dict[str, Any] = {
+        "source": "alice",
+        "target": SPACE,
+        "subject": "default",
+        "epoch": 1,
+        "content_type": "text/plain",
+        "body": body,
+        "clock": FixedClock(1_767_225_600_123_456),
+    }
+    options.update(overrides)
+    return seal_envelope(ALICE, RING.key(options["epoch"]), **options)
+
+
+def test_seal_and_open() -> None:
+    env, message = seal({"text": "hello"})
+    assert env.kind == "msg" and env.source == "alice" and env.target == SPACE
+    assert env.subject == "default" and env.epoch == 1 and env.content_type == "text/plain"
+    assert len(env.iv) == 12 and len(env.signature) == 64
+    assert message.sent_at_ms == 1_767_225_600_123  # milliseconds from the clock
+    assert re.fullmatch(r"[0-9a-f]{32}", message.id)
+    assert open_envelope(env, RING.key(1), ALICE_PUB) == message
+    assert open_envelope(env, RING.key(1), ALICE_PUB).body == {"text": "hello"}
+
+
+def test_signed_bytes_and_aad_follow_the_protocol() -> None:
+    env, _ = seal()
+    assert env.signed_bytes() == lp_encode(
+        "spacenb/v1/envelope/msg",
+        "alice",
+        SPACE,
+        "default",
+        1,
+        "text/plain",
+        env.iv,
+        env.ciphertext,
+    )
+    assert envelope_aad("msg", "alice", SPACE, "default", 1, "text/plain") == lp_encode(
+        "spacenb/v1/aad/msg", SPACE, 1, "default", "text/plain", "alice"
+    )
+
+
+def test_plaintext_is_canonical_json() -> None:
+    env, message = seal({"b": 1, "a": "é"}, message_id="ab" * 16)
+    aad = envelope_aad("msg", "alice", SPACE, "default", 1, "text/plain")
+    plaintext = crypto.aead_open(RING.key(1), env.iv, env.ciphertext, aad)
+    assert (
+        plaintext
+        == ('{"body":{"a":"é","b":1},"id":"' + "ab" * 16 + '","ts":1767225600123}').encode()
+    )
+    assert plaintext == message.to_bytes()
+    assert len(env.ciphertext) == len(plaintext) + 16
+
+
+def test_every_seal_is_fresh() -> None:
+    (a, ma), (b, mb) = seal("same"), seal("same")
+    assert ma.id != mb.id
+    assert a.iv != b.iv
+    assert a.ciphertext != b.ciphertext
+
+
+def test_missing_content_type_is_empty_text() -> None:
+    env, _ = seal(content_type=None)
+    assert env.content_type == ""
+    open_envelope(env, RING.key(1), ALICE_PUB)
+
+
+def test_ephemeral_kind_is_separated_from_messages() -> None:
+    env, message = seal(kind="eph", subject="typing")
+    assert env.kind == "eph"
+    assert open_envelope(env, RING.key(1), ALICE_PUB) == message
+    as_message = dataclasses.replace(env, kind="msg")
+    with pytest.raises(IntegrityError):
+        open_envelope(as_message, RING.key(1), ALICE_PUB)
+    resigned = dataclasses.replace(as_message, signature=ALICE.sign(as_message.signed_bytes()))
+    with pytest.raises(IntegrityError):  # the AAD label differs too
+        open_envelope(resigned, RING.key(1), ALICE_PUB)
+
+
+def test_open_with_the_wrong_key_fails() -> None:
+    env, _ = seal()
+    with pytest.raises(IntegrityError):
+        open_envelope(env, bytes([7]) * 32, ALICE_PUB)
+
+
+def test_open_with_another_epochs_key_fails() -> None:
+    env, _ = seal(epoch=1)
+    with pytest.raises(IntegrityError):
+        open_envelope(env, RING.key(0), ALICE_PUB)
+
+
+def test_relabelled_epoch_fails() -> None:
+    env, _ = seal(epoch=0)
+    relabelled = dataclasses.replace(env, epoch=1)
+    with pytest.raises(IntegrityError):
+        open_envelope(relabelled, RING.key(0), ALICE_PUB)
+    with pytest.raises(IntegrityError):
+        open_envelope(relabelled, RING.key(1), ALICE_PUB)
+
+
+def test_wrong_signer_fails() -> None:
+    env, _ = seal()
+    with pytest.raises(IntegrityError):
+        verify_envelope(env, MALLORY.public("mallory").signing_public_key())
+    with pytest.raises(IntegrityError):
+        open_envelope(env, RING.key(1), MALLORY.public("mallory").signing_public_key())
+
+
+def test_forgery_claiming_another_source_fails() -> None:
+    """Mallory holds the group key but cannot sign as Alice."""
+    forged, _ = seal_envelope(
+        MALLORY,
+        RING.key(1),
+        source="alice",
+        target=SPACE,
+        subject="default",
+        epoch=1,
+        content_type=None,
+        body="I am alice",
+    )
+    with pytest.raises(IntegrityError):
+        open_envelope(forged, RING.key(1), ALICE_PUB)
+
+
+def test_unsigned_envelope_fails() -> None:
+    env, _ = seal()
+    with pytest.raises(IntegrityError):
+        open_envelope(dataclasses.replace(env, signature=b""), RING.key(1), ALICE_PUB)
+
+
+def test_envelope_repr_hides_signature() -> None:
+    env, _ = seal()
+    assert env.signature.hex() not in repr(env)
+    assert repr(env.signature) not in repr(env)
+
+
+@pytest.mark.parametrize("subject", ["", None, 3])
+def test_subject_is_required(subject: object) -> None:
+    with pytest.raises(ProtocolError):
+        seal(subject=subject)
+
+
+@pytest.mark.parametrize(
+    "body", [math.nan, {1, 2}, b"bytes", object(), {"x": math.inf}, {1: "a", "b": 2}]
+)
+def test_body_must_be_json(body: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        seal(body)
+    assert info.value.field == "payload"
+
+
+json_bodies = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=15,
+)
+
+
+@given(json_bodies)
+def test_any_json_body_round_trips(body: Any) -> None:
+    env, message = seal(body)
+    assert open_envelope(env, RING.key(1), ALICE_PUB).body == message.body == body
+
+
+# --------------------------------------------------------------------------- plaintexts
+
+
+def _seal_raw(plaintext: bytes) -> Envelope:
+    """An envelope from a member whose client seals arbitrary bytes (a hostile member)."""
+    iv = bytes(12)
+    aad = envelope_aad("msg", "alice", SPACE, "default", 1, "")
+    unsigned = Envelope(
+        "msg",
+        "alice",
+        SPACE,
+        "default",
+        1,
+        "",
+        iv,
+        crypto.aead_seal(RING.key(1), iv, plaintext, aad),
+    )
+    return dataclasses.replace(unsigned, signature=ALICE.sign(unsigned.signed_bytes()))
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [
+        b"",
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"body": 1, "id": "x"}',
+        b'{"body": 1, "id": "x", "ts": 1, "extra": 0}',
+        b'{"body": 1, "id": 5, "ts": 1}',
+        b'{"body": 1, "id": "x", "ts": "1"}',
+        b"[" * 100_000,
+        b'{"body":' + b"[" * 100_000 + b"]" * 100_000 + b',"id":"x","ts":1}',
+    ],
+    ids=[
+        "empty",
+        "text",
+        "not utf-8",
+        "list",
+        "missing ts",
+        "extra field",
+        "id not text",
+        "ts not int",
+        "deep nesting",
+        "deep body",
+    ],
+)
+def test_malformed_plaintext_is_an_integrity_error(plaintext: bytes) -> None:
+    with pytest.raises(IntegrityError):
+        open_envelope(_seal_raw(plaintext), RING.key(1), ALICE_PUB)
+
+
+def test_message_bytes_round_trip() -> None:
+    message = Message("ab" * 16, 5, {"k": [1, None]})
+    assert Message.from_bytes(message.to_bytes()) == message
+    with pytest.raises(ProtocolError):
+        Message.from_bytes(b"[" * 100_000)

@@ -46,7 +46,7 @@ class Message:
     def from_bytes(cls, data: bytes) -> Message:
         try:
             obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError("sealed plaintext is not JSON", field="message") from exc
         if not isinstance(obj, dict) or set(obj) != {"body", "id", "ts"}:
             raise ProtocolError("sealed plaintext must have body, id, ts", field="message")

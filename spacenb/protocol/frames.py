@@ -101,7 +101,10 @@ def _decode(tp: Any, value: Any, name: str) -> Any:
     if tp is bytes:
         if isinstance(value, str) and len(value) > MAX_BYTES_FIELD * 4 // 3 + 4:
             raise ProtocolError(f"longer than {MAX_BYTES_FIELD} bytes", field=name)
-        return b64d(value, field=name)
+        data = b64d(value, field=name)
+        if len(data) > MAX_BYTES_FIELD:
+            raise ProtocolError(f"longer than {MAX_BYTES_FIELD} bytes", field=name)
+        return data
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ProtocolError("expected an object", field=name)
@@ -141,8 +144,10 @@ def _from_obj(
     kwargs = {}
     for fname, tp in hints.items():
         if fname not in obj:
+            # Only nullable fields (``join``'s token) may be left out; a default such as a
+            # signature's b"" exists for building frames, not for reading them.
             fdef = cls.__dataclass_fields__[fname]  # type: ignore[attr-defined]
-            if fdef.default is not dataclasses.MISSING:
+            if fdef.default is None:
                 continue
             raise ProtocolError("missing", field=prefix + fname)
         kwargs[fname] = _decode(tp, obj[fname], prefix + fname)
@@ -159,7 +164,8 @@ def _to_obj(value: Any) -> dict[str, Any]:
 def _loads(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes | bytearray):
         raise ProtocolError("frames are JSON text, not binary", field="frame")
-    if len(text) > MAX_FRAME_BYTES:
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
         raise LimitExceededError(f"frame larger than {MAX_FRAME_BYTES} bytes")
     try:
         obj = json.loads(text)

@@ -1,0 +1,23 @@
+"""The relay server: storage, the relay, the keeper, and their wiring.
+
+Start one with :func:`start_server` (or ``spacenb serve`` from a shell). The relay routes
+and stores sealed envelopes and wrapped keys; it never sees a body or a group key.
+"""
+
+from __future__ import annotations
+
+from .app import RunningServer, start_server
+from .keeper import KEEPER_USERNAME, Keeper
+from .relay import Relay
+from .sqlite import SQLiteStorage
+from .storage import Storage
+
+__all__ = [
+    "KEEPER_USERNAME",
+    "Keeper",
+    "Relay",
+    "RunningServer",
+    "SQLiteStorage",
+    "Storage",
+    "start_server",
+]

@@ -1,0 +1,266 @@
+"""Wiring a whole server in one process: relay, keeper, SQLite, shard stores.
+
+:func:`start_server` is what ``spacenb serve``, ``spacenb.aio.serve`` and the tests call.
+A data directory holds everything that must survive a restart::
+
+    spacenb.sqlite3   users, spaces, memberships, links, wrapped keys, sealed messages
+    app.json          the app key (0600)
+    keeper.key        the keeper's identity keys (0600)
+    relay.key         the key that signs shard tickets (0600)
+    shards/NNN/       one directory per local shard store
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from websockets.asyncio.server import Server, serve
+
+from ..clock import Clock, SystemClock
+from ..exceptions import ServerError, SpacenbError
+from ..protocol.frames import UserEntry
+from ..protocol.keys import IdentityKeys
+from .keeper import KEEPER_USERNAME, Keeper
+from .relay import WS_MAX_SIZE, LocalMember, Relay
+from .sqlite import SQLiteStorage
+
+__all__ = ["RunningServer", "check_shard_counts", "load_or_create_identity", "start_server"]
+
+log = logging.getLogger("spacenb.server")
+
+APP_FILE = "app.json"
+KEEPER_KEY_FILE = "keeper.key"
+RELAY_KEY_FILE = "relay.key"
+SHARDS_DIR = "shards"
+MAX_SHARDS = 255
+
+
+def check_shard_counts(shards: int, shards_needed: int) -> None:
+    """Refuse shard counts other than ``shards == 0`` (no shard stores) or
+    ``1 <= shards_needed <= shards <= 255``; raises ``ValueError``."""
+    if shards == 0:
+        return
+    if not 1 <= shards_needed <= shards <= MAX_SHARDS:
+        raise ValueError(
+            f"need 1 <= shards_needed <= shards <= {MAX_SHARDS} (or shards=0 for none); "
+            f"got shards={shards}, shards_needed={shards_needed}"
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Create ``path`` readable by its owner only; fails if it already exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def load_or_create_identity(path: Path) -> IdentityKeys:
+    """The identity keys stored at ``path`` (``IdentityKeys.to_text()``), made on first
+    use with mode 0600. Raises :class:`ServerError` if the file is unreadable."""
+    if not path.exists():
+        _write_private(path, IdentityKeys.generate().to_text() + "\n")
+    try:
+        return IdentityKeys.from_text(path.read_text(encoding="utf-8").strip())
+    except SpacenbError as exc:
+        raise ServerError(f"{path} does not hold identity keys: {exc}") from None
+
+
+def _load_or_create_app_key(data_dir: Path) -> str:
+    path = data_dir / APP_FILE
+    if not path.exists():
+        _write_private(path, json.dumps({"app_key": secrets.token_urlsafe(24)}) + "\n")
+    try:
+        app_key = json.loads(path.read_text(encoding="utf-8"))["app_key"]
+    except (ValueError, KeyError, TypeError):
+        raise ServerError(f"{path} does not hold an app key") from None
+    if not isinstance(app_key, str) or not app_key:
+        raise ServerError(f"{path} does not hold an app key")
+    return app_key
+
+
+def _ws_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
+
+
+class RunningServer:
+    """A relay, its keeper and its shard stores, serving until :meth:`stop`.
+
+    ``url`` and ``app_key`` are what a client needs; ``data_dir`` is where everything is
+    kept (a temporary directory, removed on stop, when none was given).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        app_key: str,
+        data_dir: Path,
+        relay: Relay,
+        keeper: Keeper,
+        storage: SQLiteStorage,
+        ws_server: Server,
+        shard_stores: list[Any],
+        shards_needed: int,
+        tempdir: tempfile.TemporaryDirectory[str] | None,
+    ) -> None:
+        self.url = url
+        self.app_key = app_key
+        self.data_dir = data_dir
+        self.relay = relay
+        self.keeper = keeper
+        self.keeper_username = keeper.username
+        self.shard_urls: tuple[str, ...] = tuple(store.url for store in shard_stores)
+        self.shards_needed = shards_needed
+        self._storage = storage
+        self._ws_server = ws_server
+        self._shard_stores = shard_stores
+        self._tempdir = tempdir
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"RunningServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+
+    async def stop(self) -> None:
+        """Close every connection, stop the keeper and shard stores, close the database
+        and remove a temporary data directory. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            self._ws_server.close()
+            await self._ws_server.wait_closed()
+            await self.keeper.stop()
+            for store in self._shard_stores:
+                await store.stop()
+        finally:
+            self._storage.close()
+            if self._tempdir is not None:
+                self._tempdir.cleanup()
+
+    async def __aenter__(self) -> RunningServer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def _start_shard_stores(
+    root: Path, count: int, relay_keys: IdentityKeys, host: str, clock: Clock | None
+) -> list[Any]:
+    if count == 0:
+        return []
+    try:
+        from .shards import ShardStore
+    except ImportError:
+        raise ServerError(
+            "shard stores are not available in this build (spacenb.server.shards is "
+            "missing): start with shards=0"
+        ) from None
+    stores: list[Any] = []
+    try:
+        for i in range(count):
+            store_root = root / SHARDS_DIR / f"{i:03d}"
+            store_root.mkdir(parents=True, exist_ok=True)
+            store = ShardStore(store_root, relay_keys.signing_key, clock=clock)
+            await store.start(host, 0)
+            stores.append(store)
+    except BaseException:
+        for store in stores:
+            await store.stop()
+        raise
+    return stores
+
+
+async def start_server(
+    data_dir: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shards: int = 5,
+    shards_needed: int = 3,
+    clock: Clock | None = None,
+) -> RunningServer:
+    """Start a relay with its keeper, SQLite storage and ``shards`` local shard stores.
+
+    ``port=0`` picks a free port (read it from ``.url``). With ``data_dir`` None the
+    data lives in a temporary directory removed on stop; with a directory, everything
+    (users, spaces, messages, links, the app key, the keeper's identity) survives a
+    restart. Raises ``ValueError`` for bad shard counts, :class:`ServerError` for an
+    unusable data directory, ``OSError`` if the port cannot be bound.
+    """
+    check_shard_counts(shards, shards_needed)
+    clock = clock or SystemClock()
+    tempdir = None
+    if data_dir is None:
+        tempdir = tempfile.TemporaryDirectory(prefix="spacenb-")
+        data_dir = tempdir.name
+    root = Path(data_dir)
+    async with contextlib.AsyncExitStack() as undo:  # unwinds only if starting fails
+        if tempdir is not None:
+            undo.callback(tempdir.cleanup)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        app_key = _load_or_create_app_key(root)
+        keeper_keys = load_or_create_identity(root / KEEPER_KEY_FILE)
+        relay_keys = load_or_create_identity(root / RELAY_KEY_FILE)
+        storage = SQLiteStorage.in_dir(root)
+        undo.callback(storage.close)
+        keeper_user = UserEntry(KEEPER_USERNAME, keeper_keys.signing_key, keeper_keys.ecdh_key)
+        if storage.register_user(keeper_user, clock.now_us())[0] != keeper_user:
+            raise ServerError(
+                f"{root / KEEPER_KEY_FILE} is not the keeper registered in this data "
+                "directory: restore the original file"
+            )
+        stores = await _start_shard_stores(root, shards, relay_keys, host, clock)
+        for store in stores:
+            undo.push_async_callback(store.stop)
+        relay = Relay(
+            storage,
+            app_key=app_key,
+            relay_keys=relay_keys,
+            keeper=KEEPER_USERNAME,
+            clock=clock,
+            shard_stores=[store.url for store in stores],
+            shards_needed=shards_needed if stores else 0,
+        )
+        keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
+        relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
+        ws_server = await serve(
+            relay.serve_connection,
+            host,
+            port,
+            max_size=WS_MAX_SIZE,
+            compression=None,  # sealed bodies do not compress; deflate would only cost CPU
+        )
+        undo.push_async_callback(ws_server.wait_closed)
+        undo.callback(ws_server.close)
+        await keeper.start()
+        undo.pop_all()
+    bound_port = ws_server.sockets[0].getsockname()[1]
+    running = RunningServer(
+        url=_ws_url(host, bound_port),
+        app_key=app_key,
+        data_dir=root,
+        relay=relay,
+        keeper=keeper,
+        storage=storage,
+        ws_server=ws_server,
+        shard_stores=stores,
+        shards_needed=shards_needed if stores else 0,
+        tempdir=tempdir,
+    )
+    log.info("spacenb relay listening on %s (data in %s)", running.url, root)
+    return running

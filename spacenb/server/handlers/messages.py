@@ -1,0 +1,135 @@
+"""Messages and live state: subscribe, send, edit, delete, ephemeral, history.
+
+The relay verifies every envelope's signature against the sender's registered key and
+requires ``source`` = the authenticated user and ``target`` = the space; the body stays
+sealed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...exceptions import (
+    ChannelNotFoundError,
+    KeyUnavailableError,
+    LimitExceededError,
+    PermissionDeniedError,
+    ProtocolError,
+)
+from ...protocol import crypto, frames
+from ...protocol.envelope import Envelope
+from ..storage import SpaceRecord
+from .base import handles, member_space, user_of
+from .membership import join_request_event
+
+if TYPE_CHECKING:
+    from ..relay import Relay, Session
+
+
+def checked_envelope(relay: Relay, session: Session, envelope: Envelope, kind: str) -> SpaceRecord:
+    """The envelope's space, once the caller is its member and its author, and the
+    signature verifies. Raises :class:`ProtocolError`, :class:`PermissionDeniedError`
+    or :class:`IntegrityError`."""
+    if envelope.kind != kind:
+        raise ProtocolError(f"must be {kind!r} here", field="envelope.kind")
+    user = user_of(session)
+    if envelope.source != user:
+        raise PermissionDeniedError("envelope.source must be the authenticated user")
+    space, _ = member_space(relay, session, envelope.target)
+    crypto.verify(relay.signing_key(user), envelope.signature, envelope.signed_bytes())
+    return space
+
+
+def _current_epoch(space: SpaceRecord, envelope: Envelope) -> None:
+    if envelope.epoch != space.epoch:
+        raise KeyUnavailableError(
+            f"the space is at epoch {space.epoch}; seal new messages under it"
+        )
+
+
+def _author_check(relay: Relay, session: Session, space_id: str, handle: int) -> None:
+    source = relay.storage.message_source(space_id, handle)
+    if source is None:
+        raise ChannelNotFoundError(f"no message at handle {handle}")
+    if source != user_of(session):
+        raise PermissionDeniedError("only the message's author may change it")
+
+
+@handles(frames.Subscribe)
+def subscribe(relay: Relay, session: Session, req: frames.Subscribe) -> frames.SubscribeResult:
+    """Receive the space's events on this connection; the caller is now online there.
+
+    Join requests still waiting in the space are pushed to the new subscriber, so a
+    member who comes online can admit people who asked while it was away.
+    """
+    space, _ = member_space(relay, session, req.space_id)
+    relay.subscribe(session, space.space_id)
+    user = user_of(session)
+    for pending in relay.storage.pending_joins(user, space.space_id):
+        if pending.username != user:
+            relay.push_to(join_request_event(relay, pending), session)
+    return frames.SubscribeResult(relay.online(space.space_id), space.epoch)
+
+
+@handles(frames.Unsubscribe)
+def unsubscribe(relay: Relay, session: Session, req: frames.Unsubscribe) -> frames.Ok:
+    """Stop receiving the space's events on this connection."""
+    member_space(relay, session, req.space_id)
+    relay.unsubscribe(session, req.space_id)
+    return frames.Ok()
+
+
+@handles(frames.Send)
+def send(relay: Relay, session: Session, req: frames.Send) -> frames.HandleResult:
+    """Store a message (committed before the answer) and push it to the subscribers."""
+    envelope = req.envelope
+    space = checked_envelope(relay, session, envelope, "msg")
+    _current_epoch(space, envelope)
+    handle = relay.storage.add_message(envelope, relay.now_us())
+    relay.push_space(frames.MessagePushed(handle, envelope), space.space_id)
+    return frames.HandleResult(handle)
+
+
+@handles(frames.Edit)
+def edit(relay: Relay, session: Session, req: frames.Edit) -> frames.HandleResult:
+    """Replace the author's own message in place (same handle) and push ``edited``."""
+    envelope = req.envelope
+    space = checked_envelope(relay, session, envelope, "msg")
+    _author_check(relay, session, space.space_id, req.handle)
+    _current_epoch(space, envelope)
+    relay.storage.replace_message(req.handle, envelope)
+    relay.push_space(frames.MessageEdited(req.handle, envelope), space.space_id)
+    return frames.HandleResult(req.handle)
+
+
+@handles(frames.Delete)
+def delete(relay: Relay, session: Session, req: frames.Delete) -> frames.Ok:
+    """Remove the author's own message from storage and push ``deleted``."""
+    space, _ = member_space(relay, session, req.space_id)
+    _author_check(relay, session, space.space_id, req.handle)
+    relay.storage.delete_message(space.space_id, req.handle)
+    relay.push_space(frames.MessageDeleted(space.space_id, req.handle), space.space_id)
+    return frames.Ok()
+
+
+@handles(frames.SendEphemeral)
+def ephemeral(relay: Relay, session: Session, req: frames.SendEphemeral) -> frames.Ok:
+    """Relay a signal to the space's other connections; never stored."""
+    space = checked_envelope(relay, session, req.envelope, "eph")
+    relay.push_space(frames.EphemeralPushed(req.envelope), space.space_id, exclude=session)
+    return frames.Ok()
+
+
+@handles(frames.History)
+def history(relay: Relay, session: Session, req: frames.History) -> frames.HistoryPage:
+    """A page of stored messages, oldest first, and the cursor to the next older page.
+
+    Raises :class:`LimitExceededError` for ``limit`` over 1000.
+    """
+    member_space(relay, session, req.space_id)
+    if req.limit > frames.MAX_HISTORY_LIMIT:
+        raise LimitExceededError(f"limit is at most {frames.MAX_HISTORY_LIMIT}")
+    if req.limit < 1:
+        raise ProtocolError("must be at least 1", field="limit")
+    items, cursor = relay.storage.history(req.space_id, req.before, req.limit)
+    return frames.HistoryPage(tuple(items), cursor)

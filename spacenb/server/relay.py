@@ -1,0 +1,324 @@
+"""The relay: one websocket per client, requests dispatched to handlers, events fanned out.
+
+The relay routes, stores and authorises; it never holds a group key or reads a body
+(PROTOCOL.md). Each connection is a :class:`Session`; its frames are handled one at a
+time, in order, synchronously on the event loop (storage answers in microseconds), so a
+request's answer is always written before the events it causes.
+
+Fan-out never waits for a slow reader: events are written straight into each recipient's
+transport buffer, and a connection whose buffer grows past ``max_buffered`` bytes is
+dropped instead of holding up the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
+from ..clock import Clock, SystemClock
+from ..exceptions import PermissionDeniedError, SpacenbError
+from ..protocol import crypto, frames
+from ..protocol.frames import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    ErrorFrame,
+    Event,
+    Hello,
+    JoinRequested,
+    Presence,
+    Request,
+    Response,
+    SpaceInfo,
+    parse_client_frame,
+    request_id_of,
+)
+from ..protocol.keys import IdentityKeys, decode_public_key
+from ..protocol.wrap import WrappedKey
+from .handlers import HANDLERS
+from .storage import SpaceRecord, Storage
+
+__all__ = ["MAX_BUFFERED", "WS_MAX_SIZE", "LocalMember", "Relay", "Session"]
+
+log = logging.getLogger("spacenb.server")
+
+MAX_BUFFERED = 16 << 20  # bytes queued to one client before it is dropped as too slow
+# websockets closes the connection on a larger message; between MAX_FRAME_BYTES and this,
+# the frame is answered with ``too_large`` and the connection stays up.
+WS_MAX_SIZE = 2 * MAX_FRAME_BYTES
+_BEFORE_AUTH = frozenset({"auth", "ping"})
+
+
+class Session:
+    """One client connection, or an in-process member (the keeper) when ``connection``
+    is None. ``username`` is None until ``auth`` succeeds."""
+
+    __slots__ = ("closing", "connection", "nonce", "spaces", "username")
+
+    def __init__(self, connection: ServerConnection | None, username: str | None = None):
+        self.connection = connection
+        self.username = username
+        self.nonce = os.urandom(32)
+        self.spaces: set[str] = set()  # subscribed space ids
+        self.closing = False  # close after answering (wrong app key)
+
+
+class Relay:
+    """The relay's state and behaviour, independent of how it is served.
+
+    ``storage`` holds everything persistent; ``relay_keys`` signs shard tickets; ``keeper``
+    is the keeper's username (reserved: nobody else may sign up with it);
+    ``shard_stores`` and ``shards_needed`` are handed out with tickets.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        app_key: str,
+        relay_keys: IdentityKeys,
+        keeper: str | None = None,
+        clock: Clock | None = None,
+        shard_stores: Sequence[str] = (),
+        shards_needed: int = 0,
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self.storage = storage
+        self.app_key = app_key
+        self.relay_keys = relay_keys
+        self.keeper = keeper
+        self.clock: Clock = clock or SystemClock()
+        self.shard_stores = tuple(shard_stores)
+        self.shards_needed = shards_needed
+        self.max_buffered = max_buffered
+        self.keeper_inbox: Callable[[JoinRequested], None] | None = None
+        self._subscribers: dict[str, set[Session]] = {}
+        self._by_user: dict[str, set[Session]] = {}
+        self._signers: dict[str, crypto.PublicKey] = {}
+        self._outbox: list[tuple[Sequence[Session], str]] = []
+        self._keeper_outbox: list[JoinRequested] = []
+
+    def now_us(self) -> int:
+        return self.clock.now_us()
+
+    # ------------------------------------------------------------------ connections
+
+    async def serve_connection(self, connection: ServerConnection) -> None:
+        """The websockets handler: greet, then answer frames until the client leaves."""
+        session = Session(connection)
+        self._write([session], self.hello(session).to_json())
+        try:
+            async for data in connection:
+                self.handle_frame(session, data)
+                if session.closing:
+                    await connection.close(CloseCode.POLICY_VIOLATION, "authentication failed")
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_session(session)
+
+    def hello(self, session: Session) -> Hello:
+        return Hello("spacenb", PROTOCOL_VERSION, session.nonce, self.keeper)
+
+    def handle_frame(self, session: Session, data: str | bytes) -> None:
+        """Answer one frame: a result or an error, then the events it caused."""
+        try:
+            request = parse_client_frame(data)
+        except SpacenbError as exc:
+            rid = request_id_of(data) if isinstance(data, str) else None
+            self._write([session], ErrorFrame.of(rid, exc).to_json())
+            return
+        try:
+            reply = Response.of(request.id, self.call(session, request)).to_json()
+        except SpacenbError as exc:
+            reply = ErrorFrame.of(request.id, exc).to_json()
+        except Exception:
+            log.exception("request %r failed", request.OP)
+            reply = ErrorFrame(request.id, "server_error", "internal error (logged)").to_json()
+        self._write([session], reply)
+        self.flush()
+
+    def call(self, session: Session, request: Request) -> Any:
+        """Authorise and run one request; its events wait in the outbox for :meth:`flush`.
+
+        Raises the :class:`SpacenbError` that refuses it.
+        """
+        if session.username is None and request.OP not in _BEFORE_AUTH:
+            raise PermissionDeniedError("not authenticated: send auth first")
+        return HANDLERS[request.OP](self, session, request)
+
+    def call_local(self, session: Session, request: Request) -> Any:
+        """:meth:`call` for an in-process member, pushing its events at once."""
+        try:
+            return self.call(session, request)
+        finally:
+            self.flush()
+
+    def bind(self, session: Session, username: str) -> None:
+        """Mark the session as signed in as ``username``."""
+        session.username = username
+        if session.connection is not None:
+            self._by_user.setdefault(username, set()).add(session)
+
+    def close_session(self, session: Session) -> None:
+        """Forget a closed connection: it leaves every space it was online in."""
+        for space_id in list(session.spaces):
+            self.unsubscribe(session, space_id)
+        if session.username is not None:
+            sessions = self._by_user.get(session.username)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._by_user[session.username]
+        self.flush()
+
+    # ------------------------------------------------------------------ lookups
+
+    def signing_key(self, username: str) -> crypto.PublicKey:
+        """A user's published signing key (users never change keys, so it is cached)."""
+        key = self._signers.get(username)
+        if key is None:
+            users = self.storage.get_users([username])
+            if not users:
+                raise PermissionDeniedError(f"unknown user {username!r}")
+            key = self._signers[username] = decode_public_key(users[0].signing_key, "sig")
+        return key
+
+    def space_info(self, space: SpaceRecord) -> SpaceInfo:
+        """The public record of a space, naming the keeper when it is a member."""
+        keeper = self.keeper
+        if keeper is not None and self.storage.get_role(space.space_id, keeper) is None:
+            keeper = None
+        return SpaceInfo(
+            space.space_id, space.owner, space.policy, space.private, space.manual_admit,
+            space.name, space.epoch, keeper, space.created_at_us,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ presence
+
+    def online(self, space_id: str) -> tuple[str, ...]:
+        """Usernames with at least one connection subscribed to the space, sorted."""
+        sessions = self._subscribers.get(space_id, ())
+        return tuple(sorted({s.username for s in sessions if s.username is not None}))
+
+    def subscribe(self, session: Session, space_id: str) -> None:
+        """Deliver the space's events to this connection; push presence if it changed."""
+        before = self.online(space_id)
+        self._subscribers.setdefault(space_id, set()).add(session)
+        session.spaces.add(space_id)
+        self._push_presence(space_id, before)
+
+    def unsubscribe(self, session: Session, space_id: str) -> None:
+        """Stop delivering the space's events to this connection."""
+        before = self.online(space_id)
+        subscribers = self._subscribers.get(space_id)
+        if subscribers is not None:
+            subscribers.discard(session)
+            if not subscribers:
+                del self._subscribers[space_id]
+        session.spaces.discard(space_id)
+        self._push_presence(space_id, before)
+
+    def drop_member(self, space_id: str, username: str) -> None:
+        """Unsubscribe every connection of a user who is no longer a member."""
+        for session in [s for s in self._subscribers.get(space_id, ()) if s.username == username]:
+            self.unsubscribe(session, space_id)
+
+    def _push_presence(self, space_id: str, before: tuple[str, ...]) -> None:
+        after = self.online(space_id)
+        if after != before:
+            self.push_space(Presence(space_id, after), space_id)
+
+    # ------------------------------------------------------------------ pushing
+
+    def push_space(self, event: Event, space_id: str, *, exclude: Session | None = None) -> None:
+        """Queue ``event`` for every connection subscribed to the space (but ``exclude``)."""
+        targets = [s for s in self._subscribers.get(space_id, ()) if s is not exclude]
+        if targets:
+            self._outbox.append((targets, event.to_json()))
+
+    def push_user(self, event: Event, username: str) -> None:
+        """Queue ``event`` for every connection of ``username``."""
+        targets = list(self._by_user.get(username, ()))
+        if targets:
+            self._outbox.append((targets, event.to_json()))
+
+    def push_to(self, event: Event, session: Session) -> None:
+        """Queue ``event`` for one connection."""
+        self._outbox.append(([session], event.to_json()))
+
+    def push_keeper(self, event: JoinRequested) -> None:
+        """Queue a join request for the keeper."""
+        if self.keeper_inbox is not None:
+            self._keeper_outbox.append(event)
+
+    def flush(self) -> None:
+        """Write every queued event (called once the current answer is written)."""
+        outbox, self._outbox = self._outbox, []
+        for targets, text in outbox:
+            self._write(targets, text)
+        keeper_outbox, self._keeper_outbox = self._keeper_outbox, []
+        if self.keeper_inbox is not None:
+            for event in keeper_outbox:
+                self.keeper_inbox(event)
+
+    def _write(self, sessions: Iterable[Session], text: str) -> None:
+        """Put ``text`` in each session's send buffer without waiting; drop the slow."""
+        connections = []
+        for session in sessions:
+            connection = session.connection
+            if connection is None:
+                continue
+            transport = connection.transport
+            if transport.get_write_buffer_size() > self.max_buffered:
+                if not transport.is_closing():
+                    log.warning("dropping %s: it does not read its events", session.username)
+                    transport.abort()
+                continue
+            connections.append(connection)
+        if connections:
+            broadcast(connections, text)
+
+
+class LocalMember:
+    """The relay as an in-process member sees it (the keeper's
+    :class:`~spacenb.server.keeper.KeeperPort`): each method is the request a client
+    would send, through the same handlers and authorisation."""
+
+    def __init__(self, relay: Relay, username: str) -> None:
+        self._relay = relay
+        self._session = Session(None, username)
+        self.username = username
+
+    def _call(self, request: Request) -> Any:
+        return self._relay.call_local(self._session, request)
+
+    def space_info(self, space_id: str) -> SpaceInfo:
+        info: SpaceInfo = self._call(frames.GetSpaceInfo(0, space_id))
+        return info
+
+    def members(self, space_id: str) -> Sequence[frames.MemberEntry]:
+        result: frames.MemberList = self._call(frames.Members(0, space_id))
+        return result.members
+
+    def fetch_keys(self, space_id: str) -> Sequence[WrappedKey]:
+        result: frames.KeysResult = self._call(frames.FetchKeys(0, space_id))
+        return result.keys
+
+    def user_keys(self, usernames: Sequence[str]) -> Sequence[frames.UserEntry]:
+        result: frames.UserKeysResult = self._call(frames.UserKeys(0, tuple(usernames)))
+        return result.users
+
+    def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None:
+        self._call(frames.Admit(0, space_id, member, tuple(keys)))
+
+    def pending_joins(self) -> Sequence[tuple[str, str]]:
+        return [
+            (p.space_id, p.username) for p in self._relay.storage.pending_joins(self.username)
+        ]

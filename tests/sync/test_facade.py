@@ -1,0 +1,276 @@
+"""The blocking facade against a real relay on 127.0.0.1, from every kind of caller."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+import pytest
+
+import spacenb
+from spacenb.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS
+from spacenb.sync.testing import wait_until
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+MakeClient = Callable[[str], spacenb.Client]
+
+
+def plain(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def in_running_loop(fn: Callable[[], T]) -> T:
+    """As in a Jupyter cell: the calling thread's own event loop is running."""
+
+    async def cell() -> T:
+        asyncio.get_running_loop()
+        return fn()
+
+    return asyncio.run(cell())
+
+
+def in_worker_thread(fn: Callable[[], T]) -> T:
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+CONTEXTS = [plain, in_running_loop, in_worker_thread]
+
+
+def _channel(make_client: MakeClient, name: str) -> tuple[spacenb.Space, spacenb.Space]:
+    """alice creates channel ``name``; bob joins it. Returns (alice's, bob's) space."""
+    alice, bob = make_client("alice"), make_client("bob")
+    mine = alice.space.create_channel(f"{name}-{alice.username}")
+    theirs = bob.space.join_channel(mine.name)
+    return mine, theirs
+
+
+@pytest.mark.parametrize("context", CONTEXTS, ids=lambda f: f.__name__)
+def test_messages_history_and_frames(context: Callable[..., Any], make_client: MakeClient) -> None:
+    def scenario() -> None:
+        mine, theirs = _channel(make_client, "round-trip")
+        inbox: list[spacenb.SpaceMessageEvent] = []
+        theirs.on_message(inbox.append)
+        handle = mine.send_message({"text": "hello"}, content_type="application/json")
+        assert isinstance(handle, int)
+        wait_until(lambda: inbox, what="bob receives alice's message")
+        assert inbox[0].handle == handle and inbox[0].message.body == {"text": "hello"}
+
+        df = theirs.history()
+        assert list(df.columns) == list(HISTORY_COLUMNS)
+        assert df.dtypes.astype(str).to_dict() == dict(HISTORY_COLUMNS)
+        assert df["handle"].tolist() == [handle]
+        assert df["sender"].tolist() == [mine.client.username]
+        assert df["body"].tolist() == [{"text": "hello"}]
+        assert df["sent_at"].iloc[0] == pd.Timestamp(handle, unit="us", tz="UTC")
+        assert df.attrs["next_cursor"] is None
+
+        channels = mine.client.space.list_channels()
+        assert mine.name in channels["name"].tolist()
+        assert mine.client.space.resolve_channel(mine.name) == mine.id
+        members = mine.client.space.members(mine.id)
+        assert {mine.client.username, theirs.client.username} <= set(members["member_id"])
+
+    context(scenario)
+
+
+@pytest.mark.parametrize("context", CONTEXTS, ids=lambda f: f.__name__)
+def test_errors_are_raised_as_is(context: Callable[..., Any], make_client: MakeClient) -> None:
+    alice = make_client("alice")
+
+    def scenario() -> None:
+        alice.space.create_channel(f"dup-{alice.username}")
+        with pytest.raises(spacenb.ChannelExistsError):
+            alice.space.create_channel(f"dup-{alice.username}")
+        with pytest.raises(spacenb.ChannelNotFoundError):
+            alice.space.join_channel(f"missing-{alice.username}")
+
+    context(scenario)
+
+
+def test_a_slow_call_times_out_and_the_client_stays_usable(make_client: MakeClient) -> None:
+    alice = make_client("alice")
+    alice.timeout = 1e-6
+    with pytest.raises(spacenb.SpacenbTimeoutError) as info:
+        alice.space.list_channels()
+    assert isinstance(info.value, TimeoutError)
+    alice.timeout = 30.0
+    assert isinstance(alice.space.list_channels(), pd.DataFrame)
+
+
+def test_empty_results_are_empty_frames_with_dtypes(make_client: MakeClient) -> None:
+    alice = make_client("alice")
+    space = alice.space.create_channel(f"empty-{alice.username}")
+    history = space.history()
+    assert history.empty
+    assert history.dtypes.astype(str).to_dict() == dict(HISTORY_COLUMNS)
+    assert history.attrs["next_cursor"] is None
+    links = alice.space.list_invite_links(space.id)
+    assert links.empty
+    assert links.dtypes.astype(str).to_dict() == dict(INVITE_LINK_COLUMNS)
+
+
+def test_history_pages_with_the_cursor(make_client: MakeClient) -> None:
+    mine, _ = _channel(make_client, "pages")
+    handles = [mine.send_message(f"m{i}") for i in range(5)]
+    newest = mine.history(limit=3)
+    assert newest["handle"].tolist() == handles[2:]
+    older = mine.history(before=newest.attrs["next_cursor"], limit=3)
+    assert older["handle"].tolist() == handles[:2]
+    assert older.attrs["next_cursor"] is None
+
+
+def test_handlers_run_in_order_on_the_callback_thread(make_client: MakeClient) -> None:
+    mine, theirs = _channel(make_client, "order")
+    seen: list[tuple[str, str]] = []
+    theirs.on_message(lambda e: seen.append((e.message.body, threading.current_thread().name)))
+    bodies = [f"n{i}" for i in range(20)]
+    for body in bodies:
+        mine.send_message(body)
+    wait_until(lambda: len(seen) == 20, what="20 messages")
+    assert [body for body, _ in seen] == bodies
+    assert {name for _, name in seen} == {"spacenb-callbacks"}
+
+
+def test_a_raising_handler_is_reported_not_fatal(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine, theirs = _channel(make_client, "raising")
+    seen: list[str] = []
+
+    def fragile(event: spacenb.SpaceMessageEvent) -> None:
+        if event.message.body == "boom":
+            raise RuntimeError("handler bug")
+        seen.append(event.message.body)
+
+    theirs.on_message(fragile)
+    with caplog.at_level(logging.ERROR, logger="spacenb"):
+        mine.send_message("boom")
+        mine.send_message("after")
+        wait_until(lambda: seen == ["after"], what="delivery after a raising handler")
+    assert any(r.exc_info and "handler bug" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_callbacks_fire_while_the_caller_waits_and_may_block(make_client: MakeClient) -> None:
+    mine, theirs = _channel(make_client, "idle")
+    replied = threading.Event()
+
+    def echo(event: spacenb.SpaceMessageEvent) -> None:
+        if event.sender != theirs.client.username:
+            theirs.send_message(f"re: {event.message.body}")  # a blocking call in a handler
+
+    def done(event: spacenb.SpaceMessageEvent) -> None:
+        if event.sender == theirs.client.username:
+            replied.set()
+
+    theirs.on_message(echo)
+    mine.on_message(done)
+    mine.send_message("ping")
+    assert replied.wait(10), "the handler did not run while this thread was idle"
+    assert mine.history()["body"].tolist() == ["ping", "re: ping"]
+
+
+def test_unsubscribe_and_off(make_client: MakeClient) -> None:
+    mine, theirs = _channel(make_client, "off")
+    a: list[Any] = []
+    b: list[Any] = []
+    unsubscribe = theirs.on_message(a.append)
+    theirs.on("message", b.append)
+    mine.send_message("one")
+    wait_until(lambda: a and b, what="both handlers")
+    unsubscribe()
+    theirs.off("message", b.append)
+    marker: list[Any] = []
+    theirs.on_message(marker.append)
+    mine.send_message("two")
+    wait_until(lambda: marker, what="the remaining handler")
+    assert len(a) == 1 and len(b) == 1
+
+
+def test_async_handlers_run_on_the_loop_and_must_not_block(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine, theirs = _channel(make_client, "async-handler")
+    threads: list[str] = []
+
+    async def handler(event: spacenb.SpaceMessageEvent) -> None:
+        threads.append(threading.current_thread().name)
+        theirs.send_message("from the loop")  # wrong: must await theirs.aio.send_message
+
+    theirs.on_message(handler)
+    with caplog.at_level(logging.ERROR, logger="spacenb"):
+        mine.send_message("hi")
+        wait_until(
+            lambda: any(isinstance(r.exc_info and r.exc_info[1], spacenb.LoopThreadError)
+                        for r in caplog.records),
+            what="LoopThreadError reported",
+        )  # fmt: skip
+    assert threads == ["spacenb-loop"]
+
+
+def test_invite_link_round_trip_and_repr(make_client: MakeClient) -> None:
+    alice, carol = make_client("alice"), make_client("carol")
+    space = alice.space.create_channel(f"invite-{alice.username}", private=True)
+    link = alice.space.create_invite_link(space.id, max_uses=1, role="editor")
+    assert isinstance(link, spacenb.aio.InviteLink) and link.token
+    assert link.token not in repr(link) and link.token not in link._repr_html_()
+    joined = carol.space.join_by_invite(space.id, link.token)
+    assert joined.id == space.id
+    links = alice.space.list_invite_links(space.id)
+    assert links["uses"].tolist() == [1]
+    alice.space.revoke_invite_link(space.id, link.token)
+    assert alice.space.list_invite_links(space.id)["revoked"].tolist() == [True]
+
+
+def test_reprs_escape_everything(
+    make_client: MakeClient, local_server: spacenb.LocalServer
+) -> None:
+    alice = make_client("alice")
+    space = alice.space.create_channel(f"x<img src=x onerror=alert(1)>-{alice.username}")
+    for obj in (alice, space, local_server):
+        html = obj._repr_html_()
+        assert "<img" not in html and "onerror=alert(1)>" not in html
+        assert type(obj).__name__ in repr(obj)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in space._repr_html_()
+    assert local_server.app_key not in repr(local_server)
+
+
+def test_under_nest_asyncio_in_a_fresh_process() -> None:
+    pytest.importorskip("nest_asyncio")
+    code = """
+        import asyncio, nest_asyncio
+        nest_asyncio.apply()
+        import spacenb
+
+        async def cell():
+            with spacenb.serve() as srv:
+                alice = spacenb.connect(srv.url, app_key=srv.app_key, username="alice",
+                                        keystore=":memory:")
+                space = alice.space.create_channel("nested")
+                space.send_message("hi")
+                print(space.history()["body"].tolist())
+                alice.close()
+
+        asyncio.run(cell())
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['hi']"

@@ -319,6 +319,4 @@ class LocalMember:
         self._call(frames.Admit(0, space_id, member, tuple(keys)))
 
     def pending_joins(self) -> Sequence[tuple[str, str]]:
-        return [
-            (p.space_id, p.username) for p in self._relay.storage.pending_joins(self.username)
-        ]
+        return [(p.space_id, p.username) for p in self._relay.storage.pending_joins(self.username)]

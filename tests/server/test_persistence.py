@@ -117,7 +117,7 @@ async def test_secret_files_are_private_and_checked(tmp_path):
     with pytest.raises(ServerError, match="keeper"):
         await start_server(tmp_path, shards=0)
     (tmp_path / "relay.key").write_text("garbage")
-    with pytest.raises(ServerError, match="relay.key"):
+    with pytest.raises(ServerError, match=r"relay\.key"):
         await start_server(tmp_path, shards=0)
 
 

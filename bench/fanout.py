@@ -1,0 +1,80 @@
+"""Fan-out: one sender, ``--receivers`` receivers in one channel, on spacenb and the bare relay.
+
+The receivers share ``--processes`` processes (50 clients each by default); every receiver
+verifies and decrypts every message on its own, as separate users would. The figure is
+deliveries per second: messages × receivers, over the time from the first send to the
+last arrival anywhere.
+
+``python -m bench.fanout [--smoke] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import CpuMeter, Metric, Report, alternate, main
+from .peers import KINDS, Topology
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal positive counts."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Deliveries per second of ``args.count`` messages to every receiver."""
+    layout = split(args.receivers, args.processes)
+    with Topology(kind, layout, join_concurrency=8) as topo:  # type: ignore[arg-type]
+        topo.phase(args.warmup, in_flight=args.in_flight)
+        meter = CpuMeter(topo.pids)
+        sent, got = topo.phase(args.count, in_flight=args.in_flight, timeout=300)
+        cpu = meter.read()
+    delivered = sum(g["count"] for g in got)
+    expected = args.count * args.receivers
+    if delivered < expected:
+        raise RuntimeError(f"{kind}: {delivered} of {expected} deliveries arrived")
+    last = max(g["last"] for g in got)
+    return {"deliveries": delivered / (last - sent["start"]), "cpu": cpu}
+
+
+def run(args: argparse.Namespace) -> Report:
+    if args.smoke:
+        args.receivers, args.count, args.warmup = 10, 30, 5
+    report = Report(
+        "fanout",
+        {
+            "receivers": args.receivers,
+            "processes": args.processes,
+            "count": args.count,
+            "in_flight": args.in_flight,
+            "payload_bytes": 300,
+            "repeat": args.repeat,
+        },
+    )
+    res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
+    report.add(
+        Metric(
+            f"deliveries to {args.receivers} receivers",
+            "deliveries/s",
+            res["spacenb"]["deliveries"],
+            res["bare"]["deliveries"],
+            target_ratio=0.40,
+        )
+    )
+    for kind in KINDS:
+        report.notes.append(f"{kind} cores busy: {res[kind]['cpu']}")
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--receivers", type=int, default=100, help="receiving clients")
+    parser.add_argument("--processes", type=int, default=2, help="receiver processes")
+    parser.add_argument("--count", type=int, default=1_000, help="messages")
+    parser.add_argument("--warmup", type=int, default=50, help="messages before timing")
+    parser.add_argument("--in-flight", type=int, default=32, help="concurrent sends")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+
+
+if __name__ == "__main__":
+    main(run, __doc__ or "", configure)

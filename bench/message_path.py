@@ -1,0 +1,97 @@
+"""Message path: sender → relay → receiver, each in its own process.
+
+spacenb seals, signs, verifies (relay and receiver), stores (SQLite commit) and decrypts
+every message; the baseline is the bare broadcast relay (``bench.bare_relay``) with the
+same three processes and the same ~300-byte payload. Two phases on each:
+
+- throughput: ``--count`` messages with ``--in-flight`` sends outstanding, timed from the
+  first send to the last arrival at the receiver;
+- latency: messages paced at ``--rate`` per second, each stamped by the sender before it
+  is sealed and timed at the receiver once decrypted (p50, p99).
+
+``python -m bench.message_path [--smoke] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .common import CpuMeter, Metric, Report, alternate, main, percentile
+from .peers import KINDS, Topology
+
+MS = 1000.0
+
+
+def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Both phases on a fresh relay of ``kind``."""
+    with Topology(kind, [1]) as topo:  # type: ignore[arg-type]
+        topo.phase(args.warmup, in_flight=args.in_flight)
+        meter = CpuMeter(topo.pids)
+        sent, (got,) = topo.phase(args.count, in_flight=args.in_flight)
+        cpu = meter.read()
+        if got["count"] < args.count:
+            raise RuntimeError(f"{kind}: {got['count']} of {args.count} messages arrived")
+        _, (paced,) = topo.phase(args.paced, rate=args.rate)
+        latencies = paced["latencies"]
+    return {
+        "throughput": got["count"] / (got["last"] - sent["start"]),
+        "p50": percentile(latencies, 50) * MS,
+        "p99": percentile(latencies, 99) * MS,
+        "cpu": cpu,
+    }
+
+
+def run(args: argparse.Namespace) -> Report:
+    if args.smoke:
+        args.count, args.warmup, args.paced = 200, 20, 40
+    report = Report(
+        "message_path",
+        {
+            "count": args.count,
+            "in_flight": args.in_flight,
+            "paced_rate": args.rate,
+            "paced_count": args.paced,
+            "payload_bytes": 300,
+            "repeat": args.repeat,
+        },
+    )
+    res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
+    spacenb, bare = res["spacenb"], res["bare"]
+    report.add(
+        Metric(
+            "throughput",
+            "msg/s",
+            spacenb["throughput"],
+            bare["throughput"],
+            target=3000,
+            target_ratio=0.25,
+        )
+    )
+    for name, bound in (("p50", 3.0), ("p99", 15.0)):
+        report.add(
+            Metric(
+                f"latency {name} at {args.rate:g}/s",
+                "ms",
+                spacenb[name],
+                bare[name],
+                better="lower",
+                target=bound,
+            )
+        )
+    for kind in KINDS:
+        report.notes.append(f"{kind} cores busy during throughput: {res[kind]['cpu']}")
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--count", type=int, default=20_000, help="messages, throughput")
+    parser.add_argument("--warmup", type=int, default=1_000, help="messages before timing")
+    parser.add_argument("--in-flight", type=int, default=32, help="concurrent sends")
+    parser.add_argument("--rate", type=float, default=200.0, help="paced messages per second")
+    parser.add_argument("--paced", type=int, default=2_000, help="messages, latency phase")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+
+
+if __name__ == "__main__":
+    main(run, __doc__ or "", configure)

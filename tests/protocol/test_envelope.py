@@ -157,6 +157,28 @@ def test_forgery_claiming_another_source_fails() -> None:
         open_envelope(forged, RING.key(1), ALICE_PUB)
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "eph"},
+        {"source": "bob"},
+        {"target": SpaceKeyPair.from_seed(b"other").space_id},
+        {"subject": "random"},
+        {"epoch": 0},
+        {"content_type": "text/html"},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_routing_fields_are_bound_by_the_aead(change: dict[str, Any]) -> None:
+    """A member who holds the group key and re-signs cannot re-label someone's ciphertext."""
+    env, _ = seal()
+    relabelled = dataclasses.replace(env, **change)
+    resigned = dataclasses.replace(relabelled, signature=ALICE.sign(relabelled.signed_bytes()))
+    verify_envelope(resigned, ALICE_PUB)
+    with pytest.raises(IntegrityError):
+        open_envelope(resigned, RING.key(1), ALICE_PUB)
+
+
 def test_unsigned_envelope_fails() -> None:
     env, _ = seal()
     with pytest.raises(IntegrityError):

@@ -1,5 +1,5 @@
 // spacenb chat view: renders the `messages` trait (the newest window) of a ChatWidget.
-// Peer content is only ever assigned with textContent / attributes, never innerHTML.
+// Peer content is only ever assigned with textContent or as attributes, never parsed as markup.
 
 const NEAR_BOTTOM_PX = 150;
 const TYPING_EVERY_MS = 2000;

@@ -100,13 +100,14 @@ def test_errors_are_raised_as_is(context: Callable[..., Any], make_client: MakeC
 
 
 def test_a_slow_call_times_out_and_the_client_stays_usable(make_client: MakeClient) -> None:
-    alice = make_client("alice")
-    alice.timeout = 1e-6
+    alice, bob = make_client("alice"), make_client("bob")
+    gated = alice.space.create_channel(f"gated-{alice.username}", auto_admit=False)
+    bob.timeout = 0.5  # nobody admits bob: his join would wait its full 15 s
     with pytest.raises(spacenb.SpacenbTimeoutError) as info:
-        alice.space.list_channels()
+        bob.space.join_channel(gated.name)
     assert isinstance(info.value, TimeoutError)
-    alice.timeout = 30.0
-    assert isinstance(alice.space.list_channels(), pd.DataFrame)
+    bob.timeout = 30.0
+    assert isinstance(bob.space.list_channels(), pd.DataFrame)
 
 
 def test_empty_results_are_empty_frames_with_dtypes(make_client: MakeClient) -> None:

@@ -79,7 +79,7 @@ async def _demo(args: argparse.Namespace) -> int:
             _print("bob joined 'general': the keeper wrapped the group key to him")
             received: dict[str, list[Any]] = {"alice": [], "bob": []}
             for who, space in (("alice", general), ("bob", bobs)):
-                space.on_message(lambda event, who=who: received[who].append(event))
+                space.on_message(received[who].append)
             script = [
                 (general, "alice", "hello bob, welcome to general"),
                 (bobs, "bob", "hi alice! the keeper handed me the key"),

@@ -39,6 +39,7 @@ async def test_serve_prints_url_and_app_key_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    assert "stopping" in out
     assert (tmp_path / "spacenb.sqlite3").exists()
 
 

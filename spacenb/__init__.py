@@ -44,7 +44,16 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from . import aio, widgets
-    from .sync import Client, InviteLink, LocalServer, LoopThreadError, Space, connect, serve
+    from .sync import (
+        Client,
+        FileManifest,
+        InviteLink,
+        LocalServer,
+        LoopThreadError,
+        Space,
+        connect,
+        serve,
+    )
 
 __version__ = "0.1.0"
 
@@ -55,6 +64,7 @@ __all__ = [
     "Client",
     "ConnectionLostError",
     "EphemeralEvent",
+    "FileManifest",
     "IntegrityError",
     "InvalidKeyError",
     "InviteError",
@@ -83,6 +93,7 @@ __all__ = [
 
 _LAZY = {
     "Client": "sync",
+    "FileManifest": "sync",
     "InviteLink": "sync",
     "LocalServer": "sync",
     "LoopThreadError": "sync",

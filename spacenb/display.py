@@ -8,11 +8,12 @@ Secrets (tokens, app keys) are shortened with :func:`secret`.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["Displayable", "html_table", "secret", "text_repr"]
+__all__ = ["DisplayRecord", "Displayable", "html_table", "human_bytes", "secret", "text_repr"]
 
 
 def secret(value: str | None, keep: int = 6) -> str | None:
@@ -20,6 +21,16 @@ def secret(value: str | None, keep: int = 6) -> str | None:
     if value is None or len(value) <= keep:
         return value
     return value[:keep] + "…"
+
+
+def human_bytes(size: int) -> str:
+    """``1536`` → ``"1.5 KiB"`` (binary units, as tqdm shows them with unit_divisor=1024)."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def text_repr(kind: str, fields: Mapping[str, Any]) -> str:
@@ -54,3 +65,15 @@ class Displayable:
 
     def _repr_html_(self) -> str:
         return html_table(self._repr_kind(), self._repr_fields())
+
+
+class DisplayRecord(Displayable):
+    """Mixin for a displayable subclass of a frozen dataclass from a lower layer."""
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, record: Any) -> Self:
+        """The same record, as this subclass (its fields are copied, and re-validated)."""
+        fields = dataclasses.fields(record)
+        return cls(**{f.name: getattr(record, f.name) for f in fields if f.init})

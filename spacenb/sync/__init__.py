@@ -6,13 +6,15 @@ runs user handlers, and ``server``, ``client`` and ``space`` the blocking classe
 
 from __future__ import annotations
 
-from .client import Client, InviteLink, SpaceAPI, connect
+from .client import Client, SpaceAPI, connect
+from .records import FileManifest, InviteLink
 from .runner import LoopThreadError, Runner, get_runner
 from .server import LocalServer, serve
 from .space import Space
 
 __all__ = [
     "Client",
+    "FileManifest",
     "InviteLink",
     "LocalServer",
     "LoopThreadError",

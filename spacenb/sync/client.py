@@ -15,37 +15,18 @@ import pandas as pd
 
 from .. import aio
 from ..dataframes import channels_frame, invite_links_frame, members_frame, roster_frame
-from ..display import Displayable, secret
+from ..display import Displayable
 from ..protocol.keyring import HistoryPolicy
+from .records import InviteLink
 from .runner import Runner, get_runner
 from .space import Space
 
 if TYPE_CHECKING:
     from ..widgets import ChannelDirectory
 
-__all__ = ["Client", "InviteLink", "SpaceAPI", "connect"]
+__all__ = ["Client", "SpaceAPI", "connect"]
 
 T = TypeVar("T")
-
-
-class InviteLink(Displayable, aio.InviteLink):
-    """An invite link (the async core's record) that shows itself without its secret."""
-
-    __slots__ = ()
-
-    @classmethod
-    def of(cls, link: aio.InviteLink) -> InviteLink:
-        return cls(*(getattr(link, name) for name in aio.InviteLink.__dataclass_fields__))
-
-    def _repr_fields(self) -> Mapping[str, Any]:
-        return {
-            "space_id": self.space_id,
-            "role": self.role,
-            "token": secret(self.token),
-            "uses": self.uses if self.max_uses is None else f"{self.uses}/{self.max_uses}",
-            "expires_at": self.expires_at,
-            "revoked": self.revoked,
-        }
 
 
 class Client(Displayable):

@@ -20,10 +20,13 @@ from ..events import (
     JoinRequest,
     MessageDeletedEvent,
     PresenceEvent,
+    RejectedEnvelopeEvent,
     SpaceMessageEvent,
 )
 from ..protocol.keyring import Keyring
 from .callbacks import get_callback_thread
+from .progress import Progress, progress_callback
+from .records import FileManifest
 
 if TYPE_CHECKING:
     from ..widgets import ChatWidget
@@ -135,24 +138,33 @@ class Space(Displayable):
         *,
         name: str | None = None,
         content_type: str | None = None,
-        progress: Callable[[int, int], Any] | None = None,
-    ) -> tuple[Any, Any]:
+        progress: Progress | bool | None = None,
+    ) -> tuple[FileManifest, Any]:
         """Encrypt, erasure-code and upload ``file`` (bytes, path or binary file object).
 
-        Returns ``(manifest, stat)``. ``progress(done, total)`` is called on the event
-        loop's thread: keep it quick (a tqdm update is fine).
+        Returns ``(manifest, stat)``: send ``manifest.to_dict()`` in a message to share
+        the file. ``progress=True`` shows a tqdm bar; a callable ``progress(done, total)``
+        is called on the event loop's thread (keep it quick). Raises
+        NotEnoughSharesError when too few shard stores take the shares.
         """
-        return self._run(
-            self.aio.put_file(
-                file, metadata, name=name, content_type=content_type, progress=progress
+        with progress_callback(progress, "upload") as callback:
+            manifest, stat = self._run(
+                self.aio.put_file(
+                    file, metadata, name=name, content_type=content_type, progress=callback
+                )
             )
-        )
+        return FileManifest.of(manifest), stat
 
     def get_file(
-        self, manifest: Any, *, progress: Callable[[int, int], Any] | None = None
+        self, manifest: Any, *, progress: Progress | bool | None = None
     ) -> tuple[bytes, Any]:
-        """Download, check and decrypt the file ``manifest`` describes: ``(data, stat)``."""
-        return self._run(self.aio.get_file(manifest, progress=progress))
+        """Download, check and decrypt the file ``manifest`` (or its dict) describes.
+
+        Returns ``(data, stat)``; ``progress`` as for :meth:`put_file`. Raises
+        NotEnoughSharesError, IntegrityError.
+        """
+        with progress_callback(progress, "download") as callback:
+            return self._run(self.aio.get_file(manifest, progress=callback))
 
     # ------------------------------------------------------------------ membership
 
@@ -219,6 +231,10 @@ class Space(Displayable):
 
     def on_presence(self, handler: Callable[[PresenceEvent], Any]) -> Unsubscribe:
         return self.on("presence", handler)
+
+    def on_rejected(self, handler: Callable[[RejectedEnvelopeEvent], Any]) -> Unsubscribe:
+        """Envelopes this member dropped (bad signature, non-member, replay...)."""
+        return self.on("rejected", handler)
 
     # ------------------------------------------------------------------ notebook
 

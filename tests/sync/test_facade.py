@@ -275,3 +275,21 @@ def test_under_nest_asyncio_in_a_fresh_process() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['hi']"
+
+
+def test_files_round_trip_with_progress_and_a_safe_repr(make_client: MakeClient) -> None:
+    mine, theirs = _channel(make_client, "files")
+    data = bytes(range(256)) * 1000
+    manifest, stat = mine.put_file(
+        data, {"note": "<b>x</b>"}, name="<i>data</i>.bin", progress=True
+    )
+    assert isinstance(manifest, spacenb.FileManifest) and stat.size == len(data)
+    shown = repr(manifest) + manifest._repr_html_()
+    assert manifest.key.hex() not in shown and "250.0 KiB" in shown
+    assert "<b>" not in manifest._repr_html_() and "<i>" not in manifest._repr_html_()
+    calls: list[tuple[int, int]] = []
+    got, _ = theirs.get_file(
+        manifest.to_dict(), progress=lambda done, total: calls.append((done, total))
+    )
+    assert got == data
+    assert calls[0] == (0, len(data)) and calls[-1] == (len(data), len(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -215,3 +216,25 @@ def test_coroutine_handlers_are_left_to_the_loop() -> None:
         pass
 
     assert CallbackThread().wrap(handler) is handler
+
+
+def test_an_interrupt_while_waiting_cancels_the_call(runner: Runner) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    timer = threading.Thread(
+        target=lambda: started.wait(5) and os.kill(os.getpid(), signal.SIGINT), daemon=True
+    )
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(forever())  # what a Jupyter "interrupt kernel" does to a blocking call
+    assert cancelled.wait(5)

@@ -352,11 +352,18 @@ class Request:
         return _dumps({"t": "req", "op": self.OP, **_to_obj(self)})
 
 
-def _request(op: str, result: type = Ok) -> Any:
-    def wrap(cls: type) -> type:
-        cls.OP = op  # type: ignore[attr-defined]
-        cls.RESULT = result  # type: ignore[attr-defined]
-        made: type[Request] = dataclass(frozen=True, slots=True)(cls)
+_R = typing.TypeVar("_R", bound="Request")
+_E = typing.TypeVar("_E", bound="Event")
+
+
+# dataclass_transform tells type checkers that the decorated classes are dataclasses, so
+# their fields are known to callers (``Auth(id=1, app_key=...)``).
+@typing.dataclass_transform(frozen_default=True)
+def _request(op: str, result: type = Ok) -> typing.Callable[[type[_R]], type[_R]]:
+    def wrap(cls: type[_R]) -> type[_R]:
+        cls.OP = op
+        cls.RESULT = result
+        made: type[_R] = dataclass(frozen=True, slots=True)(cls)
         REQUESTS[op] = made
         return made
 
@@ -587,10 +594,11 @@ class Event:
         return _dumps({"t": "evt", "ev": self.EV, **_to_obj(self)})
 
 
-def _event(ev: str) -> Any:
-    def wrap(cls: type) -> type:
-        cls.EV = ev  # type: ignore[attr-defined]
-        made: type[Event] = dataclass(frozen=True, slots=True)(cls)
+@typing.dataclass_transform(frozen_default=True)
+def _event(ev: str) -> typing.Callable[[type[_E]], type[_E]]:
+    def wrap(cls: type[_E]) -> type[_E]:
+        cls.EV = ev
+        made: type[_E] = dataclass(frozen=True, slots=True)(cls)
         EVENTS[ev] = made
         return made
 

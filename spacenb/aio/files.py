@@ -1,0 +1,466 @@
+"""Upload files to shard stores and download them again (PROTOCOL.md, "Files and shards").
+
+:func:`upload` reads its source a segment at a time, seals and erasure-codes each segment
+(:mod:`spacenb.protocol.filecodec`) and sends share ``j`` to store ``j``, with a few
+segments in flight on one pipelined websocket per store. :func:`download` and
+:func:`download_to` fetch any ``k`` shares of each segment, check every share against its
+SHA-256 name, fall back to other stores when a share is missing, corrupt or its store is
+down, and never return bytes that did not authenticate. Memory stays bounded by a few
+segments (except for :func:`download`, which returns the whole file).
+
+This module needs no relay connection: a ticket (for uploads) or a manifest (for
+downloads) is all it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import mimetypes
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from ..exceptions import (
+    ChannelNotFoundError,
+    IntegrityError,
+    NotEnoughSharesError,
+    ProtocolError,
+    SpacenbError,
+)
+from ..protocol.filecodec import FileDecoder, FileEncoder
+from ..protocol.manifest import DEFAULT_SEGMENT_SIZE, FileLayout, Manifest
+from .shardlink import ShardLink, ShardLinks
+
+__all__ = ["FileSource", "FileStat", "Progress", "download", "download_to", "upload"]
+
+T = TypeVar("T")
+FileSource = bytes | bytearray | memoryview | str | os.PathLike[str] | IO[bytes]
+Progress = Callable[[int, int], object]
+"""Called as ``progress(done_bytes, total_bytes)``: once at the start, then per segment."""
+
+WINDOW = 4  # segments in flight per transfer
+_THREAD_MIN = 64 << 10  # coding work on segments this big runs in a worker thread
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What one upload or download did."""
+
+    size: int  # file bytes
+    segments: int
+    k: int
+    n: int
+    segment_size: int
+    bytes_uploaded: int  # share bytes sent (0 for a download)
+    bytes_fetched: int  # share bytes received (0 for an upload)
+    seconds: float
+    stores_used: tuple[str, ...]  # stores that took or served at least one share
+    stores_failed: tuple[str, ...] = ()  # unreachable, or missing or corrupt shares
+    shares_rejected: int = 0  # fetched shares whose hash did not match their name
+
+    @property
+    def throughput(self) -> float:
+        """File bytes per second."""
+        return self.size / self.seconds if self.seconds > 0 else float("inf")
+
+
+class _Tally:
+    """Counters of one transfer, frozen into a :class:`FileStat` at the end."""
+
+    def __init__(self, layout: FileLayout) -> None:
+        self.layout = layout
+        self.started = time.perf_counter()
+        self.sent = 0
+        self.received = 0
+        self.rejected = 0
+        self.used: dict[str, None] = {}  # insertion-ordered sets
+        self.failed: dict[str, None] = {}
+
+    def stat(self) -> FileStat:
+        layout = self.layout
+        return FileStat(
+            size=layout.size,
+            segments=layout.segment_count,
+            k=layout.k,
+            n=layout.n,
+            segment_size=layout.segment_size,
+            bytes_uploaded=self.sent,
+            bytes_fetched=self.received,
+            seconds=time.perf_counter() - self.started,
+            stores_used=tuple(self.used),
+            stores_failed=tuple(self.failed),
+            shares_rejected=self.rejected,
+        )
+
+
+async def _cpu(size: int, fn: Callable[..., T], *args: Any) -> T:
+    """Run ``fn`` in a worker thread when the segment is big enough to stall the loop."""
+    if size >= _THREAD_MIN:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+async def _run_windowed(
+    jobs: AsyncGenerator[Awaitable[T], None], on_result: Callable[[T], Awaitable[None]]
+) -> None:
+    """Run ``jobs`` with at most :data:`WINDOW` in flight; hand results over in order.
+
+    The first failure cancels the rest and is raised.
+    """
+    pending: deque[asyncio.Future[T]] = deque()
+    try:
+        async with contextlib.aclosing(jobs):
+            async for job in jobs:
+                pending.append(asyncio.ensure_future(job))
+                for future in pending:
+                    if future.done():
+                        future.result()  # raises a failure at once, not in its turn
+                while len(pending) >= WINDOW or (pending and pending[0].done()):
+                    await on_result(await pending.popleft())
+        while pending:
+            await on_result(await pending.popleft())
+    finally:
+        for future in pending:
+            future.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+class _Source:
+    """A file to upload: its size, a default name, and exact sequential reads."""
+
+    def __init__(self, stream: IO[bytes], size: int, name: str | None, owned: bool) -> None:
+        self.stream = stream
+        self.size = size
+        self.name = name
+        self._owned = owned
+
+    @classmethod
+    def open(cls, source: FileSource) -> _Source:
+        """Blocking: open a path, wrap bytes, or measure (or spool) a file object."""
+        if isinstance(source, bytes | bytearray | memoryview):
+            view = memoryview(source).cast("B")
+            return cls(io.BytesIO(view), len(view), None, owned=True)
+        if isinstance(source, str | os.PathLike):
+            path = Path(source)
+            stream = open(path, "rb")  # noqa: SIM115 - closed by close()
+            return cls(stream, os.fstat(stream.fileno()).st_size, path.name, owned=True)
+        if not hasattr(source, "read"):
+            raise TypeError("upload takes bytes, a path, or a binary file object")
+        raw_name = getattr(source, "name", None)
+        name = os.path.basename(raw_name) if isinstance(raw_name, str) else None
+        if source.seekable():
+            start = source.tell()
+            size = source.seek(0, io.SEEK_END) - start
+            source.seek(start)
+            return cls(source, size, name, owned=False)
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 - an unseekable stream: learn its size
+        shutil.copyfileobj(source, spool, DEFAULT_SEGMENT_SIZE)
+        size = spool.tell()
+        spool.seek(0)
+        return cls(spool, size, name, owned=True)
+
+    def read(self, length: int) -> bytes:
+        """Exactly ``length`` bytes; :class:`ProtocolError` if the source ends early."""
+        chunks = []
+        missing = length
+        while missing:
+            chunk = self.stream.read(missing)
+            if not chunk:
+                raise ProtocolError("the source shrank while it was uploaded", field="source")
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def close(self) -> None:
+        if self._owned:
+            self.stream.close()
+
+
+# ---------------------------------------------------------------------------- upload
+
+
+async def upload(
+    source: FileSource,
+    *,
+    ticket: str,
+    space_id: str,
+    stores: Sequence[str],
+    shards_needed: int,
+    metadata: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    content_type: str | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> tuple[Manifest, FileStat]:
+    """Encrypt, erasure-code and store ``source``; return its manifest and a stat.
+
+    ``source`` is bytes, a path or a binary file object (read from its current position).
+    Share ``j`` of each segment goes to ``stores[j]``, so ``n = len(stores)`` and any
+    ``shards_needed`` (``k``) stores suffice to read the file back. ``name`` defaults to the
+    file's name, ``content_type`` to a guess from the name. Every store must accept every
+    share: a store that cannot be reached raises :class:`ConnectionLostError` (or
+    :class:`SpacenbTimeoutError`), a refused ticket :class:`PermissionDeniedError`, a bad
+    parameter :class:`ProtocolError`.
+    """
+    src = await asyncio.to_thread(_Source.open, source)
+    try:
+        name = src.name if name is None else name
+        if content_type is None and name:
+            content_type = mimetypes.guess_type(name)[0]
+        encoder = FileEncoder(
+            src.size,
+            k=shards_needed,
+            n=len(stores),
+            stores=stores,
+            segment_size=segment_size,
+            name=name,
+            content_type=content_type,
+            metadata=metadata,
+        )
+        tally = _Tally(encoder.layout)
+        async with ShardLinks(timeout=timeout) as links:
+            targets = await _open_all(links, stores)
+            await _upload_segments(src, encoder, targets, tally, space_id, ticket, progress)
+        return encoder.manifest(), tally.stat()
+    finally:
+        await asyncio.to_thread(src.close)
+
+
+async def _open_all(links: ShardLinks, stores: Sequence[str]) -> list[ShardLink]:
+    await asyncio.gather(*(links.link(url) for url in dict.fromkeys(stores)))
+    return [await links.link(url) for url in stores]
+
+
+async def _upload_segments(
+    src: _Source,
+    encoder: FileEncoder,
+    targets: list[ShardLink],
+    tally: _Tally,
+    space_id: str,
+    ticket: str,
+    progress: Progress | None,
+) -> None:
+    layout = encoder.layout
+    done = 0
+    if progress is not None:
+        progress(0, layout.size)
+
+    async def put_segment(index: int, plaintext: bytes) -> int:
+        encoded = await _cpu(len(plaintext), encoder.encode_segment, index, plaintext)
+        puts = [
+            link.put(space_id=space_id, ticket=ticket, name=encoded.names[j], data=share)
+            for j, (link, share) in enumerate(zip(targets, encoded.shares, strict=True))
+        ]
+        await asyncio.gather(*puts)
+        tally.sent += sum(map(len, encoded.shares))
+        return len(plaintext)
+
+    async def jobs() -> AsyncGenerator[Awaitable[int], None]:
+        for index in range(layout.segment_count):  # the source is read in order ...
+            length = layout.plaintext_length(index)
+            yield put_segment(index, await _cpu(length, src.read, length))  # ... coded in parallel
+
+    async def finished(length: int) -> None:
+        nonlocal done
+        done += length
+        if progress is not None:
+            progress(done, layout.size)
+
+    await _run_windowed(jobs(), finished)
+    tally.used.update(dict.fromkeys(link.url for link in targets))
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def _as_manifest(manifest: Manifest | Mapping[str, Any]) -> Manifest:
+    return manifest if isinstance(manifest, Manifest) else Manifest.from_dict(dict(manifest))
+
+
+async def download(
+    manifest: Manifest | Mapping[str, Any],
+    *,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> tuple[bytes, FileStat]:
+    """Fetch, verify and decrypt the file ``manifest`` describes (a manifest or its dict).
+
+    Raises :class:`NotEnoughSharesError` (naming what was found where) if some segment has
+    fewer than ``k`` good shares within reach, :class:`IntegrityError` if a segment does not
+    authenticate, :class:`ProtocolError` for a malformed manifest.
+    """
+    parts: list[bytes] = []
+
+    async def keep(data: bytes) -> None:
+        parts.append(data)
+
+    stat = await _download(_as_manifest(manifest), keep, progress, timeout)
+    return b"".join(parts), stat
+
+
+async def download_to(
+    manifest: Manifest | Mapping[str, Any],
+    target: str | os.PathLike[str] | IO[bytes],
+    *,
+    progress: Progress | None = None,
+    timeout: float = 30.0,
+) -> FileStat:
+    """Like :func:`download`, but stream the file into ``target`` (a path or a binary file
+    object) a segment at a time. A path is written as ``<path>.part`` and renamed into place
+    only once the whole file has been verified.
+    """
+    manifest = _as_manifest(manifest)
+
+    if not isinstance(target, str | os.PathLike):
+        stream = target
+
+        async def write(data: bytes) -> None:
+            await _cpu(len(data), stream.write, data)
+
+        return await _download(manifest, write, progress, timeout)
+
+    path = Path(target)
+    partial = path.with_name(path.name + ".part")
+    out = await asyncio.to_thread(open, partial, "wb")
+    try:
+
+        async def write_file(data: bytes) -> None:
+            await _cpu(len(data), out.write, data)
+
+        stat = await _download(manifest, write_file, progress, timeout)
+        await asyncio.to_thread(out.close)
+        await asyncio.to_thread(os.replace, partial, path)
+        return stat
+    finally:
+        out.close()
+        partial.unlink(missing_ok=True)
+
+
+async def _download(
+    manifest: Manifest,
+    sink: Callable[[bytes], Awaitable[None]],
+    progress: Progress | None,
+    timeout: float,
+) -> FileStat:
+    layout = manifest.layout
+    tally = _Tally(layout)
+    done = 0
+    if progress is not None:
+        progress(0, layout.size)
+    async with ShardLinks(timeout=timeout) as links:
+        fetcher = _SegmentFetcher(manifest, links, tally)
+
+        async def jobs() -> AsyncGenerator[Awaitable[bytes], None]:
+            for index in range(layout.segment_count):
+                yield fetcher.fetch(index)
+
+        async def deliver(data: bytes) -> None:
+            nonlocal done
+            await sink(data)
+            done += len(data)
+            if progress is not None:
+                progress(done, layout.size)
+
+        await _run_windowed(jobs(), deliver)
+    return tally.stat()
+
+
+class _SegmentFetcher:
+    """Gathers ``k`` good shares of a segment, trying further stores as others fail."""
+
+    def __init__(self, manifest: Manifest, links: ShardLinks, tally: _Tally) -> None:
+        self.manifest = manifest
+        self.decoder = FileDecoder(manifest)
+        self.links = links
+        self.tally = tally
+
+    def _candidates(self) -> list[int]:
+        """Share numbers to try: stores that have not failed yet first, then primary
+        shares (decoding them is a plain concatenation), then parity shares."""
+        stores = self.manifest.stores
+        return sorted(range(self.manifest.n), key=lambda j: (stores[j] in self.tally.failed, j))
+
+    async def fetch(self, index: int) -> bytes:
+        """Segment ``index``'s plaintext; :class:`NotEnoughSharesError` if it cannot be had.
+
+        Shares are hashed once, when the segment is decoded; only if that finds a corrupt
+        share are they hashed again, to tell which ones to replace.
+        """
+        k = self.manifest.k
+        size = self.manifest.layout.plaintext_length(index)
+        candidates = iter(self._candidates())
+        running: set[asyncio.Task[tuple[int, bytes | None, str]]] = set()
+        shares: dict[int, bytes] = {}
+        problems: list[str] = []
+
+        def launch(count: int) -> None:
+            for j in itertools.islice(candidates, count):
+                running.add(asyncio.create_task(self._fetch_share(index, j)))
+
+        launch(k)
+        try:
+            while True:
+                while running and len(shares) < k:
+                    finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in finished:
+                        running.discard(task)
+                        j, data, problem = task.result()
+                        if data is None:
+                            problems.append(f"share {j} on {self.manifest.stores[j]}: {problem}")
+                            launch(1)
+                        else:
+                            shares[j] = data
+                if len(shares) < k:
+                    raise NotEnoughSharesError(
+                        f"segment {index}: found {len(shares)} good shares, {k} needed; "
+                        + "; ".join(problems)
+                    )
+                try:
+                    return await _cpu(size, self.decoder.decode_segment, index, shares)
+                except IntegrityError:
+                    bad = await _cpu(size, self.decoder.invalid_shares, index, shares)
+                    if not bad:
+                        raise
+                for j in bad:
+                    del shares[j]
+                    self._failed(self.manifest.stores[j])
+                    self.tally.rejected += 1
+                    problems.append(
+                        f"share {j} on {self.manifest.stores[j]}: corrupt (hash mismatch)"
+                    )
+                launch(len(bad))
+        finally:
+            for task in running:
+                task.cancel()
+
+    def _failed(self, url: str) -> None:
+        self.tally.failed[url] = None
+
+    async def _fetch_share(self, index: int, j: int) -> tuple[int, bytes | None, str]:
+        """Share ``j`` of segment ``index`` (unverified) if its store has it, else why not."""
+        url = self.manifest.stores[j]
+        try:
+            link = await self.links.link(url)
+            data = await link.get(self.manifest.segments[index].shares[j])
+        except ChannelNotFoundError:
+            self._failed(url)
+            return j, None, "missing"
+        except SpacenbError as exc:
+            self._failed(url)
+            return j, None, f"unavailable ({exc})"
+        self.tally.received += len(data)
+        self.tally.used[url] = None
+        return j, data, ""

@@ -1,0 +1,181 @@
+"""A shard store: opaque file shares on disk, named by their SHA-256, over a websocket.
+
+The store knows nothing of spaces or members. An upload (``put``) must carry a ticket the
+relay signed for the space, and the share's SHA-256 must equal its name; reads (``get``,
+``has``) need only the name, as a content address. Shares are written to a temporary file,
+fsynced and renamed into place, so a reader never sees half a share. The wire format is
+:mod:`spacenb.protocol.shardwire`; PROTOCOL.md, "Shard stores", specifies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from ..clock import Clock, SystemClock
+from ..exceptions import (
+    ChannelNotFoundError,
+    IntegrityError,
+    LimitExceededError,
+    PermissionDeniedError,
+    ProtocolError,
+    ServerError,
+    SpacenbError,
+)
+from ..protocol import shardwire
+from ..protocol.keys import decode_public_key
+from ..protocol.manifest import MAX_SEGMENT_SIZE, SEGMENT_OVERHEAD, share_name
+from ..protocol.tickets import verify_ticket
+
+__all__ = ["MAX_SHARE_SIZE", "ShardStore"]
+
+log = logging.getLogger("spacenb.shards")
+
+MAX_SHARE_SIZE = MAX_SEGMENT_SIZE + SEGMENT_OVERHEAD  # the largest share a manifest allows (k=1)
+_IN_FLIGHT = 8  # requests handled at once per connection
+
+
+class ShardStore:
+    """Serves the shares under ``root`` to anyone who names them; accepts new ones from
+    holders of a ticket signed by ``relay_key`` (the relay's ``sig.…`` public key).
+
+    Raises :class:`InvalidKeyError` if ``relay_key`` does not decode. Use as
+    ``await store.start()`` … ``await store.stop()``, or ``async with``.
+    """
+
+    def __init__(
+        self,
+        root: Path | str,
+        relay_key: str,
+        *,
+        clock: Clock | None = None,
+        max_share_size: int = MAX_SHARE_SIZE,
+    ) -> None:
+        self.root = Path(root)
+        self.relay_key = relay_key
+        self._relay_key = decode_public_key(relay_key, "sig", field="relay_key")
+        self.clock: Clock = clock or SystemClock()
+        self.max_share_size = max_share_size
+        self.url: str | None = None
+        self._server: Server | None = None
+        self._tmp = self.root / "tmp"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Create ``root`` if needed and listen; sets :attr:`url` to ``ws://host:port``."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for stale in self._tmp.iterdir():  # left by a crash mid-write
+            stale.unlink(missing_ok=True)
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            compression=None,  # shares are ciphertext: deflate would only burn CPU
+            max_size=self.max_share_size + shardwire.MAX_HEADER_BYTES + 4,
+            max_queue=4,
+        )
+        bound = self._server.sockets[0].getsockname()
+        self.url = f"ws://{host}:{bound[1]}"
+
+    async def stop(self) -> None:
+        """Close every connection and stop listening."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> ShardStore:
+        if self._server is None:
+            await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def share_path(self, name: str) -> Path:
+        """Where the share called ``name`` is (or would be) stored."""
+        return self.root / name[:2] / name
+
+    # ------------------------------------------------------------------ serving
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        slots = asyncio.Semaphore(_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for message in ws:
+                await slots.acquire()
+                task = asyncio.create_task(self._answer(ws, message, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except ConnectionClosed:
+            pass
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _answer(
+        self, ws: ServerConnection, message: bytes | str, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            try:
+                reply = await self._dispatch(shardwire.parse_request(message))
+            except SpacenbError as exc:
+                reply = shardwire.error_reply(shardwire.request_id_of(message), exc)
+            except Exception:
+                log.exception("shard store request failed")
+                error = ServerError("internal error")
+                reply = shardwire.error_reply(shardwire.request_id_of(message), error)
+            await ws.send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            slots.release()
+
+    async def _dispatch(self, request: shardwire.ShardRequest) -> bytes:
+        if isinstance(request, shardwire.PutShare):
+            await self._put(request)
+            return shardwire.ok_reply(request.id)
+        if isinstance(request, shardwire.GetShare):
+            return shardwire.ok_reply(request.id, await asyncio.to_thread(self._read, request.name))
+        present = await asyncio.to_thread(self._has, request.names)
+        return shardwire.ok_reply(request.id, present=present)
+
+    async def _put(self, request: shardwire.PutShare) -> None:
+        if len(request.data) > self.max_share_size:
+            raise LimitExceededError(f"share larger than {self.max_share_size} bytes")
+        try:
+            now_us = self.clock.now_us()
+            verify_ticket(request.ticket, self._relay_key, space_id=request.space_id, now_us=now_us)
+        except (IntegrityError, ProtocolError) as exc:
+            raise PermissionDeniedError(f"ticket refused: {exc}") from None
+        await asyncio.to_thread(self._write, request.name, request.data)
+
+    # ------------------------------------------------------------------ disk (worker threads)
+
+    def _write(self, name: str, data: bytes) -> None:
+        if share_name(data) != name:
+            raise IntegrityError("share does not match its name")
+        path = self.share_path(name)
+        path.parent.mkdir(exist_ok=True)
+        tmp = self._tmp / f"{name}.{secrets.token_hex(8)}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _has(self, names: tuple[str, ...]) -> list[bool]:
+        return [self.share_path(name).is_file() for name in names]
+
+    def _read(self, name: str) -> bytes:
+        try:
+            return self.share_path(name).read_bytes()
+        except FileNotFoundError:
+            raise ChannelNotFoundError(f"no share named {name}") from None

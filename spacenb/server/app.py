@@ -143,6 +143,7 @@ class RunningServer:
             for store in self._shard_stores:
                 await store.stop()
         finally:
+            self.relay.close()
             self._storage.close()
             if self._tempdir is not None:
                 self._tempdir.cleanup()

@@ -12,6 +12,7 @@ dropped instead of holding up the others.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +53,7 @@ MAX_BUFFERED = 16 << 20  # bytes queued to one client before it is dropped as to
 # the frame is answered with ``too_large`` and the connection stays up.
 WS_MAX_SIZE = 2 * MAX_FRAME_BYTES
 _BEFORE_AUTH = frozenset({"auth", "ping"})
+_BATCHED = frozenset({"send"})  # ops whose writes join the message batch (group commit)
 
 
 class Session:
@@ -100,11 +102,21 @@ class Relay:
         self._subscribers: dict[str, set[Session]] = {}
         self._by_user: dict[str, set[Session]] = {}
         self._signers: dict[str, crypto.PublicKey] = {}
+        # Answers and events wait here until the message batch is committed (one commit
+        # per event-loop iteration under load), then are written in order.
         self._outbox: list[tuple[Sequence[Session], str]] = []
         self._keeper_outbox: list[JoinRequested] = []
+        self._batch: list[tuple[int, int, int]] = []  # outbox spans of uncommitted sends
+        self._flush_scheduled = False
+        self._closed = False
 
     def now_us(self) -> int:
         return self.clock.now_us()
+
+    def close(self) -> None:
+        """Commit and write what is pending; the relay then handles nothing more."""
+        self.flush()
+        self._closed = True
 
     # ------------------------------------------------------------------ connections
 
@@ -116,6 +128,7 @@ class Relay:
             async for data in connection:
                 self.handle_frame(session, data)
                 if session.closing:
+                    self.flush()
                     await connection.close(CloseCode.POLICY_VIOLATION, "authentication failed")
                     break
         except ConnectionClosed:
@@ -127,22 +140,28 @@ class Relay:
         return Hello("spacenb", PROTOCOL_VERSION, session.nonce, self.keeper)
 
     def handle_frame(self, session: Session, data: str | bytes) -> None:
-        """Answer one frame: a result or an error, then the events it caused."""
+        """Answer one frame: a result or an error, then the events it caused.
+
+        Both are written by the next :meth:`flush` (scheduled for the end of this
+        event-loop iteration), after the messages stored meanwhile are committed.
+        """
+        mark = len(self._outbox)
+        request: Request | None = None
         try:
             request = parse_client_frame(data)
-        except SpacenbError as exc:
-            rid = request_id_of(data) if isinstance(data, str) else None
-            self._write([session], ErrorFrame.of(rid, exc).to_json())
-            return
-        try:
             reply = Response.of(request.id, self.call(session, request)).to_json()
         except SpacenbError as exc:
-            reply = ErrorFrame.of(request.id, exc).to_json()
+            rid = request_id_of(data) if request is None and isinstance(data, str) else None
+            reply = ErrorFrame.of(request.id if request else rid, exc).to_json()
         except Exception:
+            assert request is not None
             log.exception("request %r failed", request.OP)
             reply = ErrorFrame(request.id, "server_error", "internal error (logged)").to_json()
-        self._write([session], reply)
-        self.flush()
+        else:
+            if request.OP in _BATCHED:
+                self._batch.append((mark, len(self._outbox) + 1, request.id))
+        self._outbox.insert(mark, ([session], reply))
+        self._schedule_flush()
 
     def call(self, session: Session, request: Request) -> Any:
         """Authorise and run one request; its events wait in the outbox for :meth:`flush`.
@@ -151,6 +170,8 @@ class Relay:
         """
         if session.username is None and request.OP not in _BEFORE_AUTH:
             raise PermissionDeniedError("not authenticated: send auth first")
+        if request.OP not in _BATCHED:
+            self._commit()
         return HANDLERS[request.OP](self, session, request)
 
     def call_local(self, session: Session, request: Request) -> Any:
@@ -258,8 +279,30 @@ class Relay:
         if self.keeper_inbox is not None:
             self._keeper_outbox.append(event)
 
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def _commit(self) -> None:
+        """Commit the message batch. If that fails, its sends are answered ``server_error``
+        instead and their events are dropped."""
+        batch, self._batch = self._batch, []
+        try:
+            self.storage.commit()
+        except Exception:
+            log.exception("committing %d messages failed; their senders are told", len(batch))
+            self.storage.rollback()
+            for start, end, request_id in reversed(batch):
+                error = ErrorFrame(request_id, "server_error", "could not store the message")
+                self._outbox[start:end] = [(self._outbox[start][0], error.to_json())]
+
     def flush(self) -> None:
-        """Write every queued event (called once the current answer is written)."""
+        """Commit the message batch, then write every queued answer and event in order."""
+        self._flush_scheduled = False
+        if self._closed:
+            return
+        self._commit()
         outbox, self._outbox = self._outbox, []
         for targets, text in outbox:
             self._write(targets, text)

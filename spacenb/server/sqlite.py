@@ -174,8 +174,12 @@ class SQLiteStorage(Storage):
     """:class:`Storage` in one SQLite file (WAL journal, ``synchronous=NORMAL``).
 
     ``path`` is the database file (``":memory:"`` for a throwaway one). Use it from one
-    thread at a time: the relay keeps it on its event loop.
+    thread at a time: the relay keeps it on its event loop. Spaces and roles, read on
+    every message, are cached in memory; the cache is coherent because this object is
+    the file's only writer.
     """
+
+    ROLE_CACHE_SIZE = 100_000
 
     def __init__(self, path: str | Path) -> None:
         self._db = sqlite3.connect(
@@ -186,6 +190,8 @@ class SQLiteStorage(Storage):
         self._db.execute("PRAGMA foreign_keys=ON")
         migrate(self._db)
         self._last_handle: dict[str, int] = {}
+        self._spaces: dict[str, SpaceRecord] = {}
+        self._roles: dict[tuple[str, str], Role | None] = {}
 
     @classmethod
     def in_dir(cls, data_dir: str | Path) -> SQLiteStorage:
@@ -198,6 +204,7 @@ class SQLiteStorage(Storage):
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed on success, rolled back on any exception."""
+        self.commit()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -206,16 +213,29 @@ class SQLiteStorage(Storage):
             raise
         self._db.execute("COMMIT")
 
+    def _write(self, sql: str, *args: Any) -> int:
+        """One write statement as its own transaction; the number of rows it changed."""
+        self.commit()
+        return self._db.execute(sql, args).rowcount
+
     def _one(self, sql: str, *args: Any) -> Any:
         return self._db.execute(sql, args).fetchone()
+
+    def commit(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     # -- users
 
     def register_user(self, user: UserEntry, now_us: int) -> tuple[UserEntry, bool]:
-        created = self._db.execute(
+        created = self._write(
             "INSERT INTO users VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (user.username, user.signing_key, user.ecdh_key, now_us),
-        ).rowcount
+            user.username, user.signing_key, user.ecdh_key, now_us,
+        )  # fmt: skip
         if created:
             return user, True
         (stored,) = self.get_users([user.username])
@@ -240,6 +260,8 @@ class SQLiteStorage(Storage):
     def create_space(
         self, space: SpaceRecord, members: Sequence[MemberEntry], keys: Sequence[WrappedKey]
     ) -> None:
+        for member in members:
+            self._roles.pop((space.space_id, member.member_id), None)
         with self._tx() as db:
             if self._one("SELECT 1 FROM spaces WHERE space_id = ?", space.space_id):
                 raise ChannelExistsError("a space with this id already exists")
@@ -264,12 +286,17 @@ class SQLiteStorage(Storage):
             )
 
     def get_space(self, space_id: str) -> SpaceRecord | None:
-        row = self._one(
-            f"SELECT {_SPACE_COLUMNS} FROM spaces s LEFT JOIN channels c USING (space_id) "
-            "WHERE s.space_id = ?",
-            space_id,
-        )
-        return None if row is None else _space(row)
+        space = self._spaces.get(space_id)
+        if space is None:
+            row = self._one(
+                f"SELECT {_SPACE_COLUMNS} FROM spaces s LEFT JOIN channels c USING (space_id) "
+                "WHERE s.space_id = ?",
+                space_id,
+            )
+            if row is None:
+                return None
+            space = self._spaces[space_id] = _space(row)
+        return space
 
     def resolve_channel(self, name: str) -> str | None:
         row = self._one("SELECT space_id FROM channels WHERE name = ?", name)
@@ -283,6 +310,7 @@ class SQLiteStorage(Storage):
         return [ChannelEntry(*row) for row in rows]
 
     def advance_epoch(self, space_id: str, epoch: int, keys: Sequence[WrappedKey]) -> None:
+        self._spaces.pop(space_id, None)
         with self._tx() as db:
             moved = db.execute(
                 "UPDATE spaces SET epoch = ? WHERE space_id = ? AND epoch = ?",
@@ -297,10 +325,18 @@ class SQLiteStorage(Storage):
     # -- memberships
 
     def get_role(self, space_id: str, username: str) -> Role | None:
+        key = (space_id, username)
+        try:
+            return self._roles[key]
+        except KeyError:
+            pass
         row = self._one(
             "SELECT role FROM memberships WHERE space_id = ? AND username = ?", space_id, username
         )
-        return None if row is None else cast(Role, row[0])
+        if len(self._roles) >= self.ROLE_CACHE_SIZE:
+            self._roles.clear()
+        role = self._roles[key] = None if row is None else cast(Role, row[0])
+        return role
 
     def list_members(self, space_id: str) -> list[MemberEntry]:
         rows = self._db.execute(
@@ -318,14 +354,18 @@ class SQLiteStorage(Storage):
         return [(MemberEntry(name, role), UserEntry(name, sig, dh)) for name, role, sig, dh in rows]
 
     def set_role(self, space_id: str, username: str, role: Role) -> bool:
+        self._roles.pop((space_id, username), None)
         return bool(
-            self._db.execute(
+            self._write(
                 "UPDATE memberships SET role = ? WHERE space_id = ? AND username = ?",
-                (role, space_id, username),
-            ).rowcount
+                role,
+                space_id,
+                username,
+            )
         )
 
     def remove_member(self, space_id: str, username: str) -> bool:
+        self._roles.pop((space_id, username), None)
         with self._tx() as db:
             db.execute(
                 "DELETE FROM join_requests WHERE space_id = ? AND username = ?",
@@ -339,8 +379,8 @@ class SQLiteStorage(Storage):
             )
 
     def allow(self, space_id: str, username: str) -> None:
-        self._db.execute(
-            "INSERT INTO allowlist VALUES (?, ?) ON CONFLICT DO NOTHING", (space_id, username)
+        self._write(
+            "INSERT INTO allowlist VALUES (?, ?) ON CONFLICT DO NOTHING", space_id, username
         )
 
     def is_allowed(self, space_id: str, username: str) -> bool:
@@ -352,6 +392,7 @@ class SQLiteStorage(Storage):
     def join_space(
         self, space_id: str, username: str, role: Role, now_us: int, token: str | None = None
     ) -> Role:
+        self._roles.pop((space_id, username), None)
         with self._tx() as db:
             if token is not None:
                 role = self._redeem(space_id, token, now_us)
@@ -428,13 +469,11 @@ class SQLiteStorage(Storage):
     # -- invite links
 
     def create_link(self, link: LinkInfo, token: str) -> None:
-        self._db.execute(
+        self._write(
             f"INSERT INTO invite_links ({_LINK_COLUMNS}, token_hash) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                link.link_id, link.space_id, link.role, link.expires_at_us, link.max_uses,
-                link.uses, int(link.revoked), link.created_at_us, token_hash(token),
-            ),
+            link.link_id, link.space_id, link.role, link.expires_at_us, link.max_uses,
+            link.uses, int(link.revoked), link.created_at_us, token_hash(token),
         )  # fmt: skip
 
     def list_links(self, space_id: str) -> list[LinkInfo]:
@@ -447,10 +486,11 @@ class SQLiteStorage(Storage):
 
     def revoke_link(self, space_id: str, token: str) -> bool:
         return bool(
-            self._db.execute(
+            self._write(
                 "UPDATE invite_links SET revoked = 1 WHERE token_hash = ? AND space_id = ?",
-                (token_hash(token), space_id),
-            ).rowcount
+                token_hash(token),
+                space_id,
+            )
         )
 
     # -- messages
@@ -469,6 +509,8 @@ class SQLiteStorage(Storage):
     def add_message(self, envelope: Envelope, now_us: int) -> int:
         last = self._newest_handle(envelope.target)
         handle = now_us if now_us > last else last + 1
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
         self._db.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -487,16 +529,20 @@ class SQLiteStorage(Storage):
 
     def replace_message(self, handle: int, envelope: Envelope) -> bool:
         return bool(
-            self._db.execute(
+            self._write(
                 "UPDATE messages SET source = ?, subject = ?, epoch = ?, content_type = ?, "
                 "iv = ?, ciphertext = ?, signature = ? WHERE space_id = ? AND handle = ?",
-                (
-                    envelope.source, envelope.subject, envelope.epoch, envelope.content_type,
-                    envelope.iv, envelope.ciphertext, envelope.signature, envelope.target,
-                    handle,
-                ),
-            ).rowcount
-        )  # fmt: skip
+                envelope.source,
+                envelope.subject,
+                envelope.epoch,
+                envelope.content_type,
+                envelope.iv,
+                envelope.ciphertext,
+                envelope.signature,
+                envelope.target,
+                handle,
+            )
+        )
 
     def delete_message(self, space_id: str, handle: int) -> bool:
         with self._tx() as db:

@@ -3,9 +3,10 @@
 :class:`Storage` is the one interface the relay writes against;
 :class:`~spacenb.server.sqlite.SQLiteStorage` implements it (one file, WAL). Another
 database is another subclass. Every mutating method is one transaction: when it returns,
-the change is committed; when it raises, nothing changed. Nothing stored here can open a
-message or a group key: bodies are sealed envelopes and keys are ECIES blobs (PROTOCOL.md,
-"Server operation").
+the change is committed; when it raises, nothing changed. The one exception is
+:meth:`Storage.add_message`, which batches consecutive messages into one commit. Nothing
+stored here can open a message or a group key: bodies are sealed envelopes and keys are
+ECIES blobs (PROTOCOL.md, "Server operation").
 
 Methods are synchronous: SQLite answers in microseconds, so the relay calls them on its
 event-loop thread, from one connection.
@@ -76,12 +77,21 @@ def link_id_of(token_digest: bytes) -> str:
 
 
 class Storage(abc.ABC):
-    """The relay's persistent state. Every mutating method commits before it returns."""
+    """The relay's persistent state. Every mutating method but :meth:`add_message` commits
+    (first the open message batch, then its own change) before it returns."""
 
     # -- lifecycle
     @abc.abstractmethod
     def close(self) -> None:
-        """Release the database."""
+        """Release the database (an open message batch is lost: commit first)."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Make the open message batch durable (see :meth:`add_message`); a no-op if none."""
+
+    @abc.abstractmethod
+    def rollback(self) -> None:
+        """Discard the open message batch; a no-op if none."""
 
     # -- users
     @abc.abstractmethod
@@ -198,8 +208,14 @@ class Storage(abc.ABC):
     # -- messages
     @abc.abstractmethod
     def add_message(self, envelope: Envelope, now_us: int) -> int:
-        """Store a message and return its handle: ``now_us``, or one more than the space's
-        newest handle ever if that is not larger (so handles strictly increase)."""
+        """Add a message to the open message batch (opening one) and return its handle:
+        ``now_us``, or one more than the space's newest handle ever if that is not larger
+        (so handles strictly increase).
+
+        This is the one write that is not committed on return: consecutive messages share
+        one commit (group commit), made by :meth:`commit` or by the next other write. The
+        relay answers a send only after that commit.
+        """
 
     @abc.abstractmethod
     def message_source(self, space_id: str, handle: int) -> str | None:

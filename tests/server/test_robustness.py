@@ -136,3 +136,49 @@ async def test_server_survives_abrupt_disconnects(tmp_path):
         await asyncio.sleep(0)
         assert await alice.call(frames.Ping) == frames.Ok()
         assert (await alice.call(frames.Roster, space_id=info.space_id)).members[0].online
+
+
+async def test_pipelined_sends_share_commits_and_are_all_answered(tmp_path):
+    async with running(tmp_path) as srv:
+        alice = await user(srv, "alice")
+        info, ring = await alice.create_space(name="chat")
+        await alice.call(frames.Subscribe, space_id=info.space_id)
+        for i in range(50):
+            await alice.send_text(frames.Send(id=1000 + i, envelope=alice.seal(ring, i)).to_json())
+        answers = [await alice.next_frame() for _ in range(50)]
+        assert [a.id for a in answers] == list(range(1000, 1050))
+        handles = [a.result["handle"] for a in answers]
+        assert handles == sorted(set(handles))
+        pushed = [(await alice.event("message")).handle for _ in range(50)]
+        assert pushed == handles
+        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=100)
+        assert [m.handle for m in page.items] == handles
+
+
+async def test_a_failed_commit_fails_its_sends_and_nothing_else(tmp_path, monkeypatch, caplog):
+    async with running(tmp_path) as srv:
+        alice = await user(srv, "alice")
+        info, ring = await alice.create_space(name="chat")
+        await alice.call(frames.Subscribe, space_id=info.space_id)
+        kept = await alice.send(ring, "kept")
+        await alice.event("message")
+        storage = srv.relay.storage
+        real_commit = storage.commit
+        disk_broken = True
+
+        def failing_commit() -> None:
+            if disk_broken and storage._db.in_transaction:
+                raise sqlite3.OperationalError("disk I/O error")
+            real_commit()
+
+        monkeypatch.setattr(storage, "commit", failing_commit)
+        for i in range(3):
+            await alice.send_text(frames.Send(id=500 + i, envelope=alice.seal(ring, i)).to_json())
+        answers = [await alice.next_frame() for _ in range(3)]
+        disk_broken = False
+        assert [(a.id, a.code) for a in answers] == [(500 + i, "server_error") for i in range(3)]
+        assert "disk I/O error" in caplog.text
+        await alice.no_event("message")
+        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        assert [m.handle for m in page.items] == [kept]
+        assert await alice.send(ring, "works again") > kept

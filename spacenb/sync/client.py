@@ -18,7 +18,7 @@ from ..dataframes import channels_frame, invite_links_frame, members_frame, rost
 from ..display import Displayable
 from ..protocol.keyring import HistoryPolicy
 from .records import InviteLink
-from .runner import Runner, get_runner
+from .runner import LoopResource, Runner, get_runner
 from .space import Space
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ __all__ = ["Client", "SpaceAPI", "connect"]
 T = TypeVar("T")
 
 
-class Client(Displayable):
+class Client(LoopResource, Displayable):
     """A signed-in user (make one with :func:`connect`); ``client.space`` does the rest.
 
     ``timeout`` (seconds, None for no limit beyond the async core's own) bounds every
@@ -41,10 +41,9 @@ class Client(Displayable):
     ) -> None:
         self.aio = inner  # the async twin, for ``await`` from notebooks
         self.timeout = timeout
-        self._runner = runner
+        self._own(runner)
         self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()
         self.space = SpaceAPI(self)
-        runner.register(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._runner.run(coro, self.timeout)
@@ -70,18 +69,11 @@ class Client(Displayable):
         return self.aio.fingerprint
 
     def close(self) -> None:
-        """Sign out and close the connection."""
-        self._runner.unregister(self)
-        return self._run(self.aio.close())
+        """Sign out and close the connection (also on leaving a ``with`` block)."""
+        self._release(self.timeout)
 
     async def _aclose(self) -> None:
         await self.aio.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _repr_fields(self) -> Mapping[str, Any]:
         return {"username": self.username, "url": self.url, "fingerprint": self.fingerprint}

@@ -16,11 +16,11 @@ import contextlib
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from ..exceptions import SpacenbTimeoutError
 
-__all__ = ["LoopThreadError", "Runner", "get_runner"]
+__all__ = ["LoopResource", "LoopThreadError", "Runner", "get_runner"]
 
 T = TypeVar("T")
 
@@ -105,11 +105,13 @@ class Runner:
         if self.in_loop_thread():
             coro.close()
             raise LoopThreadError()
-        future = self.submit(coro)
+        future: concurrent.futures.Future[T] | None = None
         try:
+            future = self.submit(coro)
             done, _ = concurrent.futures.wait([future], timeout=timeout)
         except BaseException:
-            future.cancel()
+            if future is not None:
+                future.cancel()
             raise
         if not done:
             future.cancel()
@@ -188,6 +190,30 @@ async def _shutdown(closeables: list[Closeable], timeout: float) -> None:
 async def _quietly(awaitable: Awaitable[object]) -> None:
     with contextlib.suppress(Exception):  # best effort at exit
         await awaitable
+
+
+class LoopResource:
+    """Base of facade objects that own something living on the runner's loop (a client's
+    connection, a server's sockets): released by ``with``, or at interpreter exit."""
+
+    _runner: Runner
+
+    def _own(self, runner: Runner) -> None:
+        self._runner = runner
+        runner.register(self)
+
+    async def _aclose(self) -> None:
+        raise NotImplementedError
+
+    def _release(self, timeout: float | None = None) -> None:
+        self._runner.unregister(self)
+        self._runner.run(self._aclose(), timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()
 
 
 _runner = Runner()

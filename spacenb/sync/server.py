@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import aio
 from ..display import Displayable, secret
-from .runner import Runner, get_runner
+from .runner import LoopResource, Runner, get_runner
 
 if TYPE_CHECKING:
     from ..server.app import RunningServer
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["LocalServer", "serve"]
 
 
-class LocalServer(Displayable):
+class LocalServer(LoopResource, Displayable):
     """A relay, keeper and shard stores running on the facade's loop in this process.
 
     Stop it with :meth:`stop` or use it as a context manager; it is also stopped when the
@@ -25,8 +25,7 @@ class LocalServer(Displayable):
 
     def __init__(self, inner: RunningServer, *, runner: Runner) -> None:
         self.aio = inner
-        self._runner = runner
-        runner.register(self)
+        self._own(runner)
 
     @property
     def url(self) -> str:
@@ -44,18 +43,11 @@ class LocalServer(Displayable):
         return self.aio.data_dir
 
     def stop(self) -> None:
-        """Stop serving (idempotent)."""
-        self._runner.unregister(self)
-        return self._runner.run(self.aio.stop())
+        """Stop serving (idempotent; also on leaving a ``with`` block)."""
+        self._release()
 
     async def _aclose(self) -> None:
         await self.aio.stop()
-
-    def __enter__(self) -> LocalServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def _repr_fields(self) -> Mapping[str, Any]:
         return {"url": self.url, "app_key": secret(self.app_key), "data_dir": self.data_dir}

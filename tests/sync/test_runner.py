@@ -231,10 +231,16 @@ def test_an_interrupt_while_waiting_cancels_the_call(runner: Runner) -> None:
             cancelled.set()
             raise
 
-    timer = threading.Thread(
-        target=lambda: started.wait(5) and os.kill(os.getpid(), signal.SIGINT), daemon=True
-    )
-    timer.start()
+    def interrupt_once_waiting() -> None:
+        started.wait(5)
+        main = threading.main_thread().ident
+        wait_until(
+            lambda: "wait" in traceback.extract_stack(sys._current_frames()[main])[-1].name,
+            what="the main thread blocked in the call",
+        )
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_waiting, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         runner.run(forever())  # what a Jupyter "interrupt kernel" does to a blocking call
     assert cancelled.wait(5)

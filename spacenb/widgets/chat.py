@@ -34,7 +34,7 @@ TYPING_INTERVAL = 2.0  # send at most one typing signal per this many seconds
 _HERE = pathlib.Path(__file__).parent
 
 
-class ChatWidget(anywidget.AnyWidget):  # type: ignore[misc]
+class ChatWidget(anywidget.AnyWidget):
     """A live view of a space: messages, composer, who is online, who is typing.
 
     Messages arrive as they are sent (sender, relay time, body, "(edited)"); deleted

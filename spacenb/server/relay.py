@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from ..clock import Clock, SystemClock
-from ..exceptions import PermissionDeniedError, SpacenbError
+from ..exceptions import PermissionDeniedError, ServerError, SpacenbError
 from ..protocol import crypto, frames
 from ..protocol.frames import (
     MAX_FRAME_BYTES,
@@ -145,20 +145,29 @@ class Relay:
         Both are written by the next :meth:`flush` (scheduled for the end of this
         event-loop iteration), after the messages stored meanwhile are committed.
         """
-        mark = len(self._outbox)
-        request: Request | None = None
         try:
             request = parse_client_frame(data)
+        except Exception as exc:
+            if not isinstance(exc, SpacenbError):
+                log.exception("parsing a frame failed")
+                exc = ServerError("internal error (logged)")
+            rid = request_id_of(data) if isinstance(data, str) else None
+            self._outbox.append(([session], ErrorFrame.of(rid, exc).to_json()))
+            self._schedule_flush()
+            return
+        batched = request.OP in _BATCHED
+        if not batched:
+            self._commit()  # before ``mark``: a failed commit reshapes the outbox
+        mark = len(self._outbox)
+        try:
             reply = Response.of(request.id, self.call(session, request)).to_json()
         except SpacenbError as exc:
-            rid = request_id_of(data) if request is None and isinstance(data, str) else None
-            reply = ErrorFrame.of(request.id if request else rid, exc).to_json()
+            reply = ErrorFrame.of(request.id, exc).to_json()
         except Exception:
-            assert request is not None
             log.exception("request %r failed", request.OP)
             reply = ErrorFrame(request.id, "server_error", "internal error (logged)").to_json()
         else:
-            if request.OP in _BATCHED:
+            if batched:
                 self._batch.append((mark, len(self._outbox) + 1, request.id))
         self._outbox.insert(mark, ([session], reply))
         self._schedule_flush()

@@ -17,6 +17,7 @@ from spacenb.protocol import frames
 from spacenb.protocol.keyring import Keyring
 from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair, decode_public_key
 from spacenb.protocol.tickets import verify_ticket
+from spacenb.server.handlers import HANDLERS
 from tests.server.rawclient import running, user
 
 
@@ -174,3 +175,38 @@ async def test_shard_ticket_signed_by_the_relay(tmp_path):
         )
         assert ticket.username == "alice" and ticket.expires_at_us == result.expires_at_us
         assert (tmp_path / "shards" / "002").is_dir()
+
+
+def test_every_request_in_the_protocol_has_a_handler():
+    assert set(HANDLERS) == set(frames.REQUESTS)
+
+
+async def test_member_only_requests_refuse_outsiders(tmp_path):
+    async with running(tmp_path) as srv:
+        alice = await user(srv, "alice")
+        info, ring = await alice.create_space(name="team")
+        sid = info.space_id
+        handle = await alice.send(ring, "hello")
+        zed = await user(srv, "zed")
+        signal = zed.seal(ring, "psst", kind="eph")
+        refused = [
+            (frames.SendEphemeral, {"envelope": signal}),
+            (frames.Send, {"envelope": zed.seal(ring, "hi")}),
+            (frames.Edit, {"handle": handle, "envelope": zed.seal(ring, "hi")}),
+            (frames.Delete, {"space_id": sid, "handle": handle}),
+            (frames.History, {"space_id": sid, "before": None, "limit": 5}),
+            (frames.Invite, {"space_id": sid, "username": "zed"}),
+            (frames.ShardTicket, {"space_id": sid}),
+            (frames.Rotate, {"space_id": sid, "epoch": 1, "keys": ()}),
+            (frames.Admit, {"space_id": sid, "member": "zed", "keys": ()}),
+            (frames.CreateLink,
+             {"space_id": sid, "expires_in_sec": None, "max_uses": None, "role": "viewer"}),
+            (frames.ListLinks, {"space_id": sid}),
+            (frames.RevokeLink, {"space_id": sid, "token": "x"}),
+            (frames.SetRole, {"space_id": sid, "member": "alice", "role": "viewer"}),
+            (frames.RemoveMember, {"space_id": sid, "member": "alice"}),
+        ]  # fmt: skip
+        for cls, fields in refused:
+            with pytest.raises(PermissionDeniedError):
+                await zed.call(cls, **fields)
+        assert (await zed.call(frames.GetSpaceInfo, space_id=sid)).name == "team"  # public

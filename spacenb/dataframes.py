@@ -26,6 +26,7 @@ __all__ = [
     "invite_links_frame",
     "members_frame",
     "roster_frame",
+    "schema_dtypes",
     "to_frame",
 ]
 
@@ -69,6 +70,12 @@ HISTORY_COLUMNS: Schema = {
 def handle_time(handle: int) -> datetime:
     """The relay time a message handle stands for (handles are UTC microseconds)."""
     return _EPOCH + timedelta(microseconds=handle)
+
+
+def schema_dtypes(columns: Schema) -> dict[str, Any]:
+    """The dtype of each column of a frame with this schema, as pandas spells it here
+    (``"str"`` is pandas' string dtype from pandas 3 on, ``object`` before)."""
+    return {name: pd.api.types.pandas_dtype(dtype) for name, dtype in columns.items()}
 
 
 def _fields(record: Any) -> Mapping[str, Any]:

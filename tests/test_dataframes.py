@@ -21,8 +21,8 @@ def event(handle: int, body: object, content_type: str | None = None) -> SpaceMe
     return SpaceMessageEvent("alice", "default", 3, content_type, handle, Message("ab", 0, body))
 
 
-def dtypes(df: pd.DataFrame) -> dict[str, str]:
-    return df.dtypes.astype(str).to_dict()
+def dtypes(df: pd.DataFrame) -> dict[str, object]:
+    return df.dtypes.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def dtypes(df: pd.DataFrame) -> dict[str, str]:
 def test_empty_frames_keep_columns_and_dtypes(build, schema) -> None:  # type: ignore[no-untyped-def]
     df = build([])
     assert df.empty
-    assert dtypes(df) == dict(schema)
+    assert dtypes(df) == d.schema_dtypes(schema)
 
 
 def test_records_become_rows() -> None:
@@ -46,7 +46,7 @@ def test_records_become_rows() -> None:
     ]
     assert d.members_frame([MemberEntry("bob", "viewer")])["role"].tolist() == ["viewer"]
     roster = d.roster_frame([RosterEntry("bob", "editor", "sig.a", "dh.b", True)])
-    assert dtypes(roster) == dict(d.ROSTER_COLUMNS)
+    assert dtypes(roster) == d.schema_dtypes(d.ROSTER_COLUMNS)
     assert roster["online"].tolist() == [True]
 
 
@@ -55,7 +55,7 @@ def test_invite_links_missing_values() -> None:
     links = d.invite_links_frame(
         [InviteLink(None, "l1", "spc.x", "viewer", None, None, 0, False, created)]
     )
-    assert dtypes(links) == dict(d.INVITE_LINK_COLUMNS)
+    assert dtypes(links) == d.schema_dtypes(d.INVITE_LINK_COLUMNS)
     row = links.iloc[0]
     assert pd.isna(row["token"]) and pd.isna(row["expires_at"]) and pd.isna(row["max_uses"])
     assert row["created_at"] == pd.Timestamp(created)
@@ -63,7 +63,9 @@ def test_invite_links_missing_values() -> None:
 
 def test_history_frame_derives_time_from_the_handle() -> None:
     df = d.history_frame(History((event(HANDLE, "hi"), event(HANDLE + 1, [1, 2], "x/y")), 42))
-    assert dtypes(df) == dict(d.HISTORY_COLUMNS)
+    assert dtypes(df) == d.schema_dtypes(d.HISTORY_COLUMNS)
+    assert str(df["sent_at"].dtype) == "datetime64[ns, UTC]"
+    assert df["handle"].dtype == "int64" and df["epoch"].dtype == "int64"
     assert df["sent_at"].iloc[0] == pd.Timestamp("2026-01-01 00:00:00.123456", tz="UTC")
     assert df["body"].tolist() == ["hi", [1, 2]]
     assert df["content_type"].iloc[1] == "x/y" and pd.isna(df["content_type"].iloc[0])
@@ -72,7 +74,7 @@ def test_history_frame_derives_time_from_the_handle() -> None:
 
 def test_empty_history() -> None:
     df = d.history_frame(History((), None))
-    assert df.empty and dtypes(df) == dict(d.HISTORY_COLUMNS)
+    assert df.empty and dtypes(df) == d.schema_dtypes(d.HISTORY_COLUMNS)
     assert df.attrs == {"next_cursor": None}
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import spacenb
-from spacenb.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS
+from spacenb.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS, schema_dtypes
 from spacenb.sync.testing import wait_until
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ def test_messages_history_and_frames(context: Callable[..., Any], make_client: M
 
         df = theirs.history()
         assert list(df.columns) == list(HISTORY_COLUMNS)
-        assert df.dtypes.astype(str).to_dict() == dict(HISTORY_COLUMNS)
+        assert df.dtypes.to_dict() == schema_dtypes(HISTORY_COLUMNS)
         assert df["handle"].tolist() == [handle]
         assert df["sender"].tolist() == [mine.client.username]
         assert df["body"].tolist() == [{"text": "hello"}]
@@ -115,11 +115,11 @@ def test_empty_results_are_empty_frames_with_dtypes(make_client: MakeClient) -> 
     space = alice.space.create_channel(f"empty-{alice.username}")
     history = space.history()
     assert history.empty
-    assert history.dtypes.astype(str).to_dict() == dict(HISTORY_COLUMNS)
+    assert history.dtypes.to_dict() == schema_dtypes(HISTORY_COLUMNS)
     assert history.attrs["next_cursor"] is None
     links = alice.space.list_invite_links(space.id)
     assert links.empty
-    assert links.dtypes.astype(str).to_dict() == dict(INVITE_LINK_COLUMNS)
+    assert links.dtypes.to_dict() == schema_dtypes(INVITE_LINK_COLUMNS)
 
 
 def test_history_pages_with_the_cursor(make_client: MakeClient) -> None:

@@ -39,7 +39,7 @@ class Client(LoopResource, Displayable):
     def __init__(
         self, inner: aio.AsyncClient, *, runner: Runner, timeout: float | None = None
     ) -> None:
-        self.aio = inner  # the async twin, for ``await`` from notebooks
+        self.aio = inner  # the async twin: lives on the facade loop (await it in async handlers)
         self.timeout = timeout
         self._own(runner)
         self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import contextvars
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -91,8 +92,14 @@ class Runner:
     # ------------------------------------------------------------------ calls
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop and return a thread-safe future (non-blocking)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Schedule ``coro`` on the loop and return a thread-safe future (non-blocking).
+
+        The coroutine runs in an empty ``contextvars`` context, not the caller's: tasks it
+        starts (a client's reader and dispatcher) outlive the call, and in a Jupyter kernel
+        the caller's context pins the cell that was running then, so output and widget
+        messages from those tasks would be filed under that old cell forever.
+        """
+        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the loop and block until it is done; return its result.
@@ -134,7 +141,7 @@ class Runner:
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         """Schedule ``fn(*args)`` on the loop thread without waiting (thread-safe)."""
-        self.loop.call_soon_threadsafe(fn, *args)
+        self.loop.call_soon_threadsafe(fn, *args, context=contextvars.Context())
 
     # ------------------------------------------------------------------ shutdown
 

@@ -40,10 +40,15 @@ Unsubscribe = Callable[[], None]
 
 
 class Space(Displayable):
-    """A space you are a member of (or a handle on one). Get it from ``client.space``."""
+    """A space you are a member of (or a handle on one). Get it from ``client.space``.
+
+    ``space.aio`` is the async twin. It lives on the facade's private loop: await it from
+    ``async def`` handlers (which run there), not from a notebook cell's own loop; for
+    top-level ``await`` in a notebook, use ``spacenb.aio.connect`` directly.
+    """
 
     def __init__(self, inner: AsyncSpace, client: Client) -> None:
-        self.aio = inner  # the async twin, for ``await`` from notebooks
+        self.aio = inner  # the async twin: lives on the facade loop (await it in async handlers)
         self.client = client
         self._run = client._run
         self._handlers: dict[tuple[str, Handler], Handler] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -85,6 +86,21 @@ def test_coroutines_own_timeout_error_is_not_mistaken(runner: Runner) -> None:
 
     with pytest.raises(SpacenbTimeoutError, match="relay did not answer"):
         runner.run(times_out_inside(), timeout=10)
+
+
+CALLER = contextvars.ContextVar("CALLER", default="unset")
+
+
+def test_coroutines_do_not_inherit_the_callers_context(runner: Runner) -> None:
+    CALLER.set("the cell that ran first")  # in a kernel: the parent message of a cell
+
+    async def read() -> str:
+        return CALLER.get()
+
+    assert runner.run(read()) == "unset"
+    seen: list[str] = []
+    runner.call_soon(lambda: seen.append(CALLER.get()))
+    wait_until(lambda: seen == ["unset"], what="call_soon in an empty context")
 
 
 def test_blocking_call_on_the_loop_thread_raises(runner: Runner) -> None:

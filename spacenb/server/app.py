@@ -130,6 +130,12 @@ class RunningServer:
     def __repr__(self) -> str:
         return f"RunningServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
 
+    @property
+    def shard_stores(self) -> tuple[Any, ...]:
+        """The running :class:`~spacenb.server.shards.ShardStore` objects, in
+        ``shard_urls`` order (a test or benchmark may stop some to simulate outages)."""
+        return tuple(self._shard_stores)
+
     async def stop(self) -> None:
         """Close every connection, stop the keeper and shard stores, close the database
         and remove a temporary data directory. Idempotent."""

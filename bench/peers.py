@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from .bare_relay import BareClient, start_bare_relay, url_of
-from .common import PAYLOAD_BYTES, Link, Worker, expect_all, now, payload, raise_nofile
+from .common import (
+    PAYLOAD_BYTES,
+    Link,
+    Worker,
+    expect_all,
+    now,
+    payload,
+    raise_nofile,
+    rss,
+)
 
 __all__ = [
     "Deliveries",
@@ -157,7 +166,10 @@ async def create_channel(
 
 
 async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
-    """Serve a relay of ``kind`` until the parent says stop. Reports its URL (and key)."""
+    """Serve a relay of ``kind`` until the parent says stop. Reports its URL (and key).
+
+    ``("stop_shard_stores", n)`` stops the first ``n`` shard stores of a spacenb relay.
+    """
     raise_nofile()
     if kind == "bare":
         server = await start_bare_relay()
@@ -170,7 +182,14 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
 
     running = await start_server(**options)
     link.send("ready", {"url": running.url, "app_key": running.app_key})
-    await link.recv()
+    while True:
+        kind, count = await link.recv()
+        if kind != "stop_shard_stores":
+            break
+        # RunningServer has no public handle on its stores; the files benchmark needs one.
+        for store in running._shard_stores[:count]:
+            await store.stop()
+        link.send("done")
     await running.stop()
 
 
@@ -339,6 +358,7 @@ class Topology(contextlib.ExitStack):
             self.relay = self.enter_context(RelayProcess(kind, **relay_options))
             self.target = self.relay.target
             asyncio.run(create_channel(self.target))
+            self.relay_rss_before = rss(self.relay.pid)  # before any peer connects
             self.sender = self.enter_context(
                 Worker(sender_worker, self.target, "sender", name=f"{kind}-sender")
             )

@@ -1,0 +1,131 @@
+"""Scale of one relay: ``--clients`` signed-in clients in one channel, on spacenb and bare.
+
+The relay runs in its own process; the clients are spread over ``--processes`` processes,
+each opening its clients ``--join-concurrency`` at a time (spacenb: sign up, then
+``join_channel``, admitted by the keeper; bare: a websocket handshake). Measured:
+
+- join latency (spacenb ``join_channel``: resolve, join, keeper admission, key unwrap,
+  subscribe), p50 and p99, against the bare websocket handshake;
+- relay memory per idle connection: the relay's RSS once everyone is in, minus its RSS
+  before anyone connected, over the number of connections;
+- one message reaching all: ``--rounds`` single messages, each timed from the sender's
+  stamp to its last delivery anywhere (median of the rounds).
+
+``python -m bench.scale [--smoke] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+from .common import Metric, Report, alternate, main, percentile, rss
+from .fanout import split
+from .peers import KINDS, Topology
+
+MS = 1000.0
+KB = 1000.0
+
+
+def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Joins, memory and time to last delivery on a fresh relay of ``kind``."""
+    layout = split(args.clients, args.processes)
+    with Topology(
+        kind,  # type: ignore[arg-type]
+        layout,
+        join_concurrency=args.join_concurrency,
+        setup_timeout=900,
+    ) as topo:
+        time.sleep(1.0)  # let the relay settle after the last join
+        connections = args.clients + 1
+        per_connection = (rss(topo.relay.pid) - topo.relay_rss_before) / connections
+        lasts = []
+        for i in range(args.rounds):
+            _, got = topo.phase(1, first_seq=i, timeout=60)
+            delivered = sum(g["count"] for g in got)
+            if delivered < args.clients:
+                raise RuntimeError(f"{kind}: message {i} reached {delivered} of {args.clients}")
+            lasts.append(max(max(g["worst"].values()) for g in got))
+            time.sleep(0.2)
+    joins = [t for ready in topo.receivers_ready for t in ready["join_s"]]
+    connects = [t for ready in topo.receivers_ready for t in ready["connect_s"]]
+    opens = joins if kind == "spacenb" else connects
+    return {
+        "join_p50": percentile(opens, 50) * MS,
+        "join_p99": percentile(opens, 99) * MS,
+        "connect_p50": percentile(connects, 50) * MS,
+        "per_connection": per_connection / KB,
+        "last_delivery": statistics.median(lasts) * MS,
+        "last_delivery_max": max(lasts) * MS,
+    }
+
+
+def run(args: argparse.Namespace) -> Report:
+    if args.smoke:
+        args.clients, args.processes, args.rounds = 20, 2, 2
+    report = Report(
+        "scale",
+        {
+            "clients": args.clients,
+            "processes": args.processes,
+            "join_concurrency_per_process": args.join_concurrency,
+            "rounds": args.rounds,
+            "repeat": args.repeat,
+        },
+    )
+    res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
+    spacenb, bare = res["spacenb"], res["bare"]
+    report.add(
+        Metric(
+            f"one message to {args.clients}, last delivery",
+            "ms",
+            spacenb["last_delivery"],
+            bare["last_delivery"],
+            better="lower",
+            target=1000,
+        )
+    )
+    for name, bound in (("p50", 50.0), ("p99", None)):
+        report.add(
+            Metric(
+                f"join latency {name}",
+                "ms",
+                spacenb[f"join_{name}"],
+                bare[f"join_{name}"],
+                better="lower",
+                target=bound,
+            )
+        )
+    report.add(
+        Metric(
+            "relay memory per idle connection",
+            "KB",
+            spacenb["per_connection"],
+            bare["per_connection"],
+            better="lower",
+            target=100,
+        )
+    )
+    report.notes += [
+        "join baseline: the bare relay's websocket handshake (it has no join)",
+        f"spacenb sign-up (connect + auth) p50 {spacenb['connect_p50']:.1f} ms; "
+        f"worst round of last delivery: spacenb {spacenb['last_delivery_max']:.0f} ms, "
+        f"bare {bare['last_delivery_max']:.0f} ms",
+    ]
+    return report
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--clients", type=int, default=1_000, help="clients in the channel")
+    parser.add_argument("--processes", type=int, default=4, help="client processes")
+    parser.add_argument(
+        "--join-concurrency", type=int, default=1, help="clients joining at once, per process"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="single messages timed")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+
+
+if __name__ == "__main__":
+    main(run, __doc__ or "", configure)

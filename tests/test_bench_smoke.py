@@ -1,0 +1,49 @@
+"""Every benchmark runs in ``--smoke`` mode and reports sane numbers (no speed assertions).
+
+Each one runs as its own command (``python -m bench.<name> --smoke --json``), exactly as
+BENCHMARKS.md says to run it, so the benchmarks cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ["message_path", "fanout", "history", "files", "scale", "rotation"]
+
+
+def run_smoke(name: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--smoke", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_smoke(name: str) -> None:
+    report = run_smoke(name)
+    assert report["benchmark"] == name
+    assert report["machine"]["nproc"] >= 1
+    assert report["metrics"], "no figures reported"
+    for metric in report["metrics"]:
+        for field in ("name", "unit", "value", "baseline", "ratio", "target_text", "met"):
+            assert field in metric, f"{metric['name']}: no {field!r}"
+        assert math.isfinite(metric["value"]) and metric["value"] > 0, metric
+        if metric["baseline"] is not None:
+            assert math.isfinite(metric["baseline"]) and metric["baseline"] > 0, metric
+            assert metric["ratio"] == pytest.approx(metric["value"] / metric["baseline"])
+    assert any(m["baseline"] is not None for m in report["metrics"]), "no baseline"

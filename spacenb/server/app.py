@@ -20,7 +20,6 @@ import secrets
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from websockets.asyncio.server import Server, serve
 
@@ -30,6 +29,7 @@ from ..protocol.frames import UserEntry
 from ..protocol.keys import IdentityKeys
 from .keeper import KEEPER_USERNAME, Keeper
 from .relay import WS_MAX_SIZE, LocalMember, Relay
+from .shards import ShardStore
 from .sqlite import SQLiteStorage
 
 __all__ = ["RunningServer", "check_shard_counts", "load_or_create_identity", "start_server"]
@@ -109,7 +109,7 @@ class RunningServer:
         keeper: Keeper,
         storage: SQLiteStorage,
         ws_server: Server,
-        shard_stores: list[Any],
+        shard_stores: list[ShardStore],
         shards_needed: int,
         tempdir: tempfile.TemporaryDirectory[str] | None,
     ) -> None:
@@ -119,7 +119,7 @@ class RunningServer:
         self.relay = relay
         self.keeper = keeper
         self.keeper_username = keeper.username
-        self.shard_urls: tuple[str, ...] = tuple(store.url for store in shard_stores)
+        self.shard_urls: tuple[str, ...] = tuple(str(store.url) for store in shard_stores)
         self.shards_needed = shards_needed
         self._storage = storage
         self._ws_server = ws_server
@@ -131,7 +131,7 @@ class RunningServer:
         return f"RunningServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
 
     @property
-    def shard_stores(self) -> tuple[Any, ...]:
+    def shard_stores(self) -> tuple[ShardStore, ...]:
         """The running :class:`~spacenb.server.shards.ShardStore` objects, in
         ``shard_urls`` order (a test or benchmark may stop some to simulate outages)."""
         return tuple(self._shard_stores)
@@ -168,17 +168,8 @@ class RunningServer:
 
 async def _start_shard_stores(
     root: Path, count: int, relay_keys: IdentityKeys, host: str, clock: Clock | None
-) -> list[Any]:
-    if count == 0:
-        return []
-    try:
-        from .shards import ShardStore
-    except ImportError:
-        raise ServerError(
-            "shard stores are not available in this build (spacenb.server.shards is "
-            "missing): start with shards=0"
-        ) from None
-    stores: list[Any] = []
+) -> list[ShardStore]:
+    stores: list[ShardStore] = []
     try:
         for i in range(count):
             store_root = root / SHARDS_DIR / f"{i:03d}"
@@ -240,7 +231,7 @@ async def start_server(
             relay_keys=relay_keys,
             keeper=KEEPER_USERNAME,
             clock=clock,
-            shard_stores=[store.url for store in stores],
+            shard_stores=[str(store.url) for store in stores],
             shards_needed=shards_needed if stores else 0,
         )
         keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))

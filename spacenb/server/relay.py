@@ -2,8 +2,11 @@
 
 The relay routes, stores and authorises; it never holds a group key or reads a body
 (PROTOCOL.md). Each connection is a :class:`Session`; its frames are handled one at a
-time, in order, synchronously on the event loop (storage answers in microseconds), so a
-request's answer is always written before the events it causes.
+time, in order, synchronously on the event loop (storage answers in microseconds).
+Answers and events queue in one outbox, each answer ahead of the events its request
+caused; at the end of the event-loop turn the messages stored meanwhile are committed
+together (group commit) and the outbox is written, so nothing is acknowledged or pushed
+before it is durable.
 
 Fan-out never waits for a slow reader: events are written straight into each recipient's
 transport buffer, and a connection whose buffer grows past ``max_buffered`` bytes is

@@ -364,13 +364,18 @@ class SQLiteStorage(Storage):
             )
         )
 
-    def remove_member(self, space_id: str, username: str) -> bool:
+    def remove_member(self, space_id: str, username: str, *, disallow: bool = False) -> bool:
         self._roles.pop((space_id, username), None)
         with self._tx() as db:
             db.execute(
                 "DELETE FROM join_requests WHERE space_id = ? AND username = ?",
                 (space_id, username),
             )
+            if disallow:
+                db.execute(
+                    "DELETE FROM allowlist WHERE space_id = ? AND username = ?",
+                    (space_id, username),
+                )
             return bool(
                 db.execute(
                     "DELETE FROM memberships WHERE space_id = ? AND username = ?",

@@ -152,8 +152,9 @@ class Storage(abc.ABC):
         """Change a member's role; False if not a member."""
 
     @abc.abstractmethod
-    def remove_member(self, space_id: str, username: str) -> bool:
-        """Drop a membership and its pending join request; False if not a member."""
+    def remove_member(self, space_id: str, username: str, *, disallow: bool = False) -> bool:
+        """Drop a membership and its pending join request (and with ``disallow``, its
+        allowlist entry); False if not a member."""
 
     @abc.abstractmethod
     def allow(self, space_id: str, username: str) -> None:

@@ -282,3 +282,20 @@ async def test_keys_members_roster_need_membership(tmp_path):
         roster = (await alice.call(frames.Roster, space_id=info.space_id)).members
         assert [(r.member_id, r.online) for r in roster] == [("alice", True), ("keeper", False)]
         assert roster[0].signing_key == alice.identity.signing_key
+
+
+async def test_a_removed_member_cannot_rejoin_a_private_space(tmp_path):
+    async with running(tmp_path) as srv:
+        alice = await user(srv, "alice")
+        info, _ = await alice.create_space(name="club", private=True)
+        sid = info.space_id
+        bob, carol = await user(srv, "bob"), await user(srv, "carol")
+        for guest in (bob, carol):
+            await alice.call(frames.Invite, space_id=sid, username=guest.username)
+            await guest.call(frames.Join, space_id=sid)
+            await guest.event("keys")
+        await alice.call(frames.RemoveMember, space_id=sid, member="bob")
+        with pytest.raises(PermissionDeniedError, match="private"):
+            await bob.call(frames.Join, space_id=sid)
+        await carol.call(frames.Leave, space_id=sid)  # leaving keeps the invitation
+        assert (await carol.call(frames.Join, space_id=sid)).pending

@@ -182,9 +182,9 @@ def invite(relay: Relay, session: Session, req: frames.Invite) -> frames.Ok:
     return frames.Ok()
 
 
-def _drop(relay: Relay, space_id: str, username: str) -> None:
+def _drop(relay: Relay, space_id: str, username: str, *, disallow: bool) -> None:
     """End a membership: tell the subscribers (the leaver too), then unsubscribe it."""
-    if not relay.storage.remove_member(space_id, username):
+    if not relay.storage.remove_member(space_id, username, disallow=disallow):
         raise ChannelNotFoundError(f"{username!r} is not a member of this space")
     relay.push_space(frames.MemberChanged(space_id, username, None), space_id)
     relay.drop_member(space_id, username)
@@ -192,11 +192,13 @@ def _drop(relay: Relay, space_id: str, username: str) -> None:
 
 @handles(frames.RemoveMember)
 def remove_member(relay: Relay, session: Session, req: frames.RemoveMember) -> frames.Ok:
-    """The owner removes a member (a ``rotate`` space's owner then rotates)."""
+    """The owner removes a member, who also leaves the allowlist (so it cannot join a
+    private space again without a new invitation). A ``rotate`` space's owner then rotates.
+    """
     space = owner_space(relay, session, req.space_id)
     if req.member == space.owner:
         raise PermissionDeniedError("the owner cannot be removed")
-    _drop(relay, space.space_id, req.member)
+    _drop(relay, space.space_id, req.member, disallow=True)
     return frames.Ok()
 
 
@@ -206,5 +208,5 @@ def leave(relay: Relay, session: Session, req: frames.Leave) -> frames.Ok:
     space, role = member_space(relay, session, req.space_id)
     if role == "owner":
         raise PermissionDeniedError("the owner cannot leave the space")
-    _drop(relay, space.space_id, user_of(session))
+    _drop(relay, space.space_id, user_of(session), disallow=False)
     return frames.Ok()

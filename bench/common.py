@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psutil
 
@@ -44,6 +44,7 @@ __all__ = [
     "expect_all",
     "main",
     "now",
+    "partition",
     "payload",
     "peak_rss",
     "percentile",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 MIB = 1 << 20
+T = TypeVar("T")
 PAYLOAD_BYTES = 300
 
 
@@ -81,6 +83,17 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def partition(items: Sequence[T], parts: int) -> list[list[T]]:
+    """``items`` cut into ``parts`` consecutive runs of near-equal length."""
+    size, extra = divmod(len(items), parts)
+    runs, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        runs.append(list(items[start:end]))
+        start = end
+    return runs
 
 
 def payload(seq: int, size: int = PAYLOAD_BYTES) -> dict[str, Any]:
@@ -386,6 +399,12 @@ class Report:
     machine: dict[str, Any] = field(default_factory=machine_info)
     command: str = field(default_factory=lambda: " ".join(["python", "-m", *sys.argv]))
 
+    @classmethod
+    def of(cls, benchmark: str, args: argparse.Namespace, **extra: Any) -> Report:
+        """A report whose parameters are the command's options (and ``extra``)."""
+        params = {k: v for k, v in vars(args).items() if k not in ("json", "out")}
+        return cls(benchmark, params | extra)
+
     def add(self, metric: Metric) -> Metric:
         self.metrics.append(metric)
         return metric
@@ -434,10 +453,13 @@ def main(
     run: Callable[[argparse.Namespace], Report],
     description: str,
     configure: Callable[[argparse.ArgumentParser], None] | None = None,
+    *,
+    smoke: dict[str, Any] | None = None,
     argv: Sequence[str] | None = None,
 ) -> Report:
-    """The command line every benchmark shares: ``--smoke`` (tiny counts, a few seconds),
-    ``--json`` (print JSON instead of the table) and ``--out FILE`` (also save JSON)."""
+    """The command line every benchmark shares: ``--smoke`` (the options in ``smoke``
+    instead: tiny counts, a few seconds), ``--json`` (print JSON instead of the table) and
+    ``--out FILE`` (also save the JSON)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--smoke", action="store_true", help="tiny counts: checks it runs")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -445,6 +467,8 @@ def main(
     if configure is not None:
         configure(parser)
     args = parser.parse_args(argv)
+    if args.smoke:
+        vars(args).update(smoke or {})
     report = run(args)
     text = json.dumps(report.to_dict(), indent=2)
     if args.out:

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import CpuMeter, Metric, Report, alternate, main
+from .common import PAYLOAD_BYTES, CpuMeter, Metric, Report, alternate, main, partition
 from .peers import KINDS, Topology
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` as ``parts`` near-equal positive counts."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
 
 
 def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Deliveries per second of ``args.count`` messages to every receiver."""
-    layout = split(args.receivers, args.processes)
+    layout = [len(run) for run in partition(range(args.receivers), args.processes)]
     with Topology(kind, layout, join_concurrency=8) as topo:  # type: ignore[arg-type]
         topo.phase(args.warmup, in_flight=args.in_flight)
         meter = CpuMeter(topo.pids)
@@ -39,19 +34,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    if args.smoke:
-        args.receivers, args.count, args.warmup = 10, 30, 5
-    report = Report(
-        "fanout",
-        {
-            "receivers": args.receivers,
-            "processes": args.processes,
-            "count": args.count,
-            "in_flight": args.in_flight,
-            "payload_bytes": 300,
-            "repeat": args.repeat,
-        },
-    )
+    report = Report.of("fanout", args, payload_bytes=PAYLOAD_BYTES)
     res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
     report.add(
         Metric(
@@ -77,4 +60,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"receivers": 10, "count": 30, "warmup": 5})

@@ -191,8 +191,8 @@ def disk_rate(directory: Path, total: int, share: int = (SEGMENT + 28) // K + 1)
 
 
 def run(args: argparse.Namespace) -> Report:
-    size, big = (4, 8) if args.smoke else (args.size, args.big)
-    report = Report("files", {"size_mib": size, "big_mib": big, "k": K, "n": N})
+    size, big = args.size, args.big
+    report = Report.of("files", args, k=K, n=N, segment=SEGMENT)
     with (
         tempfile.TemporaryDirectory(prefix="spacenb-bench-") as tmp,
         RelayProcess("spacenb", shards=N, shards_needed=K) as relay,
@@ -258,4 +258,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"size": 4, "big": 8})

@@ -15,7 +15,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import MIB, Link, Metric, Report, Worker, main, now, peak_rss, reset_peak_rss, rss
+from .common import (
+    MIB,
+    PAYLOAD_BYTES,
+    Link,
+    Metric,
+    Report,
+    Worker,
+    main,
+    now,
+    peak_rss,
+    reset_peak_rss,
+    rss,
+)
 from .peers import Target, Topology
 
 PAGE = 1000
@@ -34,7 +46,7 @@ def verify_rate(count: int) -> float:
     algorithm = ec.ECDSA(hashes.SHA256())
     pairs = []
     for _ in range(min(count, DISTINCT_SIGNATURES)):
-        message = os.urandom(300)
+        message = os.urandom(PAYLOAD_BYTES)
         pairs.append((message, key.sign(message, algorithm)))
     start = now()
     for i in range(count):
@@ -102,11 +114,8 @@ async def reader_worker(link: Link, target: Target) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    counts = [300, 1000] if args.smoke else sorted(args.counts)
-    report = Report(
-        "history",
-        {"counts": counts, "page": PAGE, "in_flight": args.in_flight, "payload_bytes": 300},
-    )
+    counts = sorted(args.counts)
+    report = Report.of("history", args, page=PAGE, payload_bytes=PAYLOAD_BYTES)
     with (
         Topology("spacenb", [], shards=0) as topo,
         Worker(reader_worker, topo.target, name="history-reader") as reader,
@@ -148,4 +157,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"counts": [300, 1000]})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import CpuMeter, Metric, Report, alternate, main, percentile
+from .common import PAYLOAD_BYTES, CpuMeter, Metric, Report, alternate, main, percentile
 from .peers import KINDS, Topology
 
 MS = 1000.0
@@ -43,19 +43,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    if args.smoke:
-        args.count, args.warmup, args.paced = 200, 20, 40
-    report = Report(
-        "message_path",
-        {
-            "count": args.count,
-            "in_flight": args.in_flight,
-            "paced_rate": args.rate,
-            "paced_count": args.paced,
-            "payload_bytes": 300,
-            "repeat": args.repeat,
-        },
-    )
+    report = Report.of("message_path", args, payload_bytes=PAYLOAD_BYTES)
     res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
     spacenb, bare = res["spacenb"], res["bare"]
     report.add(
@@ -94,4 +82,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"count": 200, "warmup": 20, "paced": 40})

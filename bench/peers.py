@@ -186,8 +186,7 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
         kind, count = await link.recv()
         if kind != "stop_shard_stores":
             break
-        # RunningServer has no public handle on its stores; the files benchmark needs one.
-        for store in running._shard_stores[:count]:
+        for store in running.shard_stores[:count]:
             await store.stop()
         link.send("done")
     await running.stop()

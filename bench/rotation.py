@@ -20,8 +20,17 @@ import asyncio
 import statistics
 from collections.abc import Sequence
 
-from .common import Link, Metric, Report, Worker, expect_all, main, now, raise_nofile
-from .fanout import split
+from .common import (
+    Link,
+    Metric,
+    Report,
+    Worker,
+    expect_all,
+    main,
+    now,
+    partition,
+    raise_nofile,
+)
 from .peers import RelayProcess, Target, open_peer
 
 MS = 1000.0
@@ -86,25 +95,16 @@ async def owner_worker(link: Link, target: Target, members: int) -> None:
 
 
 def run(args: argparse.Namespace) -> Report:
-    if args.smoke:
-        args.members, args.processes, args.rounds = 20, 2, 2
-    report = Report(
-        "rotation",
-        {"members": args.members, "processes": args.processes, "rounds": args.rounds},
-    )
+    report = Report.of("rotation", args)
     with RelayProcess("spacenb", shards=0) as relay:
         target = relay.target
         with Worker(owner_worker, target, args.members, name="rotation-owner") as owner:
             owner.expect("ready", 60)
             start = now()
             usernames = [f"m{i}" for i in range(args.members - 1)]  # the owner is a member
-            chunks, at = [], 0
-            for size in split(len(usernames), args.processes):
-                chunks.append(usernames[at : at + size])
-                at += size
             joiners = [
                 Worker(joiners_worker, target, chunk, name=f"joiners-{i}")
-                for i, chunk in enumerate(chunks)
+                for i, chunk in enumerate(partition(usernames, args.processes))
             ]
             try:
                 expect_all(joiners, "done", 1800)
@@ -143,4 +143,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"members": 20, "processes": 2, "rounds": 2})

@@ -21,8 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from .common import Metric, Report, alternate, main, percentile, rss
-from .fanout import split
+from .common import Metric, Report, alternate, main, partition, percentile, rss
 from .peers import KINDS, Topology
 
 MS = 1000.0
@@ -31,7 +30,7 @@ KB = 1000.0
 
 def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Joins, memory and time to last delivery on a fresh relay of ``kind``."""
-    layout = split(args.clients, args.processes)
+    layout = [len(run) for run in partition(range(args.clients), args.processes)]
     with Topology(
         kind,  # type: ignore[arg-type]
         layout,
@@ -63,18 +62,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    if args.smoke:
-        args.clients, args.processes, args.rounds = 20, 2, 2
-    report = Report(
-        "scale",
-        {
-            "clients": args.clients,
-            "processes": args.processes,
-            "join_concurrency_per_process": args.join_concurrency,
-            "rounds": args.rounds,
-            "repeat": args.repeat,
-        },
-    )
+    report = Report.of("scale", args)
     res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
     spacenb, bare = res["spacenb"], res["bare"]
     report.add(
@@ -128,4 +116,4 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure)
+    main(run, __doc__ or "", configure, smoke={"clients": 20, "processes": 2, "rounds": 2})

@@ -448,7 +448,7 @@ class AsyncSpace:
         unknown = wanted - set(by_name)
         if unknown:
             raise PermissionDeniedError(f"not members of this space: {sorted(unknown)}")
-        epoch = info.epoch + 1
+        epoch: int = info.epoch + 1
         fresh = Keyring(self.id, "rotate", {epoch: _random_key()})
         keys = [
             wrap_group_key(

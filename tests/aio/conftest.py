@@ -5,9 +5,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from spacenb.server.app import start_server
 
 import spacenb.aio as aio
+from spacenb.server.app import start_server
 
 
 @pytest.fixture

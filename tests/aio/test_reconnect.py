@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from spacenb.server.app import start_server
-
 import spacenb.aio as aio
+from spacenb.server.app import start_server
 
 from .conftest import Inbox, wait_until
 

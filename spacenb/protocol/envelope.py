@@ -8,6 +8,7 @@ resulting envelope is signed by the sender's identity key over its canonical enc
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +30,7 @@ __all__ = [
 
 EnvelopeKind = Literal["msg", "eph"]
 MESSAGE_ID_SIZE = 16
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +52,11 @@ class Message:
             raise ProtocolError("sealed plaintext is not JSON", field="message") from exc
         if not isinstance(obj, dict) or set(obj) != {"body", "id", "ts"}:
             raise ProtocolError("sealed plaintext must have body, id, ts", field="message")
-        if not isinstance(obj["id"], str) or not isinstance(obj["ts"], int):
-            raise ProtocolError("bad id or ts in sealed plaintext", field="message")
+        msg_id, ts = obj["id"], obj["ts"]
+        if not isinstance(msg_id, str) or not _MESSAGE_ID.fullmatch(msg_id):
+            raise ProtocolError("message id must be 32 lowercase hex digits", field="message.id")
+        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
+            raise ProtocolError("ts must be a non-negative integer", field="message.ts")
         return cls(obj["id"], obj["ts"], obj["body"])
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import itertools
 import mimetypes
@@ -25,6 +26,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -36,7 +38,7 @@ from ..exceptions import (
     ProtocolError,
     SpacenbError,
 )
-from ..protocol.filecodec import FileDecoder, FileEncoder
+from ..protocol.filecodec import EncodedSegment, FileDecoder, FileEncoder
 from ..protocol.manifest import DEFAULT_SEGMENT_SIZE, FileLayout, Manifest
 from .shardlink import ShardLink, ShardLinks
 
@@ -76,17 +78,19 @@ class FileStat:
 class _Tally:
     """Counters of one transfer, frozen into a :class:`FileStat` at the end."""
 
-    def __init__(self, layout: FileLayout) -> None:
+    def __init__(self, layout: FileLayout, stores: Sequence[str]) -> None:
         self.layout = layout
+        self.stores = stores
         self.started = time.perf_counter()
         self.sent = 0
         self.received = 0
         self.rejected = 0
-        self.used: dict[str, None] = {}  # insertion-ordered sets
+        self.used: dict[str, None] = {}  # sets that keep their order
         self.failed: dict[str, None] = {}
 
     def stat(self) -> FileStat:
         layout = self.layout
+        order = {url: j for j, url in reversed(list(enumerate(self.stores)))}
         return FileStat(
             size=layout.size,
             segments=layout.segment_count,
@@ -96,17 +100,27 @@ class _Tally:
             bytes_uploaded=self.sent,
             bytes_fetched=self.received,
             seconds=time.perf_counter() - self.started,
-            stores_used=tuple(self.used),
-            stores_failed=tuple(self.failed),
+            stores_used=tuple(sorted(self.used, key=order.__getitem__)),
+            stores_failed=tuple(sorted(self.failed, key=order.__getitem__)),
             shares_rejected=self.rejected,
         )
 
 
+_workers: ThreadPoolExecutor | None = None
+
+
 async def _cpu(size: int, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn`` in a worker thread when the segment is big enough to stall the loop."""
-    if size >= _THREAD_MIN:
-        return await asyncio.to_thread(fn, *args)
-    return fn(*args)
+    """Run ``fn`` off the event loop when the segment is big enough to stall it.
+
+    The work goes to a small pool of its own (one thread per core): more threads would not
+    code faster, and each extra thread keeps its own malloc arena of freed segment buffers.
+    """
+    if size < _THREAD_MIN:
+        return fn(*args)
+    global _workers
+    if _workers is None:
+        _workers = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="spacenb-files")
+    return await asyncio.get_running_loop().run_in_executor(_workers, functools.partial(fn, *args))
 
 
 async def _run_windowed(
@@ -230,7 +244,7 @@ async def upload(
             content_type=content_type,
             metadata=metadata,
         )
-        tally = _Tally(encoder.layout)
+        tally = _Tally(encoder.layout, stores)
         async with ShardLinks(timeout=timeout) as links:
             targets = await _open_all(links, stores)
             await _upload_segments(src, encoder, targets, tally, space_id, ticket, progress)
@@ -258,20 +272,25 @@ async def _upload_segments(
     if progress is not None:
         progress(0, layout.size)
 
-    async def put_segment(index: int, plaintext: bytes) -> int:
-        encoded = await _cpu(len(plaintext), encoder.encode_segment, index, plaintext)
-        puts = [
-            link.put(space_id=space_id, ticket=ticket, name=encoded.names[j], data=share)
-            for j, (link, share) in enumerate(zip(targets, encoded.shares, strict=True))
+    def read_and_encode(index: int) -> EncodedSegment:
+        return encoder.encode_segment(index, src.read(layout.plaintext_length(index)))
+
+    async def put_segment(encoded: EncodedSegment) -> int:
+        index = encoded.index
+        sends = [
+            link.put(space_id=space_id, ticket=ticket, name=name, data=share)
+            for link, name, share in zip(targets, encoded.names, encoded.shares, strict=True)
         ]
-        await asyncio.gather(*puts)
         tally.sent += sum(map(len, encoded.shares))
-        return len(plaintext)
+        del encoded  # each share is dropped once sent, not held until the stores answer
+        await asyncio.gather(*sends)
+        return layout.plaintext_length(index)
 
     async def jobs() -> AsyncGenerator[Awaitable[int], None]:
-        for index in range(layout.segment_count):  # the source is read in order ...
-            length = layout.plaintext_length(index)
-            yield put_segment(index, await _cpu(length, src.read, length))  # ... coded in parallel
+        # One segment is read and encoded at a time (encoding outpaces the stores); the puts
+        # of up to WINDOW segments overlap.
+        for index in range(layout.segment_count):
+            yield put_segment(await _cpu(layout.segment_size, read_and_encode, index))
 
     async def finished(length: int) -> None:
         nonlocal done
@@ -356,7 +375,7 @@ async def _download(
     timeout: float,
 ) -> FileStat:
     layout = manifest.layout
-    tally = _Tally(layout)
+    tally = _Tally(layout, manifest.stores)
     done = 0
     if progress is not None:
         progress(0, layout.size)
@@ -386,6 +405,7 @@ class _SegmentFetcher:
         self.decoder = FileDecoder(manifest)
         self.links = links
         self.tally = tally
+        self._decoding = asyncio.Semaphore(2)  # bounds the memory of decodes in flight
 
     def _candidates(self) -> list[int]:
         """Share numbers to try: stores that have not failed yet first, then primary
@@ -429,7 +449,8 @@ class _SegmentFetcher:
                         + "; ".join(problems)
                     )
                 try:
-                    return await _cpu(size, self.decoder.decode_segment, index, shares)
+                    async with self._decoding:
+                        return await _cpu(size, self.decoder.decode_segment, index, shares)
                 except IntegrityError:
                     bad = await _cpu(size, self.decoder.invalid_shares, index, shares)
                     if not bad:

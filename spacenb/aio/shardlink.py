@@ -59,19 +59,22 @@ class ShardLink:
 
     async def put(self, *, space_id: str, ticket: str, name: str, data: bytes) -> None:
         """Store one share; raises the store's refusal (e.g. :class:`PermissionDeniedError`)."""
-        rid = next(self._ids)
-        await self._call(rid, shardwire.PutShare(rid, space_id, ticket, name, data).to_bytes())
+        rid, answer = self._expect()
+        await self._send(rid, shardwire.PutShare(rid, space_id, ticket, name, data).to_bytes())
+        del data  # sent: do not hold the share while the store writes it
+        await self._wait(rid, answer)
 
     async def get(self, name: str) -> bytes:
         """Fetch one share's bytes (unverified: the caller checks its hash)."""
-        rid = next(self._ids)
-        return (await self._call(rid, shardwire.GetShare(rid, name).to_bytes())).payload
+        rid, answer = self._expect()
+        await self._send(rid, shardwire.GetShare(rid, name).to_bytes())
+        return (await self._wait(rid, answer)).payload
 
     async def has(self, names: tuple[str, ...]) -> tuple[bool, ...]:
         """Which of ``names`` the store holds."""
-        rid = next(self._ids)
-        reply = await self._call(rid, shardwire.HasShares(rid, names).to_bytes())
-        present = reply.fields.get("present")
+        rid, answer = self._expect()
+        await self._send(rid, shardwire.HasShares(rid, names).to_bytes())
+        present = (await self._wait(rid, answer)).fields.get("present")
         if not isinstance(present, list) or len(present) != len(names):
             raise ProtocolError("expected one bool per name", field="present")
         return tuple(bool(p) for p in present)
@@ -80,17 +83,28 @@ class ShardLink:
         await self._ws.close()
         await self._reader
 
-    async def _call(self, rid: int, message: bytes) -> shardwire.Reply:
+    def _expect(self) -> tuple[int, asyncio.Future[shardwire.Reply]]:
         if self._closed:
             raise ConnectionLostError(f"connection to shard store {self.url} is closed")
-        future: asyncio.Future[shardwire.Reply] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
+        rid = next(self._ids)
+        answer: asyncio.Future[shardwire.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = answer
+        return rid, answer
+
+    async def _send(self, rid: int, message: bytes) -> None:
         try:
             await self._ws.send(message)
-            async with asyncio.timeout(self.timeout):
-                reply = await future
         except ConnectionClosed:
+            self._pending.pop(rid, None)
             raise ConnectionLostError(f"shard store {self.url} closed the connection") from None
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+
+    async def _wait(self, rid: int, answer: asyncio.Future[shardwire.Reply]) -> shardwire.Reply:
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await answer
         except TimeoutError:
             raise SpacenbTimeoutError(
                 f"shard store {self.url} did not answer in {self.timeout} s"

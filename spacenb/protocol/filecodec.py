@@ -121,11 +121,13 @@ class FileEncoder:
             raise ValueError(f"segment {index} must be {expected} bytes, got {len(plaintext)}")
         nonce = crypto.random_bytes(crypto.GCM_IV_SIZE) if iv is None else iv
         aad = segment_aad(self.file_id, index, layout.segment_count)
-        sealed = nonce + crypto.aead_seal(self._aead_key, nonce, plaintext, aad)
+        ciphertext = crypto.aead_seal(self._aead_key, nonce, plaintext, aad)
         padding = layout.padding(index)
+        padded = b"".join((nonce, ciphertext, bytes(padding)))
+        del ciphertext
         size = layout.share_size(index)
-        padded = sealed + bytes(padding) if padding else sealed
         blocks = tuple(padded[j * size : (j + 1) * size] for j in range(layout.k))
+        del padded
         shares = tuple(bytes(share) for share in self._fec.encode(blocks))
         entry = SegmentEntry(padding, tuple(share_name(share) for share in shares))
         self._entries[index] = entry

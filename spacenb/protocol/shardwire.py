@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 MAX_HEADER_BYTES = 64 << 10
-MAX_HAS_NAMES = 1024
+MAX_HAS_NAMES = 512  # 512 names fit well inside the header limit
 _MAX_ID = 2**53 - 1
 _U32 = struct.Struct(">I")
 

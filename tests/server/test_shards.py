@@ -1,0 +1,204 @@
+"""The shard store over a real websocket: tickets, hashes, limits, malformed input, disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from spacenb.clock import FixedClock
+from spacenb.exceptions import InvalidKeyError
+from spacenb.protocol import shardwire
+from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
+from spacenb.protocol.tickets import issue_ticket
+from spacenb.server.shards import ShardStore
+
+RELAY = IdentityKeys.from_seed(b"shard store tests: relay")
+SPACE = SpaceKeyPair.from_seed(b"shard store tests: space").space_id
+OTHER_SPACE = SpaceKeyPair.from_seed(b"shard store tests: other space").space_id
+MAX_SHARE = 4096
+
+
+def name_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def ticket_for(clock: FixedClock, *, space_id: str = SPACE, seconds: int = 60) -> str:
+    expires = clock.now_us() + seconds * 1_000_000
+    return issue_ticket(RELAY, space_id=space_id, username="alice", expires_at_us=expires)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: FixedClock) -> AsyncIterator[ShardStore]:
+    store = ShardStore(tmp_path / "store", RELAY.signing_key, clock=clock, max_share_size=MAX_SHARE)
+    await store.start()
+    yield store
+    await store.stop()
+
+
+@pytest.fixture
+async def ws(store: ShardStore) -> AsyncIterator[ClientConnection]:
+    assert store.url is not None
+    async with connect(store.url, compression=None) as conn:
+        yield conn
+
+
+async def ask(ws: ClientConnection, message: bytes | str) -> shardwire.Reply:
+    await ws.send(message)
+    return shardwire.parse_reply(await ws.recv())
+
+
+def put(data: bytes, ticket: str, *, rid: int = 1, name: str | None = None) -> bytes:
+    return shardwire.PutShare(rid, SPACE, ticket, name or name_of(data), data).to_bytes()
+
+
+async def test_put_get_has(store: ShardStore, ws: ClientConnection, clock: FixedClock) -> None:
+    data = b"an opaque share"
+    reply = await ask(ws, put(data, ticket_for(clock), rid=7))
+    assert (reply.id, reply.error) == (7, None)
+    assert store.share_path(name_of(data)).read_bytes() == data
+    assert list((store.root / "tmp").iterdir()) == []
+
+    reply = await ask(ws, shardwire.GetShare(8, name_of(data)).to_bytes())
+    assert (reply.id, reply.payload, reply.error) == (8, data, None)
+
+    missing = name_of(b"nothing")
+    reply = await ask(ws, shardwire.HasShares(9, (name_of(data), missing)).to_bytes())
+    assert reply.fields == {"present": [True, False]}
+
+    reply = await ask(ws, put(data, ticket_for(clock), rid=10))  # content-addressed: idempotent
+    assert reply.error is None
+
+
+async def test_get_unknown_share(ws: ClientConnection) -> None:
+    reply = await ask(ws, shardwire.GetShare(3, "ab" * 32).to_bytes())
+    assert reply.id == 3 and reply.error is not None and reply.error.code == "not_found"
+
+
+async def test_share_must_match_its_name(
+    store: ShardStore, ws: ClientConnection, clock: FixedClock
+) -> None:
+    name = name_of(b"the real share")
+    reply = await ask(ws, put(b"something else", ticket_for(clock), name=name))
+    assert reply.error is not None and reply.error.code == "integrity"
+    assert not store.share_path(name).exists()
+
+
+async def test_oversize_share_is_refused(
+    store: ShardStore, ws: ClientConnection, clock: FixedClock
+) -> None:
+    data = bytes(MAX_SHARE + 1)
+    reply = await ask(ws, put(data, ticket_for(clock)))
+    assert reply.error is not None and reply.error.code == "too_large"
+    assert not store.share_path(name_of(data)).exists()
+
+
+@pytest.mark.parametrize("problem", ["other key", "expired", "other space", "garbage"])
+async def test_bad_tickets_cannot_upload(
+    store: ShardStore, ws: ClientConnection, clock: FixedClock, problem: str
+) -> None:
+    if problem == "other key":
+        impostor = IdentityKeys.from_seed(b"not the relay")
+        ticket = issue_ticket(impostor, space_id=SPACE, username="alice", expires_at_us=2**52)
+    elif problem == "expired":
+        ticket = ticket_for(clock, seconds=30)
+        clock.advance(31)
+    elif problem == "other space":
+        ticket = ticket_for(clock, space_id=OTHER_SPACE)
+    else:
+        ticket = "not.a-ticket"
+    data = b"share " + problem.encode()
+    reply = await ask(ws, put(data, ticket))
+    assert reply.error is not None and reply.error.code == "forbidden", reply.error
+    assert "ticket" in str(reply.error)
+    assert not store.share_path(name_of(data)).exists()
+
+
+def framed(header: object, payload: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack(">I", len(raw)) + raw + payload
+
+
+NAME = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("message", "rid", "field"),
+    [
+        ("a text frame", None, "frame"),
+        (b"\x00\x00", None, "frame"),
+        (struct.pack(">I", 1 << 20) + b"{}", None, "frame"),
+        (struct.pack(">I", 3) + b"{x}", None, "header"),
+        (framed([1, 2]), None, "header"),
+        (framed({"op": "get", "name": NAME}), None, "id"),
+        (framed({"op": "get", "id": -1, "name": NAME}), None, "id"),
+        (framed({"op": "delete", "id": 4, "name": NAME}), 4, "op"),
+        (framed({"op": "get", "id": 5, "name": "ABC"}), 5, "name"),
+        (framed({"op": "get", "id": 6, "name": NAME, "x": 1}), 6, "x"),
+        (framed({"op": "get", "id": 7, "name": NAME}, b"payload"), 7, "payload"),
+        (framed({"op": "has", "id": 8, "names": [NAME] * 513}), 8, "names"),
+        (framed({"op": "has", "id": 9, "names": [NAME, 3]}), 9, "names[1]"),
+        (framed({"op": "put", "id": 10, "name": NAME, "ticket": "t"}), 10, "space_id"),
+    ],
+)
+async def test_malformed_requests_get_an_error_reply(
+    ws: ClientConnection, message: bytes | str, rid: int | None, field: str
+) -> None:
+    reply = await ask(ws, message)
+    assert reply.id == rid
+    assert reply.error is not None and reply.error.code == "bad_frame"
+    assert str(reply.error).startswith(f"{field}:")
+    # ... and the connection still serves
+    reply = await ask(ws, shardwire.HasShares(99, ()).to_bytes())
+    assert reply.id == 99 and reply.fields == {"present": []}
+
+
+async def test_pipelined_requests_are_all_answered(ws: ClientConnection, clock: FixedClock) -> None:
+    ticket = ticket_for(clock)
+    shares = [f"share {i}".encode() for i in range(30)]
+    for i, data in enumerate(shares):
+        await ws.send(put(data, ticket, rid=i))
+    replies = [shardwire.parse_reply(await ws.recv()) for _ in shares]
+    assert all(r.error is None for r in replies)
+    assert sorted(r.id or 0 for r in replies) == list(range(30))
+    for i, data in enumerate(shares):
+        await ws.send(shardwire.GetShare(100 + i, name_of(data)).to_bytes())
+    got = {}
+    for _ in shares:
+        reply = shardwire.parse_reply(await ws.recv())
+        got[reply.id] = reply.payload
+    assert got == {100 + i: data for i, data in enumerate(shares)}
+
+
+async def test_shares_survive_a_restart_and_stale_temp_files_go(
+    store: ShardStore, ws: ClientConnection, clock: FixedClock
+) -> None:
+    data = b"durable"
+    assert (await ask(ws, put(data, ticket_for(clock)))).error is None
+    await store.stop()
+    (store.root / "tmp" / "half-written").write_bytes(b"x")
+    again = ShardStore(store.root, RELAY.signing_key)
+    await again.start()
+    try:
+        assert list((store.root / "tmp").iterdir()) == []
+        assert again.url is not None
+        async with connect(again.url) as conn:
+            reply = await ask(conn, shardwire.GetShare(1, name_of(data)).to_bytes())
+        assert reply.payload == data
+    finally:
+        await again.stop()
+
+
+def test_relay_key_must_be_a_signing_key(tmp_path: Path) -> None:
+    with pytest.raises(InvalidKeyError):
+        ShardStore(tmp_path, RELAY.ecdh_key)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from spacenb.exceptions import IntegrityError, NotEnoughSharesError, ProtocolError
+from spacenb.protocol import crypto
+from spacenb.protocol.encoding import lp_encode
 from spacenb.protocol.filecodec import EncodedSegment, FileDecoder, FileEncoder
 from spacenb.protocol.manifest import DEFAULT_SEGMENT_SIZE, Manifest
 
@@ -190,3 +194,49 @@ def test_round_trip_property(
         nums = seed.sample(range(n), k)  # type: ignore[attr-defined]
         out += decoder.decode_segment(segment.index, {j: segment.shares[j] for j in nums})
     assert out == data
+
+
+# --------------------------------------------------------------------------- test vector
+
+
+def test_file_vector() -> None:
+    """tests/vectors/file.json, recomputed from its inputs (PROTOCOL.md, "Files and shards")."""
+    doc = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "file.json").read_text())
+    (vector,) = doc["vectors"]
+    plaintext = bytes.fromhex(vector["plaintext_hex"])
+    key, file_id = bytes.fromhex(vector["key_hex"]), bytes.fromhex(vector["file_id_hex"])
+    size, k, n = vector["segment_size"], vector["k"], vector["n"]
+    count = len(vector["segments"])
+    manifest = Manifest.from_dict(vector["manifest"])
+    assert manifest.to_dict() == vector["manifest"]
+    assert (manifest.key, manifest.file_id, manifest.size) == (key, file_id, len(plaintext))
+
+    info = lp_encode("spacenb/v1/file/key", file_id)
+    aead_key = crypto.hkdf_sha256(key, salt=b"", info=info)
+    assert aead_key.hex() == vector["segment_key_hex"]
+
+    m = manifest
+    encoder = FileEncoder(
+        m.size, k=k, n=n, stores=m.stores, segment_size=size, key=key, file_id=file_id,
+        name=m.name, content_type=m.content_type, metadata=m.metadata,
+    )  # fmt: skip
+    decoder = FileDecoder(manifest)
+    for seg in vector["segments"]:
+        index, iv = seg["index"], bytes.fromhex(seg["iv_hex"])
+        chunk = plaintext[index * size : (index + 1) * size]
+        assert seg["plaintext_hex"] == chunk.hex()
+        aad = lp_encode("spacenb/v1/file/segment", file_id, index, count)
+        assert seg["aad_hex"] == aad.hex()
+        sealed = iv + crypto.aead_seal(aead_key, iv, chunk, aad)
+        assert seg["sealed_hex"] == sealed.hex()
+        shares = [bytes.fromhex(h) for h in seg["shares_hex"]]
+        assert b"".join(shares[:k]) == sealed + bytes(seg["padding"])  # primary shares
+        assert seg["share_names"] == [hashlib.sha256(s).hexdigest() for s in shares]
+        assert list(manifest.segments[index].shares) == seg["share_names"]
+        encoded = encoder.encode_segment(index, chunk, iv=iv)
+        assert list(encoded.shares) == shares
+        for nums in itertools.combinations(range(n), k):
+            assert decoder.decode_segment(index, {j: shares[j] for j in nums}) == chunk
+        with pytest.raises(IntegrityError):
+            decoder.decode_segment(index, {0: flip(shares[0]), 1: shares[1]})
+    assert encoder.manifest() == manifest

@@ -26,6 +26,7 @@ from spacenb.exceptions import IntegrityError
 from spacenb.protocol import crypto
 from spacenb.protocol.encoding import b64d, b64e, canonical_json, lp_encode
 from spacenb.protocol.envelope import Envelope, envelope_aad, seal_envelope
+from spacenb.protocol.filecodec import FileEncoder, segment_aad, segment_key
 from spacenb.protocol.frames import Auth, auth_signed_bytes, create_space_signed_bytes
 from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair, decode_public_key, scalar_from_seed
 from spacenb.protocol.tickets import issue_ticket
@@ -484,6 +485,55 @@ def ticket_vectors(previous: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def file_vectors() -> dict[str, Any]:
+    plaintext = b"spacenb test vector: a small file cut into segments"
+    key, file_id = bytes(range(0x40, 0x60)), bytes(range(0x10, 0x20))
+    segment_size, k, n = 16, 2, 3
+    stores = [f"ws://store-{j}.example:8700" for j in range(n)]
+    encoder = FileEncoder(
+        len(plaintext), k=k, n=n, stores=stores, segment_size=segment_size, key=key,
+        file_id=file_id, name="vector.txt", content_type="text/plain",
+        metadata={"caption": "a test vector"},
+    )  # fmt: skip
+    count = encoder.layout.segment_count
+    segments = []
+    for index in range(count):
+        chunk = plaintext[index * segment_size : (index + 1) * segment_size]
+        iv = bytes(range(12 * index, 12 * index + 12))
+        encoded = encoder.encode_segment(index, chunk, iv=iv)
+        sealed = b"".join(encoded.shares[:k])[: encoder.layout.sealed_length(index)]
+        segments.append(
+            {
+                "index": index,
+                "plaintext_hex": chunk.hex(),
+                "iv_hex": iv.hex(),
+                "aad_hex": segment_aad(file_id, index, count).hex(),
+                "sealed_hex": sealed.hex(),
+                "padding": encoded.entry.padding,
+                "shares_hex": [share.hex() for share in encoded.shares],
+                "share_names": list(encoded.names),
+            }
+        )
+    return {
+        "description": "A file sealed segment by segment (AES-256-GCM under a key derived "
+        "from the file key), erasure-coded 2 of 3 with zfec, and its manifest.",
+        "vectors": [
+            {
+                "name": "a 51-byte file in 16-byte segments, any 2 of 3 shares",
+                "plaintext_hex": plaintext.hex(),
+                "key_hex": key.hex(),
+                "file_id_hex": file_id.hex(),
+                "segment_size": segment_size,
+                "k": k,
+                "n": n,
+                "segment_key_hex": segment_key(key, file_id).hex(),
+                "segments": segments,
+                "manifest": encoder.manifest().to_dict(),
+            }
+        ],
+    }
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -498,6 +548,7 @@ def build_all(previous: dict[str, Any]) -> dict[str, str]:
         "create_space.json": create_space_vectors(previous),
         "auth.json": auth_vectors(previous),
         "ticket.json": ticket_vectors(previous),
+        "file.json": file_vectors(),
     }
     return {name: json.dumps(doc, indent=2) + "\n" for name, doc in docs.items()}
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
 from ..exceptions import IntegrityError, ProtocolError
-from ..protocol import frames
+from ..protocol import crypto, frames
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.wrap import WrappedKey, unwrap_group_key
 from .connection import RelayConnection
@@ -52,6 +52,7 @@ class AsyncClient:
         self.identity: IdentityKeys = self.keystore.load_or_create_identity()
         self.events = Emitter()
         self._directory: dict[str, PublicIdentity] = {}
+        self._verify_keys: dict[str, crypto.PublicKey] = {}
         self._spaces: dict[str, AsyncSpace] = {}
         self._queue: asyncio.Queue[frames.Event | _Resync | None] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -133,7 +134,20 @@ class AsyncClient:
         return {u: self._directory[u] for u in usernames if u in self._directory}
 
     async def identity_of(self, username: str) -> PublicIdentity | None:
+        known = self._directory.get(username)
+        if known is not None:
+            return known
         return (await self.identities([username])).get(username)
+
+    async def verify_key(self, username: str) -> crypto.PublicKey | None:
+        """The decoded signing key of ``username`` (decoded once, then cached)."""
+        key = self._verify_keys.get(username)
+        if key is None:
+            ident = await self.identity_of(username)
+            if ident is None:
+                return None
+            key = self._verify_keys[username] = ident.signing_public_key()
+        return key
 
     def cached_identity(self, username: str) -> PublicIdentity | None:
         return self._directory.get(username)
@@ -148,10 +162,10 @@ class AsyncClient:
             raise IntegrityError("wrapped key is for another member")
         if wrapped.wrapper not in allowed_wrappers:
             raise IntegrityError(f"key wrapped by {wrapped.wrapper!r}, who may not hand out keys")
-        wrapper = await self.identity_of(wrapped.wrapper)
+        wrapper = await self.verify_key(wrapped.wrapper)
         if wrapper is None:
             raise IntegrityError(f"unknown wrapper {wrapped.wrapper!r}")
-        return unwrap_group_key(wrapped, self.identity, wrapper.signing_public_key())
+        return unwrap_group_key(wrapped, self.identity, wrapper)
 
     # ------------------------------------------------------------------ spaces
 

@@ -40,6 +40,7 @@ __all__ = ["AsyncSpace", "History"]
 
 log = logging.getLogger("spacenb")
 _EPHEMERAL_MEMORY = 10_000
+_SENT_MEMORY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,7 @@ class AsyncSpace:
         self._subscribed = False
         self._seen: dict[str, int] = {}  # message id → the handle it was delivered at
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
+        self._sent: OrderedDict[bytes, tuple[Envelope, Message]] = OrderedDict()
         self._meta: dict[int, tuple[str, str, str | None]] = {}  # handle → author, channel, type
         self._last_handle = 0
         self._key_waiters: list[asyncio.Future[None]] = []
@@ -193,7 +195,7 @@ class AsyncSpace:
     def _seal(self, kind: str, subject: str, content_type: str | None, body: Any) -> Envelope:
         keyring = self._require_keys()
         epoch = keyring.current_epoch
-        envelope, _message = seal_envelope(
+        envelope, message = seal_envelope(
             self.client.identity,
             keyring.key(epoch),
             kind="eph" if kind == "eph" else "msg",
@@ -205,6 +207,10 @@ class AsyncSpace:
             body=body,
             clock=self.client.clock,
         )
+        if kind == "msg":
+            self._sent[envelope.signature] = (envelope, message)
+            if len(self._sent) > _SENT_MEMORY:
+                self._sent.popitem(last=False)
         return envelope
 
     async def send_message(
@@ -316,7 +322,10 @@ class AsyncSpace:
         if envelope.target != self.id:
             self._reject(handle, envelope.source, "addressed to another space")
             return None
-        sender = await self.client.identity_of(envelope.source)
+        mine = self._sent.pop(envelope.signature, None)
+        if mine is not None and mine[0] == envelope:
+            return mine[1]  # our own message echoed back unchanged: we sealed it ourselves
+        sender = await self.client.verify_key(envelope.source)
         if sender is None:
             self._reject(handle, envelope.source, "unknown sender")
             return None
@@ -332,7 +341,7 @@ class AsyncSpace:
                 return None
         keyring = self._require_keys()
         try:
-            return open_envelope(envelope, keyring.key(envelope.epoch), sender.signing_public_key())
+            return open_envelope(envelope, keyring.key(envelope.epoch), sender)
         except IntegrityError as exc:
             self._reject(handle, envelope.source, str(exc))
             return None
@@ -518,8 +527,10 @@ class AsyncSpace:
             if event.handle <= self._last_handle:
                 return  # already delivered (catch-up and live overlap)
             opened = await self._open(event.envelope, event.handle, mode="live")
-            self._last_handle = max(self._last_handle, event.handle)
             if opened is not None:
+                # Only a message that verified moves the mark: a forged or corrupt frame
+                # with a far-future handle must not make later messages look delivered.
+                self._last_handle = max(self._last_handle, event.handle)
                 self.events.emit("message", opened)
         elif isinstance(event, frames.MessageEdited):
             opened = await self._open(event.envelope, event.handle, mode="edit")

@@ -246,7 +246,7 @@ async def upload(
         )
         tally = _Tally(encoder.layout, stores)
         async with ShardLinks(timeout=timeout) as links:
-            targets = await _open_all(links, stores)
+            targets = await _open_all(links, stores) if encoder.layout.segment_count else []
             await _upload_segments(src, encoder, targets, tally, space_id, ticket, progress)
         return encoder.manifest(), tally.stat()
     finally:

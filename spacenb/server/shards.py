@@ -79,8 +79,8 @@ class ShardStore:
             max_size=self.max_share_size + shardwire.MAX_HEADER_BYTES + 4,
             max_queue=4,
         )
-        bound = self._server.sockets[0].getsockname()
-        self.url = f"ws://{host}:{bound[1]}"
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://[{host}]:{port}" if ":" in host else f"ws://{host}:{port}"
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""

@@ -1,0 +1,191 @@
+"""Shared helpers of the reliability suite: polling, inboxes, a MITM relay that can also
+inject raw bytes, a dump of the relay's SQLite tables, and the secret encodings a scan of
+the data directory looks for."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+import spacenb.aio as aio
+from spacenb.events import SpaceMessageEvent
+from spacenb.protocol import frames
+from spacenb.server.storage import DB_FILENAME
+from tests.aio.conftest import Inbox, wait_until
+from tests.aio.mitm import MitmRelay
+
+__all__ = [
+    "Chatter",
+    "Inbox",
+    "Mitm",
+    "all_history",
+    "altered",
+    "dump_tables",
+    "encodings_of",
+    "event_json",
+    "flip_b64",
+    "wait_until",
+]
+
+TableDump = dict[str, list[tuple[Any, ...]]]
+
+
+class Mitm(MitmRelay):
+    """The aio tests' MITM relay, plus raw injection (text that is not JSON, binary)."""
+
+    async def inject_raw(self, data: str | bytes) -> None:
+        """Send ``data`` as one websocket message to every client, as if from the relay."""
+        for conn in list(self._downstream):
+            with contextlib.suppress(ConnectionClosed):
+                await conn.send(data)
+
+
+def event_json(event: frames.Event) -> dict[str, Any]:
+    """An event as the JSON object the relay would push (for :meth:`Mitm.inject`)."""
+    obj: dict[str, Any] = json.loads(event.to_json())
+    return obj
+
+
+def dump_tables(data_dir: Path, *, skip_spaces: Iterable[str] = ()) -> TableDump:
+    """Every row of every table of the relay's database, sorted, read through a second
+    connection (the file is in WAL mode, so this sees exactly what is committed).
+
+    Rows of ``messages`` in ``skip_spaces`` are left out: a bystander's traffic is allowed
+    to change the database while a test checks that nothing else does.
+    """
+    skipped = set(skip_spaces)
+    with contextlib.closing(sqlite3.connect(data_dir / DB_FILENAME)) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        dump: TableDump = {}
+        for table in sorted(tables):
+            cursor = db.execute(f"SELECT * FROM {table}")
+            columns = [c[0] for c in cursor.description]
+            rows = cursor.fetchall()
+            if table == "messages":
+                at = columns.index("space_id")
+                rows = [r for r in rows if r[at] not in skipped]
+            dump[table] = sorted(rows, key=repr)
+    return dump
+
+
+def encodings_of(secret: bytes) -> set[bytes]:
+    """``secret`` as it could appear in a file: raw, hex (both cases), and base64 in both
+    alphabets at each of the three alignments it could have inside a longer encoding (the
+    characters that depend only on the secret, so a match inside any larger blob counts)."""
+    found = {secret, secret.hex().encode(), secret.hex().upper().encode()}
+    for offset in range(3):
+        padded = b"\0" * offset + secret
+        start = (8 * offset + 5) // 6  # the first character free of the prefix's bits
+        end = 8 * len(padded) // 6  # the last character made of the secret's bits only
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            stable = encode(padded)[start:end]
+            if len(stable) >= 16:
+                found.add(stable)
+    return found
+
+
+async def all_history(space: aio.AsyncSpace) -> list[SpaceMessageEvent]:
+    """Every stored message this member can read, oldest first (all pages)."""
+    messages: list[SpaceMessageEvent] = []
+    before: int | None = None
+    while True:
+        page = await space.history(before=before, limit=frames.MAX_HISTORY_LIMIT)
+        assert page.unreadable == 0, f"{page.unreadable} stored messages did not verify"
+        messages[:0] = page.messages
+        if page.next_cursor is None:
+            return messages
+        before = page.next_cursor
+
+
+class Chatter:
+    """Two users of a public channel exchanging stored messages in the background: the
+    "another client connected throughout" of the bad-input tests. :meth:`check` proves
+    they were unaffected: every message sent was stored and delivered, once, in order.
+    """
+
+    def __init__(self, clients: list[aio.AsyncClient], sender: aio.AsyncSpace,
+                 receiver: aio.AsyncSpace) -> None:  # fmt: skip
+        self.clients = clients
+        self.sender = sender
+        self.receiver = receiver
+        self.space_id = sender.id
+        self.acked: list[int] = []
+        self.received = Inbox()
+        self.rejected = Inbox()
+        receiver.on_message(self.received)
+        receiver.on_rejected(self.rejected)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, url: str, app_key: str, interval: float = 0.02) -> Chatter:
+        clients = [
+            await aio.connect(url, app_key=app_key, username=name, keystore=":memory:")
+            for name in ("chatter-a", "chatter-b")
+        ]
+        sender = await clients[0].space.create_channel("lounge")
+        receiver = await clients[1].space.join_channel("lounge")
+        chatter = cls(clients, sender, receiver)
+        chatter._task = asyncio.create_task(chatter._chat(interval))
+        return chatter
+
+    async def _chat(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.acked.append(await self.sender.send_message({"n": len(self.acked)}))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+
+    async def check(self, timeout: float = 30.0) -> int:
+        """Stop chatting; assert every acknowledged message was delivered once, in order,
+        and equals the stored history. Returns how many messages were exchanged."""
+        self._stop.set()
+        assert self._task is not None
+        await self._task  # re-raises a failed send
+        try:
+            await wait_until(lambda: len(self.received.items) >= len(self.acked), timeout)
+            delivered = [e.handle for e in self.received.items]
+            stored = [e.handle for e in await all_history(self.receiver)]
+            assert delivered == stored == self.acked
+            assert [e.message.body["n"] for e in self.received.items] == list(
+                range(len(self.acked))
+            )
+            assert not self.rejected.items
+        finally:
+            for client in self.clients:
+                await client.close()
+        return len(self.acked)
+
+
+def flip_b64(text: str) -> str:
+    """A base64url field with one bit of its middle byte flipped."""
+    from spacenb.protocol.encoding import b64d, b64e
+
+    raw = bytearray(b64d(text))
+    raw[len(raw) // 2] ^= 1
+    return b64e(bytes(raw))
+
+
+def altered(envelope: dict[str, Any], field: str, other_space: str = "") -> dict[str, Any]:
+    """A copy of an envelope (JSON) with one routing, sealed or signature field changed."""
+    changed = dict(envelope)
+    if field in ("iv", "ciphertext", "signature"):
+        changed[field] = flip_b64(changed[field])
+    elif field == "epoch":
+        changed["epoch"] += 1
+    elif field == "kind":
+        changed["kind"] = "msg" if changed["kind"] == "eph" else "eph"
+    elif field == "source":
+        changed["source"] = "mallory"
+    elif field == "target":
+        changed["target"] = other_space
+    else:
+        changed[field] += "x"
+    return changed

@@ -1,0 +1,492 @@
+"""Bad input: fuzzed requests to the relay, fuzzed frames pushed to a client, raw garbage.
+
+Every case is answered with an error frame (never ``server_error``), dropped, or closes
+its connection cleanly; the relay keeps serving; two users chatting in another channel the
+whole time (:class:`Chatter`) see every message once and in order; a refused request
+leaves every table of the database exactly as it was.
+
+The fuzzers start from a valid frame of every op (``frames.REQUESTS``) and every event
+(``frames.EVENTS``) and change one thing (``fuzzing.mutations``). They run as an
+*outsider* (signed in, member of nothing: nothing it sends may change anything) and as a
+*member* (a viewer of the target space: it may change what a viewer may, but a refused
+request still changes nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed
+
+import spacenb.aio as aio
+from spacenb.exceptions import AuthenticationError
+from spacenb.protocol import crypto, frames
+from spacenb.protocol.envelope import seal_envelope
+from spacenb.protocol.frames import EVENTS, MAX_FRAME_BYTES, REQUESTS
+from spacenb.protocol.keyring import Keyring
+from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
+from spacenb.protocol.wrap import wrap_group_key
+from spacenb.server.app import RunningServer, start_server
+from spacenb.sync.runner import Runner
+from tests.server.rawclient import RawClient, user
+
+from .conftest import Figures
+from .fuzzing import MAX_INT, garbage_frames, is_request_id, mutations
+from .helpers import Chatter, Inbox, Mitm, dump_tables, event_json, wait_until
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+KNOWN_CODES = {
+    "bad_frame", "bad_key", "integrity", "auth_failed", "forbidden", "channel_exists",
+    "not_found", "invite_invalid", "no_key", "too_large",
+}  # fmt: skip  # every code of PROTOCOL.md's table but server_error
+# The client world is stateful (what one example injects stays in the receiver), so a
+# failure is reported as it happened, not shrunk against a state that has moved on.
+FUZZ_STATEFUL = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+REQUEST_ID = 7
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing in spacenb logged an error (an unexpected exception, a failed handler)."""
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+
+
+def random_key() -> bytes:
+    return crypto.random_bytes(crypto.AES_KEY_SIZE)
+
+
+async def test_lone_surrogates_are_bad_frames(relay: RunningServer) -> None:
+    """JSON may escape a lone UTF-16 surrogate, which no UTF-8 text can hold: in a field
+    value or a field name it is a ``bad_frame`` (it used to reach SQLite and fail as a
+    ``server_error``, or be echoed in an error frame that could not be sent at all)."""
+    client = await user(relay, "surrogates")
+    cases = [
+        ({"t": "req", "id": 1, "op": "space_info", "space_id": "spc.\udc80"}, "space_id"),
+        ({"t": "req", "id": 2, "op": "user_keys", "usernames": ["\ud800"]}, "usernames[0]"),
+        ({"t": "req", "id": 3, "op": "ping", "\ud800": 1}, "\\ud800"),
+    ]
+    for frame, where in cases:
+        await client.send_text(json.dumps(frame))
+        answer = await client.next_frame()
+        assert isinstance(answer, frames.ErrorFrame)
+        assert (answer.id, answer.code) == (frame["id"], "bad_frame")
+        assert answer.message.startswith(where)
+    assert await client.call(frames.Ping) == frames.Ok()
+    await client.close()
+
+
+# --------------------------------------------------------------------------- relay world
+
+
+def request_bases(
+    me: RawClient, *, space_id: str, key: bytes, owner: frames.UserEntry, handle: int, token: str
+) -> dict[str, dict[str, Any]]:
+    """A valid frame of every op, as ``me`` would send it about ``space_id`` (sealed and
+    wrapped with ``key``: the real group key for a member, a random one for an outsider)."""
+    assert me.identity is not None and me.username is not None
+    ring = Keyring(space_id, "static", {0: key})
+    new_space = SpaceKeyPair.generate()
+    myself = frames.UserEntry(me.username, me.identity.signing_key, me.identity.ecdh_key)
+    signed = frames.create_space_signed_bytes(
+        new_space.space_id, me.username, "static", False, False, f"new-{me.username}"
+    )
+    auth_signed = frames.auth_signed_bytes(
+        me.hello.nonce, "app", me.username, myself.signing_key, myself.ecdh_key
+    )
+    rid = REQUEST_ID
+    rotated = Keyring(space_id, "rotate", {1: key})
+    created = Keyring(new_space.space_id, "static", {0: key})
+    requests: list[frames.Request] = [
+        frames.Auth(
+            rid,
+            "app",
+            me.username,
+            myself.signing_key,
+            myself.ecdh_key,
+            me.identity.sign(auth_signed),
+        ),
+        frames.Ping(rid),
+        frames.CreateSpace(
+            rid,
+            new_space.space_id,
+            "static",
+            False,
+            False,
+            f"new-{me.username}",
+            new_space.sign(signed),
+            (me.wrap(created, 0, myself),),
+        ),
+        frames.GetSpaceInfo(rid, space_id),
+        frames.Resolve(rid, "vault"),
+        frames.ListChannels(rid),
+        frames.Join(rid, space_id, None),
+        frames.Admit(rid, space_id, owner.username, (me.wrap(ring, 0, owner),)),
+        frames.Rotate(rid, space_id, 1, (me.wrap(rotated, 1, owner),)),
+        frames.FetchKeys(rid, space_id),
+        frames.Subscribe(rid, space_id),
+        frames.Unsubscribe(rid, space_id),
+        frames.Send(rid, me.seal(ring, "fuzz")),
+        frames.Edit(rid, handle, me.seal(ring, "fuzz edit")),
+        frames.Delete(rid, space_id, handle),
+        frames.SendEphemeral(rid, me.seal(ring, "fuzz signal", kind="eph")),
+        frames.History(rid, space_id, None, 10),
+        frames.Members(rid, space_id),
+        frames.Roster(rid, space_id),
+        frames.SetRole(rid, space_id, owner.username, "editor"),
+        frames.Invite(rid, space_id, "newcomer"),
+        frames.RemoveMember(rid, space_id, owner.username),
+        frames.Leave(rid, space_id),
+        frames.CreateLink(rid, space_id, 3600, 5, "viewer"),
+        frames.ListLinks(rid, space_id),
+        frames.RevokeLink(rid, space_id, token),
+        frames.UserKeys(rid, (owner.username, me.username)),
+        frames.ShardTicket(rid, space_id),
+    ]
+    bases = {r.OP: json.loads(r.to_json()) for r in requests}
+    assert set(bases) == set(REQUESTS), "a request op has no base frame: add it here"
+    for text in map(json.dumps, bases.values()):
+        frames.parse_client_frame(text)  # every base is valid: mutations start from valid
+    return bases
+
+
+@dataclass
+class RelayWorld:
+    """A relay, a private channel ``vault`` owned by ``owner`` (with a message and an
+    invite link), the two fuzzers, and the chatting bystanders."""
+
+    server: RunningServer
+    chatter: Chatter
+    owner: aio.AsyncClient
+    fuzzers: dict[str, RawClient]
+    bases: dict[str, dict[str, dict[str, Any]]]
+    snapshot: Any = None
+
+    @classmethod
+    async def start(cls, data_dir: Path) -> RelayWorld:
+        server = await start_server(data_dir, shards=2, shards_needed=1)
+        chatter = await Chatter.start(server.url, server.app_key)
+        owner = await aio.connect(server.url, app_key=server.app_key, username="owner",
+                                  keystore=":memory:")  # fmt: skip
+        vault = await owner.space.create_channel("vault", private=True)
+        handle = await vault.send_message("the owner's message")
+        link = await owner.space.create_invite_link(vault.id)
+        assert link.token is not None
+        await vault.invite("member")
+        member = await user(server, "member")
+        await member.call(frames.Join, space_id=vault.id)
+        keys = await member.event("keys")
+        outsider = await user(server, "outsider")
+        assert vault.info is not None
+        group_key = (await member.keyring(vault.info, keys.keys)).key(0)
+        common = {"space_id": vault.id, "owner": await member.user("owner"), "handle": handle,
+                  "token": link.token}  # fmt: skip
+        bases = {
+            "member": request_bases(member, key=group_key, **common),
+            "outsider": request_bases(outsider, key=random_key(), **common),
+        }
+        world = cls(server, chatter, owner, {"member": member, "outsider": outsider}, bases)
+        world.snapshot = world.dump()
+        return world
+
+    def dump(self) -> Any:
+        return dump_tables(self.server.data_dir, skip_spaces={self.chatter.space_id})
+
+    async def try_request(self, actor: str, frame: dict[str, Any]) -> str:
+        """Send one frame as ``actor``; check the answer and the database; the outcome."""
+        client = self.fuzzers[actor]
+        client.events.clear()
+        await client.send_text(json.dumps(frame))
+        answer = await client.next_frame(timeout=15)
+        rid = frame.get("id")
+        assert answer.id == (rid if is_request_id(rid) else None), answer
+        after = self.dump()
+        if isinstance(answer, frames.ErrorFrame):
+            assert answer.code in KNOWN_CODES, answer
+            assert after == self.snapshot, f"refused ({answer.code}) but the database changed"
+            return answer.code
+        assert actor == "member" or after == self.snapshot, f"{frame.get('op')} changed data"
+        self.snapshot = after
+        return "ok"
+
+    async def stop(self) -> None:
+        for client in self.fuzzers.values():
+            await client.close()
+        await self.owner.close()
+        await self.server.stop()
+
+
+@pytest.mark.parametrize("actor", ["outsider", "member"])
+def test_fuzzed_requests_are_refused_and_change_nothing(
+    actor: str, loop_thread: Runner, tmp_path: Path, figures: Figures, caplog: Any
+) -> None:
+    world = loop_thread.run(RelayWorld.start(tmp_path / "relay"), timeout=60)
+    try:
+
+        @FUZZ
+        @given(data=st.data())
+        def example(data: st.DataObject) -> None:
+            op = data.draw(st.sampled_from(sorted(REQUESTS)), label="op")
+            kind, _where, frame = data.draw(mutations(REQUESTS[op], world.bases[actor][op]))
+            outcome = loop_thread.run(world.try_request(actor, frame), timeout=30)
+            figures.add(f"bad_input.requests.{actor}")
+            figures.add(f"bad_input.requests.answer.{outcome}")
+            figures.add(f"bad_input.requests.mutation.{kind}")
+
+        example()
+        figures.add("bad_input.chatter_messages", loop_thread.run(world.chatter.check(), 60))
+        no_errors_logged(caplog)
+    finally:
+        loop_thread.run(world.stop(), timeout=30)
+
+
+# --------------------------------------------------------------------------- client world
+
+
+@dataclass
+class ClientWorld:
+    """``sender`` and ``receiver`` share a static channel; the receiver's relay is a MITM
+    that injects fuzzed frames between genuine ones. ``bases`` holds valid frames of every
+    event: forged by ``mallory`` (registered, not a member) or genuine ones replayed."""
+
+    server: RunningServer
+    mitm: Mitm
+    clients: list[aio.AsyncClient]
+    sender: aio.AsyncSpace
+    receiver: aio.AsyncSpace
+    delivered: Inbox
+    others: Inbox  # edits and signals: nothing the sender did, so nothing may arrive
+    bases: dict[str, list[dict[str, Any]]]
+    sent: dict[int, Any]
+
+    @classmethod
+    async def start(cls, data_dir: Path) -> ClientWorld:
+        server = await start_server(data_dir, shards=0)
+        mitm = Mitm(server.url)
+        await mitm.start()
+        routes = {"sender": server.url, "receiver": mitm.url, "mallory": server.url}
+        clients = [
+            await aio.connect(url, app_key=server.app_key, username=name, keystore=":memory:")
+            for name, url in routes.items()
+        ]
+        sender = await clients[0].space.create_channel("plaza")
+        receiver = await clients[1].space.join_channel("plaza")
+        delivered, others, signals = Inbox(), Inbox(), Inbox()
+        receiver.on_message(delivered)
+        receiver.on_message_edited(others)
+        receiver.on_ephemeral(signals)
+        first = await sender.send_message("genuine")
+        await sender.send_ephemeral("typing", True)
+        await delivered.wait(1)
+        await signals.wait(1)
+        genuine_msg = next(f for f in mitm.seen if f.get("ev") == "message")
+        genuine_eph = next(f for f in mitm.seen if f.get("ev") == "ephemeral")
+        receiver.on_ephemeral(others)
+        mallory = clients[2].identity
+        world = cls(
+            server, mitm, clients, sender, receiver, delivered, others,
+            event_bases(sender.id, mallory, clients[1].identity, first, genuine_msg, genuine_eph),
+            {first: "genuine"},
+        )  # fmt: skip
+        return world
+
+    async def try_event(self, frame: dict[str, Any] | str | bytes, n: int) -> None:
+        """Inject one frame, then check the receiver still gets a genuine message (and
+        everything it delivered so far was genuine) and its key stayed the same."""
+        keyring = self.receiver.keyring
+        assert keyring is not None
+        key = keyring.key(0)
+        if isinstance(frame, dict):
+            await self.mitm.inject(frame)
+        else:
+            await self.mitm.inject_raw(frame)
+        handle = await self.sender.send_message({"sentinel": n})
+        self.sent[handle] = {"sentinel": n}
+        await wait_until(lambda: handle in {e.handle for e in self.delivered.items}, 10)
+        got = [(e.handle, e.sender, e.message.body) for e in self.delivered.items]
+        assert got == [(h, "sender", body) for h, body in self.sent.items()]
+        assert not self.others.items, self.others.items
+        assert keyring.epochs == [0] and keyring.key(0) == key
+        assert self.receiver.client.connection.is_open
+        assert self.receiver.client.connection.reconnects == 0
+
+    async def stop(self) -> None:
+        for client in self.clients:
+            await client.close()
+        await self.mitm.stop()
+        await self.server.stop()
+
+
+def event_bases(
+    space_id: str,
+    mallory: IdentityKeys,
+    receiver: IdentityKeys,
+    handle: int,
+    genuine_msg: dict[str, Any],
+    genuine_eph: dict[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """Valid frames of every event type, each a lie: forged by mallory, or replayed."""
+
+    def forged(kind: str) -> Any:
+        envelope, _ = seal_envelope(
+            mallory, random_key(), kind=kind, source="mallory", target=space_id,  # type: ignore[arg-type]
+            subject="default", epoch=0, content_type=None, body="forged",
+        )  # fmt: skip
+        return envelope
+
+    bogus_key = wrap_group_key(
+        random_key(), space_id=space_id, epoch=0, recipient="receiver",
+        recipient_ecdh=receiver.public("receiver").ecdh_public_key(), wrapper="mallory",
+        wrapper_identity=mallory,
+    )  # fmt: skip
+    events: list[frames.Event] = [
+        frames.Hello("spacenb", 1, crypto.random_bytes(32), "keeper"),
+        frames.MessagePushed(handle + 10**9, forged("msg")),
+        frames.MessageEdited(handle, forged("msg")),
+        frames.MessageDeleted(space_id, handle + 10**9),
+        frames.EphemeralPushed(forged("eph")),
+        frames.Presence(space_id, ("sender", "receiver", "mallory")),
+        frames.JoinRequested(space_id, "mallory", mallory.signing_key, mallory.ecdh_key, "viewer"),
+        frames.KeysPushed(space_id, (bogus_key,)),
+        frames.EpochChanged(space_id, 1),
+        frames.MemberChanged(space_id, "mallory", "editor"),
+    ]
+    bases: dict[str, list[dict[str, Any]]] = {e.EV: [event_json(e)] for e in events}
+    assert set(bases) == set(EVENTS), "an event has no base frame: add it here"
+    replayed_msg = {**genuine_msg, "handle": genuine_msg["handle"] + 1}
+    bases["message"].append(replayed_msg)
+    bases["edited"].append({**genuine_msg, "ev": "edited"})  # an old version as an edit
+    bases["ephemeral"].append(genuine_eph)
+    bases["ephemeral"].append({"t": "evt", "ev": "ephemeral", "envelope": genuine_msg["envelope"]})
+    bases["message"].append({**replayed_msg, "envelope": genuine_eph["envelope"]})
+    return bases
+
+
+answers = st.fixed_dictionaries(
+    {"t": st.sampled_from(["res", "err"]), "id": st.integers(10**6, MAX_INT)},
+    optional={"result": st.just({}), "code": st.just("forbidden"), "message": st.text()},
+)
+
+
+@st.composite
+def pushed_frames(draw: st.DrawFn, bases: dict[str, list[dict[str, Any]]]) -> tuple[str, Any]:
+    """A mutated event, a genuine-looking lie unchanged, an answer to no request, or junk."""
+    choice = draw(st.sampled_from(["event", "event", "event", "lie", "answer", "garbage"]))
+    if choice == "garbage":
+        return "garbage", draw(garbage_frames)
+    if choice == "answer":
+        return "answer", draw(answers)
+    ev = draw(st.sampled_from(sorted(bases)))
+    base = draw(st.sampled_from(bases[ev]))
+    if choice == "lie":
+        return f"lie.{ev}", base
+    kind, _where, frame = draw(mutations(EVENTS[ev], base))
+    return f"{kind}.{ev}", frame
+
+
+def test_fuzzed_pushed_frames_deliver_nothing_bogus(
+    loop_thread: Runner, tmp_path: Path, figures: Figures, caplog: Any
+) -> None:
+    world = loop_thread.run(ClientWorld.start(tmp_path / "relay"), timeout=60)
+    counter = iter(range(10**6))
+    try:
+
+        @FUZZ_STATEFUL
+        @given(pushed=pushed_frames(world.bases))
+        def example(pushed: tuple[str, Any]) -> None:
+            label, frame = pushed
+            loop_thread.run(world.try_event(frame, next(counter)), timeout=30)
+            figures.add("bad_input.pushed_frames")
+            figures.add(f"bad_input.pushed.{label.split('.')[0]}")
+
+        example()
+        no_errors_logged(caplog)
+    finally:
+        loop_thread.run(world.stop(), timeout=30)
+
+
+# --------------------------------------------------------------------------- raw garbage
+
+
+async def expect_error(client: RawClient, data: str | bytes, code: str = "bad_frame") -> None:
+    await client.send_text(data)
+    answer = await client.next_frame(timeout=15)
+    assert isinstance(answer, frames.ErrorFrame), (data[:80], answer)
+    assert answer.code == code, (data[:80], answer)
+
+
+def test_raw_garbage_on_live_connections(
+    loop_thread: Runner, tmp_path: Path, figures: Figures, caplog: Any
+) -> None:
+    """Non-JSON, binary, deeply nested, wrong shapes, unknown ops, oversize frames and every
+    request before authentication: each refused, nothing stored, the relay serving."""
+
+    async def start() -> tuple[RunningServer, Chatter, dict[str, RawClient], Any]:
+        server = await start_server(tmp_path / "relay", shards=0)
+        chatter = await Chatter.start(server.url, server.app_key)
+        connections = {"anonymous": await RawClient.open(server.url),
+                       "signed-in": await user(server, "garbler")}  # fmt: skip
+        return server, chatter, connections, dump(server, chatter)
+
+    def dump(server: RunningServer, chatter: Chatter) -> Any:
+        return dump_tables(server.data_dir, skip_spaces={chatter.space_id})
+
+    server, chatter, connections, before = loop_thread.run(start(), timeout=60)
+    try:
+
+        @FUZZ
+        @given(who=st.sampled_from(sorted(connections)), data=garbage_frames)
+        def example(who: str, data: str | bytes) -> None:
+            loop_thread.run(expect_error(connections[who], data), timeout=30)
+            figures.add("bad_input.garbage_frames")
+
+        example()
+
+        async def fixed_cases() -> None:
+            anonymous, signed_in = connections["anonymous"], connections["signed-in"]
+            bases = request_bases(
+                signed_in, space_id=chatter.space_id, key=random_key(),
+                owner=await signed_in.user("chatter-a"), handle=1, token="t",
+            )  # fmt: skip
+            for op in sorted(set(REQUESTS) - {"auth", "ping"}):
+                await expect_error(anonymous, json.dumps(bases[op]), "forbidden")
+                figures.add("bad_input.before_auth")
+            pad = "x" * (MAX_FRAME_BYTES + 1000)
+            for client in connections.values():
+                await expect_error(client, '{"t":"req","id":1,"op":"ping","p":"' + pad + '"}',
+                                   "too_large")  # fmt: skip
+                assert await client.call(frames.Ping) == frames.Ok()
+            async with ws_connect(server.url, max_size=None) as ws:  # over websockets' limit
+                await ws.recv()
+                await ws.send("x" * (3 * MAX_FRAME_BYTES))
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 15)
+                assert ws.close_code == 1009
+            bad_key = await RawClient.open(server.url)  # a wrong app key: refused and closed
+            with pytest.raises(AuthenticationError):
+                await bad_key.auth("not-the-app-key", "intruder")
+            with pytest.raises(ConnectionClosed):
+                await bad_key.call(frames.Ping)
+            figures.add("bad_input.oversize_and_auth_cases", 4)
+            for client in connections.values():
+                assert await client.call(frames.Ping) == frames.Ok()
+                await client.close()
+
+        loop_thread.run(fixed_cases(), timeout=60)
+        assert dump(server, chatter) == before
+        figures.add("bad_input.chatter_messages", loop_thread.run(chatter.check(), 60))
+        no_errors_logged(caplog)
+    finally:
+        loop_thread.run(server.stop(), timeout=30)

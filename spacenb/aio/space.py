@@ -295,6 +295,9 @@ class AsyncSpace:
 
         ``mode`` is ``"live"`` (a pushed message), ``"edit"`` or ``"history"``.
         """
+        if envelope.kind != "msg":
+            self._reject(handle, envelope.source, "a signal passed off as a stored message")
+            return None
         message = await self._verify_and_open(envelope, handle, live=mode != "history")
         if message is None:
             return None

@@ -261,7 +261,11 @@ def expect_all(workers: Sequence[Worker], kind: str, timeout: float = 120.0) -> 
 
 
 class CpuMeter:
-    """CPU time used by some processes over a phase, as a fraction of one core each."""
+    """CPU time some processes used over a phase (started at construction).
+
+    CPU time per unit of work is what a busy shared machine disturbs least: a process that
+    waits for a core is slower by the clock but not by its CPU time.
+    """
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
@@ -269,12 +273,15 @@ class CpuMeter:
         self._cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
 
     def read(self) -> dict[str, float]:
-        """``{name: cores busy}`` since construction (1.0 = one core fully busy)."""
-        wall = max(now() - self._start, 1e-9)
-        return {
-            name: round((cpu_seconds(pid) - self._cpu[name]) / wall, 2)
-            for name, pid in self._pids.items()
-        }
+        """CPU seconds used by each process so far (call once, at the end of the phase)."""
+        self.wall = now() - self._start
+        return {name: cpu_seconds(pid) - self._cpu[name] for name, pid in self._pids.items()}
+
+    def per(self, count: int) -> dict[str, float]:
+        """:meth:`read` as CPU microseconds per unit of ``count``, with their ``total``."""
+        used = {name: seconds * 1e6 / count for name, seconds in self.read().items()}
+        used["total"] = sum(used.values())
+        return {name: round(us, 1) for name, us in used.items()}
 
 
 def alternate(

@@ -24,13 +24,13 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         topo.phase(args.warmup, in_flight=args.in_flight)
         meter = CpuMeter(topo.pids)
         sent, got = topo.phase(args.count, in_flight=args.in_flight, timeout=300)
-        cpu = meter.read()
+        cpu = meter.per(args.count * args.receivers)
     delivered = sum(g["count"] for g in got)
     expected = args.count * args.receivers
     if delivered < expected:
         raise RuntimeError(f"{kind}: {delivered} of {expected} deliveries arrived")
     last = max(g["last"] for g in got)
-    return {"deliveries": delivered / (last - sent["start"]), "cpu": cpu}
+    return {"deliveries": delivered / (last - sent["start"]), "cpu_us": cpu["total"], "cpu": cpu}
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -45,8 +45,17 @@ def run(args: argparse.Namespace) -> Report:
             target_ratio=0.40,
         )
     )
+    report.add(
+        Metric(
+            "CPU per delivery, all processes",
+            "µs",
+            res["spacenb"]["cpu_us"],
+            res["bare"]["cpu_us"],
+            better="lower",
+        )
+    )
     for kind in KINDS:
-        report.notes.append(f"{kind} cores busy: {res[kind]['cpu']}")
+        report.notes.append(f"{kind} CPU µs per delivery: {res[kind]['cpu']}")
     return report
 
 

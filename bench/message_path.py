@@ -29,7 +29,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         topo.phase(args.warmup, in_flight=args.in_flight)
         meter = CpuMeter(topo.pids)
         sent, (got,) = topo.phase(args.count, in_flight=args.in_flight)
-        cpu = meter.read()
+        cpu = meter.per(args.count)
         if got["count"] < args.count:
             raise RuntimeError(f"{kind}: {got['count']} of {args.count} messages arrived")
         _, (paced,) = topo.phase(args.paced, rate=args.rate)
@@ -38,6 +38,7 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "throughput": got["count"] / (got["last"] - sent["start"]),
         "p50": percentile(latencies, 50) * MS,
         "p99": percentile(latencies, 99) * MS,
+        "cpu_us": cpu["total"],
         "cpu": cpu,
     }
 
@@ -67,8 +68,17 @@ def run(args: argparse.Namespace) -> Report:
                 target=bound,
             )
         )
+    report.add(
+        Metric(
+            "CPU per message, all processes",
+            "µs",
+            spacenb["cpu_us"],
+            bare["cpu_us"],
+            better="lower",
+        )
+    )
     for kind in KINDS:
-        report.notes.append(f"{kind} cores busy during throughput: {res[kind]['cpu']}")
+        report.notes.append(f"{kind} CPU µs per message during throughput: {res[kind]['cpu']}")
     return report
 
 

@@ -21,7 +21,7 @@ import statistics
 import time
 from typing import Any
 
-from .common import Metric, Report, alternate, main, partition, percentile, rss
+from .common import Metric, Report, alternate, cpu_seconds, main, partition, percentile, rss
 from .peers import KINDS, Topology
 
 MS = 1000.0
@@ -38,6 +38,8 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         setup_timeout=900,
     ) as topo:
         time.sleep(1.0)  # let the relay settle after the last join
+        setup_cpu = {name: cpu_seconds(pid) for name, pid in topo.pids.items()}
+        clients_cpu = sum(v for name, v in setup_cpu.items() if name.startswith("receivers"))
         connections = args.clients + 1
         per_connection = (rss(topo.relay.pid) - topo.relay_rss_before) / connections
         lasts = []
@@ -58,6 +60,8 @@ def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "per_connection": per_connection / KB,
         "last_delivery": statistics.median(lasts) * MS,
         "last_delivery_max": max(lasts) * MS,
+        "relay_cpu_per_join": setup_cpu["relay"] / args.clients * MS,
+        "client_cpu_per_join": clients_cpu / args.clients * MS,
     }
 
 
@@ -96,8 +100,20 @@ def run(args: argparse.Namespace) -> Report:
             target=100,
         )
     )
+    for side in ("relay", "client"):
+        report.add(
+            Metric(
+                f"{side} CPU per joining client",
+                "ms",
+                spacenb[f"{side}_cpu_per_join"],
+                bare[f"{side}_cpu_per_join"],
+                better="lower",
+            )
+        )
     report.notes += [
-        "join baseline: the bare relay's websocket handshake (it has no join)",
+        "join baseline: the bare relay's websocket handshake (it has no join); CPU per "
+        "joining client: all CPU the relay and the client processes used from start until "
+        "everyone was in, over the number of clients",
         f"spacenb sign-up (connect + auth) p50 {spacenb['connect_p50']:.1f} ms; "
         f"worst round of last delivery: spacenb {spacenb['last_delivery_max']:.0f} ms, "
         f"bare {bare['last_delivery_max']:.0f} ms",

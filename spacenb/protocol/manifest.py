@@ -11,6 +11,7 @@ that the codec, the shard store and the validator agree on one definition of eac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -51,9 +52,9 @@ _FIELDS = (
 )  # fmt: skip
 
 
-def share_name(share: bytes) -> str:
+def share_name(share: bytes | memoryview) -> str:
     """A share's name: the lowercase hex SHA-256 of its bytes."""
-    return crypto.sha256(share).hex()
+    return hashlib.sha256(share).hexdigest()
 
 
 def check_share_name(value: object, *, field: str = "name") -> str:

@@ -41,12 +41,12 @@ _MAX_ID = 2**53 - 1
 _U32 = struct.Struct(">I")
 
 
-def _pack(header: dict[str, Any], payload: bytes = b"") -> bytes:
+def _pack(header: dict[str, Any], payload: bytes | memoryview = b"") -> bytes:
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return _U32.pack(len(raw)) + raw + payload
 
 
-def _unpack(message: bytes | str) -> tuple[dict[str, Any], bytes]:
+def _unpack(message: bytes | str) -> tuple[dict[str, Any], memoryview]:
     if not isinstance(message, bytes | bytearray | memoryview):
         raise ProtocolError("shard-store messages are binary", field="frame")
     if len(message) < _U32.size:
@@ -60,7 +60,7 @@ def _unpack(message: bytes | str) -> tuple[dict[str, Any], bytes]:
         raise ProtocolError("header is not UTF-8 JSON", field="header") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object", field="header")
-    return header, bytes(message[_U32.size + length :])
+    return header, memoryview(message)[_U32.size + length :]  # no copy of the share
 
 
 def _id_of(header: dict[str, Any]) -> int:
@@ -91,7 +91,7 @@ class PutShare:
     space_id: str
     ticket: str
     name: str
-    data: bytes
+    data: bytes | memoryview
 
     def to_bytes(self) -> bytes:
         header = {
@@ -184,7 +184,8 @@ class Reply:
 
 def parse_reply(message: bytes | str) -> Reply:
     """Parse one store message; :class:`ProtocolError` if it is malformed."""
-    header, payload = _unpack(message)
+    header, view = _unpack(message)
+    payload = bytes(view)
     request_id = None if header.get("id") is None else _id_of(header)
     ok = header.pop("ok", None)
     header.pop("id", None)

@@ -31,7 +31,7 @@ from ..exceptions import (
 from ..protocol import shardwire
 from ..protocol.keys import decode_public_key
 from ..protocol.manifest import MAX_SEGMENT_SIZE, SEGMENT_OVERHEAD, share_name
-from ..protocol.tickets import verify_ticket
+from ..protocol.tickets import Ticket, verify_ticket
 
 __all__ = ["MAX_SHARE_SIZE", "ShardStore"]
 
@@ -39,6 +39,7 @@ log = logging.getLogger("spacenb.shards")
 
 MAX_SHARE_SIZE = MAX_SEGMENT_SIZE + SEGMENT_OVERHEAD  # the largest share a manifest allows (k=1)
 _IN_FLIGHT = 8  # requests handled at once per connection
+_TICKET_CACHE = 256  # verified tickets remembered
 
 
 class ShardStore:
@@ -65,6 +66,7 @@ class ShardStore:
         self.url: str | None = None
         self._server: Server | None = None
         self._tmp = self.root / "tmp"
+        self._tickets: dict[tuple[str, str], Ticket] = {}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Create ``root`` if needed and listen; sets :attr:`url` to ``ws://host:port``."""
@@ -148,15 +150,27 @@ class ShardStore:
         if len(request.data) > self.max_share_size:
             raise LimitExceededError(f"share larger than {self.max_share_size} bytes")
         try:
-            now_us = self.clock.now_us()
-            verify_ticket(request.ticket, self._relay_key, space_id=request.space_id, now_us=now_us)
+            self._check_ticket(request.ticket, request.space_id)
         except (IntegrityError, ProtocolError) as exc:
             raise PermissionDeniedError(f"ticket refused: {exc}") from None
         await asyncio.to_thread(self._write, request.name, request.data)
 
+    def _check_ticket(self, ticket: str, space_id: str) -> None:
+        """Verify a ticket; a transfer reuses one for every share, so the signature check
+        (an ECDSA verify) is remembered and only the expiry is checked again."""
+        now_us = self.clock.now_us()
+        known = self._tickets.get((ticket, space_id))
+        if known is None:
+            known = verify_ticket(ticket, self._relay_key, space_id=space_id, now_us=now_us)
+            if len(self._tickets) >= _TICKET_CACHE:
+                del self._tickets[next(iter(self._tickets))]
+            self._tickets[(ticket, space_id)] = known
+        elif known.expires_at_us < now_us:
+            raise IntegrityError("ticket has expired")
+
     # ------------------------------------------------------------------ disk (worker threads)
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes | memoryview) -> None:
         if share_name(data) != name:
             raise IntegrityError("share does not match its name")
         path = self.share_path(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import struct
 from typing import Any
 
@@ -20,7 +21,8 @@ __all__ = ["b64d", "b64e", "canonical_json", "lp_encode"]
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64_TEXT = re.compile(r"[A-Za-z0-9_-]*")
+_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 def b64e(data: bytes) -> str:
@@ -32,14 +34,15 @@ def b64d(text: object, *, field: str = "value") -> bytes:
     """Decode unpadded base64url text; anything else raises :class:`ProtocolError`."""
     if not isinstance(text, str):
         raise ProtocolError("expected base64url text", field=field)
-    raw = text.encode("ascii", "replace")
-    if not _B64_ALPHABET.issuperset(raw) or len(raw) % 4 == 1:
+    tail = len(text) % 4
+    if tail == 1 or not _B64_TEXT.fullmatch(text):
         raise ProtocolError("not unpadded base64url", field=field)
     try:
-        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        data = binascii.a2b_base64((text + "=" * (-tail % 4)).translate(_TO_STANDARD))
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - alphabet checked above
         raise ProtocolError("not unpadded base64url", field=field) from exc
-    if b64e(data) != text:
+    # Only the last, partial group can carry stray bits: re-encode just that.
+    if tail and b64e(data[-(tail - 1) :]) != text[-tail:]:
         raise ProtocolError("non-canonical base64url", field=field)
     return data
 

@@ -19,8 +19,8 @@ import dataclasses
 import json
 import types
 import typing
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 from ..exceptions import LimitExceededError, ProtocolError, SpacenbError

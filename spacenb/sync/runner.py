@@ -14,6 +14,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -63,9 +64,14 @@ class Runner:
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
-        """The private loop, started (with its thread) on first access."""
+        """The private loop, started (with its thread) on first access.
+
+        Raises ``RuntimeError`` if it would have to start while the interpreter exits.
+        """
         with self._lock:
             if self._loop is None or self._loop.is_closed():
+                if sys.is_finalizing():
+                    raise RuntimeError("spacenb: the interpreter is shutting down")
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
                 thread = threading.Thread(
@@ -140,8 +146,18 @@ class Runner:
         return self.run(call())
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Schedule ``fn(*args)`` on the loop thread without waiting (thread-safe)."""
-        self.loop.call_soon_threadsafe(fn, *args, context=contextvars.Context())
+        """Schedule ``fn(*args)`` on the loop thread without waiting (thread-safe).
+
+        With no loop running (never started, or closed at exit) there is nothing to race
+        with, so ``fn`` is called at once; a loop is never started for it (so a widget's
+        ``__del__`` at interpreter exit cannot start one).
+        """
+        with self._lock:
+            loop = self._loop
+        if loop is None or loop.is_closed():
+            fn(*args)
+        else:
+            loop.call_soon_threadsafe(fn, *args, context=contextvars.Context())
 
     # ------------------------------------------------------------------ shutdown
 

@@ -10,11 +10,16 @@ Importing the fixtures needs pytest.
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["local_server", "make_client", "wait_until"]
+__all__ = ["local_server", "make_client", "run_script", "script_env", "wait_until"]
 
 T = TypeVar("T")
 
@@ -35,6 +40,29 @@ def wait_until(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(interval)
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """This process's environment, with this copy of spacenb first on ``PYTHONPATH``."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run_script(code: str, *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter; output is captured as text.
+
+    Raises ``subprocess.TimeoutExpired`` if it runs longer than ``timeout`` seconds (a
+    hang at exit shows up this way).
+    """
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=script_env(),
+        check=False,
+    )
 
 
 try:

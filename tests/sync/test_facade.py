@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
@@ -19,10 +14,9 @@ import pytest
 
 import spacenb
 from spacenb.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS, schema_dtypes
-from spacenb.sync.testing import wait_until
+from spacenb.sync.testing import run_script, wait_until
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[2]
 MakeClient = Callable[[str], spacenb.Client]
 
 
@@ -265,14 +259,7 @@ def test_under_nest_asyncio_in_a_fresh_process() -> None:
 
         asyncio.run(cell())
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        check=False,
-    )
+    result = run_script(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['hi']"
 
@@ -293,3 +280,23 @@ def test_files_round_trip_with_progress_and_a_safe_repr(make_client: MakeClient)
     )
     assert got == data
     assert calls[0] == (0, len(data)) and calls[-1] == (len(data), len(data))
+
+
+def test_exit_without_closing_anything_is_clean_and_quick() -> None:
+    result = run_script(
+        """
+        import spacenb
+        srv = spacenb.serve()
+        alice = spacenb.connect(srv.url, app_key=srv.app_key, username="alice",
+                                keystore=":memory:")
+        space = alice.space.create_channel("left-open")
+        space.on_message(lambda event: None)
+        chat = space.widget()
+        space.send_message("bye")
+        print("exiting")
+        """,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["exiting"]
+    assert "Traceback" not in result.stderr and "Task was destroyed" not in result.stderr

@@ -7,23 +7,18 @@ import contextvars
 import logging
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from spacenb import SpacenbTimeoutError
 from spacenb.sync.callbacks import CallbackThread
 from spacenb.sync.runner import LoopThreadError, Runner
-from spacenb.sync.testing import wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
+from spacenb.sync.testing import run_script, wait_until
 
 
 @pytest.fixture
@@ -136,21 +131,9 @@ def test_close_is_bounded_and_the_runner_restarts(runner: Runner) -> None:
     assert runner.run(add(1, 2)) == 3
 
 
-def _run_script(code: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
-
-
 def test_works_after_nest_asyncio_apply() -> None:
     pytest.importorskip("nest_asyncio")
-    result = _run_script(
+    result = run_script(
         """
         import asyncio, nest_asyncio
         nest_asyncio.apply()
@@ -174,7 +157,7 @@ def test_works_after_nest_asyncio_apply() -> None:
 
 
 def test_exit_closes_registered_objects_and_does_not_hang() -> None:
-    result = _run_script(
+    result = run_script(
         """
         import asyncio
         from spacenb.sync.runner import get_runner

@@ -12,6 +12,7 @@ from that thread reaches the front end even while no cell runs.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import pathlib
 import time
@@ -62,7 +63,7 @@ class ChatWidget(anywidget.AnyWidget):
         self._runner = space.client._runner
         self._state = ChatState(space.client.username, window=window)
         self._last_typing_sent = float("-inf")
-        self._expiry: Any = None  # the loop's TimerHandle for the next typing expiry
+        self._expiry: asyncio.TimerHandle | None = None  # the next typing expiry
         self._unsubscribe: list[Callable[[], None]] = []
         self.on_msg(self._on_front_end)
         self._runner.call(self._subscribe)
@@ -188,7 +189,13 @@ class ChatWidget(anywidget.AnyWidget):
 
     def close(self) -> None:
         """Stop following the space and close the view."""
-        for unsubscribe in self._unsubscribe:
-            self._runner.call_soon(unsubscribe)
-        self._unsubscribe = []
+        self._runner.call_soon(self._detach)
         super().close()
+
+    def _detach(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None

@@ -92,8 +92,8 @@ class ChatState:
     def __len__(self) -> int:
         return len(self._handles)
 
-    def add(self, event: SpaceMessageEvent) -> bool:
-        """Add a new message (a known handle is replaced). Returns True if the view changed.
+    def add(self, event: SpaceMessageEvent) -> None:
+        """Add a new message (a known handle is replaced, keeping its "edited" mark).
 
         A message from someone also ends their "typing".
         """
@@ -105,7 +105,6 @@ class ChatState:
         else:
             bisect.insort(self._handles, event.handle)
         self._items[event.handle] = item
-        return True
 
     def edit(self, event: SpaceMessageEvent) -> bool:
         """Replace a loaded message's body and mark it edited; unknown handles are ignored

@@ -18,10 +18,12 @@ from typing import Any
 from .common import (
     MIB,
     PAYLOAD_BYTES,
+    CpuMeter,
     Link,
     Metric,
     Report,
     Worker,
+    cpu_seconds,
     main,
     now,
     peak_rss,
@@ -34,8 +36,9 @@ PAGE = 1000
 DISTINCT_SIGNATURES = 1000
 
 
-def verify_rate(count: int) -> float:
-    """Bare ECDSA P-256 verifications per second over ``count`` (message, signature) pairs."""
+def verify_rate(count: int) -> tuple[float, float]:
+    """Bare ECDSA P-256 verifications over ``count`` (message, signature) pairs: per second
+    by the clock, and CPU microseconds each."""
     import os
 
     from cryptography.hazmat.primitives import hashes
@@ -48,11 +51,11 @@ def verify_rate(count: int) -> float:
     for _ in range(min(count, DISTINCT_SIGNATURES)):
         message = os.urandom(PAYLOAD_BYTES)
         pairs.append((message, key.sign(message, algorithm)))
-    start = now()
+    start, cpu = now(), cpu_seconds()
     for i in range(count):
         message, signature = pairs[i % len(pairs)]
         public.verify(signature, message, algorithm)
-    return count / (now() - start)
+    return count / (now() - start), (cpu_seconds() - cpu) * 1e6 / count
 
 
 def read_history(space: Any) -> tuple[int, Any]:
@@ -87,22 +90,24 @@ async def reader_worker(link: Link, target: Target) -> None:
         kind, count = await link.recv()
         if kind != "read":
             break
-        baseline_before = verify_rate(count)
+        baseline_before, verify_cpu_before = verify_rate(count)
         before = rss()
         reset_peak_rss()
-        start = now()
+        start, cpu = now(), cpu_seconds()
         rows, history = read_history(space)
-        elapsed = now() - start
+        elapsed, cpu = now() - start, cpu_seconds() - cpu
         peak = peak_rss()
         ordered = bool(history["handle"].is_monotonic_increasing)
         del history
-        baseline_after = verify_rate(count)
+        baseline_after, verify_cpu_after = verify_rate(count)
         link.send(
             "done",
             {
                 "rows": rows,
                 "rate": rows / elapsed,
+                "cpu_us": cpu * 1e6 / rows,
                 "baseline": (baseline_before + baseline_after) / 2,
+                "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
                 "baseline_before": baseline_before,
                 "baseline_after": baseline_after,
                 "rss_before": before,
@@ -126,8 +131,10 @@ def run(args: argparse.Namespace) -> Report:
             sent, _ = topo.phase(count - stored, in_flight=args.in_flight, first_seq=stored)
             seed_rate = (count - stored) / (sent["end"] - sent["start"])
             stored = count
+            relay_cpu = CpuMeter({"relay": topo.relay.pid})
             reader.send("read", count)
             got = reader.expect("done", 3600)
+            relay_us = relay_cpu.per(count)["relay"]
             if got["rows"] != count or not got["ordered"]:
                 raise RuntimeError(f"read {got['rows']} of {count} rows: {got}")
             report.add(
@@ -139,12 +146,21 @@ def run(args: argparse.Namespace) -> Report:
                     target_ratio=0.70,
                 )
             )
+            report.add(
+                Metric(
+                    f"reader CPU per message, {count:,}",
+                    "µs",
+                    got["cpu_us"],
+                    got["baseline_cpu_us"],
+                    better="lower",
+                )
+            )
             report.add(Metric(f"reader peak RSS, {count:,}", "MiB", got["peak"] / MIB))
             report.notes.append(
                 f"{count:,}: seeded at {seed_rate:,.0f} msg/s; bare verify "
                 f"{got['baseline_before']:,.0f}/s before the read, "
-                f"{got['baseline_after']:,.0f}/s after; reader RSS "
-                f"{got['rss_before'] / MIB:.0f} MiB before the read"
+                f"{got['baseline_after']:,.0f}/s after; relay CPU {relay_us:.0f} µs per "
+                f"message served; reader RSS {got['rss_before'] / MIB:.0f} MiB before the read"
             )
     return report
 

@@ -59,6 +59,7 @@ class ProtocolError(SpacenbError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+        self.detail = message  # the message without the field name
 
 
 class InvalidKeyError(ProtocolError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["TutorialServer", "open_server"]
@@ -21,9 +22,18 @@ class TutorialServer:
     """Where a notebook's users connect: ``url``, ``app_key``; ``stop()`` when done."""
 
     url: str
-    app_key: str
+    app_key: str = field(repr=False)
     embedded: Any = None  # the LocalServer when the notebook started its own relay
     _suffix: str = field(default="", repr=False)
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The relay's data directory, when this machine can see it (embedded, or named by
+        ``SPACENB_DATA_DIR``); None for a relay elsewhere."""
+        if self.embedded is not None:
+            return Path(self.embedded.data_dir)
+        env = os.environ.get("SPACENB_DATA_DIR")
+        return Path(env) if env else None
 
     def name(self, base: str) -> str:
         """``base`` on an embedded relay; ``base`` plus a short random suffix on a shared one."""

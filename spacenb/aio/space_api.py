@@ -76,7 +76,9 @@ class AsyncSpaceAPI:
         space_key = SpaceKeyPair.generate()
         keyring = Keyring.fresh(space_key.space_id, policy_)
         recipients = [client.username]
-        keeper = client.keeper if name is not None else None
+        # The keeper holds the keys of the channels it admits to (PROTOCOL.md, "Actors"): a
+        # channel gated by hand has no use for it, so it never gets that key.
+        keeper = client.keeper if name is not None and auto_admit else None
         if keeper:
             recipients.append(keeper)
         identities = await client.identities(recipients)

@@ -55,7 +55,7 @@ def decode_public_key(text: object, kind: str, *, field: str = "key") -> crypto.
     try:
         raw = b64d(body, field=field)
     except ProtocolError as exc:
-        raise InvalidKeyError(str(exc), field=field) from None
+        raise InvalidKeyError(exc.detail, field=field) from None
     if len(raw) != _ENCODED_SIZE:
         raise InvalidKeyError(f"encoded key is {len(raw)} bytes, expected 35", field=field)
     if raw[0] != KEY_VERSION:
@@ -65,7 +65,7 @@ def decode_public_key(text: object, kind: str, *, field: str = "key") -> crypto.
     try:
         return crypto.public_key_from_point(raw[2:])
     except InvalidKeyError as exc:
-        raise InvalidKeyError(str(exc), field=field) from None
+        raise InvalidKeyError(exc.detail, field=field) from None
 
 
 def decode_space_id(space_id: object, *, field: str = "space_id") -> crypto.PublicKey:

@@ -90,7 +90,7 @@ class _Tally:
 
     def stat(self) -> FileStat:
         layout = self.layout
-        order = {url: j for j, url in reversed(list(enumerate(self.stores)))}
+        order = list(self.stores).index
         return FileStat(
             size=layout.size,
             segments=layout.segment_count,
@@ -100,8 +100,8 @@ class _Tally:
             bytes_uploaded=self.sent,
             bytes_fetched=self.received,
             seconds=time.perf_counter() - self.started,
-            stores_used=tuple(sorted(self.used, key=order.__getitem__)),
-            stores_failed=tuple(sorted(self.failed, key=order.__getitem__)),
+            stores_used=tuple(sorted(self.used, key=order)),
+            stores_failed=tuple(sorted(self.failed, key=order)),
             shares_rejected=self.rejected,
         )
 
@@ -154,10 +154,20 @@ async def _run_windowed(
 class _Source:
     """A file to upload: its size, a default name, and exact sequential reads."""
 
-    def __init__(self, stream: IO[bytes], size: int, name: str | None, owned: bool) -> None:
-        self.stream = stream
+    def __init__(
+        self,
+        size: int,
+        name: str | None,
+        *,
+        stream: IO[bytes] | None = None,
+        view: memoryview | None = None,
+        owned: bool = False,
+    ) -> None:
         self.size = size
         self.name = name
+        self._stream = stream
+        self._view = view  # bytes-like sources are read in place, never copied whole
+        self._offset = 0
         self._owned = owned
 
     @classmethod
@@ -165,11 +175,12 @@ class _Source:
         """Blocking: open a path, wrap bytes, or measure (or spool) a file object."""
         if isinstance(source, bytes | bytearray | memoryview):
             view = memoryview(source).cast("B")
-            return cls(io.BytesIO(view), len(view), None, owned=True)
+            return cls(len(view), None, view=view)
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             stream = open(path, "rb")  # noqa: SIM115 - closed by close()
-            return cls(stream, os.fstat(stream.fileno()).st_size, path.name, owned=True)
+            size = os.fstat(stream.fileno()).st_size
+            return cls(size, path.name, stream=stream, owned=True)
         if not hasattr(source, "read"):
             raise TypeError("upload takes bytes, a path, or a binary file object")
         raw_name = getattr(source, "name", None)
@@ -178,19 +189,24 @@ class _Source:
             start = source.tell()
             size = source.seek(0, io.SEEK_END) - start
             source.seek(start)
-            return cls(source, size, name, owned=False)
+            return cls(size, name, stream=source)
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - an unseekable stream: learn its size
         shutil.copyfileobj(source, spool, DEFAULT_SEGMENT_SIZE)
         size = spool.tell()
         spool.seek(0)
-        return cls(spool, size, name, owned=True)
+        return cls(size, name, stream=spool, owned=True)
 
     def read(self, length: int) -> bytes:
         """Exactly ``length`` bytes; :class:`ProtocolError` if the source ends early."""
+        if self._view is not None:
+            chunk = bytes(self._view[self._offset : self._offset + length])
+            self._offset += length
+            return chunk
+        assert self._stream is not None
         chunks = []
         missing = length
         while missing:
-            chunk = self.stream.read(missing)
+            chunk = self._stream.read(missing)
             if not chunk:
                 raise ProtocolError("the source shrank while it was uploaded", field="source")
             chunks.append(chunk)
@@ -198,8 +214,8 @@ class _Source:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
-        if self._owned:
-            self.stream.close()
+        if self._owned and self._stream is not None:
+            self._stream.close()
 
 
 # ---------------------------------------------------------------------------- upload

@@ -182,6 +182,21 @@ async def test_download_with_n_minus_k_stores_stopped(stores: list[ShardStore]) 
     assert set(stat.stores_used) == set(manifest.stores[N - K :])
 
 
+async def test_a_store_that_dies_mid_download_is_replaced(stores: list[ShardStore]) -> None:
+    data = os.urandom(50 * SEGMENT)  # the store is gone long before the last segment
+    manifest, _ = await put(data, stores)
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop_store_0(done: int, total: int) -> None:
+        if done and not stopping:
+            stopping.append(asyncio.ensure_future(stores[0].stop()))
+
+    data_back, stat = await download(manifest, progress=stop_store_0)
+    assert data_back == data
+    await stopping[0]
+    assert stat.stores_failed == (manifest.stores[0],)
+
+
 async def test_corrupt_share_on_disk_is_detected_and_avoided(stores: list[ShardStore]) -> None:
     data = os.urandom(4 * SEGMENT)
     manifest, _ = await put(data, stores)

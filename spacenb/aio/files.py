@@ -337,13 +337,15 @@ async def download(
     fewer than ``k`` good shares within reach, :class:`IntegrityError` if a segment does not
     authenticate, :class:`ProtocolError` for a malformed manifest.
     """
-    parts: list[bytes] = []
+    # BytesIO grows in place and getvalue() hands its buffer over: the file is in memory
+    # once, not twice as with joining a list of segments.
+    buffer = io.BytesIO()
 
     async def keep(data: bytes) -> None:
-        parts.append(data)
+        buffer.write(data)
 
     stat = await _download(_as_manifest(manifest), keep, progress, timeout)
-    return b"".join(parts), stat
+    return buffer.getvalue(), stat
 
 
 async def download_to(

@@ -14,6 +14,7 @@ stays light for the relay and the command line.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .events import (
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
     )
 
 __version__ = "0.1.0"
+
+# A library's log records go where the application sends them, and nowhere by default
+# (not to stderr, where they would land in whichever notebook cell is running).
+logging.getLogger("spacenb").addHandler(logging.NullHandler())
 
 __all__ = [
     "AuthenticationError",

@@ -17,6 +17,7 @@ from .. import aio
 from ..dataframes import channels_frame, invite_links_frame, members_frame, roster_frame
 from ..display import Displayable
 from ..protocol.keyring import HistoryPolicy
+from ..protocol.keys import PublicIdentity
 from .records import InviteLink
 from .runner import LoopResource, Runner, get_runner
 from .space import Space
@@ -67,6 +68,16 @@ class Client(LoopResource, Displayable):
     def fingerprint(self) -> str:
         """Your identity's fingerprint: compare it out of band to verify a peer."""
         return self.aio.fingerprint
+
+    @property
+    def identity(self) -> PublicIdentity:
+        """Your published keys (signing and ECDH key texts, fingerprint); no private key."""
+        return self.aio.identity.public(self.username)
+
+    @property
+    def keeper(self) -> str | None:
+        """The relay's keeper username (None if the relay runs without one)."""
+        return self.aio.keeper
 
     def close(self) -> None:
         """Sign out and close the connection (also on leaving a ``with`` block)."""

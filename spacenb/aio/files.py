@@ -50,6 +50,7 @@ Progress = Callable[[int, int], object]
 """Called as ``progress(done_bytes, total_bytes)``: once at the start, then per segment."""
 
 WINDOW = 4  # segments in flight per transfer
+HEDGE_AFTER = 1.0  # seconds without a share arriving before another store is asked too
 _THREAD_MIN = 64 << 10  # coding work on segments this big runs in a worker thread
 
 
@@ -66,7 +67,7 @@ class FileStat:
     bytes_fetched: int  # share bytes received (0 for an upload)
     seconds: float
     stores_used: tuple[str, ...]  # stores that took or served at least one share
-    stores_failed: tuple[str, ...] = ()  # unreachable, or missing or corrupt shares
+    stores_failed: tuple[str, ...] = ()  # unreachable, slow, or missing or corrupt shares
     shares_rejected: int = 0  # fetched shares whose hash did not match their name
 
     @property
@@ -434,30 +435,38 @@ class _SegmentFetcher:
     async def fetch(self, index: int) -> bytes:
         """Segment ``index``'s plaintext; :class:`NotEnoughSharesError` if it cannot be had.
 
-        Shares are hashed once, when the segment is decoded; only if that finds a corrupt
-        share are they hashed again, to tell which ones to replace.
+        A store that fails is replaced at once. When no share has come for
+        :data:`HEDGE_AFTER` seconds, the stores asked are marked slow and one more is asked
+        beside them, so a hung store costs a second, not the request timeout. Shares are
+        hashed once, when the segment is decoded; only if that finds a corrupt share are
+        they hashed again, to tell which ones to replace.
         """
-        k = self.manifest.k
+        k, stores = self.manifest.k, self.manifest.stores
         size = self.manifest.layout.plaintext_length(index)
         candidates = iter(self._candidates())
-        running: set[asyncio.Task[tuple[int, bytes | None, str]]] = set()
+        running: dict[asyncio.Task[bytes | None], int] = {}
         shares: dict[int, bytes] = {}
         problems: list[str] = []
 
         def launch(count: int) -> None:
             for j in itertools.islice(candidates, count):
-                running.add(asyncio.create_task(self._fetch_share(index, j)))
+                running[asyncio.create_task(self._fetch_share(index, j, problems))] = j
 
         launch(k)
         try:
             while True:
                 while running and len(shares) < k:
-                    finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    finished, _ = await asyncio.wait(
+                        running, timeout=HEDGE_AFTER, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if not finished:
+                        for j in running.values():
+                            self._failed(stores[j])
+                        launch(1)
                     for task in finished:
-                        running.discard(task)
-                        j, data, problem = task.result()
+                        j = running.pop(task)
+                        data = task.result()
                         if data is None:
-                            problems.append(f"share {j} on {self.manifest.stores[j]}: {problem}")
                             launch(1)
                         else:
                             shares[j] = data
@@ -475,11 +484,9 @@ class _SegmentFetcher:
                         raise
                 for j in bad:
                     del shares[j]
-                    self._failed(self.manifest.stores[j])
+                    self._failed(stores[j])
                     self.tally.rejected += 1
-                    problems.append(
-                        f"share {j} on {self.manifest.stores[j]}: corrupt (hash mismatch)"
-                    )
+                    problems.append(f"share {j} on {stores[j]}: corrupt (hash mismatch)")
                 launch(len(bad))
         finally:
             for task in running:
@@ -488,18 +495,17 @@ class _SegmentFetcher:
     def _failed(self, url: str) -> None:
         self.tally.failed[url] = None
 
-    async def _fetch_share(self, index: int, j: int) -> tuple[int, bytes | None, str]:
-        """Share ``j`` of segment ``index`` (unverified) if its store has it, else why not."""
+    async def _fetch_share(self, index: int, j: int, problems: list[str]) -> bytes | None:
+        """Share ``j`` of segment ``index`` (unverified), or None with the reason noted."""
         url = self.manifest.stores[j]
         try:
             link = await self.links.link(url)
             data = await link.get(self.manifest.segments[index].shares[j])
-        except ChannelNotFoundError:
-            self._failed(url)
-            return j, None, "missing"
         except SpacenbError as exc:
             self._failed(url)
-            return j, None, f"unavailable ({exc})"
+            why = "missing" if isinstance(exc, ChannelNotFoundError) else f"unavailable ({exc})"
+            problems.append(f"share {j} on {url}: {why}")
+            return None
         self.tally.received += len(data)
         self.tally.used[url] = None
-        return j, data, ""
+        return data

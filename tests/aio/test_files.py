@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 import spacenb
-from spacenb.aio.files import FileStat, download, download_to, upload
+from spacenb.aio.files import HEDGE_AFTER, FileStat, download, download_to, upload
 from spacenb.clock import SystemClock
 from spacenb.exceptions import (
     ConnectionLostError,
@@ -195,6 +197,24 @@ async def test_a_store_that_dies_mid_download_is_replaced(stores: list[ShardStor
     assert data_back == data
     await stopping[0]
     assert stat.stores_failed == (manifest.stores[0],)
+
+
+async def test_a_hung_store_costs_a_second_not_the_timeout(stores: list[ShardStore]) -> None:
+    data = os.urandom(8 * SEGMENT)
+    manifest, _ = await put(data, stores)
+
+    async def swallow(ws: ServerConnection) -> None:  # answers nothing, ever
+        async for _ in ws:
+            pass
+
+    async with serve(swallow, "127.0.0.1", 0) as hung:
+        port = hung.sockets[0].getsockname()[1]
+        stores_now = (f"ws://127.0.0.1:{port}", *manifest.stores[1:])
+        moved = dataclasses.replace(manifest, stores=stores_now)
+        data_back, stat = await asyncio.wait_for(download(moved, timeout=30), 10)
+    assert data_back == data
+    assert stat.stores_failed == (stores_now[0],)
+    assert stat.seconds < 5 * HEDGE_AFTER
 
 
 async def test_corrupt_share_on_disk_is_detected_and_avoided(stores: list[ShardStore]) -> None:

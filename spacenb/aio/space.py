@@ -157,14 +157,17 @@ class AsyncSpace:
     async def connect(self) -> None:
         """Subscribe to the space's live events (messages, presence, keys...)."""
         self.client._register(self)
+        if self._last_handle == 0:
+            # What is stored now is history; what comes after is pushed. The mark is read
+            # before subscribing: read after, it could already be past messages pushed to
+            # us and still waiting in the dispatcher, which would then drop them.
+            page = await self.client.request(frames.History, space_id=self.id, before=None, limit=1)
+            self._last_handle = page.items[-1].handle if page.items else 0
         result = await self.client.request(frames.Subscribe, space_id=self.id)
         self._subscribed = True
         self._set_peers(result.peers)
         await self._refresh_members()
         await self._fetch_keys()
-        if self._last_handle == 0:
-            page = await self.client.request(frames.History, space_id=self.id, before=None, limit=1)
-            self._last_handle = page.items[-1].handle if page.items else 0
 
     async def disconnect(self) -> None:
         """Stop receiving live events (the client stays signed in)."""

@@ -22,7 +22,7 @@ import spacenb.aio as aio
 from spacenb.server.app import RunningServer, start_server
 from spacenb.sync.runner import Runner
 
-from .helpers import Mitm
+from .helpers import Mitm, sign_in
 
 StartRelay = Callable[..., Awaitable[RunningServer]]
 Connect = Callable[..., Awaitable[aio.AsyncClient]]
@@ -91,10 +91,8 @@ async def connect() -> AsyncIterator[Connect]:
     in-memory keystore (``url`` routes it through a proxy)."""
     clients: list[aio.AsyncClient] = []
 
-    async def make(server: RunningServer, username: str, **options: Any) -> aio.AsyncClient:
-        options.setdefault("keystore", ":memory:")
-        url = options.pop("url", None) or server.url
-        client = await aio.connect(url, app_key=server.app_key, username=username, **options)
+    async def make(server: RunningServer, username: str, url: str = "") -> aio.AsyncClient:
+        client = await sign_in(url or server.url, server.app_key, username)
         clients.append(client)
         return client
 

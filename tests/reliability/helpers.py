@@ -32,6 +32,8 @@ __all__ = [
     "encodings_of",
     "event_json",
     "flip_b64",
+    "live_feed_checked",
+    "sign_in",
     "wait_until",
 ]
 
@@ -105,6 +107,22 @@ async def all_history(space: aio.AsyncSpace) -> list[SpaceMessageEvent]:
         before = page.next_cursor
 
 
+async def sign_in(url: str, app_key: str, username: str) -> aio.AsyncClient:
+    """A signed-in async client with an in-memory keystore."""
+    return await aio.connect(url, app_key=app_key, username=username, keystore=":memory:")
+
+
+async def live_feed_checked(delivered: Inbox, stored: list[int], timeout: float = 30.0) -> int:
+    """Wait until a receiver is delivered the last stored handle, then check that from the
+    first message it was delivered it got every stored one, once, in order (what was
+    stored before or while it joined is its history, not its live feed). The count."""
+    last = stored[-1]
+    await wait_until(lambda: bool(delivered.items) and delivered.items[-1].handle >= last, timeout)
+    handles = [e.handle for e in delivered.items]
+    assert handles == [h for h in stored if h >= handles[0]], "a gap or a duplicate"
+    return len(handles)
+
+
 class Chatter:
     """Two users of a public channel exchanging stored messages in the background: the
     "another client connected throughout" of the bad-input tests. :meth:`check` proves
@@ -127,10 +145,7 @@ class Chatter:
 
     @classmethod
     async def start(cls, url: str, app_key: str, interval: float = 0.02) -> Chatter:
-        clients = [
-            await aio.connect(url, app_key=app_key, username=name, keystore=":memory:")
-            for name in ("chatter-a", "chatter-b")
-        ]
+        clients = [await sign_in(url, app_key, name) for name in ("chatter-a", "chatter-b")]
         sender = await clients[0].space.create_channel("lounge")
         receiver = await clients[1].space.join_channel("lounge")
         chatter = cls(clients, sender, receiver)

@@ -41,10 +41,10 @@ from tests.server.rawclient import RawClient, user
 
 from .conftest import Figures
 from .fuzzing import MAX_INT, garbage_frames, is_request_id, mutations
-from .helpers import Chatter, Inbox, Mitm, dump_tables, event_json, wait_until
+from .helpers import Chatter, Inbox, Mitm, dump_tables, event_json, sign_in, wait_until
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -178,8 +178,7 @@ class RelayWorld:
     async def start(cls, data_dir: Path) -> RelayWorld:
         server = await start_server(data_dir, shards=2, shards_needed=1)
         chatter = await Chatter.start(server.url, server.app_key)
-        owner = await aio.connect(server.url, app_key=server.app_key, username="owner",
-                                  keystore=":memory:")  # fmt: skip
+        owner = await sign_in(server.url, server.app_key, "owner")
         vault = await owner.space.create_channel("vault", private=True)
         handle = await vault.send_message("the owner's message")
         link = await owner.space.create_invite_link(vault.id)
@@ -277,10 +276,7 @@ class ClientWorld:
         mitm = Mitm(server.url)
         await mitm.start()
         routes = {"sender": server.url, "receiver": mitm.url, "mallory": server.url}
-        clients = [
-            await aio.connect(url, app_key=server.app_key, username=name, keystore=":memory:")
-            for name, url in routes.items()
-        ]
+        clients = [await sign_in(url, server.app_key, name) for name, url in routes.items()]
         sender = await clients[0].space.create_channel("plaza")
         receiver = await clients[1].space.join_channel("plaza")
         delivered, others, signals = Inbox(), Inbox(), Inbox()

@@ -1,0 +1,93 @@
+"""A relay in a subprocess (``python -m spacenb.cli serve``), to kill it for real and to
+measure its memory.
+
+Its output goes to files, not pipes, so a chatty relay can never block on a full pipe.
+It listens on 127.0.0.1; the first start picks a free port, every restart reuses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class RelayProcess:
+    """``spacenb serve --data DIR`` in a child process; ``url`` and ``app_key`` once
+    started. Use :meth:`kill` (SIGKILL: no clean-up at all) and :meth:`start` again."""
+
+    def __init__(self, data_dir: Path, *, shards: int = 0) -> None:
+        self.data_dir = data_dir
+        self.shards = shards
+        self.port = 0
+        self.url = ""
+        self.app_key = ""
+        self.starts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 60.0) -> None:
+        """Start (or restart, on the same port) and wait until it prints its URL."""
+        assert self._proc is None, "already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = self.data_dir.parent / f"{self.data_dir.name}.out{self.starts}"
+        err = self.data_dir.parent / f"{self.data_dir.name}.err{self.starts}"
+        self.starts += 1
+        command = [
+            sys.executable, "-m", "spacenb.cli", "serve", "--data", str(self.data_dir),
+            "--host", "127.0.0.1", "--port", str(self.port), "--shards", str(self.shards),
+            "--shards-needed", str(min(self.shards, 1)),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            text = out.read_text(errors="replace")
+            url = re.search(r"listening on (ws://\S+)", text)
+            key = re.search(r"app key:\s+(\S+)", text)
+            if url and key:
+                break
+            if self._proc.poll() is not None or loop.time() > deadline:
+                self.kill()
+                raise RuntimeError(f"the relay did not start: {err.read_text(errors='replace')}")
+            await asyncio.sleep(0.05)
+        self.url, self.app_key = url.group(1), key.group(1)
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def rss_bytes(self) -> int:
+        """The relay's resident memory now (VmRSS from /proc)."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert match is not None
+        return int(match.group(1)) * 1024
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would: no flush, no clean shutdown."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait(30)
+            self._proc = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM and wait (SIGKILL if it does not exit in time)."""
+        if self._proc is None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(30)
+        self._proc = None

@@ -144,8 +144,10 @@ def history_frame(history: Any) -> pd.DataFrame:
     """``Space.history()``: one row per message, oldest first.
 
     ``history`` is the async core's ``History(messages, next_cursor)``; the cursor for the
-    next (older) page is kept in ``df.attrs["next_cursor"]`` (None at the start).
+    next (older) page is kept in ``df.attrs["next_cursor"]`` (None at the start), and the
+    number of stored messages this member could not read in ``df.attrs["unreadable"]``.
     """
     df = to_frame(history.messages, HISTORY_COLUMNS, row=_history_row)
     df.attrs["next_cursor"] = history.next_cursor
+    df.attrs["unreadable"] = history.unreadable
     return df

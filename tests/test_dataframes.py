@@ -62,7 +62,9 @@ def test_invite_links_missing_values() -> None:
 
 
 def test_history_frame_derives_time_from_the_handle() -> None:
-    df = d.history_frame(History((event(HANDLE, "hi"), event(HANDLE + 1, [1, 2], "x/y")), 42))
+    df = d.history_frame(
+        History((event(HANDLE, "hi"), event(HANDLE + 1, [1, 2], "x/y")), 42, unreadable=3)
+    )
     assert dtypes(df) == d.schema_dtypes(d.HISTORY_COLUMNS)
     assert str(df["sent_at"].dtype) == "datetime64[ns, UTC]"
     assert df["handle"].dtype == "int64" and df["epoch"].dtype == "int64"
@@ -70,12 +72,13 @@ def test_history_frame_derives_time_from_the_handle() -> None:
     assert df["body"].tolist() == ["hi", [1, 2]]
     assert df["content_type"].iloc[1] == "x/y" and pd.isna(df["content_type"].iloc[0])
     assert df.attrs["next_cursor"] == 42
+    assert df.attrs["unreadable"] == 3
 
 
 def test_empty_history() -> None:
     df = d.history_frame(History((), None))
     assert df.empty and dtypes(df) == d.schema_dtypes(d.HISTORY_COLUMNS)
-    assert df.attrs == {"next_cursor": None}
+    assert df.attrs == {"next_cursor": None, "unreadable": 0}
 
 
 def test_handle_time_is_exact_to_the_microsecond() -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from ..exceptions import ChannelNotFoundError, ProtocolError
+from ..exceptions import ChannelNotFoundError, KeyUnavailableError, ProtocolError
 from ..protocol import frames
 from ..protocol.keyring import HistoryPolicy, Keyring, check_policy
 from ..protocol.keys import SpaceKeyPair, decode_public_key
@@ -256,8 +256,15 @@ class AsyncSpaceAPI:
     async def remove_member(self, space_id: str, username: str) -> None:
         """Remove ``username`` (owner only) and, in a rotate space, rotate the key so the
         removed member cannot read anything sent afterwards."""
-        await self._request(frames.RemoveMember, space_id=space_id, member=username)
         space = self._handle(space_id)
-        if space.policy == "rotate" and space.keyring is not None:
+        if space.policy is None:
+            space.info = await self._request(frames.GetSpaceInfo, space_id=space_id)
+        if space.policy == "rotate" and space.keyring is None:
+            raise KeyUnavailableError(
+                f"cannot rotate {space_id} after removing {username}: this client holds none "
+                "of its keys (use the client that created or joined it)"
+            )
+        await self._request(frames.RemoveMember, space_id=space_id, member=username)
+        if space.policy == "rotate":
             remaining = [m.member_id for m in await self.members(space_id)]
             await space.rotate(remaining)

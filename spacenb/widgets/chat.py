@@ -23,7 +23,7 @@ import anywidget
 import traitlets
 
 from ..events import EphemeralEvent, MessageDeletedEvent, PresenceEvent, SpaceMessageEvent
-from .chat_state import ChatState
+from .chat_state import ChatState, is_typing
 
 if TYPE_CHECKING:
     from ..sync.space import Space
@@ -32,6 +32,7 @@ __all__ = ["TYPING_SUBJECT", "ChatWidget"]
 
 TYPING_SUBJECT = "typing"  # the ephemeral subject of typing signals
 TYPING_INTERVAL = 2.0  # send at most one typing signal per this many seconds
+
 _HERE = pathlib.Path(__file__).parent
 
 
@@ -132,7 +133,9 @@ class ChatWidget(anywidget.AnyWidget):
         self._publish()
 
     def _on_ephemeral(self, event: EphemeralEvent) -> None:
-        if event.subject == TYPING_SUBJECT and self._state.typing_signal(event.sender):
+        if event.subject != TYPING_SUBJECT:
+            return
+        if self._state.typing_signal(event.sender, is_typing(event.data)):
             self._publish()
         self._schedule_expiry()
 
@@ -166,7 +169,7 @@ class ChatWidget(anywidget.AnyWidget):
         if now - self._last_typing_sent < TYPING_INTERVAL:
             return None
         self._last_typing_sent = now
-        return self._submit(self.space.aio.send_ephemeral(TYPING_SUBJECT, True))
+        return self._submit(self.space.aio.send_ephemeral(TYPING_SUBJECT, {"isTyping": True}))
 
     def load_older(self) -> concurrent.futures.Future[Any] | None:
         """Show older messages: hidden loaded ones first, else fetch the page before."""

@@ -59,6 +59,18 @@ class _Item:
     edited: bool = False
 
 
+def is_typing(data: Any) -> bool:
+    """Read a typing signal's payload: ``{"isTyping": bool}`` (the reference shape),
+    ``{"is_typing": bool}`` or a bare bool; anything else counts as typing."""
+    if isinstance(data, bool):
+        return data
+    if isinstance(data, dict):
+        for key in ("isTyping", "is_typing"):
+            if isinstance(data.get(key), bool):
+                return bool(data[key])
+    return True
+
+
 class ChatState:
     """The state of one chat view for the user ``me``.
 
@@ -194,13 +206,17 @@ class ChatState:
     def set_online(self, peers: Iterable[str]) -> None:
         self.online = sorted(set(peers))
 
-    def typing_signal(self, sender: str) -> bool:
-        """Someone is typing (you are never shown). Returns True if the view changed."""
+    def typing_signal(self, sender: str, active: bool = True) -> bool:
+        """Someone started (or, ``active=False``, stopped) typing; you are never shown.
+        Returns True if the view changed."""
         if sender == self.me:
             return False
-        new = sender not in self.typing()
-        self._typing[sender] = self._clock() + self.typing_ttl
-        return new
+        was = sender in self.typing()
+        if active:
+            self._typing[sender] = self._clock() + self.typing_ttl
+        else:
+            self._typing.pop(sender, None)
+        return was != active
 
     def typing(self) -> list[str]:
         """Who is typing now (expired signals are forgotten)."""

@@ -104,3 +104,32 @@ async def test_member_leaves(connect):
     assert [m.member_id for m in await alice.space.members(a.id)] == ["alice", "keeper"] or {
         m.member_id for m in await alice.space.members(a.id)
     } == {"alice", "keeper"}
+
+
+async def test_remove_without_the_keys_refuses_before_removing(server, tmp_path):
+    """An owner on a device that lacks the space's keys cannot rotate, so it must not
+    remove either (the removed member would keep reading what follows)."""
+    import shutil
+
+    import spacenb.aio as aio
+
+    alice = await aio.connect(
+        server.url, app_key=server.app_key, username="alice", keystore=tmp_path / "laptop"
+    )
+    bob = await aio.connect(server.url, app_key=server.app_key, username="bob", keystore=":memory:")
+    try:
+        a = await alice.space.create_channel("ops", history_policy="rotate")
+        await bob.space.join_channel("ops")
+        phone = tmp_path / "phone" / "alice"
+        phone.mkdir(parents=True)
+        shutil.copy(tmp_path / "laptop" / "alice" / "identity.key", phone / "identity.key")
+        alice_phone = await aio.connect(
+            server.url, app_key=server.app_key, username="alice", keystore=tmp_path / "phone"
+        )
+        with pytest.raises(KeyUnavailableError, match="holds none of its keys"):
+            await alice_phone.space.remove_member(a.id, "bob")
+        await alice_phone.close()
+        assert "bob" in {m.member_id for m in await alice.space.members(a.id)}
+    finally:
+        await alice.close()
+        await bob.close()

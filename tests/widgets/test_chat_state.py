@@ -6,7 +6,7 @@ import pytest
 
 from spacenb.events import SpaceMessageEvent
 from spacenb.protocol.envelope import Message
-from spacenb.widgets.chat_state import GROUP_GAP_US, ChatState, avatar_color, initials
+from spacenb.widgets.chat_state import GROUP_GAP_US, ChatState, avatar_color, initials, is_typing
 
 T0 = 1_767_225_600_000_000
 
@@ -102,6 +102,30 @@ def test_typing_shows_others_only_and_expires() -> None:
     clock.now += 0.2
     assert state.typing() == []
     assert state.next_expiry() is None
+
+
+def test_a_stop_signal_clears_typing() -> None:
+    state = ChatState("alice", clock=FakeClock())
+    assert state.typing_signal("bob")
+    assert state.typing_signal("bob", active=False)
+    assert state.typing() == []
+    assert not state.typing_signal("carol", active=False)  # nothing to clear
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"isTyping": True}, True),
+        ({"isTyping": False}, False),
+        ({"is_typing": False}, False),
+        (False, False),
+        (True, True),
+        ("anything", True),
+        ({"isTyping": "no"}, True),
+    ],
+)
+def test_typing_payload_shapes(payload: object, expected: bool) -> None:
+    assert is_typing(payload) is expected
 
 
 def test_a_message_ends_its_senders_typing() -> None:

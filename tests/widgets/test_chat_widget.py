@@ -78,6 +78,17 @@ def test_typing_shows_others_and_expires(room: tuple[spacenb.Space, spacenb.Spac
     assert their_widget.typing_users in ([], [mine.client.username])
 
 
+def test_stopped_typing_signal_clears_at_once(
+    room: tuple[spacenb.Space, spacenb.Space],
+) -> None:
+    mine, theirs = room
+    widget = mine.widget()
+    theirs.send_ephemeral("typing", {"isTyping": True})
+    wait_until(lambda: widget.typing_users == [theirs.client.username], what="bob typing")
+    theirs.send_ephemeral("typing", {"isTyping": False})
+    wait_until(lambda: widget.typing_users == [], timeout=2, what="bob stopped")
+
+
 def test_presence(room: tuple[spacenb.Space, spacenb.Space]) -> None:
     mine, theirs = room
     widget = mine.widget()

@@ -53,11 +53,16 @@ def lp_encode(*fields: bytes | str | int) -> bytes:
     ``str`` is UTF-8; ``int`` is an unsigned 64-bit big-endian integer (so 8 bytes).
     Because every field carries its length, no two different field lists encode alike.
     """
-    out = bytearray()
+    parts: list[bytes] = []
     for value in fields:
-        if isinstance(value, bool):
+        kind = type(value)
+        if kind is str:
+            data = value.encode("utf-8")  # type: ignore[union-attr]
+        elif kind is bytes:
+            data = value
+        elif isinstance(value, bool):
             raise TypeError("booleans are not a canonical field type")
-        if isinstance(value, int):
+        elif isinstance(value, int):
             if not 0 <= value < 2**64:
                 raise ProtocolError("integer out of range for u64")
             data = _U64.pack(value)
@@ -65,9 +70,9 @@ def lp_encode(*fields: bytes | str | int) -> bytes:
             data = value.encode("utf-8")
         else:
             data = bytes(value)
-        out += _U32.pack(len(data))
-        out += data
-    return bytes(out)
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
 
 
 def canonical_json(value: Any) -> bytes:

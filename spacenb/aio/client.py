@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
-from ..exceptions import IntegrityError, ProtocolError
+from ..exceptions import IntegrityError, ProtocolError, SpacenbError
 from ..protocol import crypto, frames
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.wrap import WrappedKey, unwrap_group_key
@@ -195,7 +195,12 @@ class AsyncClient:
         if isinstance(event, _Resync):
             live = self._spaces.get(event.space_id)
             if live is not None:
-                await live._resync()
+                try:
+                    await live._resync()
+                except SpacenbError:
+                    if self.connection.is_open:  # a lost connection queues its own catch-up
+                        asyncio.get_running_loop().call_later(1.0, self._queue.put_nowait, event)
+                    raise
             return
         space_id = _space_of(event)
         space = self._spaces.get(space_id) if space_id else None

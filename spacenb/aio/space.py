@@ -84,6 +84,7 @@ class AsyncSpace:
         self._sent: OrderedDict[bytes, tuple[Envelope, Message]] = OrderedDict()
         self._meta: dict[int, tuple[str, str, str | None]] = {}  # handle → author, channel, type
         self._last_handle = 0
+        self._behind = False  # a catch-up is due: hold pushed messages back until it is done
         self._key_waiters: list[asyncio.Future[None]] = []
 
     # ------------------------------------------------------------------ description
@@ -165,6 +166,7 @@ class AsyncSpace:
             self._last_handle = page.items[-1].handle if page.items else 0
         result = await self.client.request(frames.Subscribe, space_id=self.id)
         self._subscribed = True
+        self._behind = False
         self._set_peers(result.peers)
         await self._refresh_members()
         await self._fetch_keys()
@@ -528,16 +530,21 @@ class AsyncSpace:
         self._peers = tuple(sorted(peers))
         self.events.emit("presence", PresenceEvent(self.id, self._peers))
 
+    async def _deliver(self, handle: int, envelope: Envelope) -> None:
+        """Verify, open and hand a stored message to the handlers, once, in handle order."""
+        if handle <= self._last_handle:
+            return  # already delivered (catch-up and live overlap)
+        opened = await self._open(envelope, handle, mode="live")
+        if opened is not None:
+            # Only a message that verified moves the mark: a forged or corrupt frame
+            # with a far-future handle must not make later messages look delivered.
+            self._last_handle = max(self._last_handle, handle)
+            self.events.emit("message", opened)
+
     async def _handle_event(self, event: frames.Event) -> None:
         if isinstance(event, frames.MessagePushed):
-            if event.handle <= self._last_handle:
-                return  # already delivered (catch-up and live overlap)
-            opened = await self._open(event.envelope, event.handle, mode="live")
-            if opened is not None:
-                # Only a message that verified moves the mark: a forged or corrupt frame
-                # with a far-future handle must not make later messages look delivered.
-                self._last_handle = max(self._last_handle, event.handle)
-                self.events.emit("message", opened)
+            if not self._behind:  # else the catch-up fetches it from history, in order
+                await self._deliver(event.handle, event.envelope)
         elif isinstance(event, frames.MessageEdited):
             opened = await self._open(event.envelope, event.handle, mode="edit")
             if opened is not None:
@@ -601,9 +608,15 @@ class AsyncSpace:
                 log.info("spacenb: auto-admit of %s failed: %s", event.member_id, exc)
 
     async def _resync(self) -> None:
-        """After a reconnect: subscribe again, pick up keys, deliver missed messages."""
+        """After a reconnect: subscribe again, pick up keys, deliver missed messages.
+
+        Until the missed messages are delivered, pushed ones are held back: delivered
+        first, they would move the mark past the missed ones. If the catch-up fails (the
+        connection drops again), they stay held until the next one succeeds.
+        """
         if not self._subscribed:
             return
+        self._behind = True
         result = await self.client.request(frames.Subscribe, space_id=self.id)
         self._set_peers(result.peers)
         await self._refresh_members()
@@ -620,9 +633,8 @@ class AsyncSpace:
                 break
             before = page.next_cursor
         for item in missed:
-            await self._handle_event(
-                frames.MessagePushed(handle=item.handle, envelope=item.envelope)
-            )
+            await self._deliver(item.handle, item.envelope)
+        self._behind = False
 
 
 def _replace_epoch(info: frames.SpaceInfo, epoch: int) -> frames.SpaceInfo:

@@ -49,6 +49,11 @@ class Mitm(MitmRelay):
             with contextlib.suppress(ConnectionClosed):
                 await conn.send(data)
 
+    async def drop_clients(self) -> None:
+        """Close every client's connection, as a network failure would."""
+        for conn in list(self._downstream):
+            await conn.close()
+
 
 def event_json(event: frames.Event) -> dict[str, Any]:
     """An event as the JSON object the relay would push (for :meth:`Mitm.inject`)."""

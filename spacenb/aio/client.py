@@ -197,10 +197,10 @@ class AsyncClient:
             if live is not None:
                 try:
                     await live._resync()
-                except SpacenbError:
+                except SpacenbError as exc:
+                    log.info("spacenb: catching up with %s failed (%s)", event.space_id, exc)
                     if self.connection.is_open:  # a lost connection queues its own catch-up
                         asyncio.get_running_loop().call_later(1.0, self._queue.put_nowait, event)
-                    raise
             return
         space_id = _space_of(event)
         space = self._spaces.get(space_id) if space_id else None

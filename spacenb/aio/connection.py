@@ -157,6 +157,10 @@ class RelayConnection:
             ) from None
         finally:
             self._pending.pop(request_id, None)
+            if future.done() and not future.cancelled():
+                # The socket may have failed the future while send() was raising: read its
+                # exception, or asyncio logs "Future exception was never retrieved".
+                future.exception()
         return frames.parse_result(cls, result)
 
     async def send_nowait(self, cls: type[frames.Request], **fields: Any) -> None:

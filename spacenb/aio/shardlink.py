@@ -95,11 +95,19 @@ class ShardLink:
         try:
             await self._ws.send(message)
         except ConnectionClosed:
-            self._pending.pop(rid, None)
+            self._forget(rid)
             raise ConnectionLostError(f"shard store {self.url} closed the connection") from None
         except BaseException:
-            self._pending.pop(rid, None)
+            self._forget(rid)
             raise
+
+    def _forget(self, rid: int) -> None:
+        """Drop a request whose answer nobody will await. The reader may already have
+        failed it (the socket closed): read that failure, or asyncio logs "Future exception
+        was never retrieved" at ERROR."""
+        answer = self._pending.pop(rid, None)
+        if answer is not None and not answer.cancel() and not answer.cancelled():
+            answer.exception()
 
     async def _wait(self, rid: int, answer: asyncio.Future[shardwire.Reply]) -> shardwire.Reply:
         try:

@@ -35,7 +35,9 @@ __all__ = ["MAX_INT", "Mutation", "garbage_frames", "is_request_id", "mutations"
 MAX_INT = frames.MAX_INT
 Path = tuple[str | int, ...]
 Mutation = tuple[str, str, dict[str, Any]]  # (kind, where, mutated frame object)
-KINDS = ("replace", "retype", "drop", "extra", "header")
+# Weighted towards changing a value: parsing rejects missing, extra and header faults at
+# once, while a wrong value of the right type goes on to the handlers' own checks.
+KINDS = ("replace", "replace", "retype", "retype", "retype", "drop", "extra", "header")
 
 # JSON may escape a lone UTF-16 surrogate ("\\udc80"): valid JSON text, but not Unicode.
 lone_surrogates = st.tuples(

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,11 +35,21 @@ __all__ = [
     "event_json",
     "flip_b64",
     "live_feed_checked",
+    "no_errors_logged",
     "sign_in",
     "wait_until",
 ]
 
 TableDump = dict[str, list[tuple[Any, ...]]]
+
+
+def no_errors_logged(records: Iterable[logging.LogRecord]) -> None:
+    """Nothing logged an error: no unexpected exception, no failed handler, and no future
+    whose exception nobody read (asyncio reports those when they are freed, hence the
+    collection first). Pass ``caplog.records``."""
+    gc.collect()
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    assert not errors, errors[:3]
 
 
 class Mitm(MitmRelay):

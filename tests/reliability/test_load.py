@@ -11,7 +11,6 @@ resident memory after the second round stays within a bound of the first.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import spacenb.aio as aio
 
 from .conftest import Figures
-from .helpers import Inbox, all_history, live_feed_checked, sign_in
+from .helpers import Inbox, all_history, live_feed_checked, no_errors_logged, sign_in
 from .relayproc import RelayProcess
 
 CLIENTS = 30
@@ -101,8 +100,7 @@ async def test_thirty_clients_lose_nothing_and_relay_memory_is_stable(
             for key, value in result.items():
                 figures.add(f"load.{key}", value)
         await host.close()
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert not errors
+        no_errors_logged(caplog.records)
         figures.set("load.relay_rss_mib_after_rounds", [round(r / 2**20, 1) for r in rss])
         assert rss[1] - rss[0] < RSS_GROWTH_LIMIT, f"relay memory grew {rss[0]} -> {rss[1]}"
     finally:

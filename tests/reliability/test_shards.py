@@ -34,12 +34,12 @@ from spacenb.server.shards import ShardStore
 from spacenb.sync.runner import Runner
 
 from .conftest import Figures
-from .helpers import sign_in
+from .helpers import no_errors_logged, sign_in
 
 K, N = 3, 5
 SEGMENT = 64 << 10
 SIZE = 3 * SEGMENT + 12_345  # four segments, the last one short
-SLOW = 0.1  # seconds a slow store waits before each reply
+SLOW = 0.05  # seconds a slow store waits before each reply
 TIMEOUT = 1.0  # seconds a download waits for one share before trying another store
 GOOD = ("ok", "slow")
 FAULTS = ("stopped", "corrupt", "truncate", "swap", "disk", "missing")
@@ -206,13 +206,13 @@ def expected(faults: list[str]) -> str:
 
 
 def test_any_three_good_stores_suffice_and_bad_bytes_never_pass(
-    world: ShardWorld, loop_thread: Runner, figures: Figures
+    world: ShardWorld, loop_thread: Runner, figures: Figures, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every fault, alone and mixed: the outcome depends only on how many stores still
     serve good shares."""
 
     @settings(max_examples=40, deadline=None)
-    @given(faults=st.lists(st.sampled_from(GOOD + FAULTS), min_size=N, max_size=N))
+    @given(faults=st.lists(st.sampled_from(GOOD * 3 + FAULTS), min_size=N, max_size=N))
     def example(faults: list[str]) -> None:
         outcome = loop_thread.run(world.read(faults), timeout=60)
         assert outcome == expected(faults), faults
@@ -221,10 +221,11 @@ def test_any_three_good_stores_suffice_and_bad_bytes_never_pass(
         figures.add("shards.store_faults", sum(f not in GOOD for f in faults))
 
     example()
+    no_errors_logged(caplog.records)
 
 
 def test_every_single_fault_and_the_k_boundary(
-    world: ShardWorld, loop_thread: Runner, figures: Figures
+    world: ShardWorld, loop_thread: Runner, figures: Figures, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Each fault on two stores (the most a 3-of-5 file survives), then on three; and
     stores that accept the connection but never answer (a download timeout)."""
@@ -238,3 +239,4 @@ def test_every_single_fault_and_the_k_boundary(
         faults = ["hung"] * hung + ["ok"] * (N - hung)
         assert loop_thread.run(world.read(faults), timeout=60) == expected(faults)
         figures.add("shards.fault_scenarios")
+    no_errors_logged(caplog.records)

@@ -75,14 +75,14 @@ def read_history(space: Any) -> tuple[int, Any]:
     return len(history), history
 
 
-async def reader_worker(link: Link, target: Target) -> None:
+async def reader_worker(link: Link, target: Target, username: str = "reader") -> None:
     """A sync-facade member; each ``("read", n)`` times a full history read between two
     bare verify loops of ``n`` signatures (the baseline is their mean), and reports both
     with the read's peak RSS."""
     import spacenb
 
     client = spacenb.connect(
-        target.url, app_key=target.app_key, username="reader", keystore=":memory:"
+        target.url, app_key=target.app_key, username=username, keystore=":memory:"
     )
     space = client.space.join_channel(target.channel)
     link.send("ready")

@@ -65,8 +65,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, default=1_000, help="messages")
     parser.add_argument("--warmup", type=int, default=50, help="messages before timing")
     parser.add_argument("--in-flight", type=int, default=32, help="concurrent sends")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds per kind (median)")
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure, smoke={"receivers": 10, "count": 30, "warmup": 5})
+    main(
+        run,
+        __doc__ or "",
+        configure,
+        smoke={"receivers": 10, "count": 30, "warmup": 5, "repeat": 1},
+    )

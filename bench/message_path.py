@@ -88,8 +88,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-flight", type=int, default=32, help="concurrent sends")
     parser.add_argument("--rate", type=float, default=200.0, help="paced messages per second")
     parser.add_argument("--paced", type=int, default=2_000, help="messages, latency phase")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds per kind (median)")
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure, smoke={"count": 200, "warmup": 20, "paced": 40})
+    main(
+        run, __doc__ or "", configure, smoke={"count": 200, "warmup": 20, "paced": 40, "repeat": 1}
+    )

@@ -47,3 +47,12 @@ def test_smoke(name: str) -> None:
             assert math.isfinite(metric["baseline"]) and metric["baseline"] > 0, metric
             assert metric["ratio"] == pytest.approx(metric["value"] / metric["baseline"])
     assert any(m["baseline"] is not None for m in report["metrics"]), "no baseline"
+
+
+def test_run_all_table_rows() -> None:
+    from bench.run_all import markdown_rows
+
+    report = run_smoke("rotation")
+    rows = markdown_rows(report)
+    assert len(rows) == len(report["metrics"])
+    assert all(row.startswith("| rotation | ") and row.endswith(" |") for row in rows)

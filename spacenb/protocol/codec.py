@@ -1,0 +1,260 @@
+"""The generic codec behind every frame (PROTOCOL.md, "Frames").
+
+A frame or record is a frozen dataclass; its annotations are its schema. For each class a
+*plan* is built once: per field, a converter that checks the JSON value (type, size,
+range) and turns it into the Python value, and one that turns it back. Any malformed input
+raises :class:`ProtocolError` naming the field; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Union, get_args, get_origin
+
+from ..exceptions import LimitExceededError, ProtocolError, SpacenbError
+from .encoding import b64d, b64e
+
+__all__ = [
+    "MAX_BYTES_FIELD",
+    "MAX_FRAME_BYTES",
+    "MAX_INT",
+    "MAX_LIST",
+    "MAX_STR",
+    "dumps_frame",
+    "from_obj",
+    "loads_frame",
+    "to_obj",
+]
+
+MAX_FRAME_BYTES = 1 << 20  # 1 MiB of JSON text per frame
+MAX_STR = 4096  # characters in any text field
+MAX_BYTES_FIELD = 256 << 10  # 256 KiB in any binary field (decoded)
+MAX_LIST = 10_000  # items in any list field
+MAX_INT = 2**53 - 1  # exactly representable in every JSON implementation
+
+
+Decoder = Callable[[Any, str], Any]
+Encoder = Callable[[Any], Any]
+_NONE = type(None)
+
+
+def _decode_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError("expected true or false", field=name)
+    return value
+
+
+def _decode_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError("expected an integer", field=name)
+    if not 0 <= value <= MAX_INT:
+        raise ProtocolError("integer out of range", field=name)
+    return value
+
+
+def _decode_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError("expected a string", field=name)
+    if len(value) > MAX_STR:
+        raise ProtocolError(f"longer than {MAX_STR} characters", field=name)
+    if not value.isascii() and not _is_unicode(value):
+        raise ProtocolError("not valid Unicode (a lone surrogate)", field=name)
+    return value
+
+
+def _decode_bytes(value: Any, name: str) -> bytes:
+    if isinstance(value, str) and len(value) > MAX_BYTES_FIELD * 4 // 3 + 4:
+        raise ProtocolError(f"longer than {MAX_BYTES_FIELD} bytes", field=name)
+    data = b64d(value, field=name)
+    if len(data) > MAX_BYTES_FIELD:
+        raise ProtocolError(f"longer than {MAX_BYTES_FIELD} bytes", field=name)
+    return data
+
+
+_SIMPLE_DECODERS: dict[Any, Decoder] = {
+    bool: _decode_bool,
+    int: _decode_int,
+    str: _decode_str,
+    bytes: _decode_bytes,
+}
+_DECODERS: dict[Any, Decoder] = {}
+_ENCODERS: dict[Any, Encoder] = {}
+
+
+def _decoder(tp: Any) -> Decoder:
+    """The checking converter for annotation ``tp``, built once per annotation."""
+    dec = _DECODERS.get(tp)
+    if dec is None:
+        dec = _DECODERS[tp] = _compile_decoder(tp)
+    return dec
+
+
+def _compile_decoder(tp: Any) -> Decoder:
+    simple = _SIMPLE_DECODERS.get(tp)
+    if simple is not None:
+        return simple
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        nullable = _NONE in args
+        (inner_tp,) = (a for a in args if a is not _NONE)
+        inner = _decoder(inner_tp)
+
+        def decode_union(value: Any, name: str) -> Any:
+            if value is None and nullable:
+                return None
+            return inner(value, name)
+
+        return decode_union
+    if origin is Literal:
+        choices = get_args(tp)
+        message = "must be one of " + ", ".join(repr(a) for a in choices)
+
+        def decode_literal(value: Any, name: str) -> Any:
+            if not isinstance(value, str) or value not in choices:
+                raise ProtocolError(message, field=name)
+            return value
+
+        return decode_literal
+    if origin is tuple:
+        item = _decoder(get_args(tp)[0])
+
+        def decode_list(value: Any, name: str) -> tuple[Any, ...]:
+            if not isinstance(value, list):
+                raise ProtocolError("expected a list", field=name)
+            if len(value) > MAX_LIST:
+                raise ProtocolError(f"more than {MAX_LIST} items", field=name)
+            return tuple(item(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+        return decode_list
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        record: type = tp
+
+        def decode_record(value: Any, name: str) -> Any:
+            if not isinstance(value, dict):
+                raise ProtocolError("expected an object", field=name)
+            return from_obj(record, value, prefix=f"{name}.")
+
+        return decode_record
+    raise TypeError(f"unsupported frame field type {tp!r}")  # pragma: no cover
+
+
+def _encoder(tp: Any) -> Encoder:
+    """The JSON converter for values annotated ``tp`` (None means: as it is)."""
+    enc = _ENCODERS.get(tp)
+    if enc is None:
+        enc = _ENCODERS[tp] = _compile_encoder(tp)
+    return enc
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _encode_bytes(value: Any) -> str:
+    return b64e(bytes(value))
+
+
+def _compile_encoder(tp: Any) -> Encoder:
+    if tp is bytes:
+        return _encode_bytes
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        (inner_tp,) = (a for a in get_args(tp) if a is not _NONE)
+        inner = _encoder(inner_tp)
+        if inner is _same:
+            return _same
+        return lambda value: None if value is None else inner(value)
+    if origin is tuple:
+        item = _encoder(get_args(tp)[0])
+        if item is _same:
+            return list
+        return lambda value: [item(v) for v in value]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return to_obj
+    return _same
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone UTF-16 surrogate: JSON can escape one (``"\\udc80"``),
+    but it cannot be encoded as UTF-8, so storing, signing or echoing it would fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How to read and write one record type: its fields with their converters."""
+
+    names: frozenset[str]
+    decoders: tuple[tuple[str, Decoder, bool], ...]  # name, converter, may be left out
+    encoders: tuple[tuple[str, Encoder], ...]
+
+
+_PLANS: dict[type, _Plan] = {}
+
+
+def _plan(cls: type) -> _Plan:
+    plan = _PLANS.get(cls)
+    if plan is None:
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        plan = _PLANS[cls] = _Plan(
+            frozenset(f.name for f in fields),
+            # Only nullable fields (``join``'s token) may be left out; a default such as a
+            # signature's b"" exists for building frames, not for reading them.
+            tuple((f.name, _decoder(hints[f.name]), f.default is None) for f in fields),
+            tuple((f.name, _encoder(hints[f.name])) for f in fields),
+        )
+    return plan
+
+
+def from_obj(
+    cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
+) -> Any:
+    plan = _plan(cls)
+    if not plan.names.issuperset(obj):
+        unknown = set(obj) - plan.names - set(skip)
+        if unknown:
+            raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    kwargs = {}
+    for fname, decode, optional in plan.decoders:
+        if fname in obj:
+            kwargs[fname] = decode(obj[fname], prefix + fname)
+        elif not optional:
+            raise ProtocolError("missing", field=prefix + fname)
+    try:
+        return cls(**kwargs)
+    except SpacenbError as exc:
+        raise ProtocolError(str(exc), field=prefix.rstrip(".") or None) from None
+
+
+def to_obj(value: Any) -> dict[str, Any]:
+    return {name: encode(getattr(value, name)) for name, encode in _plan(type(value)).encoders}
+
+
+def loads_frame(text: str | bytes) -> dict[str, Any]:
+    if isinstance(text, bytes | bytearray):
+        raise ProtocolError("frames are JSON text, not binary", field="frame")
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
+        raise LimitExceededError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("not valid JSON", field="frame") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a frame is a JSON object", field="frame")
+    return obj
+
+
+def dumps_frame(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

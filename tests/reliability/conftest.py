@@ -22,7 +22,7 @@ import spacenb.aio as aio
 from spacenb.server.app import RunningServer, start_server
 from spacenb.sync.runner import Runner
 
-from .helpers import Mitm, sign_in
+from .helpers import Mitm, no_errors_logged, sign_in
 
 StartRelay = Callable[..., Awaitable[RunningServer]]
 Connect = Callable[..., Awaitable[aio.AsyncClient]]
@@ -40,6 +40,13 @@ class Figures:
 
     def set(self, name: str, value: Any) -> None:
         self.values[name] = value
+
+
+@pytest.fixture(autouse=True)
+def no_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test here also checks that nothing logged an error while it ran."""
+    yield
+    no_errors_logged(caplog.get_records("call"))
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ import pytest
 import spacenb.aio as aio
 
 from .conftest import Figures
-from .helpers import Inbox, all_history, live_feed_checked, no_errors_logged, sign_in
+from .helpers import Inbox, all_history, live_feed_checked, sign_in
 from .relayproc import RelayProcess
 
 CLIENTS = 30
@@ -81,7 +81,7 @@ async def run_round(relay: RelayProcess, number: int, channels: list[str]) -> di
 
 
 async def test_thirty_clients_lose_nothing_and_relay_memory_is_stable(
-    tmp_path: Path, figures: Figures, caplog: Any
+    tmp_path: Path, figures: Figures
 ) -> None:
     relay = RelayProcess(tmp_path / "relay")
     await relay.start()
@@ -100,7 +100,6 @@ async def test_thirty_clients_lose_nothing_and_relay_memory_is_stable(
             for key, value in result.items():
                 figures.add(f"load.{key}", value)
         await host.close()
-        no_errors_logged(caplog.records)
         figures.set("load.relay_rss_mib_after_rounds", [round(r / 2**20, 1) for r in rss])
         assert rss[1] - rss[0] < RSS_GROWTH_LIMIT, f"relay memory grew {rss[0]} -> {rss[1]}"
     finally:

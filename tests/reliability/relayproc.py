@@ -1,4 +1,4 @@
-"""A relay in a subprocess (``python -m spacenb.cli serve``), to kill it for real and to
+"""A relay in a subprocess (``python -m spacenb serve``), to kill it for real and to
 measure its memory.
 
 Its output goes to files, not pipes, so a chatty relay can never block on a full pipe.
@@ -39,7 +39,7 @@ class RelayProcess:
         err = self.data_dir.parent / f"{self.data_dir.name}.err{self.starts}"
         self.starts += 1
         command = [
-            sys.executable, "-m", "spacenb.cli", "serve", "--data", str(self.data_dir),
+            sys.executable, "-m", "spacenb", "serve", "--data", str(self.data_dir),
             "--host", "127.0.0.1", "--port", str(self.port), "--shards", str(self.shards),
             "--shards-needed", str(min(self.shards, 1)),
         ]  # fmt: skip

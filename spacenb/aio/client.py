@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
-from ..exceptions import IntegrityError, ProtocolError, SpacenbError
+from ..exceptions import IntegrityError, ProtocolError, SpacenbError, SpacenbTimeoutError
 from ..protocol import crypto, frames
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.wrap import WrappedKey, unwrap_group_key
@@ -199,7 +199,9 @@ class AsyncClient:
                     await live._resync()
                 except SpacenbError as exc:
                     log.info("spacenb: catching up with %s failed (%s)", event.space_id, exc)
-                    if self.connection.is_open:  # a lost connection queues its own catch-up
+                    # A lost connection queues its own catch-up once back; a refusal (no
+                    # longer a member) is final; only a relay too slow to answer is retried.
+                    if isinstance(exc, SpacenbTimeoutError) and self.connection.is_open:
                         asyncio.get_running_loop().call_later(1.0, self._queue.put_nowait, event)
             return
         space_id = _space_of(event)

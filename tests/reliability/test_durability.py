@@ -10,8 +10,11 @@ duplicate (the handles it was delivered equal the history's, in order).
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import ConnectionLostError, SpacenbTimeoutError
@@ -171,3 +174,21 @@ async def test_a_drop_during_catch_up_loses_nothing(
     assert bob.connection.reconnects == 2
     await failing[0]
     figures.add("durability.drops_during_catch_up", 1)
+
+
+async def test_a_catch_up_refused_for_good_is_not_retried(
+    start_relay: StartRelay, connect: Connect, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bob is removed while his connection is down: when it comes back, his catch-up is
+    refused (he is no longer a member). That is final: it is not tried again and again."""
+    server = await start_relay()
+    alice, bob = await connect(server, "alice"), await connect(server, "bob")
+    general = await alice.space.create_channel("general")
+    await bob.space.join_channel("general")
+    caplog.set_level(logging.INFO, logger="spacenb")
+    await bob.connection.drop()
+    await alice.space.remove_member(general.id, "bob")
+    await wait_until(lambda: bob.connection.reconnects == 1 and bob.connection.is_open)
+    await asyncio.sleep(2.5)  # a retry would come after 1 s
+    failures = [r for r in caplog.records if "catching up" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in failures]

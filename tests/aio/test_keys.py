@@ -133,3 +133,15 @@ async def test_remove_without_the_keys_refuses_before_removing(server, tmp_path)
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_a_viewer_cannot_rotate_but_an_editor_can(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    a = await alice.space.create_channel("ops", history_policy="rotate")
+    b = await bob.space.join_channel("ops")
+    with pytest.raises(PermissionDeniedError, match="owner or an editor"):
+        await b.rotate()
+    await alice.space.set_member_role(a.id, "bob", "editor")
+    assert await b.rotate() == 1
+    await wait_until(lambda: a.keyring.has(1))

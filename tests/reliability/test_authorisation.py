@@ -34,7 +34,8 @@ ACTORS = ("owner", "editor", "viewer", "other", "outsider", "wrong-key")
 MEMBERS = ("owner", "editor", "viewer")
 EVERYONE = ACTORS
 # PROTOCOL.md, "Requests": who may call each op. Edits and deletes are the author's only;
-# rotation is any member's (of a rotate space); shard reads need only a share's name.
+# rotation is the owner's or an editor's (of a rotate space); shard reads need only a
+# share's name.
 WHO: dict[str, tuple[str, ...]] = {
     "send": MEMBERS,
     "history": MEMBERS,
@@ -47,7 +48,7 @@ WHO: dict[str, tuple[str, ...]] = {
     "list_links": ("owner",),
     "revoke_link": ("owner",),
     "set_role": ("owner",),
-    "rotate": MEMBERS,
+    "rotate": ("owner", "editor"),
     "remove_member": ("owner",),
     "upload shards (shard_ticket + store)": MEMBERS,
     "read shards (by share name)": EVERYONE,

@@ -102,12 +102,16 @@ def admit(relay: Relay, session: Session, req: frames.Admit) -> frames.Ok:
 
 @handles(frames.Rotate)
 def rotate(relay: Relay, session: Session, req: frames.Rotate) -> frames.EpochResult:
-    """Start the next epoch of a ``rotate`` space with keys wrapped to chosen members.
+    """Start the next epoch of a ``rotate`` space with keys wrapped to chosen members
+    (owner or editor only).
 
     The new key must be wrapped to the keeper when it is a member. Raises
     :class:`KeyUnavailableError` unless ``epoch`` is the current epoch + 1.
     """
-    space, _ = member_space(relay, session, req.space_id)
+    space, role = member_space(relay, session, req.space_id)
+    if role == "viewer":
+        # A rotation chooses who reads what follows: that is management, not chat.
+        raise PermissionDeniedError("only the owner or an editor may rotate the space's key")
     if space.policy != "rotate":
         raise PermissionDeniedError("only 'rotate' spaces change epochs")
     if req.epoch != space.epoch + 1:

@@ -24,11 +24,11 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import psutil
 
@@ -38,6 +38,7 @@ __all__ = [
     "Link",
     "Metric",
     "Report",
+    "Usage",
     "Worker",
     "alternate",
     "cpu_seconds",
@@ -51,10 +52,12 @@ __all__ = [
     "raise_nofile",
     "reset_peak_rss",
     "rss",
+    "usage",
 ]
 
 MIB = 1 << 20
 T = TypeVar("T")
+K = TypeVar("K", bound=str)
 PAYLOAD_BYTES = 300
 
 
@@ -150,6 +153,29 @@ def cpu_seconds(pid: int | None = None) -> float:
         return live / 1e9
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
+
+
+@dataclass
+class Usage:
+    """What a block of code cost this process: clock and CPU seconds, RSS before it and
+    peak RSS during it (bytes)."""
+
+    seconds: float = 0.0
+    cpu: float = 0.0
+    rss_before: int = 0
+    peak: int = 0
+
+
+@contextlib.contextmanager
+def usage() -> Iterator[Usage]:
+    """Measure the block: ``with usage() as used: ...``, then read ``used``."""
+    used = Usage(rss_before=rss())
+    reset_peak_rss()
+    start, cpu = now(), cpu_seconds()
+    try:
+        yield used
+    finally:
+        used.seconds, used.cpu, used.peak = now() - start, cpu_seconds() - cpu, peak_rss()
 
 
 def raise_nofile(wanted: int = 65536) -> int:
@@ -261,7 +287,7 @@ class Worker:
             self.process.join(timeout)
         self._conn.close()
 
-    def __enter__(self) -> Worker:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -298,22 +324,28 @@ class CpuMeter:
 
 
 def alternate(
-    measure: Callable[[str], dict[str, Any]], kinds: Sequence[str], repeat: int = 1
-) -> dict[str, dict[str, Any]]:
+    measure: Callable[[K], dict[str, Any]], kinds: Sequence[K], repeat: int = 1
+) -> dict[K, dict[str, Any]]:
     """Run ``measure(kind)`` for each kind, ``repeat`` rounds, alternating kinds so that a
-    change in the machine's load hits both; each numeric figure is the median of its
-    rounds (other values come from the last round)."""
-    rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+    change in the machine's load hits both. Each figure is the median of its rounds (so
+    is each figure of a dict of figures); anything else comes from the last round."""
+    rounds: dict[K, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     for _ in range(repeat):
         for kind in kinds:
             rounds[kind].append(measure(kind))
-    merged: dict[str, dict[str, Any]] = {}
+    merged = {kind: _median_of(results) for kind, results in rounds.items()}
     for kind, results in rounds.items():
-        merged[kind] = dict(results[-1])
-        for key, value in results[-1].items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                merged[kind][key] = statistics.median(r[key] for r in results)
         merged[kind]["rounds"] = len(results)
+    return merged
+
+
+def _median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
+    merged = dict(results[-1])
+    for key, value in results[-1].items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            merged[key] = statistics.median(r[key] for r in results)
+        elif isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()):
+            merged[key] = _median_of([r[key] for r in results])
     return merged
 
 
@@ -379,18 +411,12 @@ def _num(value: float | None) -> str:
         return "-"
     if math.isnan(value):
         return "nan"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: cores, CPU, Python, libraries, date, load."""
-    import cryptography
-    import websockets
-    import zfec
+    from importlib.metadata import version
 
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
@@ -400,9 +426,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "websockets": websockets.__version__,
-        "cryptography": cryptography.__version__,
-        "zfec": getattr(zfec, "__version__", "?"),
+        **{lib: version(lib) for lib in ("websockets", "cryptography", "zfec")},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
     }

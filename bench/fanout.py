@@ -14,13 +14,13 @@ import argparse
 from typing import Any
 
 from .common import PAYLOAD_BYTES, CpuMeter, Metric, Report, alternate, main, partition
-from .peers import KINDS, Topology
+from .peers import KINDS, Kind, Topology
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
     """Deliveries per second of ``args.count`` messages to every receiver."""
     layout = [len(run) for run in partition(range(args.receivers), args.processes)]
-    with Topology(kind, layout, join_concurrency=8) as topo:  # type: ignore[arg-type]
+    with Topology(kind, layout, join_concurrency=8) as topo:
         topo.phase(args.warmup, in_flight=args.in_flight)
         meter = CpuMeter(topo.pids)
         sent, got = topo.phase(args.count, in_flight=args.in_flight, timeout=300)

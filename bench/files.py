@@ -20,6 +20,7 @@ disk's rate for fsync'd share files is noted beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -33,12 +34,9 @@ from .common import (
     Metric,
     Report,
     Worker,
-    cpu_seconds,
     main,
     now,
-    peak_rss,
-    reset_peak_rss,
-    rss,
+    usage,
 )
 from .peers import RelayProcess, Target
 
@@ -139,27 +137,23 @@ async def client_worker(link: Link, target: Target, keystore: str, space_id: str
         kind, arg = await link.recv()
         if kind not in ("put", "get", "get_to"):
             break
-        result: dict[str, Any] = {"rss_before": rss()}
-        reset_peak_rss()
-        start, cpu = now(), cpu_seconds()
+        result: dict[str, Any] = {"ok": True}
         if kind == "put":
-            manifest, _stat = await space.put_file(arg)
-            result["seconds"] = now() - start
+            with usage() as used:
+                manifest, _stat = await space.put_file(arg)
             result["manifest"] = manifest.to_dict()
-            result["ok"] = True
         elif kind == "get":
             manifest, source = arg
-            data, _stat = await space.get_file(manifest)
-            result["seconds"] = now() - start
+            with usage() as used:
+                data, _stat = await space.get_file(manifest)
             result["ok"] = hashlib.sha256(data).digest() == sha256_file(Path(source))
             del data
         else:
             manifest, source, out = arg
-            await files.download_to(manifest, out)
-            result["seconds"] = now() - start
+            with usage() as used:
+                await files.download_to(manifest, out)
             result["ok"] = sha256_file(Path(out)) == sha256_file(Path(source))
-        result["peak"] = peak_rss()
-        result["cpu"] = cpu_seconds() - cpu  # includes the final hash check
+        result.update(dataclasses.asdict(used))
         link.send("done", result)
     await client.close()
 
@@ -277,8 +271,7 @@ def run(args: argparse.Namespace) -> Report:
         )
     )
     report.notes.append(
-        "CPU ms per MB (member process incl. its final hash check / relay process with "
-        "the stores): "
+        "CPU ms per MB (member process / relay process with the stores): "
         + "; ".join(
             f"{name} {r['cpu'] * 1e3 / mb:.1f} / {r['stores_cpu'] * 1e3 / mb:.1f}"
             for name, r in (("put", put), ("get", get), ("degraded get", degraded_get))

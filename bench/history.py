@@ -26,9 +26,7 @@ from .common import (
     cpu_seconds,
     main,
     now,
-    peak_rss,
-    reset_peak_rss,
-    rss,
+    usage,
 )
 from .peers import Target, Topology
 
@@ -91,12 +89,8 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
         if kind != "read":
             break
         baseline_before, verify_cpu_before = verify_rate(count)
-        before = rss()
-        reset_peak_rss()
-        start, cpu = now(), cpu_seconds()
-        rows, history = read_history(space)
-        elapsed, cpu = now() - start, cpu_seconds() - cpu
-        peak = peak_rss()
+        with usage() as used:
+            rows, history = read_history(space)
         ordered = bool(history["handle"].is_monotonic_increasing)
         del history
         baseline_after, verify_cpu_after = verify_rate(count)
@@ -104,14 +98,14 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
             "done",
             {
                 "rows": rows,
-                "rate": rows / elapsed,
-                "cpu_us": cpu * 1e6 / rows,
+                "rate": rows / used.seconds,
+                "cpu_us": used.cpu * 1e6 / rows,
                 "baseline": (baseline_before + baseline_after) / 2,
                 "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
                 "baseline_before": baseline_before,
                 "baseline_after": baseline_after,
-                "rss_before": before,
-                "peak": peak,
+                "rss_before": used.rss_before,
+                "peak": used.peak,
                 "ordered": ordered,
             },
         )

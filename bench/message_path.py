@@ -18,14 +18,14 @@ import argparse
 from typing import Any
 
 from .common import PAYLOAD_BYTES, CpuMeter, Metric, Report, alternate, main, percentile
-from .peers import KINDS, Topology
+from .peers import KINDS, Kind, Topology
 
 MS = 1000.0
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
     """Both phases on a fresh relay of ``kind``."""
-    with Topology(kind, [1]) as topo:  # type: ignore[arg-type]
+    with Topology(kind, [1]) as topo:
         topo.phase(args.warmup, in_flight=args.in_flight)
         meter = CpuMeter(topo.pids)
         sent, (got,) = topo.phase(args.count, in_flight=args.in_flight)

@@ -30,7 +30,9 @@ from .common import (
 )
 
 __all__ = [
+    "KINDS",
     "Deliveries",
+    "Kind",
     "Peer",
     "RelayProcess",
     "Target",
@@ -146,7 +148,7 @@ async def open_peers(
 
 
 async def create_channel(
-    target: Target, owner: str = "owner", history_policy: str = "static"
+    target: Target, owner: str = "owner", history_policy: Literal["static", "rotate"] = "static"
 ) -> None:
     """Create the target's channel (spacenb only; the bare relay has one room)."""
     if target.kind != "spacenb":
@@ -183,8 +185,8 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
     running = await start_server(**options)
     link.send("ready", {"url": running.url, "app_key": running.app_key})
     while True:
-        kind, count = await link.recv()
-        if kind != "stop_shard_stores":
+        command, count = await link.recv()
+        if command != "stop_shard_stores":
             break
         for store in running.shard_stores[:count]:
             await store.stop()

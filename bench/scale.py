@@ -32,7 +32,7 @@ from .common import (
     percentile,
     rss,
 )
-from .peers import KINDS, Topology, receivers_worker
+from .peers import KINDS, Kind, Topology, receivers_worker
 
 MS = 1000.0
 KB = 1000.0
@@ -45,11 +45,11 @@ def opening_times(kind: str, readies: list[dict[str, list[float]]]) -> list[floa
     return [t for ready in readies for t in ready[field]]
 
 
-def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
     """Joins, memory and time to last delivery on a fresh relay of ``kind``."""
     layout = [len(run) for run in partition(range(args.clients), args.processes)]
     with Topology(
-        kind,  # type: ignore[arg-type]
+        kind,
         layout,
         join_concurrency=args.join_concurrency,
         setup_timeout=900,

@@ -276,8 +276,9 @@ class Worker:
     def _exited(self, kind: str) -> BenchError:
         return BenchError(f"{self.name} exited ({self.process.exitcode}) before {kind!r}")
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the worker to finish, then make sure it has."""
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask the worker to finish (a relay removes its data directory, gigabytes after
+        the files benchmark), then, past ``timeout`` seconds, kill it."""
         if self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.send("stop")

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..clock import Clock, SystemClock
-from ..exceptions import IntegrityError, ProtocolError, SpacenbError, SpacenbTimeoutError
+from ..exceptions import (
+    ConnectionLostError,
+    IntegrityError,
+    ProtocolError,
+    SpacenbError,
+    SpacenbTimeoutError,
+)
 from ..protocol import crypto, frames
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.wrap import WrappedKey, unwrap_group_key
@@ -188,6 +194,9 @@ class AsyncClient:
                 return
             try:
                 await self._route(event)
+            except ConnectionLostError as exc:
+                # The socket went away mid-handling: the reconnect's catch-up covers it.
+                log.info("spacenb: handling %s stopped: %s", type(event).__name__, exc)
             except Exception:
                 log.exception("spacenb: handling %s failed", type(event).__name__)
 

@@ -86,6 +86,7 @@ class AsyncSpace:
         self._last_handle = 0
         self._behind = False  # a catch-up is due: hold pushed messages back until it is done
         self._key_waiters: list[asyncio.Future[None]] = []
+        self._minting: int | None = None  # the epoch this member is rotating to, if any
 
     # ------------------------------------------------------------------ description
 
@@ -157,6 +158,11 @@ class AsyncSpace:
 
     async def connect(self) -> None:
         """Subscribe to the space's live events (messages, presence, keys...)."""
+        await self._connect(refresh=True)
+
+    async def _connect(self, *, refresh: bool) -> None:
+        """Subscribe; with ``refresh`` False the caller has just fetched members and keys
+        (a create or a join), and changes after the subscription arrive as events."""
         self.client._register(self)
         if self._last_handle == 0:
             # What is stored now is history; what comes after is pushed. The mark is read
@@ -168,8 +174,10 @@ class AsyncSpace:
         self._subscribed = True
         self._behind = False
         self._set_peers(result.peers)
-        await self._refresh_members()
-        await self._fetch_keys()
+        if refresh or self._members is None:
+            await self._refresh_members()
+        if refresh or self.keyring is None:
+            await self._fetch_keys()
 
     async def disconnect(self) -> None:
         """Stop receiving live events (the client stays signed in)."""
@@ -371,7 +379,11 @@ class AsyncSpace:
 
     async def _ingest_keys(self, keys: Iterable[WrappedKey]) -> None:
         """Unwrap keys handed to this member by the keeper or a member; refuse others."""
-        keys = [k for k in keys if k.space_id == self.id and not self._holds(k.epoch)]
+        keys = [
+            k
+            for k in keys
+            if k.space_id == self.id and not self._holds(k.epoch) and k.epoch != self._minting
+        ]
         if not keys:
             return
         allowed = set(self._members or ())
@@ -479,7 +491,11 @@ class AsyncSpace:
             )
             for name in sorted(wanted)
         ]
-        await self.client.request(frames.Rotate, space_id=self.id, epoch=epoch, keys=keys)
+        self._minting = epoch  # its epoch event may arrive before the request returns
+        try:
+            await self.client.request(frames.Rotate, space_id=self.id, epoch=epoch, keys=keys)
+        finally:
+            self._minting = None
         keyring.add(epoch, fresh.key(epoch))
         assert self._secrets is not None
         self.client.keystore.save_space(self._secrets)
@@ -561,7 +577,7 @@ class AsyncSpace:
         elif isinstance(event, frames.EpochChanged):
             if self.info is not None:
                 self.info = _replace_epoch(self.info, event.epoch)
-            if not self._holds(event.epoch):
+            if not self._holds(event.epoch) and event.epoch != self._minting:
                 await self._fetch_keys()
             self.events.emit("epoch", event.epoch)
         elif isinstance(event, frames.MemberChanged):

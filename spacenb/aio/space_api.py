@@ -113,7 +113,7 @@ class AsyncSpaceAPI:
             keys=keys,
         )
         space = AsyncSpace(client, info.space_id, secrets=secrets, info=info, auto_admit=auto_admit)
-        await space.connect()
+        await space._connect(refresh=False)
         return space
 
     async def create_channel(
@@ -163,7 +163,7 @@ class AsyncSpaceAPI:
             await space._refresh_members()
             await space._ingest_keys(result.keys)
             await space.wait_for_keys(timeout)
-            await space.connect()
+            await space._connect(refresh=False)
         except BaseException:
             if not space.is_connected():
                 self._client._unregister(space)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import struct
 from typing import Any
 
@@ -21,8 +20,8 @@ __all__ = ["b64d", "b64e", "canonical_json", "lp_encode"]
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-_B64_TEXT = re.compile(r"[A-Za-z0-9_-]*")
-_TO_STANDARD = str.maketrans("-_", "+/")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PAD = (b"", b"", b"==", b"=")
 
 
 def b64e(data: bytes) -> str:
@@ -35,12 +34,17 @@ def b64d(text: object, *, field: str = "value") -> bytes:
     if not isinstance(text, str):
         raise ProtocolError("expected base64url text", field=field)
     tail = len(text) % 4
-    if tail == 1 or not _B64_TEXT.fullmatch(text):
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise ProtocolError("not unpadded base64url", field=field) from None
+    if tail == 1 or b"+" in raw or b"/" in raw or b"=" in raw:
         raise ProtocolError("not unpadded base64url", field=field)
     try:
-        data = binascii.a2b_base64((text + "=" * (-tail % 4)).translate(_TO_STANDARD))
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - alphabet checked above
-        raise ProtocolError("not unpadded base64url", field=field) from exc
+        # strict_mode refuses every byte outside the (translated) alphabet.
+        data = binascii.a2b_base64(raw.translate(_TO_STANDARD) + _PAD[tail], strict_mode=True)
+    except binascii.Error:
+        raise ProtocolError("not unpadded base64url", field=field) from None
     # Only the last, partial group can carry stray bits: re-encode just that.
     if tail and b64e(data[-(tail - 1) :]) != text[-tail:]:
         raise ProtocolError("non-canonical base64url", field=field)

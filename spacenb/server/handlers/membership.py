@@ -39,9 +39,19 @@ def join_request_event(relay: Relay, pending: PendingJoin) -> frames.JoinRequest
 
 
 def announce_join(relay: Relay, pending: PendingJoin) -> None:
-    """Tell the space's subscribers and the keeper that someone waits for keys."""
+    """Tell the keeper that someone waits for keys, and the space's subscribers too unless
+    the keeper admits there (a join into a channel of thousands would otherwise reach every
+    one of them for nothing; members who come online later still get open requests)."""
     event = join_request_event(relay, pending)
-    relay.push_space(event, pending.space_id)
+    space = relay.storage.get_space(pending.space_id)
+    keeper_admits = (
+        space is not None
+        and not space.manual_admit
+        and relay.keeper is not None
+        and relay.storage.get_role(pending.space_id, relay.keeper) is not None
+    )
+    if not keeper_admits:
+        relay.push_space(event, pending.space_id)
     relay.push_keeper(event)
 
 

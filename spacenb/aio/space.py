@@ -571,7 +571,7 @@ class AsyncSpace:
         elif isinstance(event, frames.EphemeralPushed):
             await self._handle_ephemeral(event.envelope)
         elif isinstance(event, frames.Presence):
-            self._set_peers(event.peers)
+            self._set_peers(set(self._peers).union(event.joined).difference(event.left))
         elif isinstance(event, frames.KeysPushed):
             await self._ingest_keys(event.keys)
         elif isinstance(event, frames.EpochChanged):

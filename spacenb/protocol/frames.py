@@ -519,8 +519,12 @@ class EphemeralPushed(Event):
 
 @_event("presence")
 class Presence(Event):
+    """Who came online in the space and who went (the full list is in ``subscribe``'s
+    answer; sending only the change keeps a join into a big channel cheap)."""
+
     space_id: str
-    peers: tuple[str, ...]
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
 
 
 @_event("join_request")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -103,6 +104,7 @@ class Relay:
         self.max_buffered = max_buffered
         self.keeper_inbox: Callable[[JoinRequested], None] | None = None
         self._subscribers: dict[str, set[Session]] = {}
+        self._online: dict[str, Counter[str]] = {}  # space → username → subscribed connections
         self._by_user: dict[str, set[Session]] = {}
         self._signers: dict[str, crypto.PublicKey] = {}
         # Answers and events wait here until the message batch is committed (one commit
@@ -237,36 +239,46 @@ class Relay:
 
     def online(self, space_id: str) -> tuple[str, ...]:
         """Usernames with at least one connection subscribed to the space, sorted."""
-        sessions = self._subscribers.get(space_id, ())
-        return tuple(sorted({s.username for s in sessions if s.username is not None}))
+        return tuple(sorted(self._online.get(space_id, ())))
 
     def subscribe(self, session: Session, space_id: str) -> None:
         """Deliver the space's events to this connection; push presence if it changed."""
-        before = self.online(space_id)
-        self._subscribers.setdefault(space_id, set()).add(session)
+        subscribers = self._subscribers.setdefault(space_id, set())
+        if session in subscribers:
+            return
+        subscribers.add(session)
         session.spaces.add(space_id)
-        self._push_presence(space_id, before)
+        user = session.username
+        if user is not None:
+            online = self._online.setdefault(space_id, Counter())
+            online[user] += 1
+            if online[user] == 1:
+                self.push_space(Presence(space_id, (user,), ()), space_id)
 
     def unsubscribe(self, session: Session, space_id: str) -> None:
         """Stop delivering the space's events to this connection."""
-        before = self.online(space_id)
         subscribers = self._subscribers.get(space_id)
-        if subscribers is not None:
-            subscribers.discard(session)
-            if not subscribers:
-                del self._subscribers[space_id]
+        if subscribers is None or session not in subscribers:
+            session.spaces.discard(space_id)
+            return
+        subscribers.discard(session)
+        if not subscribers:
+            del self._subscribers[space_id]
         session.spaces.discard(space_id)
-        self._push_presence(space_id, before)
+        user = session.username
+        online = self._online.get(space_id)
+        if user is not None and online is not None:
+            online[user] -= 1
+            if online[user] <= 0:
+                del online[user]
+                if not online:
+                    del self._online[space_id]
+                self.push_space(Presence(space_id, (), (user,)), space_id)
 
     def drop_member(self, space_id: str, username: str) -> None:
         """Unsubscribe every connection of a user who is no longer a member."""
         for session in [s for s in self._subscribers.get(space_id, ()) if s.username == username]:
             self.unsubscribe(session, space_id)
-
-    def _push_presence(self, space_id: str, before: tuple[str, ...]) -> None:
-        after = self.online(space_id)
-        if after != before:
-            self.push_space(Presence(space_id, after), space_id)
 
     # ------------------------------------------------------------------ pushing
 

@@ -353,7 +353,7 @@ def event_bases(
         frames.MessageEdited(handle, forged("msg")),
         frames.MessageDeleted(space_id, handle + 10**9),
         frames.EphemeralPushed(forged("eph")),
-        frames.Presence(space_id, ("sender", "receiver", "mallory")),
+        frames.Presence(space_id, ("mallory",), ("sender", "receiver")),
         frames.JoinRequested(space_id, "mallory", mallory.signing_key, mallory.ecdh_key, "viewer"),
         frames.KeysPushed(space_id, (bogus_key,)),
         frames.EpochChanged(space_id, 1),

@@ -167,16 +167,24 @@ async def test_presence_follows_subscriptions_and_disconnects(tmp_path):
         sid = info.space_id
         first = await alice.call(frames.Subscribe, space_id=sid)
         assert first.peers == ("alice",) and first.epoch == 0
-        assert (await alice.event("presence")).peers == ("alice",)
+        mine = await alice.event("presence")
+        assert (mine.joined, mine.left) == (("alice",), ())
         bob = await user(srv, "bob")
         await bob.call(frames.Join, space_id=sid)
         await bob.event("keys")
         assert (await bob.call(frames.Subscribe, space_id=sid)).peers == ("alice", "bob")
-        assert (await alice.event("presence", peers=("alice", "bob"))).space_id == sid
+        arrived = await alice.event("presence", joined=("bob",))
+        assert (arrived.space_id, arrived.left) == (sid, ())
+        # subscribing twice on one connection changes nothing
+        await bob.call(frames.Subscribe, space_id=sid)
+        await alice.call(frames.Ping)
+        await alice.no_event("presence")
         # a second connection of bob does not change who is online
         bob2 = await user(srv, "bob", identity=bob.identity)
         await bob2.call(frames.Subscribe, space_id=sid)
         await bob.call(frames.Unsubscribe, space_id=sid)
         await alice.no_event("presence")
         await bob2.close()
-        assert (await alice.event("presence")).peers == ("alice",)
+        gone = await alice.event("presence")
+        assert (gone.joined, gone.left) == ((), ("bob",))
+        assert (await alice.call(frames.Subscribe, space_id=sid)).peers == ("alice",)

@@ -478,10 +478,10 @@ class AsyncSpace:
         if unknown:
             raise PermissionDeniedError(f"not members of this space: {sorted(unknown)}")
         epoch: int = info.epoch + 1
-        fresh = Keyring(self.id, "rotate", {epoch: _random_key()})
+        new_key = crypto.random_bytes(crypto.AES_KEY_SIZE)  # held only once the relay agrees
         keys = [
             wrap_group_key(
-                fresh.key(epoch),
+                new_key,
                 space_id=self.id,
                 epoch=epoch,
                 recipient=name,
@@ -496,7 +496,7 @@ class AsyncSpace:
             await self.client.request(frames.Rotate, space_id=self.id, epoch=epoch, keys=keys)
         finally:
             self._minting = None
-        keyring.add(epoch, fresh.key(epoch))
+        keyring.add(epoch, new_key)
         assert self._secrets is not None
         self.client.keystore.save_space(self._secrets)
         return epoch
@@ -576,7 +576,7 @@ class AsyncSpace:
             await self._ingest_keys(event.keys)
         elif isinstance(event, frames.EpochChanged):
             if self.info is not None:
-                self.info = _replace_epoch(self.info, event.epoch)
+                self.info = replace(self.info, epoch=event.epoch)
             if not self._holds(event.epoch) and event.epoch != self._minting:
                 await self._fetch_keys()
             self.events.emit("epoch", event.epoch)
@@ -651,11 +651,3 @@ class AsyncSpace:
         for item in missed:
             await self._deliver(item.handle, item.envelope)
         self._behind = False
-
-
-def _replace_epoch(info: frames.SpaceInfo, epoch: int) -> frames.SpaceInfo:
-    return replace(info, epoch=epoch)
-
-
-def _random_key() -> bytes:
-    return crypto.random_bytes(crypto.AES_KEY_SIZE)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from .protocol.envelope import Message
+from .protocol.statelog import StateEvent
 
 __all__ = [
     "EphemeralEvent",
@@ -14,6 +17,8 @@ __all__ = [
     "PresenceEvent",
     "RejectedEnvelopeEvent",
     "SpaceMessageEvent",
+    "StateLogEntry",
+    "TrustedIdentity",
 ]
 
 
@@ -68,3 +73,51 @@ class RejectedEnvelopeEvent:
     handle: int | None
     sender: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateLogEntry:
+    """One verified event of a space's signed state log, as ``space.state_log()`` shows it.
+
+    ``member`` is whom the event concerns (None for a link, an epoch or genesis), ``role``
+    the role it grants, ``epoch`` the epoch it starts (genesis starts 0), ``hash`` its hash
+    in hex; ``body`` is the whole signed body.
+    """
+
+    seq: int
+    kind: str
+    actor: str
+    member: str | None
+    role: str | None
+    epoch: int | None
+    at: datetime
+    hash: str
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, event: StateEvent) -> StateLogEntry:
+        body = json.loads(event.body)
+        epoch = 0 if event.kind == "genesis" else body.get("epoch")
+        return cls(
+            event.seq,
+            event.kind,
+            event.actor,
+            body.get("member"),
+            body.get("role"),
+            epoch,
+            datetime.fromtimestamp(event.at_us / 1_000_000, tz=UTC),
+            event.hash().hex(),
+            body,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedIdentity:
+    """Identity keys this client pinned for a user, as ``trusted_identities()`` lists them."""
+
+    username: str
+    fingerprint: str
+    signing_key: str
+    ecdh_key: str
+    first_seen: datetime
+    verified: bool

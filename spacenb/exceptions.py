@@ -4,8 +4,14 @@ The tree::
 
     SpacenbError
     ├── ProtocolError              a frame or byte layout is malformed (``field`` says where)
-    │   └── InvalidKeyError        an encoded key is invalid (not on the curve, bad suite)
+    │   ├── InvalidKeyError        an encoded key is invalid (not on the curve, bad suite)
+    │   ├── UsageError             the caller passed something spacenb cannot use (a ValueError)
+    │   └── RemoteProtocolError    the relay sent something malformed or against the rules
     ├── IntegrityError             a signature, AEAD tag, share hash or key wrap did not verify
+    │   ├── IdentityChangedError   a user's keys differ from the ones pinned or in a space's log
+    │   └── ForkError              the relay showed this member a state log others do not share
+    ├── StaleStateError            a state event no longer follows the log's head (retry)
+    ├── UnsupportedVersionError    a data dir, keystore or relay of another protocol version
     ├── AuthenticationError        wrong app key, bad sign-in, username bound to another key
     ├── PermissionDeniedError      not the owner, not the author, not a member, wrong role
     ├── ChannelExistsError         the channel name is taken
@@ -30,6 +36,8 @@ __all__ = [
     "ChannelExistsError",
     "ChannelNotFoundError",
     "ConnectionLostError",
+    "ForkError",
+    "IdentityChangedError",
     "IntegrityError",
     "InvalidKeyError",
     "InviteError",
@@ -38,9 +46,13 @@ __all__ = [
     "NotEnoughSharesError",
     "PermissionDeniedError",
     "ProtocolError",
+    "RemoteProtocolError",
     "ServerError",
     "SpacenbError",
     "SpacenbTimeoutError",
+    "StaleStateError",
+    "UnsupportedVersionError",
+    "UsageError",
     "error_for_code",
 ]
 
@@ -68,6 +80,16 @@ class InvalidKeyError(ProtocolError):
     code = "bad_key"
 
 
+class UsageError(ProtocolError):
+    """The caller passed an argument spacenb cannot use (also a builtin ``ValueError``):
+    a bug in the calling code, as opposed to :class:`RemoteProtocolError`."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The relay sent a frame that is malformed or breaks the protocol's rules: the
+    relay (or something between it and this client) is at fault, not the caller."""
+
+
 class IntegrityError(SpacenbError):
     """Something did not verify: a signature, an AEAD tag, a share hash or a key wrap.
 
@@ -76,6 +98,38 @@ class IntegrityError(SpacenbError):
     """
 
     code = "integrity"
+
+
+class IdentityChangedError(IntegrityError):
+    """The relay presented identity keys for a user that differ from those this client
+    pinned, or from those recorded in a space's signed state log.
+
+    ``username`` names the user; accept the new keys only with
+    ``client.accept_new_identity(username)`` after checking the fingerprint out of band.
+    """
+
+    def __init__(self, message: str, *, username: str | None = None) -> None:
+        super().__init__(message)
+        self.username = username
+
+
+class ForkError(IntegrityError):
+    """The relay showed this member a state log that contradicts what it showed before,
+    or what another member's message was bound to: members no longer share one history."""
+
+
+class StaleStateError(SpacenbError):
+    """A state event no longer follows the head of the space's log (someone else's event
+    came first). Fetch the log and sign the change again; spacenb's client does so itself."""
+
+    code = "stale_state"
+
+
+class UnsupportedVersionError(SpacenbError):
+    """A data directory, keystore or relay speaks another version of the protocol. The
+    message names the version found; nothing was changed."""
+
+    code = "unsupported_version"
 
 
 class AuthenticationError(SpacenbError):
@@ -161,6 +215,8 @@ _BY_CODE: dict[str, type[SpacenbError]] = {
         LimitExceededError,
         ServerError,
         SpacenbTimeoutError,
+        StaleStateError,
+        UnsupportedVersionError,
     )
 }
 

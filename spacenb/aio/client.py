@@ -11,22 +11,24 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import Clock, SystemClock
+from ..events import TrustedIdentity
 from ..exceptions import (
+    ChannelNotFoundError,
     ConnectionLostError,
-    IntegrityError,
-    ProtocolError,
+    IdentityChangedError,
     SpacenbError,
     SpacenbTimeoutError,
+    UsageError,
 )
-from ..protocol import crypto, frames
-from ..protocol.keys import IdentityKeys, PublicIdentity
-from ..protocol.wrap import WrappedKey, unwrap_group_key
+from ..protocol import frames
+from ..protocol.envelope import new_session_id
+from ..protocol.keys import IdentityKeys, PublicIdentity, fingerprint
 from .connection import RelayConnection
 from .handlers import Emitter
-from .keystore import Keystore
+from .keystore import Keystore, Pin
 
 if TYPE_CHECKING:
     from .space import AsyncSpace
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncClient", "connect"]
 
 log = logging.getLogger("spacenb")
+R = TypeVar("R")
 
 
 class AsyncClient:
@@ -58,7 +61,9 @@ class AsyncClient:
         self.identity: IdentityKeys = self.keystore.load_or_create_identity()
         self.events = Emitter()
         self._directory: dict[str, PublicIdentity] = {}
-        self._verify_keys: dict[str, crypto.PublicKey] = {}
+        self._pins, self._channel_pins = self.keystore.load_pins()
+        self.session_id = new_session_id()  # sequence numbers of this session's messages
+        self._last_seq = 0
         self._spaces: dict[str, AsyncSpace] = {}
         self._queue: asyncio.Queue[frames.Event | _Resync | None] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -83,6 +88,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Sign out and close the connection; live spaces stop receiving."""
+        for space in list(self._spaces.values()):
+            space.save_marks()
         await self.connection.close()
         if self._dispatcher is not None:
             self._queue.put_nowait(None)
@@ -118,60 +125,141 @@ class AsyncClient:
             signature=ident.sign(signed),
         )
 
-    async def request(self, cls: type[frames.Request], **fields: Any) -> Any:
+    async def request(self, cls: type[frames.Request[R]], **fields: Any) -> R:
         """Send one request to the relay and return its parsed result."""
         return await self.connection.request(cls, **fields)
+
+    def next_seq(self) -> int:
+        """The next sequence number of this session: increasing, and also across restarts
+        (it never falls below the clock in microseconds)."""
+        self._last_seq = max(self._last_seq + 1, self.clock.now_us())
+        return self._last_seq
+
+    # ------------------------------------------------------------------ trust
+
+    def pinned_keys(self, username: str) -> tuple[str, str] | None:
+        """The ``(signing, ecdh)`` key texts pinned for ``username``, or None."""
+        if username == self.username:
+            return (self.identity.signing_key, self.identity.ecdh_key)
+        pin = self._pins.get(username)
+        return (pin.signing_key, pin.ecdh_key) if pin else None
+
+    def pin(self, username: str, signing_key: str, ecdh_key: str) -> None:
+        """Pin ``username``'s keys on first sight; :class:`IdentityChangedError` if other
+        keys are pinned already."""
+        known = self.pinned_keys(username)
+        if known is None:
+            self._pins[username] = Pin(signing_key, ecdh_key, self.clock.now_us())
+            self._save_pins()
+        elif known != (signing_key, ecdh_key):
+            raise IdentityChangedError(
+                f"the relay presents identity keys for {username!r} that differ from the ones "
+                f"this client pinned (fingerprint {fingerprint(*known)}): if {username} really "
+                "has new keys, check their fingerprint with them and call "
+                "accept_new_identity()",
+                username=username,
+            )
+
+    def check_pin(self, username: str, signing_key: str, ecdh_key: str) -> str | None:
+        """Pin keys seen in a space's log on first sight; why they differ from a pin, or
+        None (the member core's ``trust`` question)."""
+        try:
+            self.pin(username, signing_key, ecdh_key)
+        except IdentityChangedError as exc:
+            return str(exc)
+        return None
+
+    def _save_pins(self) -> None:
+        self.keystore.save_pins(self._pins, self._channel_pins)
+
+    def pin_channel(self, name: str, space_id: str) -> None:
+        """Pin a channel name to its space id on first sight."""
+        known = self._channel_pins.get(name)
+        if known is None:
+            self._channel_pins[name] = space_id
+            self._save_pins()
+        elif known != space_id:
+            raise IdentityChangedError(
+                f"the relay resolves channel {name!r} to {space_id}, but this client pinned "
+                f"it to {known}"
+            )
+
+    async def fingerprint_of(self, username: str) -> str:
+        """The fingerprint of the keys pinned for ``username`` (pinned now if unseen).
+
+        Raises :class:`ChannelNotFoundError` for a user the relay does not know.
+        """
+        keys = self.pinned_keys(username)
+        if keys is None:
+            found = await self.identities([username])
+            if username not in found:
+                raise ChannelNotFoundError(f"no user named {username!r}")
+            keys = self.pinned_keys(username)
+            assert keys is not None
+        return fingerprint(*keys)
+
+    async def verify_identity(self, username: str, expected: str) -> None:
+        """Compare ``username``'s pinned fingerprint with one learned out of band: mark
+        them verified on a match, raise :class:`IdentityChangedError` on a mismatch."""
+        if not isinstance(expected, str):
+            raise UsageError("a fingerprint is text", field="fingerprint")
+        actual = await self.fingerprint_of(username)
+        if " ".join(expected.lower().split()) != actual:
+            raise IdentityChangedError(
+                f"the keys pinned for {username!r} have fingerprint {actual}, not {expected}",
+                username=username,
+            )
+        pin = self._pins.get(username)
+        if pin is not None and not pin.verified:
+            self._pins[username] = Pin(pin.signing_key, pin.ecdh_key, pin.first_seen_us, True)
+            self._save_pins()
+
+    def trusted_identities(self) -> list[TrustedIdentity]:
+        """Every user pinned by this client, by name."""
+        from datetime import UTC, datetime
+
+        return [
+            TrustedIdentity(
+                name,
+                fingerprint(p.signing_key, p.ecdh_key),
+                p.signing_key,
+                p.ecdh_key,
+                datetime.fromtimestamp(p.first_seen_us / 1_000_000, tz=UTC),
+                p.verified,
+            )
+            for name, p in sorted(self._pins.items())
+        ]
+
+    async def accept_new_identity(self, username: str) -> str:
+        """Replace the keys pinned for ``username`` with those the relay presents now (a
+        user who really did reinstall). Returns the new fingerprint."""
+        result = await self.request(frames.UserKeys, usernames=(username,))
+        if not result.users:
+            raise ChannelNotFoundError(f"no user named {username!r}")
+        user = result.users[0]
+        self._pins[username] = Pin(user.signing_key, user.ecdh_key, self.clock.now_us())
+        self._save_pins()
+        self._directory[username] = PublicIdentity(username, user.signing_key, user.ecdh_key)
+        for space in self._spaces.values():
+            space.core.recheck_trust()
+        return fingerprint(user.signing_key, user.ecdh_key)
 
     # ------------------------------------------------------------------ directory
 
     async def identities(self, usernames: list[str] | set[str]) -> dict[str, PublicIdentity]:
-        """Published keys of ``usernames`` (those that exist), cached for good.
-
-        A username's keys never change (the relay refuses a second key), so the cache is
-        never stale.
-        """
+        """The relay's published keys of ``usernames`` (those that exist), pinned on first
+        sight. Raises :class:`IdentityChangedError` when they differ from a pin."""
         missing = sorted({u for u in usernames if u not in self._directory})
         for start in range(0, len(missing), 1000):
-            result = await self.request(frames.UserKeys, usernames=missing[start : start + 1000])
+            result = await self.request(
+                frames.UserKeys, usernames=tuple(missing[start : start + 1000])
+            )
             for user in result.users:
+                self.pin(user.username, user.signing_key, user.ecdh_key)
                 self._directory[user.username] = PublicIdentity(
                     user.username, user.signing_key, user.ecdh_key
                 )
         return {u: self._directory[u] for u in usernames if u in self._directory}
-
-    async def identity_of(self, username: str) -> PublicIdentity | None:
-        known = self._directory.get(username)
-        if known is not None:
-            return known
-        return (await self.identities([username])).get(username)
-
-    async def verify_key(self, username: str) -> crypto.PublicKey | None:
-        """The decoded signing key of ``username`` (decoded once, then cached)."""
-        key = self._verify_keys.get(username)
-        if key is None:
-            ident = await self.identity_of(username)
-            if ident is None:
-                return None
-            key = self._verify_keys[username] = ident.signing_public_key()
-        return key
-
-    def cached_identity(self, username: str) -> PublicIdentity | None:
-        return self._directory.get(username)
-
-    async def unwrap(self, wrapped: WrappedKey, allowed_wrappers: set[str]) -> bytes:
-        """Open a key wrapped for this user, checking who wrapped it.
-
-        Raises :class:`IntegrityError` when the wrapper is not allowed or the blob does not
-        verify (a key injected by anyone else is refused).
-        """
-        if wrapped.recipient != self.username:
-            raise IntegrityError("wrapped key is for another member")
-        if wrapped.wrapper not in allowed_wrappers:
-            raise IntegrityError(f"key wrapped by {wrapped.wrapper!r}, who may not hand out keys")
-        wrapper = await self.verify_key(wrapped.wrapper)
-        if wrapper is None:
-            raise IntegrityError(f"unknown wrapper {wrapped.wrapper!r}")
-        return unwrap_group_key(wrapped, self.identity, wrapper)
 
     # ------------------------------------------------------------------ spaces
 
@@ -254,6 +342,6 @@ async def connect(
     key, :class:`ConnectionLostError` when the relay cannot be reached.
     """
     if not isinstance(username, str) or not username:
-        raise ProtocolError("username must be a non-empty string", field="username")
+        raise UsageError("username must be a non-empty string", field="username")
     client = AsyncClient(url, app_key=app_key, username=username, keystore=keystore, clock=clock)
     return await client.start()

@@ -24,6 +24,7 @@ from ..exceptions import (
     ProtocolError,
     SpacenbError,
     SpacenbTimeoutError,
+    UnsupportedVersionError,
     error_for_code,
 )
 from ..protocol import frames
@@ -63,7 +64,9 @@ class RelayConnection:
         self.request_timeout = request_timeout
         self.max_backoff = max_backoff
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], type[frames.Request]]] = {}
+        self._pending: dict[
+            int, tuple[asyncio.Future[dict[str, Any]], type[frames.Request[Any]]]
+        ] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -94,6 +97,11 @@ class RelayConnection:
             hello = frames.parse_server_frame(await ws.recv())
             if not isinstance(hello, frames.Hello):
                 raise ProtocolError("the relay did not start with hello", field="ev")
+            if hello.version != frames.PROTOCOL_VERSION:
+                raise UnsupportedVersionError(
+                    f"the relay at {self.url} speaks spacenb protocol v{hello.version}; this "
+                    f"client speaks v{frames.PROTOCOL_VERSION} only: upgrade the older side"
+                )
             request_id = next(self._ids)
             await ws.send(self._authenticate(hello, request_id).to_json())
             answer = frames.parse_server_frame(await ws.recv())
@@ -123,8 +131,8 @@ class RelayConnection:
         return self._connected.is_set() and not self._closing
 
     async def request(
-        self, cls: type[frames.Request], *, timeout: float | None = None, **fields: Any
-    ) -> Any:
+        self, cls: type[frames.Request[R]], *, timeout: float | None = None, **fields: Any
+    ) -> R:
         """Send ``cls(**fields)`` and return its parsed result, or raise its error."""
         timeout = self.request_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
@@ -163,7 +171,7 @@ class RelayConnection:
                 future.exception()
         return frames.parse_result(cls, result)
 
-    async def send_nowait(self, cls: type[frames.Request], **fields: Any) -> None:
+    async def send_nowait(self, cls: type[frames.Request[Any]], **fields: Any) -> None:
         """Fire a request without awaiting its answer (errors are logged)."""
         task = asyncio.ensure_future(self.request(cls, **fields))
         task.add_done_callback(_log_failure)

@@ -1,4 +1,10 @@
-"""A space as one member sees it: its keys, its live events, its history and files."""
+"""A space as one member sees it: its verified state log, keys, live events, history, files.
+
+Every rule about what to believe lives in the sans-I/O member core
+(:class:`~spacenb.protocol.member.MemberCore`); this class drives it over the relay
+connection: it fetches what the core needs (the log, keys, history) and hands the core's
+decisions to handlers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..events import (
@@ -16,20 +22,27 @@ from ..events import (
     PresenceEvent,
     RejectedEnvelopeEvent,
     SpaceMessageEvent,
+    StateLogEntry,
 )
 from ..exceptions import (
+    ForkError,
+    IdentityChangedError,
     IntegrityError,
     KeyUnavailableError,
     PermissionDeniedError,
     ProtocolError,
     SpacenbError,
     SpacenbTimeoutError,
+    StaleStateError,
+    UsageError,
 )
-from ..protocol import crypto, frames
-from ..protocol.envelope import Envelope, Message, open_envelope, seal_envelope
+from ..protocol import frames
+from ..protocol.envelope import Envelope, seal_envelope
 from ..protocol.keyring import HistoryPolicy, Keyring
 from ..protocol.keys import decode_public_key
-from ..protocol.wrap import WrappedKey, wrap_group_key
+from ..protocol.member import MemberCore, Need, Opened, Rejected, new_group_key
+from ..protocol.statelog import SpaceState, StateEvent, key_commitment, make_event
+from ..protocol.wrap import WrappedKey
 from .handlers import Emitter, Unsubscribe
 from .keystore import SpaceSecrets
 
@@ -40,7 +53,7 @@ __all__ = ["AsyncSpace", "History"]
 
 log = logging.getLogger("spacenb")
 _EPHEMERAL_MEMORY = 10_000
-_SENT_MEMORY = 10_000
+_STALE_RETRIES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +85,54 @@ class AsyncSpace:
         decode_public_key(space_id, "spc", field="space_id")
         self.client = client
         self.id = space_id
-        self.info = info
+        self.info = info  # the relay's summary: display only, never believed
         self.auto_admit = auto_admit
         self._secrets = secrets
+        self.core = MemberCore(
+            space_id,
+            client.username,
+            client.identity,
+            keyring=secrets.keyring if secrets and len(secrets.keyring) else None,
+            marks=secrets.marks if secrets else None,
+            trust=client.check_pin,
+        )
         self.events = Emitter()
         self._peers: tuple[str, ...] = ()
-        self._members: dict[str, str] | None = None
         self._subscribed = False
-        self._seen: dict[str, int] = {}  # message id → the handle it was delivered at
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
-        self._sent: OrderedDict[bytes, tuple[Envelope, Message]] = OrderedDict()
-        self._meta: dict[int, tuple[str, str, str | None]] = {}  # handle → author, channel, type
-        self._last_handle = 0
-        self._behind = False  # a catch-up is due: hold pushed messages back until it is done
+        # handle -> (author, channel, content type, seq, sid, rev) of messages seen
+        self._meta: dict[int, tuple[str, str, str | None, int, str, int]] = {}
         self._key_waiters: list[asyncio.Future[None]] = []
         self._minting: int | None = None  # the epoch this member is rotating to, if any
+        self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
+        self._log_lock = asyncio.Lock()
+        self._marks_saved = 0.0
 
     # ------------------------------------------------------------------ description
 
     @property
+    def state(self) -> SpaceState | None:
+        """The verified state log's derived state (None before it is fetched)."""
+        return self.core.state
+
+    @property
     def keyring(self) -> Keyring | None:
         """The group keys this member holds (None until it has been admitted)."""
-        return self._secrets.keyring if self._secrets and len(self._secrets.keyring) else None
+        ring = self.core.keyring
+        return ring if ring is not None and len(ring) else None
 
     @property
     def policy(self) -> HistoryPolicy | None:
+        if self.core.state is not None:
+            return self.core.state.policy
         if self.info is not None:
             return self.info.policy
         return self._secrets.keyring.policy if self._secrets else None
 
     @property
     def name(self) -> str | None:
+        if self.core.state is not None:
+            return self.core.state.name
         return self.info.name if self.info else None
 
     @property
@@ -112,7 +142,7 @@ class AsyncSpace:
         return keyring.current_epoch if keyring else None
 
     def peers(self) -> list[str]:
-        """Member ids online in this space now (from the relay's presence)."""
+        """Members online in this space now (the relay's presence, limited to members)."""
         return list(self._peers)
 
     def is_connected(self) -> bool:
@@ -127,7 +157,7 @@ class AsyncSpace:
     def on(self, event: str, handler: Callable[[Any], Any]) -> Unsubscribe:
         """Register ``handler`` for a named event (``"message"``, ``"message_edited"``,
         ``"message_deleted"``, ``"ephemeral"``, ``"presence"``, ``"join_request"``,
-        ``"rejected"``, ``"epoch"``, ``"member"``, ``"channel:raw_frame"``)."""
+        ``"rejected"``, ``"epoch"``, ``"member"``, ``"state"``, ``"channel:raw_frame"``)."""
         return self.events.on(event, handler)
 
     def off(self, event: str, handler: Callable[[Any], Any]) -> None:
@@ -154,28 +184,175 @@ class AsyncSpace:
     def on_rejected(self, handler: Callable[[RejectedEnvelopeEvent], Any]) -> Unsubscribe:
         return self.events.on("rejected", handler)
 
+    # ------------------------------------------------------------------ the state log
+
+    async def sync_log(self) -> list[StateEvent]:
+        """Fetch the relay's state log from this member's head on and verify it.
+
+        Returns the events that were new. Raises :class:`ForkError` if the relay's log
+        contradicts the one this member verified before (also across restarts, through
+        the keystore), :class:`IntegrityError` for an event no entitled member signed;
+        both are also reported through ``on_rejected``.
+        """
+        async with self._log_lock:
+            new: list[StateEvent] = []
+            while True:
+                state = self.core.state
+                since = 0 if state is None else state.head_seq + 1
+                link_id, proof = None, None
+                if self._link is not None and self.connection_nonce is not None:
+                    link_id = self._link[0]
+                    proof = self._link[1](
+                        frames.log_read_signed_bytes(
+                            self.id, self.client.username, self.connection_nonce
+                        )
+                    )
+                page = await self.client.request(
+                    frames.GetStateLog,
+                    space_id=self.id,
+                    since=since,
+                    limit=frames.MAX_LOG_PAGE,
+                    link_id=link_id,
+                    proof=proof,
+                )
+                try:
+                    new.extend(self.core.extend_log(page.events))
+                except IntegrityError as exc:
+                    self._reject(None, "relay", str(exc))
+                    raise
+                state = self.core.state
+                if not page.events or state is None or state.head_seq >= page.head_seq:
+                    break
+            self._check_pinned_head()
+        if new:
+            await self._after_state(new)
+        return new
+
+    @property
+    def connection_nonce(self) -> bytes | None:
+        hello = self.client.connection.hello
+        return hello.nonce if hello else None
+
+    def _check_pinned_head(self) -> None:
+        """The keystore remembers the newest log event this member verified; a relay that
+        later serves another event at that place has forked or rewritten the log."""
+        state = self.core.state
+        secrets = self._secrets
+        if state is None or secrets is None:
+            return
+        if secrets.log_head is not None:
+            seq, digest = secrets.log_head
+            known = state.hash_at(seq)
+            if known is not None and known != digest:
+                error = ForkError(
+                    f"the relay's log for {self.id} differs at event {seq} from the one this "
+                    "client verified in an earlier session"
+                )
+                self._reject(None, "relay", str(error))
+                raise error
+            if known is None:
+                return  # the relay serves fewer events than we saw: withheld, not yet proven
+        if secrets.log_head != (state.head_seq, state.head):
+            secrets.log_head = (state.head_seq, state.head)
+            self.client.keystore.save_space(secrets)
+
+    def state_log(self) -> list[StateLogEntry]:
+        """The verified state events, oldest first (fetch with :meth:`sync_log` first)."""
+        state = self.core.state
+        return [] if state is None else [StateLogEntry.of(e) for e in state.events]
+
+    async def _after_state(self, events: list[StateEvent]) -> None:
+        """React to newly verified events: keys to fetch, deletions, removals."""
+        state = self.core.require_state()
+        refetch_keys = False
+        for event in events:
+            self.events.emit("state", StateLogEntry.of(event))
+            body = event.fields()
+            if event.kind in ("add", "role", "remove", "leave"):
+                self.events.emit("member", StateLogEntry.of(event))
+            if event.kind == "epoch":
+                epoch = body["epoch"]
+                if epoch != self._minting and not self.core_holds(epoch):
+                    refetch_keys = self.client.username in body["recipients"]
+                self.events.emit("epoch", epoch)
+            elif event.kind == "delete":
+                if self.core.deletion_applies(event, self._author_of):
+                    self._meta.pop(body["handle"], None)
+                    self.events.emit("message_deleted", MessageDeletedEvent(body["handle"]))
+                else:
+                    self._reject(body["handle"], event.actor, "a deletion naming another author")
+            elif event.kind in ("remove", "leave") and body["member"] == self.client.username:
+                self._subscribed = False
+                self._peers = ()
+        for name, why in list(self.core.distrusted.items()):
+            if name in state.members:
+                self.events.emit("rejected", RejectedEnvelopeEvent(self.id, None, name, why))
+        if refetch_keys:
+            await self._fetch_keys()
+
+    def _author_of(self, handle: int) -> str | None:
+        meta = self._meta.get(handle)
+        return meta[0] if meta else None
+
+    def core_holds(self, epoch: int) -> bool:
+        keyring = self.core.keyring
+        return keyring is not None and keyring.has(epoch)
+
+    async def _append(self, build: Callable[[SpaceState], StateEvent], **extra: Any) -> int:
+        """Sign and append a state event built on the current head; if another event came
+        first, fetch the log and build again. Returns the event's seq."""
+        for _attempt in range(_STALE_RETRIES):
+            state = self.core.state
+            if state is None:
+                await self.sync_log()
+                state = self.core.require_state()
+            event = build(state)
+            try:
+                result = await self.client.request(
+                    frames.Append, space_id=self.id, event=event, keys=extra.get("keys", ())
+                )
+            except StaleStateError:
+                await self.sync_log()
+                continue
+            await self.sync_log()
+            return result.seq
+        raise StaleStateError(f"the log of {self.id} kept moving: try again")
+
+    def _event(self, state: SpaceState, kind: str, body: dict[str, Any]) -> StateEvent:
+        return make_event(
+            self.client.identity,
+            space_id=self.id,
+            seq=state.head_seq + 1,
+            prev=state.head,
+            kind=kind,
+            actor=self.client.username,
+            at_us=self.client.clock.now_us(),
+            body=body,
+        )
+
     # ------------------------------------------------------------------ connection
 
     async def connect(self) -> None:
-        """Subscribe to the space's live events (messages, presence, keys...)."""
+        """Subscribe to the space's live events (messages, presence, keys, state...)."""
         await self._connect(refresh=True)
 
     async def _connect(self, *, refresh: bool) -> None:
-        """Subscribe; with ``refresh`` False the caller has just fetched members and keys
+        """Subscribe; with ``refresh`` False the caller has just fetched the log and keys
         (a create or a join), and changes after the subscription arrive as events."""
         self.client._register(self)
-        if self._last_handle == 0:
+        if self.core.delivery.last_handle == 0:
             # What is stored now is history; what comes after is pushed. The mark is read
             # before subscribing: read after, it could already be past messages pushed to
             # us and still waiting in the dispatcher, which would then drop them.
             page = await self.client.request(frames.History, space_id=self.id, before=None, limit=1)
-            self._last_handle = page.items[-1].handle if page.items else 0
+            if page.items:
+                self.core.delivery.delivered(page.items[-1].handle)
         result = await self.client.request(frames.Subscribe, space_id=self.id)
         self._subscribed = True
-        self._behind = False
+        self.core.delivery.behind = False
         self._set_peers(result.peers)
-        if refresh or self._members is None:
-            await self._refresh_members()
+        if refresh or self.core.state is None or self.core.state.head_seq < result.head_seq:
+            await self.sync_log()
         if refresh or self.keyring is None:
             await self._fetch_keys()
 
@@ -188,11 +365,13 @@ class AsyncSpace:
                 log.info("spacenb: unsubscribe failed: %s", exc)
         self._subscribed = False
         self._peers = ()
+        self.save_marks()
         self.client._unregister(self)
 
     async def leave(self) -> None:
-        """Leave the space (not possible for its owner)."""
-        await self.client.request(frames.Leave, space_id=self.id)
+        """Leave the space (not possible for its owner): a signed ``leave`` event."""
+        me = self.client.username
+        await self._append(lambda s: self._event(s, "leave", {"member": me}))
         await self.disconnect()
 
     # ------------------------------------------------------------------ sending
@@ -205,9 +384,25 @@ class AsyncSpace:
             )
         return keyring
 
-    def _seal(self, kind: str, subject: str, content_type: str | None, body: Any) -> Envelope:
+    def _seal(
+        self,
+        kind: str,
+        subject: str,
+        content_type: str | None,
+        body: Any,
+        *,
+        seq: int | None = None,
+        sid: str | None = None,
+        rev: int = 0,
+    ) -> Envelope:
         keyring = self._require_keys()
-        epoch = keyring.current_epoch
+        state = self.core.require_state()
+        epoch = state.epoch
+        if not keyring.has(epoch):
+            raise KeyUnavailableError(
+                f"this member holds no key for epoch {epoch} of {self.id}: it was not a "
+                "recipient of the latest rotation"
+            )
         envelope, message = seal_envelope(
             self.client.identity,
             keyring.key(epoch),
@@ -218,13 +413,28 @@ class AsyncSpace:
             epoch=epoch,
             content_type=content_type,
             body=body,
+            head_seq=state.head_seq,
+            head=state.head,
+            seq=self.client.next_seq() if seq is None else seq,
+            sid=self.client.session_id if sid is None else sid,
+            rev=rev,
             clock=self.client.clock,
         )
         if kind == "msg":
-            self._sent[envelope.signature] = (envelope, message)
-            if len(self._sent) > _SENT_MEMORY:
-                self._sent.popitem(last=False)
+            self.core.remember_sent(envelope, message)
         return envelope
+
+    async def _send_sealed(self, make: Callable[[], Envelope], cls: Any, **fields: Any) -> Any:
+        """Send an envelope; after a rotation or a state change the relay refuses it as
+        stale: catch up on the log and keys, seal again, once."""
+        if self.core.state is None:
+            await self.sync_log()
+        try:
+            return await self.client.request(cls, envelope=make(), **fields)
+        except (KeyUnavailableError, StaleStateError):
+            await self.sync_log()
+            await self._fetch_keys()
+            return await self.client.request(cls, envelope=make(), **fields)
 
     async def send_message(
         self, payload: Any, *, channel: str = "default", content_type: str | None = None
@@ -234,16 +444,19 @@ class AsyncSpace:
         Returns the relay's handle once the message is stored. The message also comes back
         to this member's ``on_message`` handlers.
         """
-        envelope = self._seal("msg", channel, content_type, payload)
-        try:
-            result = await self.client.request(frames.Send, envelope=envelope)
-        except KeyUnavailableError:
-            # Someone rotated: pick up the new epoch's key and seal again, once.
-            await self._fetch_keys()
-            envelope = self._seal("msg", channel, content_type, payload)
-            result = await self.client.request(frames.Send, envelope=envelope)
+        seq = self.client.next_seq()
+        result = await self._send_sealed(
+            lambda: self._seal("msg", channel, content_type, payload, seq=seq), frames.Send
+        )
         handle: int = result.handle
-        self._meta[handle] = (self.client.username, channel, content_type)
+        self._meta[handle] = (
+            self.client.username,
+            channel,
+            content_type,
+            seq,
+            self.client.session_id,
+            0,
+        )
         return handle
 
     async def edit_message(
@@ -255,45 +468,60 @@ class AsyncSpace:
         content_type: str | None = None,
     ) -> None:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
-        _author, old_channel, old_type = self._meta.get(handle, ("", "default", None))
-        envelope = self._seal(
-            "msg", channel or old_channel, content_type if content_type else old_type, payload
+        meta = self._meta.get(handle)
+        if meta is None:
+            await self.history(before=handle + 1, limit=1)
+            meta = self._meta.get(handle)
+        if meta is None:
+            raise UsageError(f"no message of yours at handle {handle} in this space")
+        author, old_channel, old_type, seq, sid, rev = meta
+        if author != self.client.username:
+            raise PermissionDeniedError("only the message's author may change it")
+        new_rev = max(rev + 1, self.client.clock.now_us())
+        ctype = content_type if content_type else old_type
+        await self._send_sealed(
+            lambda: self._seal(
+                "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev
+            ),
+            frames.Edit,
+            handle=handle,
         )
-        await self.client.request(frames.Edit, handle=handle, envelope=envelope)
+        self._meta[handle] = (author, channel or old_channel, ctype, seq, sid, new_rev)
 
     async def delete_message(self, handle: int) -> None:
-        """Delete a stored message (yours): the relay removes its ciphertext."""
-        await self.client.request(frames.Delete, space_id=self.id, handle=handle)
+        """Delete a stored message (yours, or anyone's as the owner): a signed ``delete``
+        event; the relay then removes its ciphertext."""
+        author = self._author_of(handle)
+        if author is None:
+            await self.history(before=handle + 1, limit=1)
+            author = self._author_of(handle) or self.client.username
+        await self._append(lambda s: self._event(s, "delete", {"handle": handle, "author": author}))
 
     async def send_ephemeral(self, subject: str, data: Any) -> None:
         """Send a never-stored signal (typing, presence...). A no-op when disconnected."""
-        if not self.is_connected() or self.keyring is None:
+        if not self.is_connected() or self.keyring is None or self.core.state is None:
             return
-        envelope = self._seal("eph", subject, None, data)
-        await self.client.request(frames.SendEphemeral, envelope=envelope)
+        await self._send_sealed(
+            lambda: self._seal("eph", subject, None, data), frames.SendEphemeral
+        )
 
     # ------------------------------------------------------------------ history
 
     async def history(self, *, before: int | None = None, limit: int = 50) -> History:
         """Fetch, verify and decrypt one page of stored messages (oldest first)."""
         if not isinstance(limit, int) or not 1 <= limit <= frames.MAX_HISTORY_LIMIT:
-            raise ProtocolError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
+            raise UsageError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
+        if self.core.state is None:
+            await self.sync_log()
         page = await self.client.request(
             frames.History, space_id=self.id, before=before, limit=limit
         )
-        await self.client.identities({item.envelope.source for item in page.items})
-        if any(not self._holds(item.envelope.epoch) for item in page.items):
-            await self._fetch_keys()
         messages = []
         for item in page.items:
-            event = await self._open(item.envelope, item.handle, mode="history")
+            event = await self._open(item.envelope, item.handle, live=False)
             if event is not None:
                 messages.append(event)
         return History(tuple(messages), page.next_cursor, len(page.items) - len(messages))
-
-    def _holds(self, epoch: int) -> bool:
-        keyring = self.keyring
-        return keyring is not None and keyring.has(epoch)
 
     # ------------------------------------------------------------------ verifying
 
@@ -301,75 +529,59 @@ class AsyncSpace:
         log.warning("spacenb: dropped envelope from %r at %s: %s", sender, handle, reason)
         self.events.emit("rejected", RejectedEnvelopeEvent(self.id, handle, sender, reason))
 
-    async def _open(
-        self, envelope: Envelope, handle: int, *, mode: str
-    ) -> SpaceMessageEvent | None:
-        """Verify and decrypt a stored envelope; None (and a ``rejected`` event) if it fails.
+    async def _decide(
+        self, envelope: Envelope, handle: int | None, *, kind: str, live: bool
+    ) -> Opened | Rejected | None:
+        """The core's decision, after fetching what it needs (None: not readable here)."""
+        decision = self.core.open_message(envelope, handle, kind=kind)
+        if decision is Need.LOG:
+            try:
+                await self.sync_log()
+            except IntegrityError:
+                return None
+            decision = self.core.open_message(envelope, handle, kind=kind)
+            if decision is Need.LOG:
+                return Rejected(
+                    "bound to a state event the relay does not serve (withheld or forked)",
+                    envelope.source,
+                    handle,
+                )
+        if decision is Need.KEYS:
+            if live:
+                await self._fetch_keys()
+                decision = self.core.open_message(envelope, handle, kind=kind)
+            if decision is Need.KEYS:
+                if live:
+                    return Rejected(f"no key for epoch {envelope.epoch}", envelope.source, handle)
+                return None
+        assert not isinstance(decision, Need)
+        return decision
 
-        ``mode`` is ``"live"`` (a pushed message), ``"edit"`` or ``"history"``.
-        """
-        if envelope.kind != "msg":
-            self._reject(handle, envelope.source, "a signal passed off as a stored message")
+    async def _open(
+        self, envelope: Envelope, handle: int, *, live: bool, edit: bool = False
+    ) -> SpaceMessageEvent | None:
+        """Verify and decrypt a stored envelope; None (and a ``rejected`` event) if it fails."""
+        decision = await self._decide(envelope, handle, kind="msg", live=live)
+        if decision is None:
             return None
-        message = await self._verify_and_open(envelope, handle, live=mode != "history")
-        if message is None:
+        if isinstance(decision, Rejected):
+            self._reject(decision.handle, decision.sender, decision.reason)
             return None
-        seen_at = self._seen.get(message.id)
-        if mode == "edit" and seen_at is not None:
-            self._reject(handle, envelope.source, "replayed message id in an edit")
-            return None
-        if seen_at is not None and seen_at != handle:
-            self._reject(handle, envelope.source, "replayed message id")
+        if decision.duplicate and live:
             return None
         known = self._meta.get(handle)
-        if mode == "edit" and known is not None and known[0] != envelope.source:
+        if edit and known is not None and known[0] != envelope.source:
             self._reject(handle, envelope.source, "edit by someone other than the author")
             return None
-        self._seen[message.id] = handle
+        message = decision.message
         content_type = envelope.content_type or None
-        self._meta[handle] = (envelope.source, envelope.subject, content_type)
+        self._meta[handle] = (
+            envelope.source, envelope.subject, content_type, message.seq, message.sid,
+            message.rev,
+        )  # fmt: skip
         return SpaceMessageEvent(
             envelope.source, envelope.subject, envelope.epoch, content_type, handle, message
         )
-
-    async def _verify_and_open(
-        self, envelope: Envelope, handle: int | None, *, live: bool
-    ) -> Message | None:
-        if envelope.target != self.id:
-            self._reject(handle, envelope.source, "addressed to another space")
-            return None
-        mine = self._sent.pop(envelope.signature, None)
-        if mine is not None and mine[0] == envelope:
-            return mine[1]  # our own message echoed back unchanged: we sealed it ourselves
-        sender = await self.client.verify_key(envelope.source)
-        if sender is None:
-            self._reject(handle, envelope.source, "unknown sender")
-            return None
-        if live and not await self._is_member(envelope.source):
-            self._reject(handle, envelope.source, "sender is not a member")
-            return None
-        if not self._holds(envelope.epoch):
-            if live:
-                await self._fetch_keys()
-            if not self._holds(envelope.epoch):
-                if live:
-                    self._reject(handle, envelope.source, f"no key for epoch {envelope.epoch}")
-                return None
-        keyring = self._require_keys()
-        try:
-            return open_envelope(envelope, keyring.key(envelope.epoch), sender)
-        except IntegrityError as exc:
-            self._reject(handle, envelope.source, str(exc))
-            return None
-
-    async def _is_member(self, username: str) -> bool:
-        if self._members is None or username not in self._members:
-            await self._refresh_members()
-        return self._members is not None and username in self._members
-
-    async def _refresh_members(self) -> None:
-        result = await self.client.request(frames.Members, space_id=self.id)
-        self._members = {m.member_id: m.role for m in result.members}
 
     # ------------------------------------------------------------------ keys
 
@@ -378,34 +590,36 @@ class AsyncSpace:
         await self._ingest_keys(result.keys)
 
     async def _ingest_keys(self, keys: Iterable[WrappedKey]) -> None:
-        """Unwrap keys handed to this member by the keeper or a member; refuse others."""
+        """Adopt keys handed to this member, as far as the verified log allows."""
         keys = [
             k
             for k in keys
-            if k.space_id == self.id and not self._holds(k.epoch) and k.epoch != self._minting
+            if k.space_id == self.id and not self.core_holds(k.epoch) and k.epoch != self._minting
         ]
         if not keys:
             return
-        allowed = set(self._members or ())
-        if any(k.wrapper not in allowed for k in keys):
-            await self._refresh_members()
-            allowed = set(self._members or ())
-        if self.client.keeper:
-            allowed.add(self.client.keeper)
+        state = self.core.state
+        me = self.client.username
+        if state is None or any(not state.may_hold(me, k.epoch) for k in keys):
+            await self.sync_log()  # the keys may have overtaken the events that allow them
+        state = self.core.require_state()
         if self._secrets is None:
-            policy = self.policy or "static"
-            self._secrets = self.client.keystore.new_space(self.id, policy)
+            self._secrets = self.client.keystore.new_space(self.id, state.policy)
+        if self.core.keyring is None:
+            self.core.keyring = self._secrets.keyring
+        adopted = False
         for wrapped in sorted(keys, key=lambda k: k.epoch):
             try:
-                key = await self.client.unwrap(wrapped, allowed)
-                self._secrets.keyring.add(wrapped.epoch, key)
+                self.core.keyring.add(wrapped.epoch, self.core.accept_key(wrapped))
+                adopted = True
             except (IntegrityError, ProtocolError) as exc:
                 log.warning("spacenb: refused a key for epoch %s: %s", wrapped.epoch, exc)
                 self.events.emit(
                     "rejected",
                     RejectedEnvelopeEvent(self.id, None, wrapped.wrapper, f"key refused: {exc}"),
                 )
-        self.client.keystore.save_space(self._secrets)
+        if adopted:
+            self.client.keystore.save_space(self._secrets)
         for waiter in self._key_waiters:
             if not waiter.done() and self.keyring is not None:
                 waiter.set_result(None)
@@ -427,79 +641,82 @@ class AsyncSpace:
         finally:
             self._key_waiters.remove(waiter)
 
-    def _wrap_for(self, member_id: str, ecdh_key: str, epochs: Iterable[int]) -> list[WrappedKey]:
-        keyring = self._require_keys()
-        recipient = decode_public_key(ecdh_key, "dh", field="identity_ecdh_pub")
-        return [
-            wrap_group_key(
-                keyring.key(epoch),
-                space_id=self.id,
-                epoch=epoch,
-                recipient=member_id,
-                recipient_ecdh=recipient,
-                wrapper=self.client.username,
-                wrapper_identity=self.client.identity,
-            )
-            for epoch in epochs
-        ]
-
-    def _epochs_for_newcomer(self) -> list[int]:
-        keyring = self._require_keys()
-        return keyring.epochs if keyring.policy == "static" else [keyring.current_epoch]
-
     async def admit(self, member_id: str, identity_ecdh_pub: str) -> None:
-        """Hand the group key to ``member_id`` (every epoch in a static space, the current
-        one in a rotate space). You must hold the keys; the relay checks membership."""
-        keys = self._wrap_for(member_id, identity_ecdh_pub, self._epochs_for_newcomer())
+        """Hand the group keys the log entitles ``member_id`` to (every epoch in a static
+        space, the current one in a rotate space). ``identity_ecdh_pub`` must be the key
+        the space's log records for them (:class:`IdentityChangedError` otherwise)."""
+        await self.sync_log()
+        state = self.core.require_state()
+        member = state.members.get(member_id)
+        if member is None:
+            raise PermissionDeniedError(f"{member_id!r} is not a member: they must join first")
+        if member.ecdh_key != identity_ecdh_pub:
+            raise IdentityChangedError(
+                f"the space's log records another key for {member_id!r}", username=member_id
+            )
+        epochs = self.core.epochs_to_wrap(member_id)
+        if not epochs:
+            raise KeyUnavailableError(f"this member holds no key it may hand to {member_id!r}")
+        keys = self.core.wrap_for(member_id, epochs)
         await self.client.request(frames.Admit, space_id=self.id, member=member_id, keys=keys)
 
-    async def invite(self, username: str) -> None:
-        """Allow ``username`` to join this private space (members only)."""
-        await self.client.request(frames.Invite, space_id=self.id, username=username)
+    async def invite(self, username: str, *, role: str = "viewer") -> None:
+        """Let ``username`` join this space (a private one admits only the invited): a
+        signed ``invite`` event, naming their keys when this client has pinned them."""
+        pinned = self.client.pinned_keys(username)
+        if pinned is None:
+            found = await self.client.identities([username])
+            pinned = (found[username].signing_key, found[username].ecdh_key) if found else None
+        body = {
+            "member": username,
+            "role": role,
+            "signing_key": pinned[0] if pinned else None,
+            "ecdh_key": pinned[1] if pinned else None,
+        }
+        await self._append(lambda s: self._event(s, "invite", body))
 
     async def rotate(self, roster: Iterable[str] | None = None) -> int:
         """Mint the next epoch's key and wrap it to ``roster`` (default: every member).
 
-        You and the keeper (when it is a member) are always included. Returns the new
-        epoch. Only ``rotate`` spaces have epochs.
+        You and the keeper (when it is a member) are always included. Recipients and
+        their keys come from the verified log. Returns the new epoch. Only ``rotate``
+        spaces have epochs.
         """
-        keyring = self._require_keys()
-        if keyring.policy != "rotate":
-            raise ProtocolError("only spaces with history_policy='rotate' can rotate")
-        info = await self.client.request(frames.GetSpaceInfo, space_id=self.id)
-        self.info = info
-        members = (await self.client.request(frames.Roster, space_id=self.id)).members
-        by_name = {m.member_id: m for m in members}
-        wanted = set(by_name) if roster is None else set(roster)
-        wanted.add(self.client.username)
-        if info.keeper and info.keeper in by_name:
-            wanted.add(info.keeper)
-        unknown = wanted - set(by_name)
-        if unknown:
-            raise PermissionDeniedError(f"not members of this space: {sorted(unknown)}")
-        epoch: int = info.epoch + 1
-        new_key = crypto.random_bytes(crypto.AES_KEY_SIZE)  # held only once the relay agrees
-        keys = [
-            wrap_group_key(
-                new_key,
-                space_id=self.id,
-                epoch=epoch,
-                recipient=name,
-                recipient_ecdh=decode_public_key(by_name[name].ecdh_key, "dh"),
-                wrapper=self.client.username,
-                wrapper_identity=self.client.identity,
+        self._require_keys()
+        await self.sync_log()
+        state = self.core.require_state()
+        if state.policy != "rotate":
+            raise UsageError("only spaces with history_policy='rotate' can rotate")
+        wanted = None if roster is None else list(roster)
+        new_key = new_group_key()  # held only once the relay agrees
+        for _attempt in range(_STALE_RETRIES):
+            state = self.core.require_state()
+            recipients = state.rotation_recipients(self.client.username, wanted)
+            epoch = state.epoch + 1
+            event = self._event(
+                state,
+                "epoch",
+                {
+                    "epoch": epoch,
+                    "recipients": recipients,
+                    "key_commitment": key_commitment(self.id, epoch, new_key),
+                },
             )
-            for name in sorted(wanted)
-        ]
-        self._minting = epoch  # its epoch event may arrive before the request returns
-        try:
-            await self.client.request(frames.Rotate, space_id=self.id, epoch=epoch, keys=keys)
-        finally:
-            self._minting = None
-        keyring.add(epoch, new_key)
-        assert self._secrets is not None
-        self.client.keystore.save_space(self._secrets)
-        return epoch
+            keys = self.core.wrap_new_epoch(new_key, epoch, recipients)
+            self._minting = epoch  # its state event may arrive before the request returns
+            try:
+                await self.client.request(frames.Append, space_id=self.id, event=event, keys=keys)
+            except StaleStateError:
+                await self.sync_log()
+                continue
+            finally:
+                self._minting = None
+            self._require_keys().add(epoch, new_key)
+            assert self._secrets is not None
+            self.client.keystore.save_space(self._secrets)
+            await self.sync_log()
+            return epoch
+        raise StaleStateError(f"the log of {self.id} kept moving: try again")
 
     # ------------------------------------------------------------------ files
 
@@ -543,62 +760,67 @@ class AsyncSpace:
     # ------------------------------------------------------------------ events
 
     def _set_peers(self, peers: Iterable[str]) -> None:
-        self._peers = tuple(sorted(peers))
+        state = self.core.state
+        members = state.members if state is not None else None
+        self._peers = tuple(sorted(p for p in peers if members is None or p in members))
         self.events.emit("presence", PresenceEvent(self.id, self._peers))
 
     async def _deliver(self, handle: int, envelope: Envelope) -> None:
         """Verify, open and hand a stored message to the handlers, once, in handle order."""
-        if handle <= self._last_handle:
+        if not self.core.delivery.is_new(handle):
             return  # already delivered (catch-up and live overlap)
-        opened = await self._open(envelope, handle, mode="live")
+        opened = await self._open(envelope, handle, live=True)
         if opened is not None:
             # Only a message that verified moves the mark: a forged or corrupt frame
             # with a far-future handle must not make later messages look delivered.
-            self._last_handle = max(self._last_handle, handle)
+            self.core.delivery.delivered(handle)
             self.events.emit("message", opened)
+            self.save_marks(every=2.0)
 
     async def _handle_event(self, event: frames.Event) -> None:
         if isinstance(event, frames.MessagePushed):
-            if not self._behind:  # else the catch-up fetches it from history, in order
+            if self.core.delivery.on_push(event.handle) == "deliver":
                 await self._deliver(event.handle, event.envelope)
         elif isinstance(event, frames.MessageEdited):
-            opened = await self._open(event.envelope, event.handle, mode="edit")
+            opened = await self._open(event.envelope, event.handle, live=True, edit=True)
             if opened is not None:
                 self.events.emit("message_edited", opened)
-        elif isinstance(event, frames.MessageDeleted):
-            self._meta.pop(event.handle, None)
-            self.events.emit("message_deleted", MessageDeletedEvent(event.handle))
         elif isinstance(event, frames.EphemeralPushed):
             await self._handle_ephemeral(event.envelope)
         elif isinstance(event, frames.Presence):
             self._set_peers(set(self._peers).union(event.joined).difference(event.left))
         elif isinstance(event, frames.KeysPushed):
             await self._ingest_keys(event.keys)
-        elif isinstance(event, frames.EpochChanged):
-            if self.info is not None:
-                self.info = replace(self.info, epoch=event.epoch)
-            if not self._holds(event.epoch) and event.epoch != self._minting:
-                await self._fetch_keys()
-            self.events.emit("epoch", event.epoch)
-        elif isinstance(event, frames.MemberChanged):
-            if self._members is not None:
-                if event.role is None:
-                    self._members.pop(event.member_id, None)
-                else:
-                    self._members[event.member_id] = event.role
-            self.events.emit("member", event)
+        elif isinstance(event, frames.StatePushed):
+            await self._handle_state(event.event)
         elif isinstance(event, frames.JoinRequested):
             await self._handle_join_request(event)
         else:
             self.events.emit("channel:raw_frame", event)
 
+    async def _handle_state(self, event: StateEvent) -> None:
+        state = self.core.state
+        try:
+            if state is not None and event.seq == state.head_seq + 1:
+                new = self.core.extend_log([event])
+                if new:
+                    self._check_pinned_head()
+                    await self._after_state(new)
+            elif state is None or event.seq > state.head_seq:
+                await self.sync_log()
+            else:
+                self.core.extend_log([event])  # a repeat: checked against the held hash
+        except IntegrityError as exc:
+            self._reject(None, "relay", str(exc))
+
     async def _handle_ephemeral(self, envelope: Envelope) -> None:
-        if envelope.kind != "eph":
-            self._reject(None, envelope.source, "a stored message kind sent as a signal")
+        decision = await self._decide(envelope, None, kind="eph", live=True)
+        if decision is None:
             return
-        message = await self._verify_and_open(envelope, None, live=True)
-        if message is None:
+        if isinstance(decision, Rejected):
+            self._reject(None, decision.sender, decision.reason)
             return
+        message = decision.message
         if message.id in self._seen_ephemeral:
             self._reject(None, envelope.source, "replayed signal")
             return
@@ -610,21 +832,32 @@ class AsyncSpace:
         )
 
     async def _handle_join_request(self, event: frames.JoinRequested) -> None:
+        state = self.core.state
+        if state is None or event.member_id not in state.members:
+            await self.sync_log()
+            state = self.core.require_state()
+        member = state.members.get(event.member_id)
+        if member is None:
+            self._reject(None, event.member_id, "a join request for someone who is not a member")
+            return
+        # What handlers see of the newcomer are the keys its signed add event records.
         request = JoinRequest(
-            self.id, event.member_id, event.ecdh_key, event.signing_key, event.role
+            self.id, member.name, member.ecdh_key, member.signing_key, member.role
         )
         self.events.emit("join_request", request)
-        info = self.info
-        keeper_admits = info is not None and info.keeper is not None
-        manual = info is None or info.manual_admit
-        if self.auto_admit and not manual and not keeper_admits and self.keyring is not None:
+        epochs = self.core.admission(member.name)
+        if self.auto_admit and epochs:
             try:
-                await self.admit(event.member_id, event.ecdh_key)
+                keys = self.core.wrap_for(member.name, epochs)
+                await self.client.request(
+                    frames.Admit, space_id=self.id, member=member.name, keys=keys
+                )
             except SpacenbError as exc:
-                log.info("spacenb: auto-admit of %s failed: %s", event.member_id, exc)
+                log.info("spacenb: auto-admit of %s failed: %s", member.name, exc)
 
     async def _resync(self) -> None:
-        """After a reconnect: subscribe again, pick up keys, deliver missed messages.
+        """After a reconnect: subscribe again, catch up on the log and keys, deliver missed
+        messages.
 
         Until the missed messages are delivered, pushed ones are held back: delivered
         first, they would move the mark past the missed ones. If the catch-up fails (the
@@ -632,10 +865,11 @@ class AsyncSpace:
         """
         if not self._subscribed:
             return
-        self._behind = True
+        delivery = self.core.delivery
+        delivery.behind = True
         result = await self.client.request(frames.Subscribe, space_id=self.id)
         self._set_peers(result.peers)
-        await self._refresh_members()
+        await self.sync_log()
         await self._fetch_keys()
         missed: list[frames.StoredMessage] = []
         before: int | None = None
@@ -643,11 +877,24 @@ class AsyncSpace:
             page = await self.client.request(
                 frames.History, space_id=self.id, before=before, limit=frames.MAX_HISTORY_LIMIT
             )
-            newer = [item for item in page.items if item.handle > self._last_handle]
-            missed[:0] = newer
-            if len(newer) < len(page.items) or page.next_cursor is None:
+            newer, more = delivery.missed([item.handle for item in page.items])
+            missed[:0] = [item for item in page.items if item.handle in set(newer)]
+            if not more or page.next_cursor is None:
                 break
             before = page.next_cursor
         for item in missed:
             await self._deliver(item.handle, item.envelope)
-        self._behind = False
+        delivery.behind = False
+        self.save_marks()
+
+    def save_marks(self, *, every: float = 0.0) -> None:
+        """Persist the replay marks (at most once per ``every`` seconds)."""
+        secrets = self._secrets
+        if secrets is None or secrets.marks == self.core.replay.marks:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._marks_saved < every:
+            return
+        self._marks_saved = now
+        secrets.marks = dict(self.core.replay.marks)
+        self.client.keystore.save_space(secrets)

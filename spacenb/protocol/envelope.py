@@ -23,6 +23,7 @@ __all__ = [
     "EnvelopeKind",
     "Message",
     "envelope_aad",
+    "new_session_id",
     "open_envelope",
     "seal_envelope",
     "verify_envelope",
@@ -30,19 +31,42 @@ __all__ = [
 
 EnvelopeKind = Literal["msg", "eph"]
 MESSAGE_ID_SIZE = 16
+SESSION_ID_SIZE = 8
+HEAD_SIZE = 32
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+_SESSION_ID = re.compile(r"[0-9a-f]{16}")
+_PLAINTEXT_FIELDS = frozenset({"body", "id", "rev", "seq", "sid", "ts"})
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """The sealed plaintext: a fresh id per seal, the sender's clock, and the body."""
+    """The sealed plaintext.
+
+    ``id`` is fresh per seal. ``seq`` is the sender's sequence number in its session
+    ``sid``: it increases with every message the session sends, and receivers refuse a
+    message whose ``seq`` does not increase with its handle (a replay). An edit keeps the
+    original's ``seq`` and raises ``rev``. ``sent_at_ms`` is the sender's clock,
+    informational only.
+    """
 
     id: str
     sent_at_ms: int
     body: Any
+    seq: int = 0
+    rev: int = 0
+    sid: str = "0" * 16
 
     def to_bytes(self) -> bytes:
-        return canonical_json({"body": self.body, "id": self.id, "ts": self.sent_at_ms})
+        return canonical_json(
+            {
+                "body": self.body,
+                "id": self.id,
+                "rev": self.rev,
+                "seq": self.seq,
+                "sid": self.sid,
+                "ts": self.sent_at_ms,
+            }
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Message:
@@ -50,14 +74,20 @@ class Message:
             obj = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError("sealed plaintext is not JSON", field="message") from exc
-        if not isinstance(obj, dict) or set(obj) != {"body", "id", "ts"}:
-            raise ProtocolError("sealed plaintext must have body, id, ts", field="message")
-        msg_id, ts = obj["id"], obj["ts"]
+        if not isinstance(obj, dict) or set(obj) != _PLAINTEXT_FIELDS:
+            raise ProtocolError(
+                "sealed plaintext must have body, id, rev, seq, sid, ts", field="message"
+            )
+        msg_id, sid = obj["id"], obj["sid"]
         if not isinstance(msg_id, str) or not _MESSAGE_ID.fullmatch(msg_id):
             raise ProtocolError("message id must be 32 lowercase hex digits", field="message.id")
-        if not isinstance(ts, int) or isinstance(ts, bool) or ts < 0:
-            raise ProtocolError("ts must be a non-negative integer", field="message.ts")
-        return cls(obj["id"], obj["ts"], obj["body"])
+        if not isinstance(sid, str) or not _SESSION_ID.fullmatch(sid):
+            raise ProtocolError("sid must be 16 lowercase hex digits", field="message.sid")
+        for name in ("ts", "seq", "rev"):
+            value = obj[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                raise ProtocolError("must be a non-negative integer", field=f"message.{name}")
+        return cls(msg_id, obj["ts"], obj["body"], obj["seq"], obj["rev"], sid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +100,8 @@ class Envelope:
     subject: str  # channel (messages) or signal subject (ephemeral)
     epoch: int
     content_type: str  # "" when none
+    head_seq: int  # the state-log event the sender held as its head
+    head: bytes  # that event's hash: binds the message to the sender's view of the space
     iv: bytes
     ciphertext: bytes
     signature: bytes = field(default=b"", repr=False)
@@ -77,22 +109,34 @@ class Envelope:
     def signed_bytes(self) -> bytes:
         """The canonical encoding the signature covers."""
         return lp_encode(
-            f"spacenb/v1/envelope/{self.kind}",
+            f"spacenb/v2/envelope/{self.kind}",
             self.source,
             self.target,
             self.subject,
             self.epoch,
             self.content_type,
+            self.head_seq,
+            self.head,
             self.iv,
             self.ciphertext,
         )
 
 
 def envelope_aad(
-    kind: str, source: str, target: str, subject: str, epoch: int, content_type: str
+    kind: str,
+    source: str,
+    target: str,
+    subject: str,
+    epoch: int,
+    content_type: str,
+    head_seq: int,
+    head: bytes,
 ) -> bytes:
-    """The AEAD associated data: binds the routing fields to the ciphertext."""
-    return lp_encode(f"spacenb/v1/aad/{kind}", target, epoch, subject, content_type, source)
+    """The AEAD associated data: binds the routing fields and the state head to the
+    ciphertext."""
+    return lp_encode(
+        f"spacenb/v2/aad/{kind}", target, epoch, subject, content_type, source, head_seq, head
+    )
 
 
 def seal_envelope(
@@ -106,20 +150,32 @@ def seal_envelope(
     epoch: int,
     content_type: str | None,
     body: Any,
+    head_seq: int,
+    head: bytes,
+    seq: int,
+    sid: str,
+    rev: int = 0,
     clock: Clock | None = None,
     message_id: str | None = None,
     iv: bytes | None = None,
 ) -> tuple[Envelope, Message]:
     """Seal ``body`` once for the group and sign the envelope with ``identity``.
 
-    ``message_id`` and ``iv`` exist for test vectors; leave them unset otherwise.
+    ``head_seq``/``head`` are the state-log head the sender holds; ``seq``/``sid`` its
+    sequence number and session (``rev`` > 0 for an edit). ``message_id`` and ``iv`` exist
+    for test vectors; leave them unset otherwise.
     """
     if not isinstance(subject, str) or not subject:
         raise ProtocolError("channel must be a non-empty string", field="subject")
+    if len(head) != HEAD_SIZE:
+        raise ProtocolError("a state head is 32 bytes", field="head")
     message = Message(
         message_id or crypto.random_bytes(MESSAGE_ID_SIZE).hex(),
         (clock or SystemClock()).now_us() // 1000,
         body,
+        seq,
+        rev,
+        sid,
     )
     try:
         plaintext = message.to_bytes()
@@ -127,11 +183,13 @@ def seal_envelope(
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}", field="payload") from exc
     ctype = content_type or ""
     nonce = iv if iv is not None else crypto.random_bytes(crypto.GCM_IV_SIZE)
-    aad = envelope_aad(kind, source, target, subject, epoch, ctype)
+    aad = envelope_aad(kind, source, target, subject, epoch, ctype, head_seq, head)
     ciphertext = crypto.aead_seal(group_key, nonce, plaintext, aad)
-    unsigned = Envelope(kind, source, target, subject, epoch, ctype, nonce, ciphertext)
+    unsigned = Envelope(
+        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext
+    )
     signed = Envelope(
-        kind, source, target, subject, epoch, ctype, nonce, ciphertext,
+        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext,
         identity.sign(unsigned.signed_bytes()),
     )  # fmt: skip
     return signed, message
@@ -152,9 +210,16 @@ def open_envelope(envelope: Envelope, group_key: bytes, signer: crypto.PublicKey
         envelope.subject,
         envelope.epoch,
         envelope.content_type,
+        envelope.head_seq,
+        envelope.head,
     )
     plaintext = crypto.aead_open(group_key, envelope.iv, envelope.ciphertext, aad)
     try:
         return Message.from_bytes(plaintext)
     except ProtocolError:
         raise IntegrityError("sealed plaintext is malformed") from None
+
+
+def new_session_id() -> str:
+    """A fresh sender session id (16 hex digits): sequence numbers count within one."""
+    return crypto.random_bytes(SESSION_ID_SIZE).hex()

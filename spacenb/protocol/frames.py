@@ -32,6 +32,7 @@ from .codec import (
 )
 from .encoding import lp_encode
 from .envelope import Envelope
+from .statelog import StateEvent
 from .wrap import WrappedKey
 
 __all__ = [
@@ -49,7 +50,8 @@ __all__ = [
     "parse_server_frame",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+MAX_LOG_PAGE = 1000
 MAX_HISTORY_LIMIT = 1000
 
 Role = Literal["owner", "editor", "viewer"]
@@ -72,6 +74,7 @@ class SpaceInfo:
     epoch: int
     keeper: str | None
     created_at_us: int
+    head_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,19 @@ class Ok:
 
 
 @dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateLogPage:
+    """Events ``since`` … of a space's log, in order, and the relay's head."""
+
+    events: tuple[StateEvent, ...]
+    head_seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuthResult:
     username: str
     created: bool
@@ -170,6 +186,7 @@ class EpochResult:
 class SubscribeResult:
     peers: tuple[str, ...]
     epoch: int
+    head_seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +230,15 @@ class TicketResult:
 
 # --------------------------------------------------------------------------- requests
 
-REQUESTS: dict[str, type[Request]] = {}
+REQUESTS: dict[str, type[Request[Any]]] = {}
+
+ResultT = typing.TypeVar("ResultT")
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
-    """Base of every client → relay request. ``id`` pairs it with its answer."""
+class Request(typing.Generic[ResultT]):
+    """Base of every client → relay request. ``id`` pairs it with its answer; the type
+    parameter is the answer's record type (``RESULT`` at run time)."""
 
     OP: ClassVar[str] = ""
     RESULT: ClassVar[type] = Ok
@@ -228,7 +248,7 @@ class Request:
         return dumps_frame({"t": "req", "op": self.OP, **to_obj(self)})
 
 
-_R = typing.TypeVar("_R", bound="Request")
+_R = typing.TypeVar("_R", bound="Request[Any]")
 _E = typing.TypeVar("_E", bound="Event")
 
 
@@ -247,7 +267,7 @@ def _request(op: str, result: type = Ok) -> typing.Callable[[type[_R]], type[_R]
 
 
 @_request("auth", AuthResult)
-class Auth(Request):
+class Auth(Request[AuthResult]):
     """Sign up (first use of a username) or sign in; proves the identity signing key."""
 
     app_key: str
@@ -258,48 +278,43 @@ class Auth(Request):
 
 
 @_request("ping")
-class Ping(Request):
+class Ping(Request[Ok]):
     pass
 
 
 @_request("create_space", SpaceInfo)
-class CreateSpace(Request):
-    """Create a space (and register ``name`` as a channel when given)."""
+class CreateSpace(Request[SpaceInfo]):
+    """Create a space from its genesis event (registering its name as a channel)."""
 
-    space_id: str
-    policy: Policy
-    private: bool
-    manual_admit: bool
-    name: str | None
-    signature: bytes  # by the space key over create_space_signed_bytes(...)
+    genesis: StateEvent
     keys: tuple[WrappedKey, ...]
 
 
 @_request("space_info", SpaceInfo)
-class GetSpaceInfo(Request):
+class GetSpaceInfo(Request[SpaceInfo]):
     space_id: str
 
 
 @_request("resolve", ResolveResult)
-class Resolve(Request):
+class Resolve(Request[ResolveResult]):
     name: str
 
 
 @_request("list_channels", ChannelList)
-class ListChannels(Request):
+class ListChannels(Request[ChannelList]):
     pass
 
 
 @_request("join", JoinResult)
-class Join(Request):
-    """Ask to join; ``token`` redeems an invite link."""
+class Join(Request[JoinResult]):
+    """Join with a signed ``add`` event (None when already a member: learn one's keys)."""
 
     space_id: str
-    token: str | None = None
+    event: StateEvent | None
 
 
 @_request("admit")
-class Admit(Request):
+class Admit(Request[Ok]):
     """A key-holder admits ``member`` by handing over wrapped group keys."""
 
     space_id: str
@@ -307,119 +322,75 @@ class Admit(Request):
     keys: tuple[WrappedKey, ...]
 
 
-@_request("rotate", EpochResult)
-class Rotate(Request):
+@_request("append", AppendResult)
+class Append(Request[AppendResult]):
+    """Append a signed state event; ``keys`` carries an ``epoch`` event's wrapped keys."""
+
     space_id: str
-    epoch: int
+    event: StateEvent
     keys: tuple[WrappedKey, ...]
 
 
+@_request("state_log", StateLogPage)
+class GetStateLog(Request[StateLogPage]):
+    """Events ``since`` … (at most ``limit``). A private space's log is served to its
+    members, to invited users and to the holder of a link (``link_id`` and ``proof``, the
+    link key's signature over :func:`log_read_signed_bytes`)."""
+
+    space_id: str
+    since: int
+    limit: int
+    link_id: str | None = None
+    proof: bytes | None = None
+
+
 @_request("keys", KeysResult)
-class FetchKeys(Request):
+class FetchKeys(Request[KeysResult]):
     """Every group key wrapped for the caller in this space."""
 
     space_id: str
 
 
 @_request("subscribe", SubscribeResult)
-class Subscribe(Request):
+class Subscribe(Request[SubscribeResult]):
     space_id: str
 
 
 @_request("unsubscribe")
-class Unsubscribe(Request):
+class Unsubscribe(Request[Ok]):
     space_id: str
 
 
 @_request("send", HandleResult)
-class Send(Request):
+class Send(Request[HandleResult]):
     envelope: Envelope
 
 
 @_request("edit", HandleResult)
-class Edit(Request):
+class Edit(Request[HandleResult]):
     handle: int
     envelope: Envelope
 
 
-@_request("delete")
-class Delete(Request):
-    space_id: str
-    handle: int
-
-
 @_request("ephemeral")
-class SendEphemeral(Request):
+class SendEphemeral(Request[Ok]):
     envelope: Envelope
 
 
 @_request("history", HistoryPage)
-class History(Request):
+class History(Request[HistoryPage]):
     space_id: str
     before: int | None
     limit: int
 
 
-@_request("members", MemberList)
-class Members(Request):
-    space_id: str
-
-
-@_request("roster", RosterResult)
-class Roster(Request):
-    space_id: str
-
-
-@_request("set_role")
-class SetRole(Request):
-    space_id: str
-    member: str
-    role: Role
-
-
-@_request("invite")
-class Invite(Request):
-    space_id: str
-    username: str
-
-
-@_request("remove_member")
-class RemoveMember(Request):
-    space_id: str
-    member: str
-
-
-@_request("leave")
-class Leave(Request):
-    space_id: str
-
-
-@_request("create_link", LinkInfo)
-class CreateLink(Request):
-    space_id: str
-    expires_in_sec: int | None
-    max_uses: int | None
-    role: Role
-
-
-@_request("list_links", LinkList)
-class ListLinks(Request):
-    space_id: str
-
-
-@_request("revoke_link")
-class RevokeLink(Request):
-    space_id: str
-    token: str
-
-
 @_request("user_keys", UserKeysResult)
-class UserKeys(Request):
+class UserKeys(Request[UserKeysResult]):
     usernames: tuple[str, ...]
 
 
 @_request("shard_ticket", TicketResult)
-class ShardTicket(Request):
+class ShardTicket(Request[TicketResult]):
     space_id: str
 
 
@@ -506,12 +477,6 @@ class MessageEdited(Event):
     envelope: Envelope
 
 
-@_event("deleted")
-class MessageDeleted(Event):
-    space_id: str
-    handle: int
-
-
 @_event("ephemeral")
 class EphemeralPushed(Event):
     envelope: Envelope
@@ -542,19 +507,12 @@ class KeysPushed(Event):
     keys: tuple[WrappedKey, ...]
 
 
-@_event("epoch")
-class EpochChanged(Event):
-    space_id: str
-    epoch: int
-
-
-@_event("member")
-class MemberChanged(Event):
-    """A member joined, changed role, or (``role`` None) left or was removed."""
+@_event("state")
+class StatePushed(Event):
+    """A state event the relay appended to a space's log (verify before believing)."""
 
     space_id: str
-    member_id: str
-    role: Role | None
+    event: StateEvent
 
 
 # --------------------------------------------------------------------------- entry points
@@ -567,7 +525,7 @@ def _frame_id(obj: dict[str, Any]) -> int:
     return rid
 
 
-def parse_client_frame(text: str | bytes) -> Request:
+def parse_client_frame(text: str | bytes) -> Request[Any]:
     """Parse a client → relay frame. Raises :class:`ProtocolError` (or
     :class:`LimitExceededError` for an oversize frame); nothing else escapes."""
     obj = loads_frame(text)
@@ -578,7 +536,7 @@ def parse_client_frame(text: str | bytes) -> Request:
     cls = REQUESTS.get(op) if isinstance(op, str) else None
     if cls is None:
         raise ProtocolError(f"unknown operation {op!r}"[:200], field="op")
-    req: Request = from_obj(cls, obj, skip=("t", "op"))
+    req: Request[Any] = from_obj(cls, obj, skip=("t", "op"))
     return req
 
 
@@ -616,22 +574,12 @@ def parse_server_frame(text: str | bytes) -> Response | ErrorFrame | Event:
     raise ProtocolError("unknown frame type", field="t")
 
 
-def parse_result(request: type[Request] | Request, result: dict[str, Any]) -> Any:
+def parse_result(
+    request: type[Request[ResultT]] | Request[ResultT], result: dict[str, Any]
+) -> ResultT:
     """Parse a response's ``result`` as the result type of ``request``."""
-    parsed = from_obj(request.RESULT, result, prefix="result.")
+    parsed: ResultT = from_obj(request.RESULT, result, prefix="result.")
     return parsed
-
-
-def create_space_signed_bytes(
-    space_id: str, owner: str, policy: str, private: bool, manual_admit: bool, name: str | None
-) -> bytes:
-    """What the space key signs when a space is created: proof the creator holds it."""
-    from .encoding import lp_encode
-
-    return lp_encode(
-        "spacenb/v1/create-space", space_id, owner, policy, int(private), int(manual_admit),
-        name or "",
-    )  # fmt: skip
 
 
 def auth_signed_bytes(
@@ -639,3 +587,9 @@ def auth_signed_bytes(
 ) -> bytes:
     """What a user's identity key signs to sign up or sign in on one connection."""
     return lp_encode("spacenb/v1/auth", nonce, app_key, username, signing_key, ecdh_key)
+
+
+def log_read_signed_bytes(space_id: str, username: str, nonce: bytes) -> bytes:
+    """What a link holder signs with the link key to read a private space's log on one
+    connection (``nonce`` is the connection's ``hello`` nonce)."""
+    return lp_encode("spacenb/v2/link-read", space_id, username, nonce)

@@ -18,6 +18,7 @@ __all__ = [
     "KEY_VERSION",
     "SUITE_P256",
     "IdentityKeys",
+    "LinkKeyPair",
     "PublicIdentity",
     "SpaceKeyPair",
     "decode_public_key",
@@ -29,7 +30,7 @@ __all__ = [
 
 KEY_VERSION = 1
 SUITE_P256 = 1
-KINDS = ("spc", "sig", "dh")  # space id, identity signing key, identity ECDH key
+KINDS = ("spc", "sig", "dh", "lnk")  # space id, identity signing, identity ECDH, invite link
 _ENCODED_SIZE = 2 + crypto.POINT_SIZE
 
 
@@ -212,3 +213,27 @@ class SpaceKeyPair:
 
     def __repr__(self) -> str:
         return f"SpaceKeyPair(space_id={self.space_id!r})"
+
+
+class LinkKeyPair:
+    """The key pair an invite-link token stands for (PROTOCOL.md, "Invite links").
+
+    The state log records the public half (``lnk.…``); a redeemer proves it holds the token
+    by signing with the private half, so the token itself never leaves its holders.
+    """
+
+    __slots__ = ("_key", "link_key")
+
+    def __init__(self, key: crypto.PrivateKey) -> None:
+        self._key = key
+        self.link_key = encode_public_key(key.public_key(), "lnk")
+
+    @classmethod
+    def from_token_bytes(cls, secret: bytes) -> LinkKeyPair:
+        return cls(crypto.private_key_from_bytes(scalar_from_seed(secret, "link")))
+
+    def sign(self, message: bytes) -> bytes:
+        return crypto.sign(self._key, message)
+
+    def __repr__(self) -> str:
+        return f"LinkKeyPair(link_key={self.link_key!r})"

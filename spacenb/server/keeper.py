@@ -1,10 +1,12 @@
 """The keeper: an always-on member that hands group keys to newcomers.
 
 Channels stay joinable when no human member is online because the server runs a keeper,
-a member like any other with its own identity keys. When someone joins a space the keeper
-belongs to (and the space is not ``manual_admit``), it unwraps the group keys addressed to
-itself, wraps them again for the newcomer (every epoch of a ``static`` space, the current
-one of a ``rotate`` space) and admits it.
+a member like any other with its own identity keys. When someone joins a space whose
+genesis admitted the keeper (and that is not admitted by hand), it verifies the space's
+state log from genesis with the same member core every client runs
+(:class:`~spacenb.protocol.member.MemberCore`), unwraps the group keys addressed to itself
+(only from wrappers the log entitles), wraps the epochs the log gives the newcomer (every
+epoch of a ``static`` space, the current one of a ``rotate`` space) and admits it.
 
 The keeper talks to the relay only through :class:`KeeperPort`, the handful of requests
 any member could make; it never sees message storage. Its keys at rest are the wrapped
@@ -17,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Container, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
-from ..exceptions import KeyUnavailableError, SpacenbError
-from ..protocol.frames import MemberEntry, SpaceInfo, UserEntry
+from ..exceptions import SpacenbError
 from ..protocol.keyring import Keyring
-from ..protocol.keys import IdentityKeys, decode_public_key
-from ..protocol.wrap import WrappedKey, unwrap_group_key, wrap_group_key
+from ..protocol.keys import IdentityKeys
+from ..protocol.member import MemberCore
+from ..protocol.statelog import StateEvent
+from ..protocol.wrap import WrappedKey
 
 __all__ = ["KEEPER_USERNAME", "Keeper", "KeeperPort"]
 
@@ -37,18 +40,14 @@ class KeeperPort(Protocol):
     """The requests the keeper may make, as the member it is. Each raises the
     :class:`SpacenbError` a client would get for the same request."""
 
-    def space_info(self, space_id: str) -> SpaceInfo: ...
-
-    def members(self, space_id: str) -> Sequence[MemberEntry]: ...
+    def state_log(self, space_id: str, since: int) -> Sequence[StateEvent]: ...
 
     def fetch_keys(self, space_id: str) -> Sequence[WrappedKey]: ...
-
-    def user_keys(self, usernames: Sequence[str]) -> Sequence[UserEntry]: ...
 
     def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None: ...
 
     def pending_joins(self) -> Sequence[tuple[str, str]]:
-        """``(space_id, member_id)`` of every open join request in the keeper's spaces."""
+        """``(space_id, member_id)`` of every open join request."""
         ...
 
 
@@ -65,7 +64,7 @@ class Keeper:
         self.identity = identity
         self.username = username
         self._port = port
-        self._rings: dict[str, Keyring] = {}
+        self._cores: dict[str, MemberCore] = {}
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -104,66 +103,58 @@ class Keeper:
                 self._queue.task_done()
 
     def admit(self, space_id: str, member_id: str) -> bool:
-        """Wrap the keys ``member_id`` may have and admit it; False if the keeper should
-        not (not its space, manual admission, no longer a member).
+        """Wrap the keys the log gives ``member_id`` and admit it; False if the keeper
+        should not (genesis did not admit it, admission is by hand, not a member).
 
-        Raises :class:`KeyUnavailableError` if the keeper lacks the current epoch's key.
+        Raises :class:`KeyUnavailableError` if the keeper lacks a key it should hold, and
+        :class:`IntegrityError` if the relay's log does not verify.
         """
-        try:
-            info = self._port.space_info(space_id)
-        except SpacenbError:
+        core = self._core(space_id)
+        if core is None:
             return False
-        if info.keeper != self.username or info.manual_admit:
+        epochs = core.admission(member_id, as_keeper=True)
+        if not epochs:
             return False
-        members = {m.member_id for m in self._port.members(space_id)}
-        if member_id not in members or member_id == self.username:
-            return False
-        ring = self._keyring(info, members)
-        epochs = ring.epochs if info.policy == "static" else [info.epoch]
-        users = self._port.user_keys([member_id])
-        if not users:
-            return False
-        recipient_ecdh = decode_public_key(users[0].ecdh_key, "dh")
-        wrapped = [
-            wrap_group_key(
-                ring.key(epoch),
-                space_id=space_id,
-                epoch=epoch,
-                recipient=member_id,
-                recipient_ecdh=recipient_ecdh,
-                wrapper=self.username,
-                wrapper_identity=self.identity,
-            )
-            for epoch in epochs
-        ]
-        self._port.admit(space_id, member_id, wrapped)
+        self._take_keys(core)
+        missing = [e for e in epochs if core.keyring is None or not core.keyring.has(e)]
+        if missing:
+            raise KeyUnavailableError(f"the keeper holds no key for epochs {missing} of {space_id}")
+        self._port.admit(space_id, member_id, core.wrap_for(member_id, epochs))
         log.info("keeper admitted %s to %s (epochs %s)", member_id, space_id, epochs)
         return True
 
-    def _keyring(self, info: SpaceInfo, members: Container[str]) -> Keyring:
-        """The group keys of the space, up to its current epoch, unwrapping new ones from
-        the blobs wrapped to the keeper by members."""
-        ring = self._rings.setdefault(info.space_id, Keyring(info.space_id, info.policy))
-        if ring.has(info.epoch):
-            return ring
-        wrapped = [k for k in self._port.fetch_keys(info.space_id) if not ring.has(k.epoch)]
-        signers = {
-            user.username: decode_public_key(user.signing_key, "sig")
-            for user in self._port.user_keys(sorted({k.wrapper for k in wrapped}))
-            if user.username in members
-        }
-        for key in wrapped:
-            signer = signers.get(key.wrapper)
-            if signer is None:
-                log.warning("keeper ignores a key for %s wrapped by non-member %s",
-                            info.space_id, key.wrapper)  # fmt: skip
+    def _core(self, space_id: str) -> MemberCore | None:
+        """The keeper's verified view of the space, brought up to the relay's head."""
+        core = self._cores.get(space_id)
+        if core is None:
+            core = MemberCore(space_id, self.username, self.identity)
+        since = 0 if core.state is None else core.state.head_seq + 1
+        try:
+            while True:
+                events = self._port.state_log(space_id, since)
+                core.extend_log(events)
+                if len(events) == 0 or core.state is None:
+                    break
+                since = core.state.head_seq + 1
+        except SpacenbError as exc:
+            log.info("keeper cannot read the log of %s: %s", space_id, exc)
+            return None
+        self._cores[space_id] = core
+        return core
+
+    def _take_keys(self, core: MemberCore) -> None:
+        """Unwrap the keys wrapped to the keeper that the log lets it hold."""
+        state = core.require_state()
+        if core.keyring is None:
+            core.keyring = Keyring(core.space_id, state.policy)
+        if core.keyring.has(state.epoch):
+            return
+        for wrapped in self._port.fetch_keys(core.space_id):
+            if core.keyring.has(wrapped.epoch):
                 continue
             try:
-                ring.add(key.epoch, unwrap_group_key(key, self.identity, signer))
+                core.keyring.add(wrapped.epoch, core.accept_key(wrapped))
             except SpacenbError as exc:
-                log.warning("keeper ignores a key for %s: %s", info.space_id, exc)
-        if not ring.has(info.epoch):
-            raise KeyUnavailableError(
-                f"the keeper holds no key for epoch {info.epoch} of {info.space_id}"
-            )
-        return ring
+                log.warning(
+                    "keeper refuses a key for %s from %s: %s", core.space_id, wrapped.wrapper, exc
+                )

@@ -28,7 +28,7 @@ from websockets.frames import CloseCode
 
 from ..clock import Clock, SystemClock
 from ..exceptions import PermissionDeniedError, ServerError, SpacenbError
-from ..protocol import crypto, frames
+from ..protocol import frames
 from ..protocol.frames import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -43,10 +43,11 @@ from ..protocol.frames import (
     parse_client_frame,
     request_id_of,
 )
-from ..protocol.keys import IdentityKeys, decode_public_key
+from ..protocol.keys import IdentityKeys
+from ..protocol.statelog import SpaceState, StateEvent
 from ..protocol.wrap import WrappedKey
 from .handlers import HANDLERS
-from .storage import SpaceRecord, Storage
+from .storage import Storage
 
 __all__ = ["MAX_BUFFERED", "WS_MAX_SIZE", "LocalMember", "Relay", "Session"]
 
@@ -106,7 +107,7 @@ class Relay:
         self._subscribers: dict[str, set[Session]] = {}
         self._online: dict[str, Counter[str]] = {}  # space → username → subscribed connections
         self._by_user: dict[str, set[Session]] = {}
-        self._signers: dict[str, crypto.PublicKey] = {}
+        self._states: dict[str, SpaceState] = {}
         # Answers and events wait here until the message batch is committed (one commit
         # per event-loop iteration under load), then are written in order.
         self._outbox: list[tuple[Sequence[Session], str]] = []
@@ -177,7 +178,7 @@ class Relay:
         self._outbox.insert(mark, ([session], reply))
         self._schedule_flush()
 
-    def call(self, session: Session, request: Request) -> Any:
+    def call(self, session: Session, request: Request[Any]) -> Any:
         """Authorise and run one request; its events wait in the outbox for :meth:`flush`.
 
         Raises the :class:`SpacenbError` that refuses it.
@@ -188,7 +189,7 @@ class Relay:
             self._commit()
         return HANDLERS[request.OP](self, session, request)
 
-    def call_local(self, session: Session, request: Request) -> Any:
+    def call_local(self, session: Session, request: Request[Any]) -> Any:
         """:meth:`call` for an in-process member, pushing its events at once."""
         try:
             return self.call(session, request)
@@ -215,24 +216,35 @@ class Relay:
 
     # ------------------------------------------------------------------ lookups
 
-    def signing_key(self, username: str) -> crypto.PublicKey:
-        """A user's published signing key (users never change keys, so it is cached)."""
-        key = self._signers.get(username)
-        if key is None:
-            users = self.storage.get_users([username])
-            if not users:
-                raise PermissionDeniedError(f"unknown user {username!r}")
-            key = self._signers[username] = decode_public_key(users[0].signing_key, "sig")
-        return key
+    def state(self, space_id: str) -> SpaceState | None:
+        """The space's state, derived from its stored log (None if there is no such space).
 
-    def space_info(self, space: SpaceRecord) -> SpaceInfo:
-        """The public record of a space, naming the keeper when it is a member."""
-        keeper = self.keeper
-        if keeper is not None and self.storage.get_role(space.space_id, keeper) is None:
-            keeper = None
+        The relay checked every stored event before storing it, so the log is replayed
+        here without verifying signatures again; it is kept in memory from then on.
+        """
+        state = self._states.get(space_id)
+        if state is None:
+            if not isinstance(space_id, str) or self.storage.get_space(space_id) is None:
+                return None
+            state = SpaceState.from_events(self.storage.state_events(space_id), verify=False)
+            self._states[space_id] = state
+        return state
+
+    def remember_state(self, state: SpaceState) -> None:
+        """Cache the state of a space just created."""
+        self._states[state.space_id] = state
+
+    def apply_state(self, state: SpaceState, event: StateEvent) -> None:
+        """Make a stored event the head of the cached state and push it to subscribers."""
+        state.apply(event, verify=False)
+        self.push_space(frames.StatePushed(state.space_id, event), state.space_id)
+
+    def space_info(self, state: SpaceState) -> SpaceInfo:
+        """The relay's summary of a space (clients derive the same from the log)."""
+        keeper = state.keeper if state.keeper in state.members else None
         return SpaceInfo(
-            space.space_id, space.owner, space.policy, space.private, space.manual_admit,
-            space.name, space.epoch, keeper, space.created_at_us,
+            state.space_id, state.owner, state.policy, state.private, state.manual_admit,
+            state.name, state.epoch, keeper, state.created_at_us, state.head_seq,
         )  # fmt: skip
 
     # ------------------------------------------------------------------ presence
@@ -363,27 +375,21 @@ class LocalMember:
         self._session = Session(None, username)
         self.username = username
 
-    def _call(self, request: Request) -> Any:
+    def _call(self, request: Request[Any]) -> Any:
         return self._relay.call_local(self._session, request)
 
-    def space_info(self, space_id: str) -> SpaceInfo:
-        info: SpaceInfo = self._call(frames.GetSpaceInfo(0, space_id))
-        return info
-
-    def members(self, space_id: str) -> Sequence[frames.MemberEntry]:
-        result: frames.MemberList = self._call(frames.Members(0, space_id))
-        return result.members
+    def state_log(self, space_id: str, since: int) -> Sequence[StateEvent]:
+        result: frames.StateLogPage = self._call(
+            frames.GetStateLog(0, space_id, since, frames.MAX_LOG_PAGE)
+        )
+        return result.events
 
     def fetch_keys(self, space_id: str) -> Sequence[WrappedKey]:
         result: frames.KeysResult = self._call(frames.FetchKeys(0, space_id))
         return result.keys
 
-    def user_keys(self, usernames: Sequence[str]) -> Sequence[frames.UserEntry]:
-        result: frames.UserKeysResult = self._call(frames.UserKeys(0, tuple(usernames)))
-        return result.users
-
     def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None:
         self._call(frames.Admit(0, space_id, member, tuple(keys)))
 
     def pending_joins(self) -> Sequence[tuple[str, str]]:
-        return [(p.space_id, p.username) for p in self._relay.storage.pending_joins(self.username)]
+        return [(p.space_id, p.username) for p in self._relay.storage.join_requests()]

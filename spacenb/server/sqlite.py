@@ -15,17 +15,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ..exceptions import ChannelExistsError, InviteError, KeyUnavailableError, ServerError
+from ..exceptions import ChannelExistsError, StaleStateError, UnsupportedVersionError
 from ..protocol.envelope import Envelope
-from ..protocol.frames import ChannelEntry, LinkInfo, MemberEntry, Role, StoredMessage, UserEntry
+from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
+from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
-from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage, token_hash
+from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
 
-SCHEMA_VERSION = 1
+# Version 1 was protocol v1's schema (memberships, allowlist and links kept as tables, no
+# state log); version 2 keeps each space's signed state log and derives the rest from it.
+SCHEMA_VERSION = 2
 
-_SCHEMA_V1 = """
+_SCHEMA_V2 = """
 CREATE TABLE users (
     username      TEXT PRIMARY KEY,
     signing_key   TEXT NOT NULL,
@@ -35,11 +38,7 @@ CREATE TABLE users (
 
 CREATE TABLE spaces (
     space_id      TEXT PRIMARY KEY,
-    owner         TEXT NOT NULL,
-    policy        TEXT NOT NULL CHECK (policy IN ('static', 'rotate')),
     private       INTEGER NOT NULL,
-    manual_admit  INTEGER NOT NULL,
-    epoch         INTEGER NOT NULL,
     deleted_upto  INTEGER NOT NULL DEFAULT 0,  -- highest handle ever deleted
     created_at_us INTEGER NOT NULL
 ) WITHOUT ROWID;
@@ -49,33 +48,17 @@ CREATE TABLE channels (
     space_id TEXT NOT NULL UNIQUE REFERENCES spaces (space_id)
 ) WITHOUT ROWID;
 
-CREATE TABLE memberships (
-    space_id     TEXT NOT NULL REFERENCES spaces (space_id),
-    username     TEXT NOT NULL,
-    role         TEXT NOT NULL CHECK (role IN ('owner', 'editor', 'viewer')),
-    joined_at_us INTEGER NOT NULL,
-    PRIMARY KEY (space_id, username)
+CREATE TABLE state_events (
+    space_id  TEXT NOT NULL REFERENCES spaces (space_id),
+    seq       INTEGER NOT NULL,
+    prev      BLOB NOT NULL,
+    kind      TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    at_us     INTEGER NOT NULL,
+    body      BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (space_id, seq)
 ) WITHOUT ROWID;
-CREATE INDEX memberships_by_user ON memberships (username);
-
-CREATE TABLE allowlist (
-    space_id TEXT NOT NULL REFERENCES spaces (space_id),
-    username TEXT NOT NULL,
-    PRIMARY KEY (space_id, username)
-) WITHOUT ROWID;
-
-CREATE TABLE invite_links (
-    link_id       TEXT PRIMARY KEY,
-    token_hash    BLOB NOT NULL UNIQUE,
-    space_id      TEXT NOT NULL REFERENCES spaces (space_id),
-    role          TEXT NOT NULL CHECK (role IN ('editor', 'viewer')),
-    expires_at_us INTEGER,
-    max_uses      INTEGER,
-    uses          INTEGER NOT NULL DEFAULT 0,
-    revoked       INTEGER NOT NULL DEFAULT 0,
-    created_at_us INTEGER NOT NULL
-);
-CREATE INDEX invite_links_by_space ON invite_links (space_id, created_at_us);
 
 CREATE TABLE wrapped_keys (
     space_id  TEXT NOT NULL REFERENCES spaces (space_id),
@@ -102,6 +85,8 @@ CREATE TABLE messages (
     subject      TEXT NOT NULL,
     epoch        INTEGER NOT NULL,
     content_type TEXT NOT NULL,
+    head_seq     INTEGER NOT NULL,
+    head         BLOB NOT NULL,
     iv           BLOB NOT NULL,
     ciphertext   BLOB NOT NULL,
     signature    BLOB NOT NULL,
@@ -109,89 +94,91 @@ CREATE TABLE messages (
 );
 """
 
-# MIGRATIONS[i] takes the schema from version i to version i + 1.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+# MIGRATIONS maps a version found to the script that takes it to SCHEMA_VERSION. A
+# version 1 file is refused: its messages are not bound to any state log.
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2}
 
-_SPACE_COLUMNS = (
-    "s.space_id, s.owner, s.policy, s.private, s.manual_admit, c.name, s.epoch, s.created_at_us"
-)
-_LINK_COLUMNS = "link_id, space_id, role, expires_at_us, max_uses, uses, revoked, created_at_us"
 _MESSAGE_COLUMNS = (
-    "handle, source, space_id, subject, epoch, content_type, iv, ciphertext, signature"
+    "handle, source, space_id, subject, epoch, content_type, head_seq, head, iv, ciphertext, "
+    "signature"
 )
+_EVENT_COLUMNS = "space_id, seq, prev, kind, actor, at_us, body, signature"
 
 
 def migrate(db: sqlite3.Connection) -> int:
-    """Bring the database to :data:`SCHEMA_VERSION`, one transaction per step.
+    """Bring the database to :data:`SCHEMA_VERSION` in one transaction.
 
-    Returns the version found. Raises :class:`ServerError` if the file was written by a
-    newer spacenb.
+    Returns the version found. Raises :class:`UnsupportedVersionError`, changing nothing,
+    if the file was written by another version of spacenb.
     """
     db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     row = db.execute("SELECT version FROM schema_version").fetchone()
     found = 0 if row is None else int(row[0])
-    if found > SCHEMA_VERSION:
-        raise ServerError(
-            f"the database has schema version {found}; this spacenb knows up to "
-            f"{SCHEMA_VERSION}: upgrade spacenb"
+    if found == SCHEMA_VERSION:
+        return found
+    if found not in MIGRATIONS:
+        raise UnsupportedVersionError(
+            f"the database has schema version {found}, written by "
+            + (
+                "spacenb protocol v1, whose messages are bound to no signed state log"
+                if found == 1
+                else "a newer spacenb"
+            )
+            + f"; this spacenb (protocol v2) reads schema version {SCHEMA_VERSION} only. "
+            "Start the relay on a new data directory (nothing in this one was changed)."
         )
-    for version in range(found, SCHEMA_VERSION):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[version].split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", (version + 1,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in MIGRATIONS[found].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
     return found
 
 
-def _space(row: Sequence[Any]) -> SpaceRecord:
-    return SpaceRecord(row[0], row[1], row[2], bool(row[3]), bool(row[4]), row[5], row[6], row[7])
-
-
-def _link(row: Sequence[Any]) -> LinkInfo:
-    return LinkInfo(
-        row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7], token=None
-    )
-
-
 def _message(row: Sequence[Any]) -> StoredMessage:
-    return StoredMessage(
-        row[0], Envelope("msg", row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8])
-    )
+    return StoredMessage(row[0], Envelope("msg", *row[1:]))
 
 
 def _key_row(key: WrappedKey) -> tuple[Any, ...]:
     return (key.space_id, key.recipient, key.epoch, key.wrapper, key.blob, key.signature)
 
 
+def _event_row(event: StateEvent) -> tuple[Any, ...]:
+    return (
+        event.space_id, event.seq, event.prev, event.kind, event.actor, event.at_us,
+        event.body, event.signature,
+    )  # fmt: skip
+
+
 class SQLiteStorage(Storage):
     """:class:`Storage` in one SQLite file (WAL journal, ``synchronous=NORMAL``).
 
     ``path`` is the database file (``":memory:"`` for a throwaway one). Use it from one
-    thread at a time: the relay keeps it on its event loop. Spaces and roles, read on
-    every message, are cached in memory; the cache is coherent because this object is
-    the file's only writer.
+    thread at a time: the relay keeps it on its event loop. Spaces, read on every message,
+    are cached in memory; the cache is coherent because this object is the file's only
+    writer.
     """
-
-    ROLE_CACHE_SIZE = 100_000
 
     def __init__(self, path: str | Path) -> None:
         self._db = sqlite3.connect(
             str(path), isolation_level=None, check_same_thread=False, cached_statements=256
         )
+        try:
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        migrate(self._db)
         self._last_handle: dict[str, int] = {}
         self._spaces: dict[str, SpaceRecord] = {}
-        self._roles: dict[tuple[str, str], Role | None] = {}
 
     @classmethod
     def in_dir(cls, data_dir: str | Path) -> SQLiteStorage:
@@ -255,31 +242,25 @@ class SQLiteStorage(Storage):
             found.extend(UserEntry(*row) for row in rows)
         return found
 
-    # -- spaces
+    # -- spaces and their logs
 
     def create_space(
-        self, space: SpaceRecord, members: Sequence[MemberEntry], keys: Sequence[WrappedKey]
+        self, space: SpaceRecord, genesis: StateEvent, keys: Sequence[WrappedKey]
     ) -> None:
-        for member in members:
-            self._roles.pop((space.space_id, member.member_id), None)
         with self._tx() as db:
             if self._one("SELECT 1 FROM spaces WHERE space_id = ?", space.space_id):
                 raise ChannelExistsError("a space with this id already exists")
             if space.name is not None and self.resolve_channel(space.name) is not None:
                 raise ChannelExistsError(f"channel {space.name!r} already exists")
             db.execute(
-                "INSERT INTO spaces (space_id, owner, policy, private, manual_admit, epoch, "
-                "created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    space.space_id, space.owner, space.policy, int(space.private),
-                    int(space.manual_admit), space.epoch, space.created_at_us,
-                ),
-            )  # fmt: skip
+                "INSERT INTO spaces (space_id, private, created_at_us) VALUES (?, ?, ?)",
+                (space.space_id, int(space.private), space.created_at_us),
+            )
             if space.name is not None:
                 db.execute("INSERT INTO channels VALUES (?, ?)", (space.name, space.space_id))
-            db.executemany(
-                "INSERT INTO memberships VALUES (?, ?, ?, ?)",
-                [(space.space_id, m.member_id, m.role, space.created_at_us) for m in members],
+            db.execute(
+                f"INSERT INTO state_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _event_row(genesis),
             )
             db.executemany(
                 "INSERT INTO wrapped_keys VALUES (?, ?, ?, ?, ?, ?)", [_key_row(k) for k in keys]
@@ -289,13 +270,13 @@ class SQLiteStorage(Storage):
         space = self._spaces.get(space_id)
         if space is None:
             row = self._one(
-                f"SELECT {_SPACE_COLUMNS} FROM spaces s LEFT JOIN channels c USING (space_id) "
-                "WHERE s.space_id = ?",
+                "SELECT s.space_id, c.name, s.private, s.created_at_us FROM spaces s "
+                "LEFT JOIN channels c USING (space_id) WHERE s.space_id = ?",
                 space_id,
             )
             if row is None:
                 return None
-            space = self._spaces[space_id] = _space(row)
+            space = self._spaces[space_id] = SpaceRecord(row[0], row[1], bool(row[2]), row[3])
         return space
 
     def resolve_channel(self, name: str) -> str | None:
@@ -309,143 +290,71 @@ class SQLiteStorage(Storage):
         )
         return [ChannelEntry(*row) for row in rows]
 
-    def advance_epoch(self, space_id: str, epoch: int, keys: Sequence[WrappedKey]) -> None:
-        self._spaces.pop(space_id, None)
-        with self._tx() as db:
-            moved = db.execute(
-                "UPDATE spaces SET epoch = ? WHERE space_id = ? AND epoch = ?",
-                (epoch, space_id, epoch - 1),
-            ).rowcount
-            if not moved:
-                raise KeyUnavailableError(f"epoch {epoch} is not the space's next epoch")
-            db.executemany(
-                "INSERT INTO wrapped_keys VALUES (?, ?, ?, ?, ?, ?)", [_key_row(k) for k in keys]
-            )
-
-    # -- memberships
-
-    def get_role(self, space_id: str, username: str) -> Role | None:
-        key = (space_id, username)
-        try:
-            return self._roles[key]
-        except KeyError:
-            pass
-        row = self._one(
-            "SELECT role FROM memberships WHERE space_id = ? AND username = ?", space_id, username
-        )
-        if len(self._roles) >= self.ROLE_CACHE_SIZE:
-            self._roles.clear()
-        role = self._roles[key] = None if row is None else cast(Role, row[0])
-        return role
-
-    def list_members(self, space_id: str) -> list[MemberEntry]:
+    def state_events(
+        self, space_id: str, since: int = 0, limit: int | None = None
+    ) -> list[StateEvent]:
         rows = self._db.execute(
-            "SELECT username, role FROM memberships WHERE space_id = ? ORDER BY username",
-            (space_id,),
+            f"SELECT {_EVENT_COLUMNS} FROM state_events WHERE space_id = ? AND seq >= ? "
+            "ORDER BY seq LIMIT ?",
+            (space_id, since, -1 if limit is None else limit),
         )
-        return [MemberEntry(*row) for row in rows]
+        return [StateEvent(*row) for row in rows]
 
-    def list_member_users(self, space_id: str) -> list[tuple[MemberEntry, UserEntry]]:
-        rows = self._db.execute(
-            "SELECT m.username, m.role, u.signing_key, u.ecdh_key FROM memberships m "
-            "JOIN users u USING (username) WHERE m.space_id = ? ORDER BY m.username",
-            (space_id,),
-        )
-        return [(MemberEntry(name, role), UserEntry(name, sig, dh)) for name, role, sig, dh in rows]
-
-    def set_role(self, space_id: str, username: str, role: Role) -> bool:
-        self._roles.pop((space_id, username), None)
-        return bool(
-            self._write(
-                "UPDATE memberships SET role = ? WHERE space_id = ? AND username = ?",
-                role,
-                space_id,
-                username,
-            )
-        )
-
-    def remove_member(self, space_id: str, username: str, *, disallow: bool = False) -> bool:
-        self._roles.pop((space_id, username), None)
+    def append_event(
+        self,
+        event: StateEvent,
+        *,
+        keys: Sequence[WrappedKey] = (),
+        join: PendingJoin | None = None,
+        close_join: str | None = None,
+        delete_handle: int | None = None,
+        now_us: int = 0,
+    ) -> None:
         with self._tx() as db:
-            db.execute(
-                "DELETE FROM join_requests WHERE space_id = ? AND username = ?",
-                (space_id, username),
-            )
-            if disallow:
+            try:
                 db.execute(
-                    "DELETE FROM allowlist WHERE space_id = ? AND username = ?",
-                    (space_id, username),
+                    f"INSERT INTO state_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    _event_row(event),
                 )
-            return bool(
+            except sqlite3.IntegrityError:
+                raise StaleStateError(f"the log already has an event at seq {event.seq}") from None
+            if keys:
+                db.executemany(
+                    "INSERT INTO wrapped_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    [_key_row(k) for k in keys],
+                )
+            if join is not None:
                 db.execute(
-                    "DELETE FROM memberships WHERE space_id = ? AND username = ?",
-                    (space_id, username),
+                    "INSERT INTO join_requests VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (join.space_id, join.username, join.role, now_us),
+                )
+            if close_join is not None:
+                db.execute(
+                    "DELETE FROM join_requests WHERE space_id = ? AND username = ?",
+                    (event.space_id, close_join),
+                )
+            if delete_handle is not None:
+                deleted = db.execute(
+                    "DELETE FROM messages WHERE space_id = ? AND handle = ?",
+                    (event.space_id, delete_handle),
                 ).rowcount
-            )
+                if deleted:
+                    db.execute(
+                        "UPDATE spaces SET deleted_upto = max(deleted_upto, ?) WHERE space_id = ?",
+                        (delete_handle, event.space_id),
+                    )
 
-    def allow(self, space_id: str, username: str) -> None:
-        self._write(
-            "INSERT INTO allowlist VALUES (?, ?) ON CONFLICT DO NOTHING", space_id, username
-        )
+    # -- join requests and wrapped keys
 
-    def is_allowed(self, space_id: str, username: str) -> bool:
-        row = self._one(
-            "SELECT 1 FROM allowlist WHERE space_id = ? AND username = ?", space_id, username
-        )
-        return row is not None
-
-    def join_space(
-        self, space_id: str, username: str, role: Role, now_us: int, token: str | None = None
-    ) -> Role:
-        self._roles.pop((space_id, username), None)
-        with self._tx() as db:
-            if token is not None:
-                role = self._redeem(space_id, token, now_us)
-            db.execute(
-                "INSERT INTO memberships VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (space_id, username, role, now_us),
-            )
-            db.execute(
-                "INSERT INTO join_requests VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (space_id, username, role, now_us),
-            )
-        return role
-
-    def _redeem(self, space_id: str, token: str, now_us: int) -> Role:
-        """Use up one redemption of a link, inside the caller's transaction."""
-        digest = token_hash(token)
-        row = self._one(
-            "SELECT role, revoked, expires_at_us, max_uses, uses FROM invite_links "
-            "WHERE token_hash = ? AND space_id = ?",
-            digest,
-            space_id,
-        )
-        if row is None:
-            raise InviteError("unknown invite link")
-        role, revoked, expires_at_us, max_uses, uses = row
-        if revoked:
-            raise InviteError("this invite link has been revoked")
-        if expires_at_us is not None and expires_at_us <= now_us:
-            raise InviteError("this invite link has expired")
-        used = self._db.execute(
-            "UPDATE invite_links SET uses = uses + 1 WHERE token_hash = ? "
-            "AND (max_uses IS NULL OR uses < max_uses)",
-            (digest,),
-        ).rowcount
-        if not used:
-            raise InviteError(f"this invite link has been used {uses} of {max_uses} times")
-        return cast(Role, role)
-
-    def pending_joins(self, member: str, space_id: str | None = None) -> list[PendingJoin]:
+    def join_requests(self, space_id: str | None = None) -> list[PendingJoin]:
         rows = self._db.execute(
-            "SELECT j.space_id, j.username, j.role FROM join_requests j "
-            "JOIN memberships m ON m.space_id = j.space_id AND m.username = ? "
-            "WHERE ? IS NULL OR j.space_id = ? ORDER BY j.created_at_us, j.username",
-            (member, space_id, space_id),
+            "SELECT space_id, username, role FROM join_requests "
+            "WHERE ? IS NULL OR space_id = ? ORDER BY created_at_us, username",
+            (space_id, space_id),
         )
         return [PendingJoin(*row) for row in rows]
 
-    def has_pending_join(self, space_id: str, username: str) -> bool:
+    def has_join_request(self, space_id: str, username: str) -> bool:
         row = self._one(
             "SELECT 1 FROM join_requests WHERE space_id = ? AND username = ?", space_id, username
         )
@@ -471,35 +380,7 @@ class SQLiteStorage(Storage):
         )
         return [WrappedKey(*row) for row in rows]
 
-    # -- invite links
-
-    def create_link(self, link: LinkInfo, token: str) -> None:
-        self._write(
-            f"INSERT INTO invite_links ({_LINK_COLUMNS}, token_hash) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            link.link_id, link.space_id, link.role, link.expires_at_us, link.max_uses,
-            link.uses, int(link.revoked), link.created_at_us, token_hash(token),
-        )  # fmt: skip
-
-    def list_links(self, space_id: str) -> list[LinkInfo]:
-        rows = self._db.execute(
-            f"SELECT {_LINK_COLUMNS} FROM invite_links WHERE space_id = ? "
-            "ORDER BY created_at_us, link_id",
-            (space_id,),
-        )
-        return [_link(row) for row in rows]
-
-    def revoke_link(self, space_id: str, token: str) -> bool:
-        return bool(
-            self._write(
-                "UPDATE invite_links SET revoked = 1 WHERE token_hash = ? AND space_id = ?",
-                token_hash(token),
-                space_id,
-            )
-        )
-
     # -- messages
-
     def _newest_handle(self, space_id: str) -> int:
         last = self._last_handle.get(space_id)
         if last is None:
@@ -517,10 +398,11 @@ class SQLiteStorage(Storage):
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
         self._db.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 handle, envelope.source, envelope.target, envelope.subject, envelope.epoch,
-                envelope.content_type, envelope.iv, envelope.ciphertext, envelope.signature,
+                envelope.content_type, envelope.head_seq, envelope.head, envelope.iv,
+                envelope.ciphertext, envelope.signature,
             ),
         )  # fmt: skip
         self._last_handle[envelope.target] = handle
@@ -536,11 +418,14 @@ class SQLiteStorage(Storage):
         return bool(
             self._write(
                 "UPDATE messages SET source = ?, subject = ?, epoch = ?, content_type = ?, "
-                "iv = ?, ciphertext = ?, signature = ? WHERE space_id = ? AND handle = ?",
+                "head_seq = ?, head = ?, iv = ?, ciphertext = ?, signature = ? "
+                "WHERE space_id = ? AND handle = ?",
                 envelope.source,
                 envelope.subject,
                 envelope.epoch,
                 envelope.content_type,
+                envelope.head_seq,
+                envelope.head,
                 envelope.iv,
                 envelope.ciphertext,
                 envelope.signature,
@@ -548,18 +433,6 @@ class SQLiteStorage(Storage):
                 handle,
             )
         )
-
-    def delete_message(self, space_id: str, handle: int) -> bool:
-        with self._tx() as db:
-            deleted = db.execute(
-                "DELETE FROM messages WHERE space_id = ? AND handle = ?", (space_id, handle)
-            ).rowcount
-            if deleted:
-                db.execute(
-                    "UPDATE spaces SET deleted_upto = max(deleted_upto, ?) WHERE space_id = ?",
-                    (handle, space_id),
-                )
-        return bool(deleted)
 
     def history(
         self, space_id: str, before: int | None, limit: int

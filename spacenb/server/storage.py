@@ -1,4 +1,4 @@
-"""What the relay keeps: users, spaces, memberships, links, wrapped keys, sealed messages.
+"""What the relay keeps: users, spaces and their state logs, wrapped keys, sealed messages.
 
 :class:`Storage` is the one interface the relay writes against;
 :class:`~spacenb.server.sqlite.SQLiteStorage` implements it (one file, WAL). Another
@@ -8,6 +8,10 @@ the change is committed; when it raises, nothing changed. The one exception is
 stored here can open a message or a group key: bodies are sealed envelopes and keys are
 ECIES blobs (PROTOCOL.md, "Server operation").
 
+Storage holds no protocol rules: what may be appended to a log is decided by
+:class:`~spacenb.protocol.statelog.SpaceState` before anything is written, and members,
+roles, epochs, invitations and links are derived from the stored log, never kept beside it.
+
 Methods are synchronous: SQLite answers in microseconds, so the relay calls them on its
 event-loop thread, from one connection.
 """
@@ -15,45 +19,27 @@ event-loop thread, from one connection.
 from __future__ import annotations
 
 import abc
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..protocol.envelope import Envelope
-from ..protocol.frames import (
-    ChannelEntry,
-    LinkInfo,
-    MemberEntry,
-    Policy,
-    Role,
-    StoredMessage,
-    UserEntry,
-)
+from ..protocol.frames import ChannelEntry, Role, StoredMessage, UserEntry
+from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
 
-__all__ = [
-    "DB_FILENAME",
-    "PendingJoin",
-    "SpaceRecord",
-    "Storage",
-    "link_id_of",
-    "token_hash",
-]
+__all__ = ["DB_FILENAME", "PendingJoin", "SpaceRecord", "Storage"]
 
 DB_FILENAME = "spacenb.sqlite3"
 
 
 @dataclass(frozen=True, slots=True)
 class SpaceRecord:
-    """A stored space. ``name`` is its channel name, None for an unnamed space."""
+    """What the relay indexes of a space beside its log: its channel name (None for an
+    unnamed space) and whether it is private (private channels are never listed)."""
 
     space_id: str
-    owner: str
-    policy: Policy
-    private: bool
-    manual_admit: bool
     name: str | None
-    epoch: int
+    private: bool
     created_at_us: int
 
 
@@ -64,16 +50,6 @@ class PendingJoin:
     space_id: str
     username: str
     role: Role
-
-
-def token_hash(token: str) -> bytes:
-    """What is stored of an invite token: its SHA-256 (the token itself never is)."""
-    return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-def link_id_of(token_digest: bytes) -> str:
-    """A link's public id: the first 16 hex digits of its token hash."""
-    return token_digest.hex()[:16]
 
 
 class Storage(abc.ABC):
@@ -105,12 +81,12 @@ class Storage(abc.ABC):
     def get_users(self, usernames: Iterable[str]) -> list[UserEntry]:
         """The users among ``usernames`` that exist, sorted by name."""
 
-    # -- spaces and the channel directory
+    # -- spaces, their logs and the channel directory
     @abc.abstractmethod
     def create_space(
-        self, space: SpaceRecord, members: Sequence[MemberEntry], keys: Sequence[WrappedKey]
+        self, space: SpaceRecord, genesis: StateEvent, keys: Sequence[WrappedKey]
     ) -> None:
-        """Store a new space, its first members and its epoch-0 wrapped keys.
+        """Store a new space, its genesis event and its epoch-0 wrapped keys.
 
         Raises :class:`ChannelExistsError` if the space id or the channel name is taken.
         """
@@ -128,60 +104,36 @@ class Storage(abc.ABC):
         """Every channel whose space is not private, by name."""
 
     @abc.abstractmethod
-    def advance_epoch(self, space_id: str, epoch: int, keys: Sequence[WrappedKey]) -> None:
-        """Make ``epoch`` current (it must be current + 1) and store its wrapped keys.
+    def state_events(
+        self, space_id: str, since: int = 0, limit: int | None = None
+    ) -> list[StateEvent]:
+        """The space's state events with ``seq >= since``, in order (at most ``limit``)."""
 
-        Raises :class:`KeyUnavailableError` if the space is not at ``epoch - 1``.
+    @abc.abstractmethod
+    def append_event(
+        self,
+        event: StateEvent,
+        *,
+        keys: Sequence[WrappedKey] = (),
+        join: PendingJoin | None = None,
+        close_join: str | None = None,
+        delete_handle: int | None = None,
+        now_us: int = 0,
+    ) -> None:
+        """Append a checked event to its space's log, in one transaction with its effects:
+        store ``keys``, record ``join`` (a join request), close ``close_join``'s request,
+        remove the message at ``delete_handle``.
+
+        Raises :class:`StaleStateError` if the log already has an event at ``event.seq``.
         """
 
-    # -- memberships, allowlist, join requests, wrapped keys
+    # -- join requests and wrapped keys
     @abc.abstractmethod
-    def get_role(self, space_id: str, username: str) -> Role | None:
-        """The member's role, or None if not a member."""
+    def join_requests(self, space_id: str | None = None) -> list[PendingJoin]:
+        """Join requests still open (in every space, or in ``space_id``), oldest first."""
 
     @abc.abstractmethod
-    def list_members(self, space_id: str) -> list[MemberEntry]:
-        """The space's members, by member id."""
-
-    @abc.abstractmethod
-    def list_member_users(self, space_id: str) -> list[tuple[MemberEntry, UserEntry]]:
-        """The space's members with their published keys, by member id."""
-
-    @abc.abstractmethod
-    def set_role(self, space_id: str, username: str, role: Role) -> bool:
-        """Change a member's role; False if not a member."""
-
-    @abc.abstractmethod
-    def remove_member(self, space_id: str, username: str, *, disallow: bool = False) -> bool:
-        """Drop a membership and its pending join request (and with ``disallow``, its
-        allowlist entry); False if not a member."""
-
-    @abc.abstractmethod
-    def allow(self, space_id: str, username: str) -> None:
-        """Add ``username`` to the space's allowlist (idempotent)."""
-
-    @abc.abstractmethod
-    def is_allowed(self, space_id: str, username: str) -> bool:
-        """Whether ``username`` is on the space's allowlist."""
-
-    @abc.abstractmethod
-    def join_space(
-        self, space_id: str, username: str, role: Role, now_us: int, token: str | None = None
-    ) -> Role:
-        """Make ``username`` a member and record its join request; return its role.
-
-        With ``token``, first redeem that invite link atomically (one more use) and take
-        the link's role; raises :class:`InviteError` if it is unknown, for another space,
-        revoked, expired or used up.
-        """
-
-    @abc.abstractmethod
-    def pending_joins(self, member: str, space_id: str | None = None) -> list[PendingJoin]:
-        """Join requests still open in the spaces ``member`` belongs to (or in just
-        ``space_id``), oldest first."""
-
-    @abc.abstractmethod
-    def has_pending_join(self, space_id: str, username: str) -> bool:
+    def has_join_request(self, space_id: str, username: str) -> bool:
         """Whether ``username`` has an open join request in the space."""
 
     @abc.abstractmethod
@@ -192,19 +144,6 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def keys_for(self, space_id: str, recipient: str) -> list[WrappedKey]:
         """Every wrapped key of the space addressed to ``recipient``, by epoch."""
-
-    # -- invite links
-    @abc.abstractmethod
-    def create_link(self, link: LinkInfo, token: str) -> None:
-        """Store a link (by the hash of ``token``; the token itself is not kept)."""
-
-    @abc.abstractmethod
-    def list_links(self, space_id: str) -> list[LinkInfo]:
-        """The space's links, oldest first, without tokens."""
-
-    @abc.abstractmethod
-    def revoke_link(self, space_id: str, token: str) -> bool:
-        """Revoke a link of the space; False if no such link."""
 
     # -- messages
     @abc.abstractmethod
@@ -225,10 +164,6 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def replace_message(self, handle: int, envelope: Envelope) -> bool:
         """Replace the envelope stored at ``handle`` in ``envelope.target``."""
-
-    @abc.abstractmethod
-    def delete_message(self, space_id: str, handle: int) -> bool:
-        """Remove a stored message; False if there was none."""
 
     @abc.abstractmethod
     def history(

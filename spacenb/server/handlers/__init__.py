@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-from . import auth, links, membership, messages, spaces
+from . import auth, membership, messages, spaces
 from .base import HANDLERS
 
 __all__ = ["HANDLERS"]
 
-del auth, links, membership, messages, spaces
+del auth, membership, messages, spaces

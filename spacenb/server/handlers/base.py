@@ -4,19 +4,21 @@ A handler is ``handler(relay, session, request) -> result``: it authorises, chan
 storage (one transaction), queues pushes on the relay and returns the result record of
 PROTOCOL.md's request table. It raises a :class:`~spacenb.exceptions.SpacenbError` to
 refuse; the relay turns that into an error frame.
+
+Who may do what in a space is decided from the space's verified state log
+(:class:`~spacenb.protocol.statelog.SpaceState`): the very rules every member applies.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...exceptions import ChannelNotFoundError, PermissionDeniedError, ProtocolError
 from ...protocol import crypto
-from ...protocol.frames import Request, Role
+from ...protocol.frames import Request
+from ...protocol.statelog import USERNAME_RE, MemberRole, SpaceState, check_username
 from ...protocol.wrap import WrappedKey
-from ..storage import SpaceRecord
 
 if TYPE_CHECKING:
     from ..relay import Relay, Session
@@ -30,16 +32,13 @@ __all__ = [
     "known_space",
     "may_see",
     "member_space",
-    "owner_space",
     "user_of",
     "visible_space",
 ]
 
-R = TypeVar("R", bound=Request)
+R = TypeVar("R", bound=Request[Any])
 Handler = Callable[["Relay", "Session", Any], Any]
 HANDLERS: dict[str, Handler] = {}
-
-USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
 
 
 def handles(request: type[R]) -> Callable[[Callable[[Relay, Session, R], Any]], Handler]:
@@ -52,92 +51,75 @@ def handles(request: type[R]) -> Callable[[Callable[[Relay, Session, R], Any]], 
     return register
 
 
-def check_username(name: str, *, field: str = "username") -> str:
-    """``name`` if it is a valid username, else :class:`ProtocolError`."""
-    if not USERNAME_RE.fullmatch(name):
-        raise ProtocolError("usernames match [a-z0-9][a-z0-9_.-]{0,31}", field=field)
-    return name
-
-
 def user_of(session: Session) -> str:
     """The authenticated username (handlers run only after auth, except auth and ping)."""
     assert session.username is not None
     return session.username
 
 
-def known_space(relay: Relay, space_id: str) -> SpaceRecord:
-    """The space, or :class:`ChannelNotFoundError`."""
-    space = relay.storage.get_space(space_id)
-    if space is None:
+def known_space(relay: Relay, space_id: str) -> SpaceState:
+    """The space's state, or :class:`ChannelNotFoundError`."""
+    state = relay.state(space_id)
+    if state is None:
         raise ChannelNotFoundError("no such space")
-    return space
+    return state
 
 
-def may_see(relay: Relay, space: SpaceRecord, username: str) -> bool:
+def may_see(state: SpaceState, username: str) -> bool:
     """Whether ``username`` may know of the space: a private one is visible only to its
-    members and allowlisted users."""
-    return (
-        not space.private
-        or relay.storage.get_role(space.space_id, username) is not None
-        or relay.storage.is_allowed(space.space_id, username)
-    )
+    members and to users with an open invitation."""
+    return not state.private or username in state.members or username in state.invitations
 
 
-def visible_space(relay: Relay, session: Session, space_id: str) -> SpaceRecord:
+def visible_space(relay: Relay, session: Session, space_id: str) -> SpaceState:
     """The space if the caller may know of it, else :class:`ChannelNotFoundError`."""
-    space = known_space(relay, space_id)
-    if not may_see(relay, space, user_of(session)):
+    state = known_space(relay, space_id)
+    if not may_see(state, user_of(session)):
         raise ChannelNotFoundError("no such space")
-    return space
+    return state
 
 
-def member_space(relay: Relay, session: Session, space_id: str) -> tuple[SpaceRecord, Role]:
+def member_space(relay: Relay, session: Session, space_id: str) -> tuple[SpaceState, MemberRole]:
     """The space and the caller's role; :class:`PermissionDeniedError` if not a member."""
-    space = known_space(relay, space_id)
-    role = relay.storage.get_role(space_id, user_of(session))
+    state = known_space(relay, space_id)
+    role = state.role_of(user_of(session))
     if role is None:
         raise PermissionDeniedError("not a member of this space")
-    return space, role
-
-
-def owner_space(relay: Relay, session: Session, space_id: str) -> SpaceRecord:
-    """The space if the caller owns it; :class:`PermissionDeniedError` otherwise."""
-    space, role = member_space(relay, session, space_id)
-    if role != "owner":
-        raise PermissionDeniedError("only the space's owner may do this")
-    return space
+    return state, role
 
 
 def check_wrapped_keys(
-    relay: Relay,
+    state: SpaceState,
     keys: Sequence[WrappedKey],
     *,
-    space_id: str,
     wrapper: str,
-    epochs: Container[int],
-    recipients: Container[str],
+    allowed: Callable[[WrappedKey], bool],
 ) -> None:
     """Refuse a list of wrapped keys unless every key is for this space, wrapped and
-    signed by ``wrapper``, for an allowed epoch and recipient, and none repeats.
+    signed by ``wrapper`` (with the key the log records for it), ``allowed`` by the log,
+    and none repeats.
 
-    Raises :class:`ProtocolError` naming the key, or :class:`IntegrityError` for a
-    signature that does not verify.
+    Raises :class:`ProtocolError` naming the key, :class:`PermissionDeniedError` for a key
+    the log does not allow, or :class:`IntegrityError` for a signature that does not verify.
     """
     if not keys:
         raise ProtocolError("at least one wrapped key is required", field="keys")
-    signer = relay.signing_key(wrapper)
+    signer = state.verify_key_at(wrapper, state.head_seq)
+    if signer is None:
+        raise PermissionDeniedError(f"{wrapper!r} is not a member of this space")
     seen: set[tuple[int, str]] = set()
     for i, key in enumerate(keys):
         where = f"keys[{i}]"
-        if key.space_id != space_id:
+        if key.space_id != state.space_id:
             raise ProtocolError("wrapped for another space", field=f"{where}.space_id")
         if key.wrapper != wrapper:
             raise ProtocolError("must be wrapped by the caller", field=f"{where}.wrapper")
-        if key.epoch not in epochs:
-            raise ProtocolError("epoch not allowed here", field=f"{where}.epoch")
-        if key.recipient not in recipients:
-            raise ProtocolError("recipient not allowed here", field=f"{where}.recipient")
         if (key.epoch, key.recipient) in seen:
             raise ProtocolError("duplicate epoch and recipient", field=where)
+        if not allowed(key):
+            raise PermissionDeniedError(
+                f"{where}: the log does not let {wrapper!r} hand epoch {key.epoch} to "
+                f"{key.recipient!r}"
+            )
         seen.add((key.epoch, key.recipient))
         crypto.verify(signer, key.signature, key.signed_bytes())

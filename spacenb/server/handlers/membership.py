@@ -1,5 +1,10 @@
-"""Joining and membership: join, admit, rotate, keys, members, roster, roles, invites,
-removal and leaving (PROTOCOL.md, "Joining")."""
+"""Joining and the state log: join, admit, keys, and every other signed change (append).
+
+Each change arrives as a state event signed by its actor. The relay checks it with the
+same rules every member applies (:class:`~spacenb.protocol.statelog.SpaceState`), stores
+it in one transaction with its effects, and pushes it to the space's subscribers, who
+verify it again before they believe it (PROTOCOL.md, "The state log").
+"""
 
 from __future__ import annotations
 
@@ -9,50 +14,39 @@ from typing import TYPE_CHECKING
 
 from ...exceptions import (
     ChannelNotFoundError,
-    KeyUnavailableError,
+    InviteError,
     PermissionDeniedError,
     ProtocolError,
 )
 from ...protocol import frames
+from ...protocol.statelog import SpaceState, StateEvent
 from ...protocol.wrap import WrappedKey
 from ..storage import PendingJoin
-from .base import (
-    check_username,
-    check_wrapped_keys,
-    handles,
-    known_space,
-    member_space,
-    owner_space,
-    user_of,
-)
+from .base import check_wrapped_keys, handles, known_space, member_space, user_of
 
 if TYPE_CHECKING:
     from ..relay import Relay, Session
 
 
-def join_request_event(relay: Relay, pending: PendingJoin) -> frames.JoinRequested:
-    """The ``join_request`` event of an open join request, with the joiner's keys."""
-    (user,) = relay.storage.get_users([pending.username])
+def join_request_event(
+    relay: Relay, state: SpaceState, pending: PendingJoin
+) -> frames.JoinRequested:
+    """The ``join_request`` event of an open join request, with the keys the log records."""
+    member = state.members[pending.username]
     return frames.JoinRequested(
-        pending.space_id, pending.username, user.signing_key, user.ecdh_key, pending.role
+        pending.space_id, pending.username, member.signing_key, member.ecdh_key, pending.role
     )
 
 
-def announce_join(relay: Relay, pending: PendingJoin) -> None:
+def announce_join(relay: Relay, state: SpaceState, pending: PendingJoin) -> None:
     """Tell the keeper that someone waits for keys, and the space's subscribers too unless
     the keeper admits there (a join into a channel of thousands would otherwise reach every
     one of them for nothing; members who come online later still get open requests)."""
-    event = join_request_event(relay, pending)
-    space = relay.storage.get_space(pending.space_id)
-    keeper_admits = (
-        space is not None
-        and not space.manual_admit
-        and relay.keeper is not None
-        and relay.storage.get_role(pending.space_id, relay.keeper) is not None
-    )
-    if not keeper_admits:
+    event = join_request_event(relay, state, pending)
+    if state.keeper_admits() and state.keeper == relay.keeper:
+        relay.push_keeper(event)
+    else:
         relay.push_space(event, pending.space_id)
-    relay.push_keeper(event)
 
 
 def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
@@ -64,85 +58,69 @@ def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
         relay.push_user(frames.KeysPushed(space_id, tuple(theirs)), recipient)
 
 
+def _check_identity(relay: Relay, user: str, signing_key: str, ecdh_key: str) -> None:
+    """An ``add`` must carry the keys its member signed up with."""
+    (registered,) = relay.storage.get_users([user])
+    if (registered.signing_key, registered.ecdh_key) != (signing_key, ecdh_key):
+        raise PermissionDeniedError("an add event carries the keys its member signed in with")
+
+
 @handles(frames.Join)
 def join(relay: Relay, session: Session, req: frames.Join) -> frames.JoinResult:
-    """Become a member (pending until a key-holder admits), or learn one's keys.
+    """Become a member by appending one's own signed ``add`` event (pending until a
+    key-holder admits), or, already a member (no event), learn one's keys.
 
-    A private space admits only allowlisted users and redeemers of a valid link. Raises
-    :class:`PermissionDeniedError` for a private space without either,
-    :class:`InviteError` for a bad link, :class:`ChannelNotFoundError` for no space.
+    Raises :class:`PermissionDeniedError` for a private space without an invitation or a
+    link, :class:`InviteError` for a bad link, :class:`ChannelNotFoundError` for no space,
+    :class:`StaleStateError` if the event does not follow the log's head.
     """
     user = user_of(session)
-    space = known_space(relay, req.space_id)
+    state = known_space(relay, req.space_id)
     storage = relay.storage
-    role = storage.get_role(space.space_id, user)
-    if role is not None:
-        keys = tuple(storage.keys_for(space.space_id, user))
-        if not keys and storage.has_pending_join(space.space_id, user):
-            announce_join(relay, PendingJoin(space.space_id, user, role))
-        return frames.JoinResult(relay.space_info(space), role, keys, not keys)
-    if req.token is None and space.private and not storage.is_allowed(space.space_id, user):
-        raise PermissionDeniedError(
-            "this space is private: ask a member to invite you, or use an invite link"
-        )
-    role = storage.join_space(space.space_id, user, "viewer", relay.now_us(), req.token)
-    relay.push_space(frames.MemberChanged(space.space_id, user, role), space.space_id)
-    announce_join(relay, PendingJoin(space.space_id, user, role))
-    return frames.JoinResult(relay.space_info(space), role, (), True)
+    role = state.role_of(user)
+    if req.event is None:
+        if role is None:
+            raise PermissionDeniedError("not a member of this space: join with an add event")
+        keys = tuple(storage.keys_for(state.space_id, user))
+        if not keys and storage.has_join_request(state.space_id, user):
+            announce_join(relay, state, PendingJoin(state.space_id, user, role))
+        return frames.JoinResult(relay.space_info(state), role, keys, not keys)
+    event = req.event
+    if event.kind != "add" or event.actor != user:
+        raise ProtocolError("join takes the caller's own 'add' event", field="event")
+    body = state.check(event)
+    _check_identity(relay, user, body["signing_key"], body["ecdh_key"])
+    if body["via"] == "link":
+        link = state.links[body["link_id"]]
+        if link.expires_at_us is not None and relay.now_us() >= link.expires_at_us:
+            raise InviteError("this invite link has expired")
+    pending = PendingJoin(state.space_id, user, body["role"])
+    storage.append_event(event, join=pending, now_us=relay.now_us())
+    relay.apply_state(state, event)
+    announce_join(relay, state, pending)
+    return frames.JoinResult(relay.space_info(state), body["role"], (), True)
 
 
 @handles(frames.Admit)
 def admit(relay: Relay, session: Session, req: frames.Admit) -> frames.Ok:
-    """Store group keys a member wrapped for a newcomer and close its join request."""
-    space, _ = member_space(relay, session, req.space_id)
-    if relay.storage.get_role(space.space_id, req.member) is None:
+    """Store group keys a key-holder wrapped for a newcomer and close its join request."""
+    state, _ = member_space(relay, session, req.space_id)
+    user = user_of(session)
+    if req.member not in state.members:
         raise PermissionDeniedError(f"{req.member!r} is not a member: they must join first")
     check_wrapped_keys(
-        relay,
+        state,
         req.keys,
-        space_id=space.space_id,
-        wrapper=user_of(session),
-        epochs=range(space.epoch + 1),
-        recipients={req.member},
+        wrapper=user,
+        allowed=lambda k: (
+            k.recipient == req.member
+            and state.may_wrap(user, k.epoch)
+            and state.may_hold(req.member, k.epoch)
+        ),
     )
     relay.storage.add_keys(req.keys, admitted=req.member)
-    push_keys(relay, space.space_id, relay.storage.keys_for(space.space_id, req.member))
+    push_keys(relay, state.space_id, relay.storage.keys_for(state.space_id, req.member))
     return frames.Ok()
-
-
-@handles(frames.Rotate)
-def rotate(relay: Relay, session: Session, req: frames.Rotate) -> frames.EpochResult:
-    """Start the next epoch of a ``rotate`` space with keys wrapped to chosen members
-    (owner or editor only).
-
-    The new key must be wrapped to the keeper when it is a member. Raises
-    :class:`KeyUnavailableError` unless ``epoch`` is the current epoch + 1.
-    """
-    space, role = member_space(relay, session, req.space_id)
-    if role == "viewer":
-        # A rotation chooses who reads what follows: that is management, not chat.
-        raise PermissionDeniedError("only the owner or an editor may rotate the space's key")
-    if space.policy != "rotate":
-        raise PermissionDeniedError("only 'rotate' spaces change epochs")
-    if req.epoch != space.epoch + 1:
-        raise KeyUnavailableError(
-            f"the space is at epoch {space.epoch}; rotate to {space.epoch + 1}"
-        )
-    members = {m.member_id for m in relay.storage.list_members(space.space_id)}
-    check_wrapped_keys(
-        relay,
-        req.keys,
-        space_id=space.space_id,
-        wrapper=user_of(session),
-        epochs={req.epoch},
-        recipients=members,
-    )
-    if relay.keeper in members and not any(k.recipient == relay.keeper for k in req.keys):
-        raise ProtocolError("the new key must also be wrapped for the keeper", field="keys")
-    relay.storage.advance_epoch(space.space_id, req.epoch, req.keys)
-    relay.push_space(frames.EpochChanged(space.space_id, req.epoch), space.space_id)
-    push_keys(relay, space.space_id, req.keys)
-    return frames.EpochResult(req.epoch)
 
 
 @handles(frames.FetchKeys)
@@ -152,75 +130,53 @@ def keys(relay: Relay, session: Session, req: frames.FetchKeys) -> frames.KeysRe
     return frames.KeysResult(tuple(relay.storage.keys_for(req.space_id, user_of(session))))
 
 
-@handles(frames.Members)
-def members(relay: Relay, session: Session, req: frames.Members) -> frames.MemberList:
-    """The space's members and roles."""
-    member_space(relay, session, req.space_id)
-    return frames.MemberList(tuple(relay.storage.list_members(req.space_id)))
+@handles(frames.Append)
+def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendResult:
+    """Append the caller's signed state event (anything but genesis and add), with its
+    effects: an ``epoch`` stores and pushes the new key's wraps, a ``remove`` or ``leave``
+    unsubscribes the departed member, a ``delete`` removes the stored ciphertext.
 
-
-@handles(frames.Roster)
-def roster(relay: Relay, session: Session, req: frames.Roster) -> frames.RosterResult:
-    """The members with their published keys and whether they are online."""
-    member_space(relay, session, req.space_id)
-    online = set(relay.online(req.space_id))
-    return frames.RosterResult(
-        tuple(
-            frames.RosterEntry(
-                m.member_id, m.role, u.signing_key, u.ecdh_key, m.member_id in online
-            )
-            for m, u in relay.storage.list_member_users(req.space_id)
-        )
-    )
-
-
-@handles(frames.SetRole)
-def set_role(relay: Relay, session: Session, req: frames.SetRole) -> frames.Ok:
-    """The owner makes a member an ``editor`` or a ``viewer``."""
-    space = owner_space(relay, session, req.space_id)
-    if req.role == "owner":
-        raise ProtocolError("a space has exactly one owner", field="role")
-    if req.member == space.owner:
-        raise PermissionDeniedError("the owner's role is fixed")
-    if not relay.storage.set_role(space.space_id, req.member, req.role):
-        raise ChannelNotFoundError(f"{req.member!r} is not a member of this space")
-    relay.push_space(frames.MemberChanged(space.space_id, req.member, req.role), space.space_id)
-    return frames.Ok()
-
-
-@handles(frames.Invite)
-def invite(relay: Relay, session: Session, req: frames.Invite) -> frames.Ok:
-    """A member adds a username to the space's allowlist (it may join a private space)."""
-    member_space(relay, session, req.space_id)
-    relay.storage.allow(req.space_id, check_username(req.username))
-    return frames.Ok()
-
-
-def _drop(relay: Relay, space_id: str, username: str, *, disallow: bool) -> None:
-    """End a membership: tell the subscribers (the leaver too), then unsubscribe it."""
-    if not relay.storage.remove_member(space_id, username, disallow=disallow):
-        raise ChannelNotFoundError(f"{username!r} is not a member of this space")
-    relay.push_space(frames.MemberChanged(space_id, username, None), space_id)
-    relay.drop_member(space_id, username)
-
-
-@handles(frames.RemoveMember)
-def remove_member(relay: Relay, session: Session, req: frames.RemoveMember) -> frames.Ok:
-    """The owner removes a member, who also leaves the allowlist (so it cannot join a
-    private space again without a new invitation). A ``rotate`` space's owner then rotates.
+    Raises what :meth:`SpaceState.check` raises, :class:`ChannelNotFoundError` for an
+    unknown space or message.
     """
-    space = owner_space(relay, session, req.space_id)
-    if req.member == space.owner:
-        raise PermissionDeniedError("the owner cannot be removed")
-    _drop(relay, space.space_id, req.member, disallow=True)
-    return frames.Ok()
-
-
-@handles(frames.Leave)
-def leave(relay: Relay, session: Session, req: frames.Leave) -> frames.Ok:
-    """A member other than the owner leaves."""
-    space, role = member_space(relay, session, req.space_id)
-    if role == "owner":
-        raise PermissionDeniedError("the owner cannot leave the space")
-    _drop(relay, space.space_id, user_of(session), disallow=False)
-    return frames.Ok()
+    user = user_of(session)
+    state = known_space(relay, req.space_id)
+    event: StateEvent = req.event
+    if event.actor != user:
+        raise PermissionDeniedError("a state event is signed by the caller")
+    if event.kind in ("genesis", "add"):
+        raise ProtocolError(
+            f"'{event.kind}' events go through create_space and join", field="event"
+        )
+    if event.kind != "epoch" and req.keys:
+        raise ProtocolError("only an 'epoch' event carries keys", field="keys")
+    body = state.check(event)
+    storage = relay.storage
+    kwargs: dict[str, object] = {}
+    if event.kind == "epoch":
+        recipients = set(body["recipients"])
+        check_wrapped_keys(
+            state,
+            req.keys,
+            wrapper=user,
+            allowed=lambda k: k.epoch == body["epoch"] and k.recipient in recipients,
+        )
+        if {k.recipient for k in req.keys} != recipients:
+            raise ProtocolError("one wrapped key for each recipient of the epoch", field="keys")
+        kwargs["keys"] = req.keys
+    elif event.kind in ("remove", "leave"):
+        kwargs["close_join"] = body["member"]
+    elif event.kind == "delete":
+        source = storage.message_source(state.space_id, body["handle"])
+        if source is None:
+            raise ChannelNotFoundError(f"no message at handle {body['handle']}")
+        if source != body["author"]:
+            raise PermissionDeniedError("the delete event names another author")
+        kwargs["delete_handle"] = body["handle"]
+    storage.append_event(event, now_us=relay.now_us(), **kwargs)  # type: ignore[arg-type]
+    relay.apply_state(state, event)
+    if event.kind == "epoch":
+        push_keys(relay, state.space_id, req.keys)
+    elif event.kind in ("remove", "leave"):
+        relay.drop_member(state.space_id, body["member"])
+    return frames.AppendResult(event.seq)

@@ -1,8 +1,9 @@
-"""Messages and live state: subscribe, send, edit, delete, ephemeral, history.
+"""Messages and live state: subscribe, send, edit, ephemeral, history.
 
-The relay verifies every envelope's signature against the sender's registered key and
-requires ``source`` = the authenticated user and ``target`` = the space; the body stays
-sealed.
+The relay verifies every envelope's signature against the key the space's log records
+for its sender, and requires ``source`` = the authenticated user, ``target`` = the space,
+and a state head that is in the log with the epoch current; the body stays sealed.
+(Deleting is a state event: see :mod:`.membership`.)
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from ...exceptions import (
     LimitExceededError,
     PermissionDeniedError,
     ProtocolError,
+    StaleStateError,
 )
 from ...protocol import crypto, frames
 from ...protocol.envelope import Envelope
-from ..storage import SpaceRecord
+from ...protocol.statelog import SpaceState
 from .base import handles, member_space, user_of
 from .membership import join_request_event
 
@@ -26,24 +28,34 @@ if TYPE_CHECKING:
     from ..relay import Relay, Session
 
 
-def checked_envelope(relay: Relay, session: Session, envelope: Envelope, kind: str) -> SpaceRecord:
-    """The envelope's space, once the caller is its member and its author, and the
-    signature verifies. Raises :class:`ProtocolError`, :class:`PermissionDeniedError`
-    or :class:`IntegrityError`."""
+def checked_envelope(relay: Relay, session: Session, envelope: Envelope, kind: str) -> SpaceState:
+    """The envelope's space, once the caller is its member and its author, its state head
+    is in the log and the signature verifies. Raises :class:`ProtocolError`,
+    :class:`PermissionDeniedError`, :class:`StaleStateError` or :class:`IntegrityError`."""
     if envelope.kind != kind:
         raise ProtocolError(f"must be {kind!r} here", field="envelope.kind")
     user = user_of(session)
     if envelope.source != user:
         raise PermissionDeniedError("envelope.source must be the authenticated user")
-    space, _ = member_space(relay, session, envelope.target)
-    crypto.verify(relay.signing_key(user), envelope.signature, envelope.signed_bytes())
-    return space
+    state, _ = member_space(relay, session, envelope.target)
+    known = state.hash_at(envelope.head_seq)
+    if known is None:
+        raise StaleStateError("the envelope is bound to a state event the log does not have")
+    if known != envelope.head:
+        raise ProtocolError(
+            "the state head is not the log's event at head_seq", field="envelope.head"
+        )
+    signer = state.verify_key_at(user, state.head_seq)
+    assert signer is not None  # member_space checked the caller is a member
+    crypto.verify(signer, envelope.signature, envelope.signed_bytes())
+    return state
 
 
-def _current_epoch(space: SpaceRecord, envelope: Envelope) -> None:
-    if envelope.epoch != space.epoch:
+def _current_epoch(state: SpaceState, envelope: Envelope) -> None:
+    if envelope.epoch != state.epoch or state.epoch_at(envelope.head_seq) != state.epoch:
         raise KeyUnavailableError(
-            f"the space is at epoch {space.epoch}; seal new messages under it"
+            f"the space is at epoch {state.epoch} (since state event "
+            f"{state.epochs[state.epoch].seq}); seal new messages under it"
         )
 
 
@@ -62,13 +74,13 @@ def subscribe(relay: Relay, session: Session, req: frames.Subscribe) -> frames.S
     Join requests still waiting in the space are pushed to the new subscriber, so a
     member who comes online can admit people who asked while it was away.
     """
-    space, _ = member_space(relay, session, req.space_id)
-    relay.subscribe(session, space.space_id)
+    state, _ = member_space(relay, session, req.space_id)
+    relay.subscribe(session, state.space_id)
     user = user_of(session)
-    for pending in relay.storage.pending_joins(user, space.space_id):
-        if pending.username != user:
-            relay.push_to(join_request_event(relay, pending), session)
-    return frames.SubscribeResult(relay.online(space.space_id), space.epoch)
+    for pending in relay.storage.join_requests(state.space_id):
+        if pending.username != user and pending.username in state.members:
+            relay.push_to(join_request_event(relay, state, pending), session)
+    return frames.SubscribeResult(relay.online(state.space_id), state.epoch, state.head_seq)
 
 
 @handles(frames.Unsubscribe)
@@ -100,16 +112,6 @@ def edit(relay: Relay, session: Session, req: frames.Edit) -> frames.HandleResul
     relay.storage.replace_message(req.handle, envelope)
     relay.push_space(frames.MessageEdited(req.handle, envelope), space.space_id)
     return frames.HandleResult(req.handle)
-
-
-@handles(frames.Delete)
-def delete(relay: Relay, session: Session, req: frames.Delete) -> frames.Ok:
-    """Remove the author's own message from storage and push ``deleted``."""
-    space, _ = member_space(relay, session, req.space_id)
-    _author_check(relay, session, space.space_id, req.handle)
-    relay.storage.delete_message(space.space_id, req.handle)
-    relay.push_space(frames.MessageDeleted(space.space_id, req.handle), space.space_id)
-    return frames.Ok()
 
 
 @handles(frames.SendEphemeral)

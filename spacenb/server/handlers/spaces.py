@@ -1,18 +1,27 @@
-"""Spaces and the channel directory: create, look up, list; user keys; shard tickets."""
+"""Spaces and the channel directory: create, look up, list, read a state log; user keys;
+shard tickets."""
 
 from __future__ import annotations
 
 import unicodedata
 from typing import TYPE_CHECKING
 
-from ...exceptions import ProtocolError, ServerError
+from ...exceptions import (
+    IntegrityError,
+    LimitExceededError,
+    PermissionDeniedError,
+    ProtocolError,
+    ServerError,
+)
 from ...protocol import crypto, frames
-from ...protocol.keys import decode_space_id
+from ...protocol.keys import decode_public_key
+from ...protocol.statelog import SpaceState
 from ...protocol.tickets import issue_ticket
 from ..storage import SpaceRecord
 from .base import (
     check_wrapped_keys,
     handles,
+    known_space,
     may_see,
     member_space,
     user_of,
@@ -41,35 +50,50 @@ def check_channel_name(name: str) -> str:
 
 @handles(frames.CreateSpace)
 def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> frames.SpaceInfo:
-    """Create a space owned by the caller, and register its channel name when given.
+    """Create a space from its genesis event, owned by the caller, and register its channel
+    name when it has one.
 
-    The space key's signature proves the caller minted the id; the epoch-0 key must be
-    wrapped to the caller and may be wrapped to the keeper, who then becomes a member.
-    Raises :class:`ChannelExistsError` if the name (or id) is taken.
+    The genesis must verify (it is signed by the space key, whose public half is the
+    id), name the caller with its registered keys as owner, and name this relay's keeper
+    with its registered keys, if any. The epoch-0 key must be wrapped to the caller and,
+    when genesis admits the keeper, to the keeper. Raises :class:`ChannelExistsError` if
+    the name (or id) is taken.
     """
     user = user_of(session)
-    space_key = decode_space_id(req.space_id)
-    if req.name is not None:
-        check_channel_name(req.name)
-    signed = frames.create_space_signed_bytes(
-        req.space_id, user, req.policy, req.private, req.manual_admit, req.name
-    )
-    crypto.verify(space_key, req.signature, signed)
-    recipients = {user} if relay.keeper is None else {user, relay.keeper}
+    genesis = req.genesis
+    state = SpaceState(genesis)  # verifies the space key's signature and the body
+    (owner,) = relay.storage.get_users([user])
+    if state.owner != user or (
+        state.members[user].signing_key,
+        state.members[user].ecdh_key,
+    ) != (owner.signing_key, owner.ecdh_key):
+        raise PermissionDeniedError("genesis must name the caller, with its keys, as owner")
+    if state.name is not None:
+        check_channel_name(state.name)
+    if state.keeper is not None:
+        keeper = relay.storage.get_users([state.keeper]) if state.keeper == relay.keeper else []
+        recorded = state.members[state.keeper]
+        if not keeper or (keeper[0].signing_key, keeper[0].ecdh_key) != (
+            recorded.signing_key,
+            recorded.ecdh_key,
+        ):
+            raise PermissionDeniedError("genesis names a keeper that is not this relay's")
+    first = set(state.members)
     check_wrapped_keys(
-        relay, req.keys, space_id=req.space_id, wrapper=user, epochs={0}, recipients=recipients
+        state,
+        req.keys,
+        wrapper=user,
+        allowed=lambda k: k.epoch == 0 and k.recipient in first,
     )
-    if not any(k.recipient == user for k in req.keys):
-        raise ProtocolError("the creator must wrap the epoch-0 key to itself", field="keys")
-    members = [frames.MemberEntry(user, "owner")]
-    if relay.keeper is not None and any(k.recipient == relay.keeper for k in req.keys):
-        members.append(frames.MemberEntry(relay.keeper, "editor"))
-    space = SpaceRecord(
-        req.space_id, user, req.policy, req.private, req.manual_admit, req.name, 0,
-        relay.now_us(),
-    )  # fmt: skip
-    relay.storage.create_space(space, members, req.keys)
-    return relay.space_info(space)
+    if {k.recipient for k in req.keys} != first:
+        raise ProtocolError(
+            "the epoch-0 key must be wrapped to the owner and to an admitted keeper",
+            field="keys",
+        )
+    space = SpaceRecord(state.space_id, state.name, state.private, relay.now_us())
+    relay.storage.create_space(space, genesis, req.keys)
+    relay.remember_state(state)
+    return relay.space_info(state)
 
 
 @handles(frames.GetSpaceInfo)
@@ -78,14 +102,42 @@ def space_info(relay: Relay, session: Session, req: frames.GetSpaceInfo) -> fram
     return relay.space_info(visible_space(relay, session, req.space_id))
 
 
+@handles(frames.GetStateLog)
+def state_log(relay: Relay, session: Session, req: frames.GetStateLog) -> frames.StateLogPage:
+    """Events ``since`` … of the space's log. A private space's log goes to its members,
+    to invited users and to a link holder who proves it holds the link's token."""
+    state = known_space(relay, req.space_id)
+    user = user_of(session)
+    if not may_see(state, user) and not _proves_link(state, session, req):
+        raise PermissionDeniedError(
+            "this space is private: ask a member to invite you, or use an invite link"
+        )
+    if not 1 <= req.limit <= frames.MAX_LOG_PAGE:
+        raise LimitExceededError(f"limit is 1..{frames.MAX_LOG_PAGE}")
+    events = state.events[req.since : req.since + req.limit]
+    return frames.StateLogPage(tuple(events), state.head_seq)
+
+
+def _proves_link(state: SpaceState, session: Session, req: frames.GetStateLog) -> bool:
+    link = state.links.get(req.link_id or "")
+    if link is None or req.proof is None or link.revoked:
+        return False
+    signed = frames.log_read_signed_bytes(state.space_id, user_of(session), session.nonce)
+    try:
+        crypto.verify(decode_public_key(link.link_key, "lnk"), req.proof, signed)
+    except IntegrityError:
+        return False
+    return True
+
+
 @handles(frames.Resolve)
 def resolve(relay: Relay, session: Session, req: frames.Resolve) -> frames.ResolveResult:
     """The space id of a channel name; None if unknown or private and not visible."""
     space_id = relay.storage.resolve_channel(req.name)
-    space = None if space_id is None else relay.storage.get_space(space_id)
-    if space is None or not may_see(relay, space, user_of(session)):
+    state = None if space_id is None else relay.state(space_id)
+    if state is None or not may_see(state, user_of(session)):
         return frames.ResolveResult(None)
-    return frames.ResolveResult(space.space_id)
+    return frames.ResolveResult(state.space_id)
 
 
 @handles(frames.ListChannels)

@@ -1,0 +1,831 @@
+"""A space's signed state log (PROTOCOL.md, "The state log").
+
+Every change to who may read or act in a space is an event signed by an actor whom the
+state so far allows to make it, and each event carries the hash of the one before. The
+first event (genesis) is signed by the space key, so the chain is self-certifying from the
+space id alone. :class:`SpaceState` verifies a chain event by event and derives from it
+everything a member or the relay needs to decide: members and their keys, roles, bans,
+invitations, invite links, epochs and who each was wrapped to, and deletions.
+
+The relay runs the same checks before it stores an event, but nobody has to trust that
+it did: a client derives the state from the events alone, never from a relay answer.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..exceptions import (
+    IntegrityError,
+    InviteError,
+    PermissionDeniedError,
+    ProtocolError,
+    StaleStateError,
+)
+from . import crypto
+from .encoding import b64d, b64e, canonical_json, lp_encode
+from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
+
+__all__ = [
+    "GENESIS_PREV",
+    "KINDS",
+    "USERNAME_RE",
+    "Invitation",
+    "InviteLinkState",
+    "MemberState",
+    "SpaceState",
+    "StateEvent",
+    "check_username",
+    "key_commitment",
+    "link_id_of_key",
+    "link_keys_from_token",
+    "link_proof_bytes",
+    "make_event",
+    "make_genesis",
+    "new_link_token",
+]
+
+GENESIS_PREV = bytes(32)
+HASH_SIZE = 32
+
+EventKind = Literal[
+    "genesis", "add", "invite", "role", "remove", "leave", "epoch", "link", "unlink", "delete"
+]
+KINDS: tuple[str, ...] = (
+    "genesis", "add", "invite", "role", "remove", "leave", "epoch", "link", "unlink", "delete",
+)  # fmt: skip
+MemberRole = Literal["owner", "editor", "viewer"]
+
+# One schema per kind: field name -> allowed JSON types ("str?" allows null).
+_SCHEMAS: dict[str, dict[str, str]] = {
+    "genesis": {
+        "owner": "str", "signing_key": "str", "ecdh_key": "str", "policy": "str",
+        "private": "bool", "manual_admit": "bool", "name": "str?", "keeper": "str?",
+        "keeper_signing_key": "str?", "keeper_ecdh_key": "str?", "key_commitment": "str",
+    },
+    "add": {
+        "member": "str", "signing_key": "str", "ecdh_key": "str", "role": "str", "via": "str",
+        "link_id": "str?", "proof": "str?",
+    },
+    "invite": {"member": "str", "role": "str", "signing_key": "str?", "ecdh_key": "str?"},
+    "role": {"member": "str", "role": "str"},
+    "remove": {"member": "str"},
+    "leave": {"member": "str"},
+    "epoch": {"epoch": "int", "recipients": "list", "key_commitment": "str"},
+    "link": {
+        "link_id": "str", "link_key": "str", "role": "str", "max_uses": "int?",
+        "expires_at_us": "int?",
+    },
+    "unlink": {"link_id": "str"},
+    "delete": {"handle": "int", "author": "str"},
+}  # fmt: skip
+_MAX_INT = 2**53 - 1
+_MAX_TEXT = 4096
+
+
+USERNAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+
+
+def check_username(value: object, *, field: str = "username") -> str:
+    """``value`` if it is a valid username, else :class:`ProtocolError` naming ``field``."""
+    if not isinstance(value, str) or not USERNAME_RE.fullmatch(value):
+        raise ProtocolError("usernames match [a-z0-9][a-z0-9_.-]{0,31}", field=field)
+    return value
+
+
+def _username(value: str, field_name: str) -> str:
+    return check_username(value, field=field_name)
+
+
+def _check_body(kind: str, body: Any) -> dict[str, Any]:
+    """The body as a dict, if it has exactly the fields of ``kind`` with the right types."""
+    schema = _SCHEMAS[kind]
+    if not isinstance(body, dict) or set(body) != set(schema):
+        raise ProtocolError(
+            f"a {kind!r} event has exactly the fields {sorted(schema)}", field="event.body"
+        )
+    for name, spec in schema.items():
+        value = body[name]
+        where = f"event.body.{name}"
+        if spec.endswith("?"):
+            if value is None:
+                continue
+            spec = spec[:-1]
+        if spec == "str":
+            if not isinstance(value, str) or len(value) > _MAX_TEXT:
+                raise ProtocolError("expected text", field=where)
+        elif spec == "bool":
+            if not isinstance(value, bool):
+                raise ProtocolError("expected true or false", field=where)
+        elif spec == "int":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
+                raise ProtocolError("expected an integer in [0, 2^53 - 1]", field=where)
+        elif spec == "list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ProtocolError("expected a list of usernames", field=where)
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class StateEvent:
+    """One signed change of a space's state. ``body`` is canonical JSON (UTF-8 bytes)."""
+
+    space_id: str
+    seq: int
+    prev: bytes  # hash of event seq - 1; 32 zero bytes for genesis
+    kind: str
+    actor: str
+    at_us: int  # the actor's clock when it signed (the relay refuses a far-off one)
+    body: bytes
+    signature: bytes = field(default=b"", repr=False)
+
+    def signed_bytes(self) -> bytes:
+        """What the actor (the space key, for genesis) signs."""
+        return lp_encode(
+            f"spacenb/v2/state/{self.kind}", self.space_id, self.seq, self.prev, self.actor,
+            self.at_us, self.body,
+        )  # fmt: skip
+
+    def hash(self) -> bytes:
+        """The event's hash, which the next event carries as ``prev``."""
+        return crypto.sha256(
+            lp_encode("spacenb/v2/state-hash", self.signed_bytes(), self.signature)
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """The parsed body, checked against the kind's schema and canonical form.
+
+        Raises :class:`ProtocolError` naming the field.
+        """
+        if self.kind not in _SCHEMAS:
+            raise ProtocolError(f"unknown state event kind {self.kind!r}"[:200], field="event.kind")
+        try:
+            obj = json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ProtocolError("not JSON", field="event.body") from None
+        body = _check_body(self.kind, obj)
+        if canonical_json(body) != self.body:
+            raise ProtocolError("not in canonical form", field="event.body")
+        return body
+
+
+def make_event(
+    signer: IdentityKeys | SpaceKeyPair,
+    *,
+    space_id: str,
+    seq: int,
+    prev: bytes,
+    kind: str,
+    actor: str,
+    at_us: int,
+    body: dict[str, Any],
+) -> StateEvent:
+    """Build and sign an event (the body is checked against its kind's schema first)."""
+    if kind not in _SCHEMAS:
+        raise ProtocolError(f"unknown state event kind {kind!r}", field="kind")
+    data = canonical_json(_check_body(kind, body))
+    unsigned = StateEvent(space_id, seq, prev, kind, actor, at_us, data)
+    return StateEvent(
+        space_id, seq, prev, kind, actor, at_us, data, signer.sign(unsigned.signed_bytes())
+    )
+
+
+def key_commitment(space_id: str, epoch: int, group_key: bytes) -> str:
+    """What the state log records of an epoch's key: a hash that binds it without showing it."""
+    return b64e(crypto.sha256(lp_encode("spacenb/v2/key-commitment", space_id, epoch, group_key)))
+
+
+def make_genesis(
+    space_key: SpaceKeyPair,
+    *,
+    owner: str,
+    owner_signing_key: str,
+    owner_ecdh_key: str,
+    policy: str,
+    private: bool,
+    manual_admit: bool,
+    name: str | None,
+    keeper: tuple[str, str, str] | None,
+    group_key: bytes,
+    at_us: int,
+) -> StateEvent:
+    """The first event of a space, signed by the space key. ``keeper`` is the keeper's
+    ``(username, signing key, ecdh key)`` when the keeper is admitted, else None."""
+    return make_event(
+        space_key,
+        space_id=space_key.space_id,
+        seq=0,
+        prev=GENESIS_PREV,
+        kind="genesis",
+        actor=owner,
+        at_us=at_us,
+        body={
+            "owner": owner,
+            "signing_key": owner_signing_key,
+            "ecdh_key": owner_ecdh_key,
+            "policy": policy,
+            "private": private,
+            "manual_admit": manual_admit,
+            "name": name,
+            "keeper": keeper[0] if keeper else None,
+            "keeper_signing_key": keeper[1] if keeper else None,
+            "keeper_ecdh_key": keeper[2] if keeper else None,
+            "key_commitment": key_commitment(space_key.space_id, 0, group_key),
+        },
+    )
+
+
+# --------------------------------------------------------------------------- invite links
+
+
+def new_link_token() -> str:
+    """A fresh invite-link token (32 random bytes, base64url). Only its holder can join."""
+    return b64e(crypto.random_bytes(32))
+
+
+def link_keys_from_token(token: str) -> LinkKeyPair:
+    """The key pair a link token stands for: the log records the public half, and a
+    redeemer proves it holds the token by signing with the private half."""
+    if not isinstance(token, str) or not token:
+        raise InviteError("an invite token is a non-empty string")
+    try:
+        raw = b64d(token, field="token")
+    except ProtocolError:
+        raise InviteError("malformed invite token") from None
+    if len(raw) != 32:
+        raise InviteError("malformed invite token")
+    return LinkKeyPair.from_token_bytes(raw)
+
+
+def link_id_of_key(link_key: str) -> str:
+    """A link's public id: 16 hex digits of the SHA-256 of its key text."""
+    return crypto.sha256(link_key.encode("utf-8")).hex()[:16]
+
+
+def link_proof_bytes(space_id: str, member: str, prev: bytes) -> bytes:
+    """What a redeemer signs with the link key: binds the use to one member and one place
+    in the log, so a proof cannot be replayed by another user or at another time."""
+    return lp_encode("spacenb/v2/link-proof", space_id, member, prev)
+
+
+# --------------------------------------------------------------------------- derived state
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """A current member as the log records it."""
+
+    name: str
+    role: MemberRole
+    signing_key: str
+    ecdh_key: str
+    since_seq: int  # the event that added it
+    since_epoch: int  # the epoch current when it was added
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """An open invitation: ``member`` may add itself with ``role`` (and, when the inviter
+    pinned them, exactly these keys)."""
+
+    member: str
+    role: MemberRole
+    by: str
+    seq: int
+    signing_key: str | None
+    ecdh_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InviteLinkState:
+    """An invite link as the log records it; ``uses`` counts the signed adds through it."""
+
+    link_id: str
+    link_key: str
+    role: MemberRole
+    max_uses: int | None
+    expires_at_us: int | None
+    created_at_us: int
+    seq: int
+    uses: int = 0
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """One stretch of membership: from the adding event to the one that ended it."""
+
+    start: int
+    end: int | None
+    signing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class EpochState:
+    epoch: int
+    seq: int
+    recipients: frozenset[str]
+    commitment: str
+
+
+class SpaceState:
+    """A verified state log and the state it derives. Start with :meth:`from_genesis`,
+    then :meth:`apply` each following event; :meth:`check` says whether one would apply.
+
+    Every refusal raises: :class:`StaleStateError` for an event that does not extend the
+    head, :class:`PermissionDeniedError` for an actor the state does not allow,
+    :class:`InviteError` for a link that cannot be used, :class:`ProtocolError` for a
+    malformed event and :class:`IntegrityError` for a signature that does not verify.
+    """
+
+    def __init__(self, genesis: StateEvent, *, verify: bool = True) -> None:
+        if genesis.seq != 0 or genesis.kind != "genesis" or genesis.prev != GENESIS_PREV:
+            raise ProtocolError("a log starts with a genesis event at seq 0", field="event")
+        body = genesis.fields()
+        space_key = decode_space_id(genesis.space_id, field="event.space_id")
+        if verify:
+            crypto.verify(space_key, genesis.signature, genesis.signed_bytes())
+        owner = _username(body["owner"], "event.body.owner")
+        if genesis.actor != owner:
+            raise ProtocolError("genesis is made by the owner", field="event.actor")
+        if body["policy"] not in ("static", "rotate"):
+            raise ProtocolError("policy is 'static' or 'rotate'", field="event.body.policy")
+        _key(body["signing_key"], "sig", "event.body.signing_key")
+        _key(body["ecdh_key"], "dh", "event.body.ecdh_key")
+        _commitment(body["key_commitment"])
+        keeper = body["keeper"]
+        keeper_keys = (body["keeper_signing_key"], body["keeper_ecdh_key"])
+        if keeper is None:
+            if keeper_keys != (None, None):
+                raise ProtocolError("keeper keys without a keeper", field="event.body.keeper")
+        else:
+            _username(keeper, "event.body.keeper")
+            if keeper == owner:
+                raise ProtocolError("the keeper is not the owner", field="event.body.keeper")
+            if body["manual_admit"]:
+                raise ProtocolError(
+                    "a space with manual admission never admits the keeper",
+                    field="event.body.keeper",
+                )
+            _key(keeper_keys[0], "sig", "event.body.keeper_signing_key")
+            _key(keeper_keys[1], "dh", "event.body.keeper_ecdh_key")
+        if body["name"] is not None and not body["name"]:
+            raise ProtocolError("a channel name is not empty", field="event.body.name")
+
+        self.space_id = genesis.space_id
+        self.owner: str = owner
+        self.policy: Literal["static", "rotate"] = body["policy"]
+        self.private: bool = body["private"]
+        self.manual_admit: bool = body["manual_admit"]
+        self.name: str | None = body["name"]
+        self.keeper: str | None = keeper
+        self.created_at_us = genesis.at_us
+        self.members: dict[str, MemberState] = {}
+        self.banned: set[str] = set()
+        self.invitations: dict[str, Invitation] = {}
+        self.links: dict[str, InviteLinkState] = {}
+        self.deleted: dict[int, str] = {}  # handle -> author
+        self.epoch = 0
+        self.epochs: dict[int, EpochState] = {}
+        self.events: list[StateEvent] = []
+        self._hashes: list[bytes] = []
+        self._by_hash: dict[bytes, int] = {}
+        self._spans: dict[str, list[_Span]] = {}
+        self._epoch_starts: list[int] = []  # seq at which epoch i began
+        self._verify_keys: dict[str, crypto.PublicKey] = {}
+
+        first = {owner}
+        self._add_member(owner, "owner", body["signing_key"], body["ecdh_key"], 0)
+        if keeper is not None:
+            self._add_member(keeper, "editor", keeper_keys[0], keeper_keys[1], 0)
+            first.add(keeper)
+        self.epochs[0] = EpochState(0, 0, frozenset(first), body["key_commitment"])
+        self._epoch_starts.append(0)
+        self._append(genesis)
+
+    @classmethod
+    def from_events(cls, events: Iterable[StateEvent], *, verify: bool = True) -> SpaceState:
+        """Verify a whole chain from its genesis; raises on the first bad event."""
+        it = iter(events)
+        try:
+            genesis = next(it)
+        except StopIteration:
+            raise ProtocolError("an empty state log", field="events") from None
+        state = cls(genesis, verify=verify)
+        for event in it:
+            state.apply(event, verify=verify)
+        return state
+
+    # ------------------------------------------------------------------ the chain
+
+    @property
+    def head_seq(self) -> int:
+        return len(self._hashes) - 1
+
+    @property
+    def head(self) -> bytes:
+        return self._hashes[-1]
+
+    def hash_at(self, seq: int) -> bytes | None:
+        return self._hashes[seq] if 0 <= seq < len(self._hashes) else None
+
+    def seq_of(self, digest: bytes) -> int | None:
+        return self._by_hash.get(digest)
+
+    def _append(self, event: StateEvent) -> None:
+        digest = event.hash()
+        self.events.append(event)
+        self._hashes.append(digest)
+        self._by_hash[digest] = event.seq
+
+    # ------------------------------------------------------------------ queries
+
+    def role_of(self, name: str) -> MemberRole | None:
+        member = self.members.get(name)
+        return member.role if member else None
+
+    def is_member_at(self, name: str, seq: int) -> bool:
+        return self.signing_key_at(name, seq) is not None
+
+    def signing_key_at(self, name: str, seq: int) -> str | None:
+        """The signing key ``name`` had as a member at event ``seq`` (None if not one)."""
+        for span in reversed(self._spans.get(name, ())):
+            if span.start <= seq and (span.end is None or seq < span.end):
+                return span.signing_key
+        return None
+
+    def verify_key_at(self, name: str, seq: int) -> crypto.PublicKey | None:
+        text = self.signing_key_at(name, seq)
+        if text is None:
+            return None
+        key = self._verify_keys.get(text)
+        if key is None:
+            key = self._verify_keys[text] = decode_public_key(text, "sig")
+        return key
+
+    def epoch_at(self, seq: int) -> int:
+        """The epoch current once event ``seq`` was applied."""
+        return bisect.bisect_right(self._epoch_starts, seq) - 1
+
+    def may_hold(self, name: str, epoch: int) -> bool:
+        """Whether the log entitles current member ``name`` to the key of ``epoch``: every
+        member holds a static space's key; in a rotate space a member holds the epoch that
+        was current when it was added and the later ones that were wrapped to it."""
+        member = self.members.get(name)
+        if member is None or epoch not in self.epochs:
+            return False
+        if self.policy == "static":
+            return True
+        if epoch == member.since_epoch:
+            return True
+        return epoch > member.since_epoch and name in self.epochs[epoch].recipients
+
+    def epochs_for(self, name: str) -> list[int]:
+        """Every epoch ``name`` may hold, oldest first."""
+        return [e for e in sorted(self.epochs) if self.may_hold(name, e)]
+
+    def may_wrap(self, wrapper: str, epoch: int) -> bool:
+        """Whether ``wrapper`` may hand out the key of ``epoch``: a current member that
+        holds it itself (the keeper only because genesis admitted it)."""
+        return self.may_hold(wrapper, epoch)
+
+    def keeper_admits(self) -> bool:
+        """Whether the keeper hands keys to newcomers here (genesis admitted it, it is
+        still a member, and admission is not by hand)."""
+        return self.keeper is not None and self.keeper in self.members and not self.manual_admit
+
+    def check_commitment(self, epoch: int, group_key: bytes) -> None:
+        """:class:`IntegrityError` unless ``group_key`` is the key the log committed to."""
+        known = self.epochs.get(epoch)
+        if known is None or known.commitment != key_commitment(self.space_id, epoch, group_key):
+            raise IntegrityError(f"the key for epoch {epoch} is not the one the log committed to")
+
+    def rotation_recipients(self, actor: str, roster: Iterable[str] | None) -> list[str]:
+        """Who a rotation by ``actor`` wraps the new key to: ``roster`` (default: every
+        member), plus the actor and the keeper when it is a member. Raises
+        :class:`PermissionDeniedError` naming anyone in ``roster`` who is not a member."""
+        wanted = set(self.members) if roster is None else set(roster)
+        unknown = wanted - set(self.members)
+        if unknown:
+            raise PermissionDeniedError(f"not members of this space: {sorted(unknown)}")
+        wanted.add(actor)
+        if self.keeper is not None and self.keeper in self.members:
+            wanted.add(self.keeper)
+        return sorted(wanted)
+
+    def active_links(self) -> Iterator[InviteLinkState]:
+        return iter(self.links.values())
+
+    # ------------------------------------------------------------------ checking
+
+    def check(self, event: StateEvent, *, verify: bool = True) -> dict[str, Any]:
+        """Check that ``event`` may follow the head; return its parsed body.
+
+        Changes nothing. ``verify=False`` skips the signature check (for events the
+        caller already verified, as the relay does for what it stored itself).
+        """
+        if event.space_id != self.space_id:
+            raise ProtocolError("event for another space", field="event.space_id")
+        if event.seq != self.head_seq + 1 or event.prev != self.head:
+            raise StaleStateError(
+                f"event {event.seq} does not follow the head ({self.head_seq}): fetch the log "
+                "and try again"
+            )
+        if event.kind == "genesis":
+            raise ProtocolError("a space has one genesis", field="event.kind")
+        body = event.fields()
+        actor = _username(event.actor, "event.actor")
+        rule = getattr(self, f"_check_{event.kind}")
+        signer: str = rule(actor, body, event)
+        if verify:
+            crypto.verify(decode_public_key(signer, "sig"), event.signature, event.signed_bytes())
+        return body
+
+    def _actor_member(self, actor: str) -> MemberState:
+        member = self.members.get(actor)
+        if member is None:
+            raise PermissionDeniedError(f"{actor!r} is not a member of this space")
+        return member
+
+    def _actor_owner(self, actor: str) -> MemberState:
+        member = self._actor_member(actor)
+        if member.role != "owner":
+            raise PermissionDeniedError("only the space's owner may do this")
+        return member
+
+    def _target(self, body: dict[str, Any]) -> str:
+        return _username(body["member"], "event.body.member")
+
+    def _check_add(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        member = self._target(body)
+        if actor != member:
+            raise PermissionDeniedError("a member adds itself (with an invitation or a link)")
+        if member in self.members:
+            raise PermissionDeniedError(f"{member!r} is already a member")
+        if member == self.keeper or member == self.owner:
+            raise PermissionDeniedError(f"{member!r} cannot join again")
+        _key(body["signing_key"], "sig", "event.body.signing_key")
+        _key(body["ecdh_key"], "dh", "event.body.ecdh_key")
+        role, via = body["role"], body["via"]
+        if via != "link" and (body["link_id"] is not None or body["proof"] is not None):
+            raise ProtocolError("only a link add carries a link", field="event.body.link_id")
+        if via == "open":
+            if self.private:
+                raise PermissionDeniedError(
+                    "this space is private: ask a member to invite you, or use an invite link"
+                )
+            if member in self.banned:
+                raise PermissionDeniedError(f"{member!r} was removed from this space")
+            if role != "viewer":
+                raise PermissionDeniedError("joining an open space makes a viewer")
+        elif via == "invite":
+            invitation = self.invitations.get(member)
+            if invitation is None:
+                raise PermissionDeniedError(f"{member!r} has no invitation to this space")
+            if role != invitation.role:
+                raise PermissionDeniedError(f"the invitation is for the role {invitation.role!r}")
+            if invitation.signing_key is not None and (
+                invitation.signing_key != body["signing_key"]
+                or invitation.ecdh_key != body["ecdh_key"]
+            ):
+                raise PermissionDeniedError(
+                    f"the invitation names other identity keys for {member!r}"
+                )
+        elif via == "link":
+            link = self.links.get(body["link_id"] or "")
+            if link is None:
+                raise InviteError("unknown invite link")
+            if member in self.banned:
+                raise PermissionDeniedError(
+                    f"{member!r} was removed from this space: an old link does not let them back"
+                )
+            if link.revoked:
+                raise InviteError("this invite link has been revoked")
+            if link.expires_at_us is not None and event.at_us >= link.expires_at_us:
+                raise InviteError("this invite link has expired")
+            if link.max_uses is not None and link.uses >= link.max_uses:
+                raise InviteError(
+                    f"this invite link has been used {link.uses} of {link.max_uses} times"
+                )
+            if role != link.role:
+                raise PermissionDeniedError(f"the link grants the role {link.role!r}")
+            proof = _b64(body["proof"], "event.body.proof")
+            link_key = decode_public_key(link.link_key, "lnk", field="link_key")
+            crypto.verify(link_key, proof, link_proof_bytes(self.space_id, member, event.prev))
+        else:
+            raise ProtocolError("via is 'open', 'invite' or 'link'", field="event.body.via")
+        signer: str = body["signing_key"]
+        return signer
+
+    def _check_invite(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        inviter = self._actor_member(actor)
+        member = self._target(body)
+        if member in self.members:
+            raise PermissionDeniedError(f"{member!r} is already a member")
+        if member == self.keeper:
+            raise PermissionDeniedError("the keeper joins only through genesis")
+        if body["role"] not in ("editor", "viewer"):
+            raise ProtocolError(
+                "an invitation grants 'editor' or 'viewer'", field="event.body.role"
+            )
+        if body["role"] == "editor" and inviter.role != "owner":
+            raise PermissionDeniedError("only the owner invites editors")
+        if member in self.banned and inviter.role == "viewer":
+            raise PermissionDeniedError(
+                f"{member!r} was removed: only the owner or an editor can invite them back"
+            )
+        keys = (body["signing_key"], body["ecdh_key"])
+        if keys != (None, None):
+            _key(keys[0], "sig", "event.body.signing_key")
+            _key(keys[1], "dh", "event.body.ecdh_key")
+        return inviter.signing_key
+
+    def _check_role(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        owner = self._actor_owner(actor)
+        member = self._target(body)
+        if member not in self.members:
+            raise PermissionDeniedError(f"{member!r} is not a member of this space")
+        if member == self.owner:
+            raise PermissionDeniedError("the owner's role is fixed")
+        if body["role"] not in ("editor", "viewer"):
+            raise ProtocolError("a role is 'editor' or 'viewer'", field="event.body.role")
+        return owner.signing_key
+
+    def _check_remove(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        owner = self._actor_owner(actor)
+        member = self._target(body)
+        if member not in self.members:
+            raise PermissionDeniedError(f"{member!r} is not a member of this space")
+        if member == self.owner:
+            raise PermissionDeniedError("the owner cannot be removed")
+        return owner.signing_key
+
+    def _check_leave(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        member = self._actor_member(actor)
+        if self._target(body) != actor:
+            raise PermissionDeniedError("a member leaves only by itself")
+        if actor == self.owner:
+            raise PermissionDeniedError("the owner cannot leave the space")
+        return member.signing_key
+
+    def _check_epoch(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        member = self._actor_member(actor)
+        if self.policy != "rotate":
+            raise PermissionDeniedError("only 'rotate' spaces change epochs")
+        if member.role == "viewer" or actor == self.keeper:
+            raise PermissionDeniedError("only the owner or an editor may rotate the space's key")
+        if body["epoch"] != self.epoch + 1:
+            raise ProtocolError(
+                f"the space is at epoch {self.epoch}; rotate to {self.epoch + 1}",
+                field="event.body.epoch",
+            )
+        recipients = body["recipients"]
+        if recipients != sorted(set(recipients)):
+            raise ProtocolError("recipients are sorted and unique", field="event.body.recipients")
+        outsiders = set(recipients) - set(self.members)
+        if outsiders:
+            raise PermissionDeniedError(f"not members of this space: {sorted(outsiders)}")
+        if actor not in recipients:
+            raise ProtocolError("the rotating member is a recipient", field="event.body.recipients")
+        if self.keeper in self.members and self.keeper not in recipients:
+            raise ProtocolError(
+                "the new key must also be wrapped for the keeper", field="event.body.recipients"
+            )
+        _commitment(body["key_commitment"])
+        return member.signing_key
+
+    def _check_link(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        owner = self._actor_owner(actor)
+        _key(body["link_key"], "lnk", "event.body.link_key")
+        if body["link_id"] != link_id_of_key(body["link_key"]):
+            raise ProtocolError("link_id is the hash of link_key", field="event.body.link_id")
+        if body["link_id"] in self.links:
+            raise ProtocolError("this link already exists", field="event.body.link_id")
+        if body["role"] not in ("editor", "viewer"):
+            raise ProtocolError("a link grants 'editor' or 'viewer'", field="event.body.role")
+        if body["max_uses"] == 0:
+            raise ProtocolError("must be at least 1, or null", field="event.body.max_uses")
+        expires = body["expires_at_us"]
+        if expires is not None and expires <= event.at_us:
+            raise ProtocolError("a link expires after it is made", field="event.body.expires_at_us")
+        return owner.signing_key
+
+    def _check_unlink(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        owner = self._actor_owner(actor)
+        link = self.links.get(body["link_id"])
+        if link is None:
+            raise InviteError("unknown invite link")
+        if link.revoked:
+            raise InviteError("this invite link is already revoked")
+        return owner.signing_key
+
+    def _check_delete(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        member = self._actor_member(actor)
+        author = _username(body["author"], "event.body.author")
+        if actor != author and member.role != "owner":
+            raise PermissionDeniedError("only the message's author or the owner may delete it")
+        if body["handle"] < 1:
+            raise ProtocolError("a handle is at least 1", field="event.body.handle")
+        if body["handle"] in self.deleted:
+            raise ProtocolError("this message is already deleted", field="event.body.handle")
+        return member.signing_key
+
+    # ------------------------------------------------------------------ applying
+
+    def apply(self, event: StateEvent, *, verify: bool = True) -> None:
+        """Check ``event`` (see :meth:`check`) and make it the new head."""
+        body = self.check(event, verify=verify)
+        getattr(self, f"_apply_{event.kind}")(event, body)
+        self._append(event)
+
+    def _add_member(
+        self, name: str, role: MemberRole, signing_key: str, ecdh_key: str, seq: int
+    ) -> None:
+        self.members[name] = MemberState(name, role, signing_key, ecdh_key, seq, self.epoch)
+        self._spans.setdefault(name, []).append(_Span(seq, None, signing_key))
+
+    def _end_member(self, name: str, seq: int) -> None:
+        del self.members[name]
+        spans = self._spans[name]
+        spans[-1] = _Span(spans[-1].start, seq, spans[-1].signing_key)
+
+    def _apply_add(self, event: StateEvent, body: dict[str, Any]) -> None:
+        member = body["member"]
+        self._add_member(member, body["role"], body["signing_key"], body["ecdh_key"], event.seq)
+        if body["via"] == "invite":
+            del self.invitations[member]
+        elif body["via"] == "link":
+            link = self.links[body["link_id"]]
+            self.links[link.link_id] = _replace_link(link, uses=link.uses + 1)
+
+    def _apply_invite(self, event: StateEvent, body: dict[str, Any]) -> None:
+        member = body["member"]
+        self.banned.discard(member)
+        self.invitations[member] = Invitation(
+            member, body["role"], event.actor, event.seq, body["signing_key"], body["ecdh_key"]
+        )
+
+    def _apply_role(self, event: StateEvent, body: dict[str, Any]) -> None:
+        old = self.members[body["member"]]
+        self.members[old.name] = MemberState(
+            old.name, body["role"], old.signing_key, old.ecdh_key, old.since_seq, old.since_epoch
+        )
+
+    def _apply_remove(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self._end_member(body["member"], event.seq)
+        self.banned.add(body["member"])
+        self.invitations.pop(body["member"], None)
+
+    def _apply_leave(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self._end_member(body["member"], event.seq)
+
+    def _apply_epoch(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self.epoch = body["epoch"]
+        self.epochs[self.epoch] = EpochState(
+            self.epoch, event.seq, frozenset(body["recipients"]), body["key_commitment"]
+        )
+        self._epoch_starts.append(event.seq)
+
+    def _apply_link(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self.links[body["link_id"]] = InviteLinkState(
+            body["link_id"], body["link_key"], body["role"], body["max_uses"],
+            body["expires_at_us"], event.at_us, event.seq,
+        )  # fmt: skip
+
+    def _apply_unlink(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self.links[body["link_id"]] = _replace_link(self.links[body["link_id"]], revoked=True)
+
+    def _apply_delete(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self.deleted[body["handle"]] = body["author"]
+
+    def __repr__(self) -> str:
+        return (
+            f"<SpaceState {self.space_id} seq={self.head_seq} epoch={self.epoch} "
+            f"members={len(self.members)}>"
+        )
+
+
+def _replace_link(link: InviteLinkState, **changes: Any) -> InviteLinkState:
+    from dataclasses import replace
+
+    return replace(link, **changes)
+
+
+def _key(text: str | None, kind: str, where: str) -> None:
+    decode_public_key(text, kind, field=where)
+
+
+def _commitment(text: str) -> None:
+    if len(_b64(text, "event.body.key_commitment")) != HASH_SIZE:
+        raise ProtocolError("a key commitment is 32 bytes", field="event.body.key_commitment")
+
+
+def _b64(text: str | None, where: str) -> bytes:
+    if text is None:
+        raise ProtocolError("required", field=where)
+    return b64d(text, field=where)

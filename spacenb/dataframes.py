@@ -20,6 +20,8 @@ __all__ = [
     "INVITE_LINK_COLUMNS",
     "MEMBER_COLUMNS",
     "ROSTER_COLUMNS",
+    "STATE_LOG_COLUMNS",
+    "TRUSTED_IDENTITY_COLUMNS",
     "channels_frame",
     "handle_time",
     "history_frame",
@@ -27,7 +29,9 @@ __all__ = [
     "members_frame",
     "roster_frame",
     "schema_dtypes",
+    "state_log_frame",
     "to_frame",
+    "trusted_identities_frame",
 ]
 
 UTC_NS = "datetime64[ns, UTC]"
@@ -55,6 +59,22 @@ INVITE_LINK_COLUMNS: Schema = {
     "uses": "int64",
     "revoked": "bool",
     "created_at": UTC_NS,
+}
+STATE_LOG_COLUMNS: Schema = {
+    "seq": "int64",
+    "kind": "str",
+    "actor": "str",
+    "member": "object",
+    "role": "object",
+    "epoch": "Int64",
+    "at": UTC_NS,
+    "hash": "str",
+}
+TRUSTED_IDENTITY_COLUMNS: Schema = {
+    "username": "str",
+    "fingerprint": "str",
+    "first_seen": UTC_NS,
+    "verified": "bool",
 }
 HISTORY_COLUMNS: Schema = {
     "handle": "int64",
@@ -151,3 +171,13 @@ def history_frame(history: Any) -> pd.DataFrame:
     df.attrs["next_cursor"] = history.next_cursor
     df.attrs["unreadable"] = history.unreadable
     return df
+
+
+def state_log_frame(entries: Iterable[Any]) -> pd.DataFrame:
+    """``Space.state_log()``: the space's verified state events, oldest first."""
+    return to_frame(entries, STATE_LOG_COLUMNS)
+
+
+def trusted_identities_frame(identities: Iterable[Any]) -> pd.DataFrame:
+    """``Client.trusted_identities()``: the identities this client pinned."""
+    return to_frame(identities, TRUSTED_IDENTITY_COLUMNS)

@@ -429,8 +429,9 @@ class AsyncSpace:
         stale: catch up on the log and keys, seal again, once."""
         if self.core.state is None:
             await self.sync_log()
+        envelope = make()
         try:
-            return await self.client.request(cls, envelope=make(), **fields)
+            return await self.client.request(cls, envelope=envelope, **fields)
         except (KeyUnavailableError, StaleStateError):
             await self.sync_log()
             await self._fetch_keys()

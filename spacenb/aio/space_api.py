@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ..exceptions import (
+    ChannelExistsError,
     ChannelNotFoundError,
     IdentityChangedError,
     InviteError,
     KeyUnavailableError,
+    PermissionDeniedError,
     StaleStateError,
     UsageError,
 )
@@ -24,6 +26,7 @@ from ..protocol.keys import SpaceKeyPair, decode_public_key
 from ..protocol.statelog import (
     InviteLinkState,
     SpaceState,
+    StateEvent,
     link_id_of_key,
     link_keys_from_token,
     link_proof_bytes,
@@ -152,15 +155,27 @@ class AsyncSpaceAPI:
         history_policy: HistoryPolicy = "static",
         private: bool = False,
         auto_admit: bool = True,
+        exist_ok: bool = False,
     ) -> AsyncSpace:
         """Create a named channel; the keeper is admitted so others can join any time.
 
-        Raises :class:`ChannelExistsError` if the name is taken. With ``private=True`` the
-        channel is hidden from :meth:`list_channels` and admits only invited users. With
-        ``auto_admit=False`` nobody is admitted automatically (not even by the keeper):
-        ``on_join_request`` handlers decide and call ``space.admit``.
+        Raises :class:`ChannelExistsError` if the name is taken, unless ``exist_ok``: then
+        the existing channel is joined instead (a re-run notebook cell keeps working). With
+        ``private=True`` the channel is hidden from :meth:`list_channels` and admits only
+        invited users. With ``auto_admit=False`` nobody is admitted automatically (not even
+        by the keeper): ``on_join_request`` handlers decide and call ``space.admit``.
         """
-        return await self._create(name, history_policy, private, auto_admit)
+        try:
+            return await self._create(name, history_policy, private, auto_admit)
+        except ChannelExistsError:
+            if not exist_ok:
+                raise
+        try:
+            return await self.join_channel(name, auto_admit=auto_admit)
+        except ChannelNotFoundError:
+            raise ChannelExistsError(
+                f"channel {name!r} exists and is not visible to you (a private channel)"
+            ) from None
 
     async def create_space(
         self, *, history_policy: HistoryPolicy = "static", auto_admit: bool = True
@@ -232,7 +247,7 @@ class AsyncSpaceAPI:
             raise
         return space
 
-    def _add_event(self, state: SpaceState, link_keys: object) -> frames.StateEvent:
+    def _add_event(self, state: SpaceState, link_keys: object) -> StateEvent:
         """This client's signed ``add``: through a link, an invitation, or an open space."""
         client = self._client
         me = client.username
@@ -342,7 +357,7 @@ class AsyncSpaceAPI:
         link_keys = link_keys_from_token(token)
         link_id = link_id_of_key(link_keys.link_key)
 
-        def build(state: SpaceState) -> frames.StateEvent:
+        def build(state: SpaceState) -> StateEvent:
             now = self._client.clock.now_us()
             expires = None if expires_in_sec is None else now + expires_in_sec * 1_000_000
             return space._event(
@@ -365,6 +380,8 @@ class AsyncSpaceAPI:
         """The space's invite links, as its log records them (uses counted from the
         signed adds through each), without tokens."""
         _space, state = await self._synced(space_id)
+        if state.role_of(self._client.username) != "owner":
+            raise PermissionDeniedError("only the space's owner may list its invite links")
         return [InviteLink.from_state(space_id, link) for link in state.links.values()]
 
     async def revoke_invite_link(self, space_id: str, token_or_link_id: str) -> None:

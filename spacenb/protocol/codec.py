@@ -209,7 +209,7 @@ def _plan(cls: type) -> _Plan:
         fields = [f for f in dataclasses.fields(cls) if f.init]
         plan = _PLANS[cls] = _Plan(
             frozenset(f.name for f in fields),
-            # Only nullable fields (``join``'s token) may be left out; a default such as a
+            # Only nullable fields (``state_log``'s link proof) may be left out; a default such as a
             # signature's b"" exists for building frames, not for reading them.
             tuple((f.name, _decoder(hints[f.name]), f.default is None) for f in fields),
             tuple((f.name, _encoder(hints[f.name])) for f in fields),

@@ -111,21 +111,6 @@ class UserEntry:
     ecdh_key: str
 
 
-@dataclass(frozen=True, slots=True)
-class LinkInfo:
-    """An invite link as the owner sees it. ``token`` is present only when minted."""
-
-    link_id: str
-    space_id: str
-    role: Role
-    expires_at_us: int | None
-    max_uses: int | None
-    uses: int
-    revoked: bool
-    created_at_us: int
-    token: str | None = None
-
-
 # --------------------------------------------------------------------------- results
 
 
@@ -178,11 +163,6 @@ class KeysResult:
 
 
 @dataclass(frozen=True, slots=True)
-class EpochResult:
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
 class SubscribeResult:
     peers: tuple[str, ...]
     epoch: int
@@ -198,21 +178,6 @@ class HandleResult:
 class HistoryPage:
     items: tuple[StoredMessage, ...]
     next_cursor: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class MemberList:
-    members: tuple[MemberEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class RosterResult:
-    members: tuple[RosterEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class LinkList:
-    links: tuple[LinkInfo, ...]
 
 
 @dataclass(frozen=True, slots=True)

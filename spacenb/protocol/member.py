@@ -86,6 +86,9 @@ class _Session:
     at: dict[int, int] = field(default_factory=dict)  # seq -> handle
 
 
+MAX_MARKS = 10_000  # sender sessions remembered per space across restarts
+
+
 class ReplayGuard:
     """Refuses a message whose sender sequence number does not increase with its handle.
 
@@ -135,6 +138,10 @@ class ReplayGuard:
         session.at[message.seq] = handle
         if mark is None or handle > mark[0]:
             self.marks[key] = (handle, message.seq)
+            if len(self.marks) > MAX_MARKS:
+                # Forget the session heard from longest ago: memory stays bounded, and a
+                # replay of that session after a restart is then caught only in-session.
+                del self.marks[min(self.marks, key=lambda k: self.marks[k][0])]
         return None
 
 

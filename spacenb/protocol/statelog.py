@@ -117,18 +117,27 @@ def _check_body(kind: str, body: Any) -> dict[str, Any]:
                 continue
             spec = spec[:-1]
         if spec == "str":
-            if not isinstance(value, str) or len(value) > _MAX_TEXT:
-                raise ProtocolError("expected text", field=where)
+            if not isinstance(value, str) or len(value) > _MAX_TEXT or not _is_unicode(value):
+                raise ProtocolError("expected text (valid Unicode)", field=where)
         elif spec == "bool":
             if not isinstance(value, bool):
                 raise ProtocolError("expected true or false", field=where)
         elif spec == "int":
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
                 raise ProtocolError("expected an integer in [0, 2^53 - 1]", field=where)
-        elif spec == "list":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ProtocolError("expected a list of usernames", field=where)
+        elif spec == "list" and (
+            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+        ):
+            raise ProtocolError("expected a list of usernames", field=where)
     return body
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,7 @@ class StateEvent:
     prev: bytes  # hash of event seq - 1; 32 zero bytes for genesis
     kind: str
     actor: str
-    at_us: int  # the actor's clock when it signed (the relay refuses a far-off one)
+    at_us: int  # the actor's clock when it signed (informational, but for link expiry)
     body: bytes
     signature: bytes = field(default=b"", repr=False)
 
@@ -628,7 +637,7 @@ class SpaceState:
         if member in self.members:
             raise PermissionDeniedError(f"{member!r} is already a member")
         if member == self.keeper:
-            raise PermissionDeniedError("the keeper joins only through genesis")
+            raise PermissionDeniedError("the keeper genesis names joins only through genesis")
         if body["role"] not in ("editor", "viewer"):
             raise ProtocolError(
                 "an invitation grants 'editor' or 'viewer'", field="event.body.role"
@@ -757,9 +766,8 @@ class SpaceState:
     def _apply_add(self, event: StateEvent, body: dict[str, Any]) -> None:
         member = body["member"]
         self._add_member(member, body["role"], body["signing_key"], body["ecdh_key"], event.seq)
-        if body["via"] == "invite":
-            del self.invitations[member]
-        elif body["via"] == "link":
+        self.invitations.pop(member, None)  # joining by any way uses the invitation up
+        if body["via"] == "link":
             link = self.links[body["link_id"]]
             self.links[link.link_id] = _replace_link(link, uses=link.uses + 1)
 

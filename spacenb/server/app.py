@@ -3,7 +3,7 @@
 :func:`start_server` is what ``spacenb serve``, ``spacenb.aio.serve`` and the tests call.
 A data directory holds everything that must survive a restart::
 
-    spacenb.sqlite3   users, spaces, memberships, links, wrapped keys, sealed messages
+    spacenb.sqlite3   users, spaces and their signed state logs, wrapped keys, sealed messages
     app.json          the app key (0600)
     keeper.key        the keeper's identity keys (0600)
     relay.key         the key that signs shard tickets (0600)
@@ -211,11 +211,11 @@ async def start_server(
         if tempdir is not None:
             undo.callback(tempdir.cleanup)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        storage = SQLiteStorage.in_dir(root)  # first: it refuses another version untouched
+        undo.callback(storage.close)
         app_key = _load_or_create_app_key(root)
         keeper_keys = load_or_create_identity(root / KEEPER_KEY_FILE)
         relay_keys = load_or_create_identity(root / RELAY_KEY_FILE)
-        storage = SQLiteStorage.in_dir(root)
-        undo.callback(storage.close)
         keeper_user = UserEntry(KEEPER_USERNAME, keeper_keys.signing_key, keeper_keys.ecdh_key)
         if storage.register_user(keeper_user, clock.now_us())[0] != keeper_user:
             raise ServerError(

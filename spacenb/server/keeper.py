@@ -116,9 +116,6 @@ class Keeper:
         if not epochs:
             return False
         self._take_keys(core)
-        missing = [e for e in epochs if core.keyring is None or not core.keyring.has(e)]
-        if missing:
-            raise KeyUnavailableError(f"the keeper holds no key for epochs {missing} of {space_id}")
         self._port.admit(space_id, member_id, core.wrap_for(member_id, epochs))
         log.info("keeper admitted %s to %s (epochs %s)", member_id, space_id, epochs)
         return True

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from .. import aio
-from ..dataframes import channels_frame, invite_links_frame, members_frame, roster_frame
+from ..dataframes import (
+    channels_frame,
+    invite_links_frame,
+    members_frame,
+    roster_frame,
+    trusted_identities_frame,
+)
 from ..display import Displayable
 from ..protocol.keyring import HistoryPolicy
 from ..protocol.keys import PublicIdentity
@@ -79,6 +85,27 @@ class Client(LoopResource, Displayable):
         """The relay's keeper username (None if the relay runs without one)."""
         return self.aio.keeper
 
+    # ------------------------------------------------------------------ trust
+
+    def fingerprint_of(self, username: str) -> str:
+        """The fingerprint of the identity keys pinned for ``username`` (pinned on first
+        sight). Compare it with the one ``username`` reads you out of band."""
+        return self._run(self.aio.fingerprint_of(username))
+
+    def verify_identity(self, username: str, fingerprint: str) -> None:
+        """Mark ``username`` verified if ``fingerprint`` (learned out of band) matches the
+        pinned keys; raises :class:`IdentityChangedError` if it does not."""
+        return self._run(self.aio.verify_identity(username, fingerprint))
+
+    def trusted_identities(self) -> pd.DataFrame:
+        """The pinned identities: ``username``, ``fingerprint``, ``first_seen``, ``verified``."""
+        return trusted_identities_frame(self._runner.call(self.aio.trusted_identities))
+
+    def accept_new_identity(self, username: str) -> str:
+        """Accept the keys the relay now presents for ``username`` (who really did
+        reinstall): the one way to replace a pin. Returns the new fingerprint."""
+        return self._run(self.aio.accept_new_identity(username))
+
     def close(self) -> None:
         """Sign out and close the connection (also on leaving a ``with`` block)."""
         self._release(self.timeout)
@@ -110,11 +137,17 @@ class SpaceAPI:
         history_policy: HistoryPolicy = "static",
         private: bool = False,
         auto_admit: bool = True,
+        exist_ok: bool = False,
     ) -> Space:
-        """Create a named channel. Raises ChannelExistsError if the name is taken."""
+        """Create a named channel. Raises ChannelExistsError if the name is taken, unless
+        ``exist_ok``: then join the existing channel (so a notebook cell can be re-run)."""
         return self._open(
             self.aio.create_channel(
-                name, history_policy=history_policy, private=private, auto_admit=auto_admit
+                name,
+                history_policy=history_policy,
+                private=private,
+                auto_admit=auto_admit,
+                exist_ok=exist_ok,
             )
         )
 
@@ -176,7 +209,8 @@ class SpaceAPI:
         return invite_links_frame(self._run(self.aio.list_invite_links(space_id)))
 
     def revoke_invite_link(self, space_id: str, token: str) -> None:
-        """Revoke a link (owner only)."""
+        """Revoke a link (owner only), by its token or by the ``link_id`` that
+        :meth:`list_invite_links` shows."""
         return self._run(self.aio.revoke_invite_link(space_id, token))
 
     # ------------------------------------------------------------------ members

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from ..aio import AsyncSpace
-from ..dataframes import history_frame
+from ..dataframes import history_frame, state_log_frame
 from ..display import Displayable
 from ..events import (
     EphemeralEvent,
@@ -135,6 +135,13 @@ class Space(Displayable):
         return history_frame(self._run(self.aio.history(before=before, limit=limit)))
 
     # ------------------------------------------------------------------ files
+
+    def state_log(self) -> pd.DataFrame:
+        """The space's signed state events, oldest first, as this member verified them:
+        ``seq``, ``kind``, ``actor``, ``member``, ``role``, ``epoch``, ``at``, ``hash``.
+        Members, roles, epochs and flags are derived from this log alone."""
+        self._run(self.aio.sync_log())
+        return state_log_frame(self.client._runner.call(self.aio.state_log))
 
     def put_file(
         self,

@@ -122,7 +122,8 @@ async def test_remove_without_the_keys_refuses_before_removing(server, tmp_path)
         await bob.space.join_channel("ops")
         phone = tmp_path / "phone" / "alice"
         phone.mkdir(parents=True)
-        shutil.copy(tmp_path / "laptop" / "alice" / "identity.key", phone / "identity.key")
+        for name in ("keystore.json", "identity.key"):
+            shutil.copy(tmp_path / "laptop" / "alice" / name, phone / name)
         alice_phone = await aio.connect(
             server.url, app_key=server.app_key, username="alice", keystore=tmp_path / "phone"
         )

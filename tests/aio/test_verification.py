@@ -43,8 +43,10 @@ def tamper(field: str):
         if frame.get("t") == "evt" and frame.get("ev") == "message":
             frame = copy.deepcopy(frame)
             env = frame["envelope"]
-            if field in ("iv", "ciphertext", "signature"):
+            if field in ("iv", "ciphertext", "signature", "head"):
                 env[field] = flip(env[field])
+            elif field == "head_seq":
+                env["head_seq"] += 1
             elif field == "epoch":
                 env["epoch"] = 0 if env["epoch"] else 1
             elif field == "source":
@@ -57,8 +59,12 @@ def tamper(field: str):
 
 
 @pytest.mark.parametrize(
-    "field", ["source", "subject", "epoch", "content_type", "iv", "ciphertext", "signature"]
-)
+    "field",
+    [
+        "source", "subject", "epoch", "content_type", "head_seq", "head", "iv", "ciphertext",
+        "signature",
+    ],
+)  # fmt: skip
 async def test_altered_envelope_is_dropped(connect, mitm, field):
     a, _b, _mallory, delivered, rejected = await setup(connect, mitm)
     mitm.rewrite = tamper(field)
@@ -79,15 +85,20 @@ async def test_forged_sender_is_dropped(connect, mitm):
     from spacenb.protocol.envelope import seal_envelope
     from spacenb.protocol.frames import MessagePushed
 
+    state = a.state
     envelope, _ = seal_envelope(
         mallory.identity,
-        b"\x00" * 32,
+        a.keyring.key(0),
         source="mallory",
         target=a.id,
         subject="default",
         epoch=0,
         content_type=None,
         body="forged",
+        head_seq=state.head_seq,
+        head=state.head,
+        seq=1,
+        sid="0" * 16,
     )
     await mitm.inject(
         __import__("json").loads(

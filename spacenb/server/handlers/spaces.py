@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from ...exceptions import (
     IntegrityError,
+    InviteError,
     LimitExceededError,
     PermissionDeniedError,
     ProtocolError,
@@ -108,25 +109,37 @@ def state_log(relay: Relay, session: Session, req: frames.GetStateLog) -> frames
     to invited users and to a link holder who proves it holds the link's token."""
     state = known_space(relay, req.space_id)
     user = user_of(session)
-    if not may_see(state, user) and not _proves_link(state, session, req):
+    if not may_see(state, user) and not _proves_link(relay, state, session, req):
         raise PermissionDeniedError(
             "this space is private: ask a member to invite you, or use an invite link"
         )
-    if not 1 <= req.limit <= frames.MAX_LOG_PAGE:
-        raise LimitExceededError(f"limit is 1..{frames.MAX_LOG_PAGE}")
+    if req.limit < 1:
+        raise ProtocolError("must be at least 1", field="limit")
+    if req.limit > frames.MAX_LOG_PAGE:
+        raise LimitExceededError(f"limit is at most {frames.MAX_LOG_PAGE}")
     events = state.events[req.since : req.since + req.limit]
     return frames.StateLogPage(tuple(events), state.head_seq)
 
 
-def _proves_link(state: SpaceState, session: Session, req: frames.GetStateLog) -> bool:
+def _proves_link(
+    relay: Relay, state: SpaceState, session: Session, req: frames.GetStateLog
+) -> bool:
+    """Whether the request proves it holds a link's token. Raises :class:`InviteError`
+    for a proven link that can no longer be used (revoked, expired, used up)."""
     link = state.links.get(req.link_id or "")
-    if link is None or req.proof is None or link.revoked:
+    if link is None or req.proof is None:
         return False
     signed = frames.log_read_signed_bytes(state.space_id, user_of(session), session.nonce)
     try:
         crypto.verify(decode_public_key(link.link_key, "lnk"), req.proof, signed)
     except IntegrityError:
         return False
+    if link.revoked:
+        raise InviteError("this invite link has been revoked")
+    if link.max_uses is not None and link.uses >= link.max_uses:
+        raise InviteError(f"this invite link has been used {link.uses} of {link.max_uses} times")
+    if link.expires_at_us is not None and relay.now_us() >= link.expires_at_us:
+        raise InviteError("this invite link has expired")
     return True
 
 

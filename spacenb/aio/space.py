@@ -531,16 +531,21 @@ class AsyncSpace:
         self.events.emit("rejected", RejectedEnvelopeEvent(self.id, handle, sender, reason))
 
     async def _decide(
-        self, envelope: Envelope, handle: int | None, *, kind: str, live: bool
+        self, envelope: Envelope, handle: int | None, *, kind: str, live: bool, now: bool
     ) -> Opened | Rejected | None:
-        """The core's decision, after fetching what it needs (None: not readable here)."""
-        decision = self.core.open_message(envelope, handle, kind=kind)
+        """The core's decision, after fetching what it needs (None: not readable here).
+
+        ``live``: fetch missing keys and report what cannot be read; ``now``: the envelope
+        is being spoken now (a push, not a catch-up or history), so its sender must still
+        be a member.
+        """
+        decision = self.core.open_message(envelope, handle, kind=kind, live=now)
         if decision is Need.LOG:
             try:
                 await self.sync_log()
             except IntegrityError:
                 return None
-            decision = self.core.open_message(envelope, handle, kind=kind)
+            decision = self.core.open_message(envelope, handle, kind=kind, live=now)
             if decision is Need.LOG:
                 return Rejected(
                     "bound to a state event the relay does not serve (withheld or forked)",
@@ -550,7 +555,7 @@ class AsyncSpace:
         if decision is Need.KEYS:
             if live:
                 await self._fetch_keys()
-                decision = self.core.open_message(envelope, handle, kind=kind)
+                decision = self.core.open_message(envelope, handle, kind=kind, live=now)
             if decision is Need.KEYS:
                 if live:
                     return Rejected(f"no key for epoch {envelope.epoch}", envelope.source, handle)
@@ -559,10 +564,10 @@ class AsyncSpace:
         return decision
 
     async def _open(
-        self, envelope: Envelope, handle: int, *, live: bool, edit: bool = False
+        self, envelope: Envelope, handle: int, *, live: bool, now: bool = False, edit: bool = False
     ) -> SpaceMessageEvent | None:
         """Verify and decrypt a stored envelope; None (and a ``rejected`` event) if it fails."""
-        decision = await self._decide(envelope, handle, kind="msg", live=live)
+        decision = await self._decide(envelope, handle, kind="msg", live=live, now=now)
         if decision is None:
             return None
         if isinstance(decision, Rejected):
@@ -766,11 +771,12 @@ class AsyncSpace:
         self._peers = tuple(sorted(p for p in peers if members is None or p in members))
         self.events.emit("presence", PresenceEvent(self.id, self._peers))
 
-    async def _deliver(self, handle: int, envelope: Envelope) -> None:
-        """Verify, open and hand a stored message to the handlers, once, in handle order."""
+    async def _deliver(self, handle: int, envelope: Envelope, *, now: bool = True) -> None:
+        """Verify, open and hand a stored message to the handlers, once, in handle order
+        (``now`` False for one missed while disconnected)."""
         if not self.core.delivery.is_new(handle):
             return  # already delivered (catch-up and live overlap)
-        opened = await self._open(envelope, handle, live=True)
+        opened = await self._open(envelope, handle, live=True, now=now)
         if opened is not None:
             # Only a message that verified moves the mark: a forged or corrupt frame
             # with a far-future handle must not make later messages look delivered.
@@ -783,7 +789,7 @@ class AsyncSpace:
             if self.core.delivery.on_push(event.handle) == "deliver":
                 await self._deliver(event.handle, event.envelope)
         elif isinstance(event, frames.MessageEdited):
-            opened = await self._open(event.envelope, event.handle, live=True, edit=True)
+            opened = await self._open(event.envelope, event.handle, live=True, now=True, edit=True)
             if opened is not None:
                 self.events.emit("message_edited", opened)
         elif isinstance(event, frames.EphemeralPushed):
@@ -815,7 +821,7 @@ class AsyncSpace:
             self._reject(None, "relay", str(exc))
 
     async def _handle_ephemeral(self, envelope: Envelope) -> None:
-        decision = await self._decide(envelope, None, kind="eph", live=True)
+        decision = await self._decide(envelope, None, kind="eph", live=True, now=True)
         if decision is None:
             return
         if isinstance(decision, Rejected):
@@ -884,18 +890,19 @@ class AsyncSpace:
                 break
             before = page.next_cursor
         for item in missed:
-            await self._deliver(item.handle, item.envelope)
+            await self._deliver(item.handle, item.envelope, now=False)
         delivery.behind = False
         self.save_marks()
 
     def save_marks(self, *, every: float = 0.0) -> None:
         """Persist the replay marks (at most once per ``every`` seconds)."""
-        secrets = self._secrets
-        if secrets is None or secrets.marks == self.core.replay.marks:
+        secrets, replay = self._secrets, self.core.replay
+        if secrets is None or not replay.changed:
             return
         now = asyncio.get_running_loop().time()
         if now - self._marks_saved < every:
             return
         self._marks_saved = now
-        secrets.marks = dict(self.core.replay.marks)
+        replay.changed = False
+        secrets.marks = dict(replay.marks)
         self.client.keystore.save_space(secrets)

@@ -81,9 +81,8 @@ class Rejected:
 @dataclass
 class _Session:
     handles: list[int] = field(default_factory=list)  # sorted
-    seqs: list[int] = field(default_factory=list)  # parallel to handles
+    seqs: list[int] = field(default_factory=list)  # parallel to handles, so also sorted
     revs: dict[int, tuple[int, str]] = field(default_factory=dict)  # handle -> (rev, id)
-    at: dict[int, int] = field(default_factory=dict)  # seq -> handle
 
 
 MAX_MARKS = 10_000  # sender sessions remembered per space across restarts
@@ -92,16 +91,22 @@ MAX_MARKS = 10_000  # sender sessions remembered per space across restarts
 class ReplayGuard:
     """Refuses a message whose sender sequence number does not increase with its handle.
 
-    Per sender session, the order of handles and the order of sequence numbers must agree,
-    and a sequence number lives at one handle only; an edit keeps its handle and sequence
-    number and raises its revision. ``marks`` (``"sender/sid"`` → ``(handle, seq)``, the
-    newest message of each session) survive a restart through the keystore, so a restarted
-    client still refuses an old message re-served at a new handle.
+    Per sender session, the order of handles and the order of sequence numbers must agree
+    strictly (so a sequence number lives at one handle only); an edit keeps its handle and
+    sequence number and raises its revision. ``marks`` (``"sender/sid"`` → ``(handle,
+    seq)``, the newest message of each session) survive a restart through the keystore, so
+    a restarted client still refuses an old message re-served at a new handle.
     """
 
     def __init__(self, marks: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.marks: dict[str, tuple[int, int]] = dict(marks or {})
         self._sessions: dict[str, _Session] = {}
+        self.changed = False  # marks moved since the owner last saved them
+
+    def knows(self, sender: str, sid: str, handle: int) -> bool:
+        """Whether a message of this session was recorded at ``handle``."""
+        session = self._sessions.get(f"{sender}/{sid}")
+        return session is not None and handle in session.revs
 
     def check(self, sender: str, message: Message, handle: int) -> str | None:
         """Record ``message`` at ``handle``; the reason to refuse it, or None.
@@ -109,11 +114,13 @@ class ReplayGuard:
         A message seen before at the same handle and revision returns ``"duplicate"``.
         """
         key = f"{sender}/{message.sid}"
-        session = self._sessions.setdefault(key, _Session())
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = _Session()
+        handles, seqs, seq = session.handles, session.seqs, message.seq
         known = session.revs.get(handle)
         if known is not None:
-            i = bisect.bisect_left(session.handles, handle)
-            if session.seqs[i] != message.seq:
+            if seqs[bisect.bisect_left(handles, handle)] != seq:
                 return "an edit keeps the sequence number of the message it replaces"
             rev, msg_id = known
             if message.rev > rev:
@@ -122,22 +129,25 @@ class ReplayGuard:
             if message.rev == rev and message.id == msg_id:
                 return "duplicate"
             return "replayed older revision of an edited message"
-        if message.seq in session.at:
-            return f"replayed message (its sequence number is at handle {session.at[message.seq]})"
-        i = bisect.bisect_left(session.handles, handle)
-        if i > 0 and session.seqs[i - 1] >= message.seq:
-            return "replayed or reordered message (sequence number out of order)"
-        if i < len(session.handles) and session.seqs[i] <= message.seq:
-            return "replayed or reordered message (sequence number out of order)"
+        if not handles or handle > handles[-1]:
+            i = len(handles)  # the usual case: the session's newest message so far
+        else:
+            i = bisect.bisect_left(handles, handle)
+        if i > 0 and seqs[i - 1] >= seq:
+            return "replayed or reordered message (its sequence number is not above the last)"
+        if i < len(handles) and seqs[i] <= seq:
+            return "replayed or reordered message (its sequence number is out of order)"
         mark = self.marks.get(key)
-        if mark is not None and handle > mark[0] and message.seq <= mark[1]:
+        if mark is not None and (
+            (handle > mark[0] and seq <= mark[1]) or (handle == mark[0] and seq != mark[1])
+        ):
             return "replayed message (older than one already delivered)"
-        session.handles.insert(i, handle)
-        session.seqs.insert(i, message.seq)
+        handles.insert(i, handle)
+        seqs.insert(i, seq)
         session.revs[handle] = (message.rev, message.id)
-        session.at[message.seq] = handle
         if mark is None or handle > mark[0]:
-            self.marks[key] = (handle, message.seq)
+            self.marks[key] = (handle, seq)
+            self.changed = True
             if len(self.marks) > MAX_MARKS:
                 # Forget the session heard from longest ago: memory stays bounded, and a
                 # replay of that session after a restart is then caught only in-session.
@@ -212,7 +222,7 @@ class MemberCore:
         self.delivery = Delivery()
         self.distrusted: dict[str, str] = {}  # username -> why
         self._trust = trust or (lambda _name, _sig, _dh: None)
-        self._sent: dict[bytes, Message] = {}
+        self._sent: dict[bytes, tuple[Envelope, Message]] = {}
 
     # ------------------------------------------------------------------ the log
 
@@ -294,14 +304,14 @@ class MemberCore:
 
     def remember_sent(self, envelope: Envelope, message: Message) -> None:
         """Our own envelope: when it echoes back unchanged it needs no verifying."""
-        self._sent[envelope.signature] = message
+        self._sent[envelope.signature] = (envelope, message)
         if len(self._sent) > 10_000:
             del self._sent[next(iter(self._sent))]
 
     # ------------------------------------------------------------------ receiving
 
     def open_message(
-        self, envelope: Envelope, handle: int | None, *, kind: str = "msg"
+        self, envelope: Envelope, handle: int | None, *, kind: str = "msg", live: bool = False
     ) -> Opened | Rejected | Need:
         """Decide about one envelope (a stored message, or a signal with ``handle`` None).
 
@@ -310,6 +320,9 @@ class MemberCore:
         behind); its sender was a member at that head, with the keys the log records and
         not distrusted; it is sealed under the epoch current at that head; it verifies and
         opens; and (for stored messages) its sequence number fits (:class:`ReplayGuard`).
+        A ``live`` envelope (pushed now, not read from history) also needs its sender to be
+        a member at this member's head: someone removed cannot speak live, even through a
+        relay that takes a message bound to an older head.
         """
         source = envelope.source
         if envelope.kind != kind:
@@ -336,7 +349,13 @@ class MemberCore:
             )
         if source in self.distrusted:
             return Rejected(self.distrusted[source], source, handle)
-        message = self._sent.pop(envelope.signature, None) if source == self.username else None
+        if live and source not in state.members:
+            return Rejected("sender is no longer a member", source, handle)
+        message = None
+        if source == self.username:
+            mine = self._sent.pop(envelope.signature, None)
+            if mine is not None and mine[0] == envelope:
+                message = mine[1]  # our own envelope, back unchanged: we sealed it ourselves
         if message is None:
             signer = state.verify_key_at(source, envelope.head_seq)
             if signer is None:
@@ -357,8 +376,7 @@ class MemberCore:
             return Opened(envelope, message, 0)
         if state.deleted.get(handle) == source:
             return Rejected("deleted by its author or the owner", source, handle)
-        before = self.replay._sessions.get(f"{source}/{message.sid}")
-        edit = before is not None and handle in before.revs
+        edit = self.replay.knows(source, message.sid, handle)
         why = self.replay.check(source, message, handle)
         if why == "duplicate":
             return Opened(envelope, message, handle, duplicate=True)
@@ -470,6 +488,10 @@ class MemberCore:
     ) -> list[WrappedKey]:
         """Wrap a freshly minted key to each of ``recipients`` (their keys from the log)."""
         state = self.require_state()
+        recipients = list(recipients)
+        outsiders = [name for name in recipients if name not in state.members]
+        if outsiders:
+            raise PermissionDeniedError(f"not members of this space: {sorted(outsiders)}")
         return [
             wrap_group_key(
                 group_key,

@@ -126,7 +126,8 @@ def _check_body(kind: str, body: Any) -> dict[str, Any]:
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_INT:
                 raise ProtocolError("expected an integer in [0, 2^53 - 1]", field=where)
         elif spec == "list" and (
-            not isinstance(value, list) or not all(isinstance(v, str) for v in value)
+            not isinstance(value, list)
+            or not all(isinstance(v, str) and _is_unicode(v) for v in value)
         ):
             raise ProtocolError("expected a list of usernames", field=where)
     return body

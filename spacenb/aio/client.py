@@ -263,10 +263,10 @@ class AsyncClient:
 
     # ------------------------------------------------------------------ spaces
 
-    def _register(self, space: AsyncSpace) -> None:
+    def register(self, space: AsyncSpace) -> None:
         self._spaces[space.id] = space
 
-    def _unregister(self, space: AsyncSpace) -> None:
+    def unregister(self, space: AsyncSpace) -> None:
         if self._spaces.get(space.id) is space:
             del self._spaces[space.id]
 
@@ -293,7 +293,7 @@ class AsyncClient:
             live = self._spaces.get(event.space_id)
             if live is not None:
                 try:
-                    await live._resync()
+                    await live.resync()
                 except SpacenbError as exc:
                     log.info("spacenb: catching up with %s failed (%s)", event.space_id, exc)
                     # A lost connection queues its own catch-up once back; a refusal (no
@@ -306,7 +306,7 @@ class AsyncClient:
         if space is None:
             self.events.emit("channel:raw_frame", event)
             return
-        await space._handle_event(event)
+        await space.handle_event(event)
 
     async def _after_reconnect(self) -> None:
         for space in list(self._spaces.values()):

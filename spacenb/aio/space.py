@@ -39,9 +39,15 @@ from ..exceptions import (
 from ..protocol import frames
 from ..protocol.envelope import Envelope, seal_envelope
 from ..protocol.keyring import HistoryPolicy, Keyring
-from ..protocol.keys import decode_public_key
+from ..protocol.keys import LinkKeyPair, decode_public_key
 from ..protocol.member import MemberCore, Need, Opened, Rejected, new_group_key
-from ..protocol.statelog import SpaceState, StateEvent, key_commitment, make_event
+from ..protocol.statelog import (
+    SpaceState,
+    StateEvent,
+    key_commitment,
+    link_id_of_key,
+    make_event,
+)
 from ..protocol.wrap import WrappedKey
 from .handlers import Emitter, Unsubscribe
 from .keystore import SpaceSecrets
@@ -228,6 +234,16 @@ class AsyncSpace:
             await self._after_state(new)
         return new
 
+    def use_link(self, link_keys: LinkKeyPair) -> None:
+        """Read this (private) space's log as the holder of an invite link, before joining."""
+        self._link = (link_id_of_key(link_keys.link_key), link_keys.sign)
+
+    def ensure_secrets(self, policy: HistoryPolicy) -> SpaceSecrets:
+        """The keystore entry of this space, made empty with ``policy`` if there is none."""
+        if self._secrets is None:
+            self._secrets = self.client.keystore.new_space(self.id, policy)
+        return self._secrets
+
     @property
     def connection_nonce(self) -> bytes | None:
         hello = self.client.connection.hello
@@ -298,7 +314,7 @@ class AsyncSpace:
         keyring = self.core.keyring
         return keyring is not None and keyring.has(epoch)
 
-    async def _append(self, build: Callable[[SpaceState], StateEvent], **extra: Any) -> int:
+    async def append_event(self, build: Callable[[SpaceState], StateEvent], **extra: Any) -> int:
         """Sign and append a state event built on the current head; if another event came
         first, fetch the log and build again. Returns the event's seq."""
         for _attempt in range(_STALE_RETRIES):
@@ -318,7 +334,7 @@ class AsyncSpace:
             return result.seq
         raise StaleStateError(f"the log of {self.id} kept moving: try again")
 
-    def _event(self, state: SpaceState, kind: str, body: dict[str, Any]) -> StateEvent:
+    def sign_event(self, state: SpaceState, kind: str, body: dict[str, Any]) -> StateEvent:
         return make_event(
             self.client.identity,
             space_id=self.id,
@@ -334,12 +350,12 @@ class AsyncSpace:
 
     async def connect(self) -> None:
         """Subscribe to the space's live events (messages, presence, keys, state...)."""
-        await self._connect(refresh=True)
+        await self.attach(refresh=True)
 
-    async def _connect(self, *, refresh: bool) -> None:
+    async def attach(self, *, refresh: bool) -> None:
         """Subscribe; with ``refresh`` False the caller has just fetched the log and keys
         (a create or a join), and changes after the subscription arrive as events."""
-        self.client._register(self)
+        self.client.register(self)
         if self.core.delivery.last_handle == 0:
             # What is stored now is history; what comes after is pushed. The mark is read
             # before subscribing: read after, it could already be past messages pushed to
@@ -366,12 +382,12 @@ class AsyncSpace:
         self._subscribed = False
         self._peers = ()
         self.save_marks()
-        self.client._unregister(self)
+        self.client.unregister(self)
 
     async def leave(self) -> None:
         """Leave the space (not possible for its owner): a signed ``leave`` event."""
         me = self.client.username
-        await self._append(lambda s: self._event(s, "leave", {"member": me}))
+        await self.append_event(lambda s: self.sign_event(s, "leave", {"member": me}))
         await self.disconnect()
 
     # ------------------------------------------------------------------ sending
@@ -496,7 +512,9 @@ class AsyncSpace:
         if author is None:
             await self.history(before=handle + 1, limit=1)
             author = self._author_of(handle) or self.client.username
-        await self._append(lambda s: self._event(s, "delete", {"handle": handle, "author": author}))
+        await self.append_event(
+            lambda s: self.sign_event(s, "delete", {"handle": handle, "author": author})
+        )
 
     async def send_ephemeral(self, subject: str, data: Any) -> None:
         """Send a never-stored signal (typing, presence...). A no-op when disconnected."""
@@ -593,9 +611,9 @@ class AsyncSpace:
 
     async def _fetch_keys(self) -> None:
         result = await self.client.request(frames.FetchKeys, space_id=self.id)
-        await self._ingest_keys(result.keys)
+        await self.ingest_keys(result.keys)
 
-    async def _ingest_keys(self, keys: Iterable[WrappedKey]) -> None:
+    async def ingest_keys(self, keys: Iterable[WrappedKey]) -> None:
         """Adopt keys handed to this member, as far as the verified log allows."""
         keys = [
             k
@@ -609,10 +627,9 @@ class AsyncSpace:
         if state is None or any(not state.may_hold(me, k.epoch) for k in keys):
             await self.sync_log()  # the keys may have overtaken the events that allow them
         state = self.core.require_state()
-        if self._secrets is None:
-            self._secrets = self.client.keystore.new_space(self.id, state.policy)
+        secrets = self.ensure_secrets(state.policy)
         if self.core.keyring is None:
-            self.core.keyring = self._secrets.keyring
+            self.core.keyring = secrets.keyring
         adopted = False
         for wrapped in sorted(keys, key=lambda k: k.epoch):
             try:
@@ -625,7 +642,7 @@ class AsyncSpace:
                     RejectedEnvelopeEvent(self.id, None, wrapped.wrapper, f"key refused: {exc}"),
                 )
         if adopted:
-            self.client.keystore.save_space(self._secrets)
+            self.client.keystore.save_space(secrets)
         for waiter in self._key_waiters:
             if not waiter.done() and self.keyring is not None:
                 waiter.set_result(None)
@@ -679,7 +696,7 @@ class AsyncSpace:
             "signing_key": pinned[0] if pinned else None,
             "ecdh_key": pinned[1] if pinned else None,
         }
-        await self._append(lambda s: self._event(s, "invite", body))
+        await self.append_event(lambda s: self.sign_event(s, "invite", body))
 
     async def rotate(self, roster: Iterable[str] | None = None) -> int:
         """Mint the next epoch's key and wrap it to ``roster`` (default: every member).
@@ -699,7 +716,7 @@ class AsyncSpace:
             state = self.core.require_state()
             recipients = state.rotation_recipients(self.client.username, wanted)
             epoch = state.epoch + 1
-            event = self._event(
+            event = self.sign_event(
                 state,
                 "epoch",
                 {
@@ -784,7 +801,7 @@ class AsyncSpace:
             self.events.emit("message", opened)
             self.save_marks(every=2.0)
 
-    async def _handle_event(self, event: frames.Event) -> None:
+    async def handle_event(self, event: frames.Event) -> None:
         if isinstance(event, frames.MessagePushed):
             if self.core.delivery.on_push(event.handle) == "deliver":
                 await self._deliver(event.handle, event.envelope)
@@ -797,7 +814,7 @@ class AsyncSpace:
         elif isinstance(event, frames.Presence):
             self._set_peers(set(self._peers).union(event.joined).difference(event.left))
         elif isinstance(event, frames.KeysPushed):
-            await self._ingest_keys(event.keys)
+            await self.ingest_keys(event.keys)
         elif isinstance(event, frames.StatePushed):
             await self._handle_state(event.event)
         elif isinstance(event, frames.JoinRequested):
@@ -862,7 +879,7 @@ class AsyncSpace:
             except SpacenbError as exc:
                 log.info("spacenb: auto-admit of %s failed: %s", member.name, exc)
 
-    async def _resync(self) -> None:
+    async def resync(self) -> None:
         """After a reconnect: subscribe again, catch up on the log and keys, deliver missed
         messages.
 

@@ -145,7 +145,7 @@ class AsyncSpaceAPI:
             client.pin_channel(name, space_key.space_id)
         space = AsyncSpace(client, info.space_id, secrets=secrets, info=info, auto_admit=auto_admit)
         space.core.extend_log([genesis])
-        await space._connect(refresh=False)
+        await space.attach(refresh=False)
         return space
 
     async def create_channel(
@@ -213,8 +213,8 @@ class AsyncSpaceAPI:
         space = self._space(space_id)
         space.auto_admit = auto_admit
         if link_keys is not None:
-            space._link = (link_id_of_key(link_keys.link_key), link_keys.sign)
-        client._register(space)  # so pushed keys reach it while it waits
+            space.use_link(link_keys)
+        client.register(space)  # so pushed keys reach it while it waits
         try:
             await space.sync_log()
             state = space.core.require_state()
@@ -238,12 +238,12 @@ class AsyncSpaceAPI:
                 raise StaleStateError(f"the log of {space_id} kept moving: try joining again")
             space.info = result.space
             await space.sync_log()
-            await space._ingest_keys(result.keys)
+            await space.ingest_keys(result.keys)
             await space.wait_for_keys(timeout)
-            await space._connect(refresh=False)
+            await space.attach(refresh=False)
         except BaseException:
             if not space.is_connected():
-                client._unregister(space)
+                client.unregister(space)
             raise
         return space
 
@@ -313,8 +313,8 @@ class AsyncSpaceAPI:
     async def get(self, space_id: str, history_policy: HistoryPolicy | None = None) -> AsyncSpace:
         """A handle on a space without connecting (enough to read files from shards)."""
         space = self._space(space_id)
-        if history_policy is not None and space._secrets is None:
-            space._secrets = self._client.keystore.new_space(space_id, check_policy(history_policy))
+        if history_policy is not None:
+            space.ensure_secrets(check_policy(history_policy))
         return space
 
     # ------------------------------------------------------------------ directory
@@ -360,7 +360,7 @@ class AsyncSpaceAPI:
         def build(state: SpaceState) -> StateEvent:
             now = self._client.clock.now_us()
             expires = None if expires_in_sec is None else now + expires_in_sec * 1_000_000
-            return space._event(
+            return space.sign_event(
                 state,
                 "link",
                 {
@@ -372,7 +372,7 @@ class AsyncSpaceAPI:
                 },
             )
 
-        await space._append(build)
+        await space.append_event(build)
         link = space.core.require_state().links[link_id]
         return InviteLink.from_state(space_id, link, token)
 
@@ -396,7 +396,7 @@ class AsyncSpaceAPI:
             link_id = link_id_of_key(link_keys_from_token(token_or_link_id).link_key)
         if link_id not in state.links:
             raise InviteError("unknown invite link")
-        await space._append(lambda s: space._event(s, "unlink", {"link_id": link_id}))
+        await space.append_event(lambda s: space.sign_event(s, "unlink", {"link_id": link_id}))
 
     # ------------------------------------------------------------------ members
 
@@ -420,7 +420,9 @@ class AsyncSpaceAPI:
         if role not in ("editor", "viewer"):
             raise UsageError("a role is 'editor' or 'viewer' (a space has one owner)", field="role")
         space, _ = await self._synced(space_id)
-        await space._append(lambda s: space._event(s, "role", {"member": username, "role": role}))
+        await space.append_event(
+            lambda s: space.sign_event(s, "role", {"member": username, "role": role})
+        )
 
     async def remove_member(self, space_id: str, username: str) -> None:
         """Remove and ban ``username`` (owner only): a signed ``remove`` event. In a rotate
@@ -433,7 +435,7 @@ class AsyncSpaceAPI:
                 f"cannot rotate {space_id} after removing {username}: this client holds none "
                 "of its keys (use the client that created or joined it)"
             )
-        await space._append(lambda s: space._event(s, "remove", {"member": username}))
+        await space.append_event(lambda s: space.sign_event(s, "remove", {"member": username}))
         if state.policy == "rotate":
             await space.rotate()
 

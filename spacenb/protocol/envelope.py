@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..clock import Clock, SystemClock
-from ..exceptions import IntegrityError, ProtocolError
+from ..exceptions import IntegrityError, ProtocolError, UsageError
 from . import crypto
 from .encoding import canonical_json, lp_encode
 from .keys import IdentityKeys
@@ -87,7 +87,21 @@ class Message:
             value = obj[name]
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ProtocolError("must be a non-negative integer", field=f"message.{name}")
-        return cls(msg_id, obj["ts"], obj["body"], obj["seq"], obj["rev"], sid)
+        message = cls(msg_id, obj["ts"], obj["body"], obj["seq"], obj["rev"], sid)
+        # One meaning for every reader: a repeated key or another spelling of the same JSON
+        # could be read differently by another implementation's parser.
+        if message.to_bytes() != data:
+            raise ProtocolError("sealed plaintext is not canonical JSON", field="message")
+        return message
+
+    def check(self) -> None:
+        """:class:`UsageError` unless ``seq``, ``rev`` and ``sid`` are well-formed."""
+        for name in ("seq", "rev", "sent_at_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                raise UsageError("must be an integer in [0, 2^63)", field=name)
+        if not isinstance(self.sid, str) or not _SESSION_ID.fullmatch(self.sid):
+            raise UsageError("a session id is 16 lowercase hex digits", field="sid")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +191,7 @@ def seal_envelope(
         rev,
         sid,
     )
+    message.check()
     try:
         plaintext = message.to_bytes()
     except (TypeError, ValueError) as exc:

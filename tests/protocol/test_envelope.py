@@ -1,4 +1,8 @@
-"""spacenb.protocol.envelope: seal once for the group, sign, verify, open."""
+"""spacenb.protocol.envelope: seal once for the group, sign, verify, open.
+
+v2 envelopes carry the sender's state-log head (``head_seq``, ``head``) in the signed
+bytes and the AAD, and the sealed plaintext carries the sender's sequence number, edit
+revision and session id (``seq``, ``rev``, ``sid``)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from spacenb.protocol.envelope import (
     Envelope,
     Message,
     envelope_aad,
+    new_session_id,
     open_envelope,
     seal_envelope,
     verify_envelope,
@@ -31,6 +36,10 @@ MALLORY = IdentityKeys.from_seed(b"mallory")
 ALICE_PUB = ALICE.public("alice").signing_public_key()
 SPACE = SpaceKeyPair.from_seed(b"space").space_id
 RING = Keyring(SPACE, "rotate", {0: bytes(32), 1: bytes([1]) * 32})
+HEAD_SEQ = 7
+HEAD = bytes(range(32))  # the hash of the state event the sender holds as its head
+SEQ = 1_767_225_600_123_456
+SID = "0123456789abcdef"
 
 
 def seal(body: Any = "hi", **overrides: Any) -> tuple[Envelope, Message]:
@@ -41,19 +50,40 @@ def seal(body: Any = "hi", **overrides: Any) -> tuple[Envelope, Message]:
         "epoch": 1,
         "content_type": "text/plain",
         "body": body,
+        "head_seq": HEAD_SEQ,
+        "head": HEAD,
+        "seq": SEQ,
+        "sid": SID,
         "clock": FixedClock(1_767_225_600_123_456),
     }
     options.update(overrides)
     return seal_envelope(ALICE, RING.key(options["epoch"]), **options)
 
 
+def aad(**overrides: Any) -> bytes:
+    fields: dict[str, Any] = {
+        "kind": "msg",
+        "source": "alice",
+        "target": SPACE,
+        "subject": "default",
+        "epoch": 1,
+        "content_type": "text/plain",
+        "head_seq": HEAD_SEQ,
+        "head": HEAD,
+    }
+    fields.update(overrides)
+    return envelope_aad(**fields)
+
+
 def test_seal_and_open() -> None:
     env, message = seal({"text": "hello"})
     assert env.kind == "msg" and env.source == "alice" and env.target == SPACE
     assert env.subject == "default" and env.epoch == 1 and env.content_type == "text/plain"
+    assert (env.head_seq, env.head) == (HEAD_SEQ, HEAD)
     assert len(env.iv) == 12 and len(env.signature) == 64
     assert message.sent_at_ms == 1_767_225_600_123  # milliseconds from the clock
     assert re.fullmatch(r"[0-9a-f]{32}", message.id)
+    assert (message.seq, message.rev, message.sid) == (SEQ, 0, SID)
     assert open_envelope(env, RING.key(1), ALICE_PUB) == message
     assert open_envelope(env, RING.key(1), ALICE_PUB).body == {"text": "hello"}
 
@@ -61,30 +91,48 @@ def test_seal_and_open() -> None:
 def test_signed_bytes_and_aad_follow_the_protocol() -> None:
     env, _ = seal()
     assert env.signed_bytes() == lp_encode(
-        "spacenb/v1/envelope/msg",
+        "spacenb/v2/envelope/msg",
         "alice",
         SPACE,
         "default",
         1,
         "text/plain",
+        HEAD_SEQ,
+        HEAD,
         env.iv,
         env.ciphertext,
     )
-    assert envelope_aad("msg", "alice", SPACE, "default", 1, "text/plain") == lp_encode(
-        "spacenb/v1/aad/msg", SPACE, 1, "default", "text/plain", "alice"
+    assert aad() == lp_encode(
+        "spacenb/v2/aad/msg", SPACE, 1, "default", "text/plain", "alice", HEAD_SEQ, HEAD
     )
+
+
+def test_envelope_fields_are_in_protocol_order() -> None:
+    assert [f.name for f in dataclasses.fields(Envelope)] == [
+        "kind", "source", "target", "subject", "epoch", "content_type", "head_seq", "head",
+        "iv", "ciphertext", "signature",
+    ]  # fmt: skip
 
 
 def test_plaintext_is_canonical_json() -> None:
     env, message = seal({"b": 1, "a": "é"}, message_id="ab" * 16)
-    aad = envelope_aad("msg", "alice", SPACE, "default", 1, "text/plain")
-    plaintext = crypto.aead_open(RING.key(1), env.iv, env.ciphertext, aad)
-    assert (
-        plaintext
-        == ('{"body":{"a":"é","b":1},"id":"' + "ab" * 16 + '","ts":1767225600123}').encode()
-    )
+    plaintext = crypto.aead_open(RING.key(1), env.iv, env.ciphertext, aad())
+    assert plaintext == (
+        '{"body":{"a":"é","b":1},"id":"' + "ab" * 16 + '","rev":0,"seq":' + str(SEQ)
+        + ',"sid":"' + SID + '","ts":1767225600123}'
+    ).encode()  # fmt: skip
     assert plaintext == message.to_bytes()
     assert len(env.ciphertext) == len(plaintext) + 16
+
+
+def test_an_edit_keeps_seq_and_sid_and_raises_rev() -> None:
+    _, first = seal("v1")
+    edit, second = seal("v2", rev=1, head_seq=HEAD_SEQ + 3, head=bytes(32))
+    opened = open_envelope(edit, RING.key(1), ALICE_PUB)
+    assert opened == second
+    assert (opened.seq, opened.sid, opened.rev) == (first.seq, first.sid, 1)
+    assert opened.id != first.id  # every seal has a fresh message id
+    assert (edit.head_seq, edit.head) == (HEAD_SEQ + 3, bytes(32))
 
 
 def test_every_seal_is_fresh() -> None:
@@ -152,6 +200,10 @@ def test_forgery_claiming_another_source_fails() -> None:
         epoch=1,
         content_type=None,
         body="I am alice",
+        head_seq=HEAD_SEQ,
+        head=HEAD,
+        seq=SEQ,
+        sid=SID,
     )
     with pytest.raises(IntegrityError):
         open_envelope(forged, RING.key(1), ALICE_PUB)
@@ -166,17 +218,50 @@ def test_forgery_claiming_another_source_fails() -> None:
         {"subject": "random"},
         {"epoch": 0},
         {"content_type": "text/html"},
+        {"head_seq": HEAD_SEQ + 1},
+        {"head": bytes(32)},
     ],
     ids=lambda c: next(iter(c)),
 )
 def test_routing_fields_are_bound_by_the_aead(change: dict[str, Any]) -> None:
-    """A member who holds the group key and re-signs cannot re-label someone's ciphertext."""
+    """A member who holds the group key and re-signs cannot re-label someone's ciphertext
+    (nor bind it to another state head than the one it was sealed under)."""
     env, _ = seal()
     relabelled = dataclasses.replace(env, **change)
     resigned = dataclasses.replace(relabelled, signature=ALICE.sign(relabelled.signed_bytes()))
     verify_envelope(resigned, ALICE_PUB)
     with pytest.raises(IntegrityError):
         open_envelope(resigned, RING.key(1), ALICE_PUB)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "eph"},
+        {"source": "bob"},
+        {"target": SpaceKeyPair.from_seed(b"other").space_id},
+        {"subject": "random"},
+        {"epoch": 0},
+        {"content_type": "text/html"},
+        {"head_seq": HEAD_SEQ + 1},
+        {"head": bytes(32)},
+        {"iv": bytes(12)},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_every_field_is_signed(change: dict[str, Any]) -> None:
+    env, _ = seal()
+    altered = dataclasses.replace(env, **change)
+    assert altered.signed_bytes() != env.signed_bytes()
+    with pytest.raises(IntegrityError):
+        verify_envelope(altered, ALICE_PUB)
+
+
+@pytest.mark.parametrize("head", [b"", bytes(31), bytes(33)], ids=["empty", "31", "33"])
+def test_head_is_32_bytes(head: bytes) -> None:
+    with pytest.raises(ProtocolError) as info:
+        seal(head=head)
+    assert info.value.field == "head"
 
 
 def test_unsigned_envelope_fails() -> None:
@@ -231,7 +316,7 @@ def test_any_json_body_round_trips(body: Any) -> None:
 def _seal_raw(plaintext: bytes) -> Envelope:
     """An envelope from a member whose client seals arbitrary bytes (a hostile member)."""
     iv = bytes(12)
-    aad = envelope_aad("msg", "alice", SPACE, "default", 1, "")
+    raw_aad = aad(content_type="")
     unsigned = Envelope(
         "msg",
         "alice",
@@ -239,10 +324,25 @@ def _seal_raw(plaintext: bytes) -> Envelope:
         "default",
         1,
         "",
+        HEAD_SEQ,
+        HEAD,
         iv,
-        crypto.aead_seal(RING.key(1), iv, plaintext, aad),
+        crypto.aead_seal(RING.key(1), iv, plaintext, raw_aad),
     )
     return dataclasses.replace(unsigned, signature=ALICE.sign(unsigned.signed_bytes()))
+
+
+_ID = '"id":"' + "ab" * 16 + '"'
+_GOOD = '"body":1,' + _ID + ',"rev":0,"seq":5,"sid":"0123456789abcdef","ts":1'
+
+
+def _plain(text: str) -> bytes:
+    return ("{" + text + "}").encode()
+
+
+def test_a_well_formed_raw_plaintext_opens() -> None:
+    opened = open_envelope(_seal_raw(_plain(_GOOD)), RING.key(1), ALICE_PUB)
+    assert opened == Message("ab" * 16, 1, 1, 5, 0, "0123456789abcdef")
 
 
 @pytest.mark.parametrize(
@@ -253,9 +353,20 @@ def _seal_raw(plaintext: bytes) -> Envelope:
         b"\xff\xfe",
         b"[]",
         b'{"body": 1, "id": "x"}',
-        b'{"body": 1, "id": "x", "ts": 1, "extra": 0}',
-        b'{"body": 1, "id": 5, "ts": 1}',
-        b'{"body": 1, "id": "x", "ts": "1"}',
+        _plain('"body":1,' + _ID + ',"ts":1'),
+        _plain(_GOOD + ',"extra":0'),
+        _plain(_GOOD.replace(_ID, '"id":5')),
+        _plain(_GOOD.replace(_ID, '"id":"x"')),
+        _plain(_GOOD.replace(_ID, '"id":"' + "AB" * 16 + '"')),
+        _plain(_GOOD.replace('"ts":1', '"ts":"1"')),
+        _plain(_GOOD.replace('"seq":5', '"seq":-1')),
+        _plain(_GOOD.replace('"seq":5', '"seq":true')),
+        _plain(_GOOD.replace('"seq":5', '"seq":5.5')),
+        _plain(_GOOD.replace('"seq":5', f'"seq":{2**63}')),
+        _plain(_GOOD.replace('"rev":0', '"rev":null')),
+        _plain(_GOOD.replace("0123456789abcdef", "0123456789ABCDEF")),
+        _plain(_GOOD.replace("0123456789abcdef", "0123456789abcde")),
+        _plain(_GOOD.replace('"sid":"0123456789abcdef"', '"sid":7')),
         b"[" * 100_000,
         b'{"body":' + b"[" * 100_000 + b"]" * 100_000 + b',"id":"x","ts":1}',
     ],
@@ -265,9 +376,20 @@ def _seal_raw(plaintext: bytes) -> Envelope:
         "not utf-8",
         "list",
         "missing ts",
+        "v1 plaintext without seq, rev, sid",
         "extra field",
         "id not text",
+        "id not 32 hex",
+        "id upper-case",
         "ts not int",
+        "seq negative",
+        "seq boolean",
+        "seq float",
+        "seq too large",
+        "rev null",
+        "sid upper-case",
+        "sid too short",
+        "sid not text",
         "deep nesting",
         "deep body",
     ],
@@ -279,6 +401,30 @@ def test_malformed_plaintext_is_an_integrity_error(plaintext: bytes) -> None:
 
 def test_message_bytes_round_trip() -> None:
     message = Message("ab" * 16, 5, {"k": [1, None]})
+    assert (message.seq, message.rev, message.sid) == (0, 0, "0" * 16)
     assert Message.from_bytes(message.to_bytes()) == message
+    edited = Message("cd" * 16, 6, "x", seq=2**63 - 1, rev=3, sid="fedcba9876543210")
+    assert Message.from_bytes(edited.to_bytes()) == edited
+    assert edited.to_bytes() == (
+        b'{"body":"x","id":"' + b"cd" * 16 + b'","rev":3,"seq":9223372036854775807,'
+        b'"sid":"fedcba9876543210","ts":6}'
+    )
     with pytest.raises(ProtocolError):
         Message.from_bytes(b"[" * 100_000)
+
+
+def test_message_from_bytes_names_the_field() -> None:
+    with pytest.raises(ProtocolError) as info:
+        Message.from_bytes(_plain(_GOOD.replace("0123456789abcdef", "nothex0123456789")))
+    assert info.value.field == "message.sid"
+    with pytest.raises(ProtocolError) as info:
+        Message.from_bytes(_plain(_GOOD.replace('"rev":0', '"rev":-2')))
+    assert info.value.field == "message.rev"
+
+
+def test_new_session_id() -> None:
+    ids = {new_session_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"[0-9a-f]{16}", sid) for sid in ids)
+    env, message = seal(sid=new_session_id())
+    assert open_envelope(env, RING.key(1), ALICE_PUB).sid == message.sid

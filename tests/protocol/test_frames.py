@@ -25,11 +25,12 @@ from spacenb.exceptions import (
     LimitExceededError,
     ProtocolError,
     SpacenbError,
+    StaleStateError,
     error_for_code,
 )
 from spacenb.protocol import frames
 from spacenb.protocol.encoding import b64e
-from spacenb.protocol.envelope import Envelope
+from spacenb.protocol.envelope import Envelope, seal_envelope
 from spacenb.protocol.frames import (
     EVENTS,
     MAX_BYTES_FIELD,
@@ -44,7 +45,9 @@ from spacenb.protocol.frames import (
     parse_server_frame,
     request_id_of,
 )
-from spacenb.protocol.wrap import WrappedKey
+from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
+from spacenb.protocol.statelog import SpaceState, StateEvent, make_event, make_genesis
+from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 
 PROTOCOL_MD = Path(__file__).resolve().parents[2] / "PROTOCOL.md"
 ALLOWED = (ProtocolError, LimitExceededError)
@@ -77,7 +80,7 @@ def valid(tp: Any) -> st.SearchStrategy[Any]:
         return st.text(max_size=24)
     if tp is bytes:
         return st.binary(max_size=48)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return st.builds(tp, **{name: valid(hint) for name, hint in fields_of(tp).items()})
     raise TypeError(tp)
 
@@ -100,7 +103,7 @@ EVENT_CLASSES = list(EVENTS.values())
 
 @pytest.mark.parametrize("cls", REQUEST_CLASSES, ids=list(REQUESTS))
 @given(data=st.data())
-def test_request_round_trip(cls: type[Request], data: st.DataObject) -> None:
+def test_request_round_trip(cls: type[Request[Any]], data: st.DataObject) -> None:
     request = data.draw(valid(cls))
     text = request.to_json()
     obj = json.loads(text)
@@ -166,13 +169,13 @@ def _minimal(tp: Any) -> Any:
         return get_args(tp)[0]
     if origin is tuple:
         return (_minimal(get_args(tp)[0]),)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return tp(**{name: _minimal(hint) for name, hint in fields_of(tp).items()})
     return {bool: True, int: 1, str: "x", bytes: b"\x00\x01\x02"}[tp]
 
 
 def _min(cls: type) -> str:
-    frame: Request | Event = _minimal(cls)
+    frame: Request[Any] | Event = _minimal(cls)
     return frame.to_json()
 
 
@@ -294,7 +297,7 @@ def test_fuzz_mutated_text(sample: str, data: st.DataObject) -> None:
 
 @pytest.mark.parametrize("cls", REQUEST_CLASSES, ids=list(REQUESTS))
 @given(data=st.data())
-def test_fuzz_results_of_every_request(cls: type[Request], data: st.DataObject) -> None:
+def test_fuzz_results_of_every_request(cls: type[Request[Any]], data: st.DataObject) -> None:
     result = json.loads(Response.of(1, data.draw(valid(cls.RESULT))).to_json())["result"]
     paths = _paths(result)[1:]
     if paths:
@@ -443,23 +446,47 @@ def test_integer_bounds_accepted() -> None:
     assert request == frames.History(id=MAX_INT, space_id="s", before=MAX_INT, limit=0)
 
 
-def test_join_token_is_the_only_optional_field() -> None:
-    assert parse_client_frame('{"t":"req","id":1,"op":"join","space_id":"s"}') == frames.Join(
-        id=1, space_id="s", token=None
-    )
+def test_only_state_log_link_fields_may_be_left_out() -> None:
+    """v1's optional ``join`` token is gone: ``join`` carries ``event`` (null when already
+    a member) and it is required; only ``state_log``'s ``link_id`` and ``proof`` may be
+    left out."""
+    optional = {
+        (op, f.name)
+        for op, cls in REQUESTS.items()
+        for f in dataclasses.fields(cls)
+        if f.init and f.default is None
+    }
+    assert optional == {("state_log", "link_id"), ("state_log", "proof")}
+    for cls in EVENT_CLASSES:
+        assert all(f.default is not None for f in dataclasses.fields(cls)), cls
     assert parse_client_frame(
-        '{"t":"req","id":1,"op":"join","space_id":"s","token":"abc"}'
-    ) == frames.Join(id=1, space_id="s", token="abc")
+        '{"t":"req","id":1,"op":"state_log","space_id":"s","since":0,"limit":5}'
+    ) == frames.GetStateLog(id=1, space_id="s", since=0, limit=5, link_id=None, proof=None)
+    assert parse_client_frame(
+        '{"t":"req","id":1,"op":"join","space_id":"s","event":null}'
+    ) == frames.Join(id=1, space_id="s", event=None)
+    with pytest.raises(ProtocolError, match="missing") as info:
+        parse_client_frame('{"t":"req","id":1,"op":"join","space_id":"s"}')
+    assert info.value.field == "event"
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(
+            '{"t":"req","id":1,"op":"join","space_id":"s","token":"abc","event":null}'
+        )
+    assert info.value.field == "token"
 
 
 def _envelope_json(**changes: Any) -> dict[str, Any]:
-    env = Envelope("msg", "alice", "spc.x", "default", 0, "", bytes(12), bytes(16), bytes(64))
-    obj = json.loads(frames.Send(id=1, envelope=env).to_json())
+    env = Envelope(
+        "msg", "alice", "spc.x", "default", 0, "", 3, bytes(32), bytes(12), bytes(16), bytes(64)
+    )
+    obj: dict[str, Any] = json.loads(frames.Send(id=1, envelope=env).to_json())
     obj["envelope"].update(changes)
     return obj
 
 
-@pytest.mark.parametrize("name", ["signature", "iv", "ciphertext", "kind", "epoch"])
+@pytest.mark.parametrize(
+    "name", ["signature", "iv", "ciphertext", "kind", "epoch", "head_seq", "head"]
+)
 def test_envelope_fields_are_required(name: str) -> None:
     obj = _envelope_json()
     del obj["envelope"][name]
@@ -475,6 +502,10 @@ def test_envelope_fields_are_required(name: str) -> None:
         ({"iv": "AA=="}, "envelope.iv"),
         ({"ciphertext": 5}, "envelope.ciphertext"),
         ({"extra": 1}, "envelope.extra"),
+        ({"head_seq": -1}, "envelope.head_seq"),
+        ({"head_seq": "3"}, "envelope.head_seq"),
+        ({"head": "AA=="}, "envelope.head"),
+        ({"head": None}, "envelope.head"),
     ],
 )
 def test_nested_field_errors_name_the_path(change: dict[str, Any], field: str) -> None:
@@ -505,6 +536,11 @@ def test_wrapped_key_signature_is_required() -> None:
         '{"t":"evt","ev":"nope"}',
         '{"t":"evt"}',
         '{"t":"evt","ev":"epoch","space_id":"s"}',
+        '{"t":"evt","ev":"epoch","space_id":"s","epoch":1}',
+        '{"t":"evt","ev":"member","space_id":"s","member_id":"bob","role":"viewer"}',
+        '{"t":"evt","ev":"deleted","space_id":"s","handle":1}',
+        '{"t":"evt","ev":"state","space_id":"s"}',
+        '{"t":"evt","ev":"state","space_id":"s","event":null}',
         '{"t":"req","id":1,"op":"ping"}',
         '{"t":null}',
         "{}",
@@ -540,12 +576,314 @@ def test_parse_result_rejects_a_wrong_shape() -> None:
     assert parse_result(frames.Ping(id=1), {}) == frames.Ok()
 
 
+# --------------------------------------------------------------------------- v2 frames
+
+SPACE_KEY = SpaceKeyPair.from_seed(b"frames/space")
+ALICE = IdentityKeys.from_seed(b"frames/alice")
+BOB = IdentityKeys.from_seed(b"frames/bob")
+T0 = 1_767_225_600_000_000
+GROUP_KEY = bytes(range(32))
+
+
+def _genesis() -> StateEvent:
+    return make_genesis(
+        SPACE_KEY,
+        owner="alice",
+        owner_signing_key=ALICE.signing_key,
+        owner_ecdh_key=ALICE.ecdh_key,
+        policy="rotate",
+        private=False,
+        manual_admit=False,
+        name="général",
+        keeper=None,
+        group_key=GROUP_KEY,
+        at_us=T0,
+    )
+
+
+GENESIS = _genesis()
+
+
+def _bob_adds() -> StateEvent:
+    return make_event(
+        BOB,
+        space_id=SPACE_KEY.space_id,
+        seq=1,
+        prev=GENESIS.hash(),
+        kind="add",
+        actor="bob",
+        at_us=T0 + 1,
+        body={
+            "member": "bob", "signing_key": BOB.signing_key, "ecdh_key": BOB.ecdh_key,
+            "role": "viewer", "via": "open", "link_id": None, "proof": None,
+        },
+    )  # fmt: skip
+
+
+BOB_ADDS = _bob_adds()
+STATE_EVENT_FIELDS = ["space_id", "seq", "prev", "kind", "actor", "at_us", "body", "signature"]
+
+
+def _wrapped(recipient: IdentityKeys, name: str) -> WrappedKey:
+    return wrap_group_key(
+        GROUP_KEY,
+        space_id=SPACE_KEY.space_id,
+        epoch=0,
+        recipient=name,
+        recipient_ecdh=recipient.public(name).ecdh_public_key(),
+        wrapper="alice",
+        wrapper_identity=ALICE,
+    )
+
+
+def test_protocol_version_is_2() -> None:
+    assert frames.PROTOCOL_VERSION == 2
+    hello = frames.Hello(server="spacenb", version=2, nonce=bytes(32), keeper=None)
+    assert parse_server_frame(hello.to_json()) == hello
+    assert json.loads(hello.to_json())["version"] == 2
+
+
+V1_OPS = [
+    "rotate", "delete", "set_role", "invite", "remove_member", "leave", "create_link",
+    "list_links", "revoke_link", "members", "roster",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("op", V1_OPS)
+def test_v1_ops_are_refused(op: str) -> None:
+    assert op not in REQUESTS
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps({"t": "req", "id": 4, "op": op, "space_id": "s"}))
+    assert info.value.field == "op"
+    assert request_id_of(json.dumps({"t": "req", "id": 4, "op": op})) == 4
+
+
+@pytest.mark.parametrize("ev", ["member", "epoch", "deleted"])
+def test_v1_events_are_refused(ev: str) -> None:
+    assert ev not in EVENTS
+    with pytest.raises(ProtocolError) as info:
+        parse_server_frame(json.dumps({"t": "evt", "ev": ev, "space_id": "s"}))
+    assert info.value.field == "ev"
+
+
+def test_v2_ops_and_their_results() -> None:
+    assert {op: cls.RESULT for op, cls in REQUESTS.items() if op in ("append", "state_log")} == {
+        "append": frames.AppendResult,
+        "state_log": frames.StateLogPage,
+    }
+    assert REQUESTS["create_space"].RESULT is frames.SpaceInfo
+    assert REQUESTS["join"].RESULT is frames.JoinResult
+    assert set(fields_of(frames.CreateSpace)) == {"id", "genesis", "keys"}
+    assert set(fields_of(frames.Join)) == {"id", "space_id", "event"}
+    assert set(fields_of(frames.Append)) == {"id", "space_id", "event", "keys"}
+    assert set(fields_of(frames.GetStateLog)) == {
+        "id", "space_id", "since", "limit", "link_id", "proof",
+    }  # fmt: skip
+    assert set(fields_of(frames.StatePushed)) == {"space_id", "event"}
+    assert set(fields_of(frames.StateLogPage)) == {"events", "head_seq"}
+    assert set(fields_of(frames.AppendResult)) == {"seq"}
+    assert "head_seq" in fields_of(frames.SpaceInfo)
+    assert "head_seq" in fields_of(frames.SubscribeResult)
+
+
+@pytest.mark.parametrize("cls", REQUEST_CLASSES, ids=list(REQUESTS))
+def test_requests_are_typed_with_their_result(cls: type[Request[Any]]) -> None:
+    """``class Join(Request[JoinResult])``: the type parameter is the result record."""
+    (base,) = (b for b in cls.__orig_bases__ if get_origin(b) is Request)  # type: ignore[attr-defined]
+    assert get_args(base) == (cls.RESULT,)
+    assert dataclasses.is_dataclass(cls.RESULT)
+
+
+def test_state_event_wire_form() -> None:
+    obj = json.loads(frames.StatePushed(SPACE_KEY.space_id, GENESIS).to_json())
+    assert list(obj) == ["t", "ev", "space_id", "event"]
+    assert list(obj["event"]) == STATE_EVENT_FIELDS
+    assert obj["event"] == {
+        "space_id": GENESIS.space_id,
+        "seq": 0,
+        "prev": b64e(bytes(32)),
+        "kind": "genesis",
+        "actor": "alice",
+        "at_us": T0,
+        "body": b64e(GENESIS.body),
+        "signature": b64e(GENESIS.signature),
+    }
+
+
+def test_signed_events_survive_every_frame_that_carries_them() -> None:
+    keys = (_wrapped(ALICE, "alice"),)
+    requests: list[Request[Any]] = [
+        frames.CreateSpace(id=1, genesis=GENESIS, keys=keys),
+        frames.Join(id=2, space_id=SPACE_KEY.space_id, event=BOB_ADDS),
+        frames.Append(id=3, space_id=SPACE_KEY.space_id, event=BOB_ADDS, keys=keys),
+    ]
+    for request in requests:
+        parsed = parse_client_frame(request.to_json())
+        assert parsed == request
+    create = parse_client_frame(requests[0].to_json())
+    join = parse_client_frame(requests[1].to_json())
+    assert isinstance(create, frames.CreateSpace) and isinstance(join, frames.Join)
+    assert join.event is not None
+    # Still verifiable: the bytes the signatures cover came through unchanged.
+    state = SpaceState.from_events([create.genesis, join.event])
+    assert state.head == BOB_ADDS.hash() and set(state.members) == {"alice", "bob"}
+    assert create.keys == keys
+    pushed = parse_server_frame(frames.StatePushed(SPACE_KEY.space_id, BOB_ADDS).to_json())
+    assert isinstance(pushed, frames.StatePushed) and pushed.event == BOB_ADDS
+    page = frames.StateLogPage(events=(GENESIS, BOB_ADDS), head_seq=1)
+    response = parse_server_frame(Response.of(9, page).to_json())
+    assert isinstance(response, Response)
+    got = parse_result(frames.GetStateLog, response.result)
+    assert got == page
+    assert SpaceState.from_events(got.events).head_seq == got.head_seq == 1
+    assert parse_result(frames.Append, {"seq": 1}) == frames.AppendResult(seq=1)
+
+
+def _append_json() -> dict[str, Any]:
+    request = frames.Append(id=1, space_id=SPACE_KEY.space_id, event=BOB_ADDS, keys=())
+    obj: dict[str, Any] = json.loads(request.to_json())
+    return obj
+
+
+@pytest.mark.parametrize("name", STATE_EVENT_FIELDS)
+def test_state_event_fields_are_required(name: str) -> None:
+    obj = _append_json()
+    del obj["event"][name]
+    with pytest.raises(ProtocolError, match="missing") as info:
+        parse_client_frame(json.dumps(obj))
+    assert info.value.field == f"event.{name}"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"extra": 1}, "event.extra"),
+        ({"seq": "1"}, "event.seq"),
+        ({"seq": -1}, "event.seq"),
+        ({"seq": True}, "event.seq"),
+        ({"at_us": 2**53}, "event.at_us"),
+        ({"prev": "AA=="}, "event.prev"),
+        ({"prev": None}, "event.prev"),
+        ({"body": 5}, "event.body"),
+        ({"body": {"member": "bob"}}, "event.body"),
+        ({"signature": "+/8"}, "event.signature"),
+        ({"kind": 5}, "event.kind"),
+        ({"actor": None}, "event.actor"),
+        ({"space_id": "x" * 4097}, "event.space_id"),
+    ],
+)
+def test_state_event_field_errors_name_the_path(change: dict[str, Any], field: str) -> None:
+    obj = _append_json()
+    obj["event"].update(change)
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps(obj))
+    assert info.value.field == field
+
+
+def test_state_event_errors_are_named_inside_every_frame() -> None:
+    genesis = json.loads(frames.CreateSpace(id=1, genesis=GENESIS, keys=()).to_json())
+    del genesis["genesis"]["prev"]
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps(genesis))
+    assert info.value.field == "genesis.prev"
+    join = json.loads(frames.Join(id=1, space_id="s", event=BOB_ADDS).to_json())
+    join["event"]["unknown"] = 0
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps(join))
+    assert info.value.field == "event.unknown"
+    pushed = json.loads(frames.StatePushed("s", BOB_ADDS).to_json())
+    del pushed["event"]["signature"]
+    with pytest.raises(ProtocolError) as info:
+        parse_server_frame(json.dumps(pushed))
+    assert info.value.field == "event.signature"
+    page = json.loads(Response.of(1, frames.StateLogPage((GENESIS, BOB_ADDS), 1)).to_json())
+    page["result"]["events"][1]["body"] = "AA=="
+    with pytest.raises(ProtocolError) as info:
+        parse_result(frames.GetStateLog, page["result"])
+    assert info.value.field == "result.events[1].body"
+    with pytest.raises(ProtocolError) as info:
+        parse_result(frames.GetStateLog, {"events": []})
+    assert info.value.field == "result.head_seq"
+
+
+def test_frames_carry_events_the_log_refuses() -> None:
+    """The codec checks shapes only: an event's rules and signature are the log's job,
+    so a forged event parses and is refused by ``SpaceState``."""
+    forged = dataclasses.replace(BOB_ADDS, signature=ALICE.sign(BOB_ADDS.signed_bytes()))
+    parsed = parse_client_frame(frames.Append(id=1, space_id="s", event=forged, keys=()).to_json())
+    assert isinstance(parsed, frames.Append) and parsed.event == forged
+    with pytest.raises(exceptions.IntegrityError):
+        SpaceState.from_events([GENESIS, parsed.event])
+
+
+def test_head_seq_is_required_in_space_info_and_subscribe() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_result(frames.Subscribe, {"peers": [], "epoch": 0})
+    assert info.value.field == "result.head_seq"
+    assert parse_result(
+        frames.Subscribe, {"peers": ["bob"], "epoch": 2, "head_seq": 9}
+    ) == frames.SubscribeResult(("bob",), 2, 9)
+    space = {
+        "space_id": "s", "owner": "alice", "policy": "static", "private": False,
+        "manual_admit": False, "name": None, "epoch": 0, "keeper": None, "created_at_us": 1,
+        "head_seq": 4,
+    }  # fmt: skip
+    assert parse_result(frames.GetSpaceInfo, space).head_seq == 4
+    del space["head_seq"]
+    with pytest.raises(ProtocolError) as info:
+        parse_result(frames.GetSpaceInfo, space)
+    assert info.value.field == "result.head_seq"
+    with pytest.raises(ProtocolError) as info:
+        parse_result(frames.Join, {"space": space, "role": "viewer", "keys": [], "pending": False})
+    assert info.value.field == "result.space.head_seq"
+
+
+def test_stale_state_error_code() -> None:
+    frame = ErrorFrame.of(3, StaleStateError("event 4 does not follow the head (5)"))
+    assert frame.code == "stale_state"
+    parsed = parse_server_frame(frame.to_json())
+    assert isinstance(parsed, ErrorFrame)
+    error = error_for_code(parsed.code, parsed.message)
+    assert type(error) is StaleStateError and str(error) == "event 4 does not follow the head (5)"
+
+
+def test_a_sealed_envelope_round_trips_with_its_head() -> None:
+    env, _ = seal_envelope(
+        ALICE,
+        GROUP_KEY,
+        source="alice",
+        target=SPACE_KEY.space_id,
+        subject="default",
+        epoch=0,
+        content_type=None,
+        body={"text": "hi"},
+        head_seq=1,
+        head=BOB_ADDS.hash(),
+        seq=T0,
+        sid="0123456789abcdef",
+    )
+    sent = parse_client_frame(frames.Send(id=1, envelope=env).to_json())
+    assert isinstance(sent, frames.Send) and sent.envelope == env
+    wire = json.loads(frames.Send(id=1, envelope=env).to_json())["envelope"]
+    assert list(wire) == [
+        "kind", "source", "target", "subject", "epoch", "content_type", "head_seq", "head",
+        "iv", "ciphertext", "signature",
+    ]  # fmt: skip
+    assert (wire["head_seq"], wire["head"]) == (1, b64e(BOB_ADDS.hash()))
+    for cls in (frames.MessagePushed, frames.MessageEdited):
+        pushed = cls(handle=5, envelope=env)
+        assert parse_server_frame(pushed.to_json()) == pushed
+
+
 # --------------------------------------------------------------------------- PROTOCOL.md
 
 
-def _doc_section(heading: str) -> str:
+def _doc_section(heading: str, within: str = "## Frames") -> str:
+    """The text under ``heading`` inside the ``within`` chapter (v2 has an "### Events"
+    under "## The state log" too)."""
     text = PROTOCOL_MD.read_text(encoding="utf-8")
-    return text.split(f"\n{heading}\n", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    chapter = text.split(f"\n{within}\n", 1)[1].split("\n## ", 1)[0]
+    return chapter.split(f"\n{heading}\n", 1)[1].split("\n### ", 1)[0]
 
 
 def _doc_table(heading: str) -> dict[str, set[str]]:

@@ -20,7 +20,7 @@ async def test_hello_then_sign_up_then_sign_in(tmp_path):
     async with running(tmp_path) as srv:
         client = await RawClient.open(srv.url)
         assert client.hello.server == "spacenb"
-        assert client.hello.version == 1
+        assert client.hello.version == frames.PROTOCOL_VERSION == 2
         assert len(client.hello.nonce) == 32
         assert client.hello.keeper == "keeper"
         identity = IdentityKeys.generate()
@@ -111,6 +111,9 @@ async def test_only_auth_and_ping_before_auth(tmp_path):
             (frames.ListChannels, {}),
             (frames.Resolve, {"name": "x"}),
             (frames.UserKeys, {"usernames": ("keeper",)}),
+            (frames.GetStateLog, {"space_id": "x", "since": 0, "limit": 1}),
+            (frames.Join, {"space_id": "x", "event": None}),
+            (frames.FetchKeys, {"space_id": "x"}),
         ]:
             with pytest.raises(PermissionDeniedError, match="not authenticated"):
                 await client.call(cls, **fields)

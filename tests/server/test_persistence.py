@@ -3,60 +3,87 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import sqlite3
 import stat
 
 import pytest
 
 from spacenb.clock import FixedClock
-from spacenb.exceptions import AuthenticationError, ServerError
+from spacenb.exceptions import (
+    AuthenticationError,
+    ServerError,
+    StaleStateError,
+    UnsupportedVersionError,
+)
 from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.server.app import start_server
+from spacenb.server.storage import DB_FILENAME
 from tests.server.rawclient import running, user
 
 SECRET = "the eagle lands at dawn 7f3a"
 
 
-async def test_restart_keeps_users_spaces_messages_links_keeper_and_app_key(tmp_path):
+async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key(tmp_path):
     clock = FixedClock()
     alice_id, bob_id = IdentityKeys.generate(), IdentityKeys.generate()
     async with running(tmp_path, clock=clock) as srv:
-        app_key, keeper_nonce_keeper = srv.app_key, (tmp_path / "keeper.key").read_text()
+        app_key, keeper_key = srv.app_key, (tmp_path / "keeper.key").read_text()
         alice = await user(srv, "alice", identity=alice_id)
+        alice.clock = clock
         info, ring = await alice.create_space(name="general")
         secret, _ = await alice.create_space(name="secret", private=True)
-        link = await alice.call(
-            frames.CreateLink, space_id=secret.space_id, expires_in_sec=None, max_uses=3,
-            role="editor",
-        )  # fmt: skip
+        token = await alice.create_link(secret.space_id, max_uses=3, role="editor")
         bob = await user(srv, "bob", identity=bob_id)
-        await bob.call(frames.Join, space_id=secret.space_id, token=link.token)
+        bob.clock = clock
+        await bob.join(secret.space_id, token)
         await bob.event("keys")
         handles = [await alice.send(ring, f"message {i}") for i in range(3)]
-        await alice.call(frames.Delete, space_id=info.space_id, handle=handles[-1])
+        await alice.delete(info.space_id, handles[-1])
         page_before = await alice.call(frames.History, space_id=info.space_id, before=None, limit=9)
+        logs_before = {
+            s: (await alice.read_log(s)).events for s in (info.space_id, secret.space_id)
+        }
 
     clock = FixedClock()  # the clock restarts at the same reading: handles must still grow
     async with running(tmp_path, clock=clock) as srv:
         assert srv.app_key == app_key
-        assert (tmp_path / "keeper.key").read_text() == keeper_nonce_keeper
+        assert (tmp_path / "keeper.key").read_text() == keeper_key
         alice = await user(srv, "alice", identity=alice_id)
+        alice.clock = clock
         with pytest.raises(AuthenticationError, match="taken"):
             await user(srv, "bob")
         assert (await alice.call(frames.Resolve, name="general")).space_id == info.space_id
         assert [c.name for c in (await alice.call(frames.ListChannels)).channels] == ["general"]
         page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=9)
         assert page == page_before
-        (listed,) = (await alice.call(frames.ListLinks, space_id=secret.space_id)).links
-        assert (listed.link_id, listed.uses, listed.role) == (link.link_id, 1, "editor")
-        members = (await alice.call(frames.Members, space_id=secret.space_id)).members
-        assert frames.MemberEntry("bob", "editor") in members
+        # the state logs are served as they were signed, and verify from genesis
+        for space_id, events in logs_before.items():
+            assert (await alice.read_log(space_id)).events == events
+        state = await alice.sync(secret.space_id)
+        link = state.links[alice.link_body(token)["link_id"]]
+        assert (link.uses, link.max_uses, link.role) == (1, 3, "editor")
+        assert state.members["bob"].role == "editor"
+        assert (await alice.sync(info.space_id)).deleted == {handles[-1]: "alice"}
         assert await alice.send(ring, "after restart") > handles[-1]
-        # the keeper still holds the group key (from its wrapped blobs) and admits newcomers
+        info_after = await alice.call(frames.GetSpaceInfo, space_id=secret.space_id)
+        assert info_after == dataclasses.replace(secret, head_seq=2)
+        # the relay's state is rebuilt from the log: a stale event is refused, the next taken
+        stale = alice.make(secret.space_id, "role", {"member": "bob", "role": "viewer"}, seq=2,
+                           prev=state.hash_at(1))  # fmt: skip
+        with pytest.raises(StaleStateError):
+            await alice.call(frames.Append, space_id=secret.space_id, event=stale, keys=())
+        assert await alice.set_role(secret.space_id, "bob", "viewer") == 3
+        # the link keeps counting its uses
         carol = await user(srv, "carol")
-        await carol.call(frames.Join, space_id=info.space_id)
-        keys = (await carol.event("keys")).keys
-        assert (await carol.keyring(info, keys)).key(0) == ring.key(0)
+        carol.clock = clock
+        assert (await carol.join(secret.space_id, token)).role == "editor"
+        # the keeper still holds the group key (from its wrapped blobs) and admits newcomers
+        dave = await user(srv, "dave")
+        await dave.join(info.space_id)
+        keys = (await dave.event("keys")).keys
+        assert (await dave.keyring(info.space_id, keys)).key(0) == ring.key(0)
 
 
 async def test_join_requests_left_open_are_handled_after_restart(tmp_path):
@@ -66,13 +93,13 @@ async def test_join_requests_left_open_are_handled_after_restart(tmp_path):
         await srv.keeper.stop()  # the keeper is down when bob asks
         bob_id = IdentityKeys.generate()
         bob = await user(srv, "bob", identity=bob_id)
-        assert (await bob.call(frames.Join, space_id=info.space_id)).pending
+        assert (await bob.join(info.space_id)).pending
     async with running(tmp_path) as srv:
         await srv.keeper.idle()
         bob = await user(srv, "bob", identity=bob_id)
-        joined = await bob.call(frames.Join, space_id=info.space_id)
+        joined = await bob.join(info.space_id)  # a member now: no event
         assert not joined.pending
-        assert (await bob.keyring(info, joined.keys)).key(0) == ring.key(0)
+        assert (await bob.keyring(info.space_id, joined.keys)).key(0) == ring.key(0)
 
 
 async def test_data_dir_holds_no_plaintext_and_no_group_key(tmp_path):
@@ -82,18 +109,35 @@ async def test_data_dir_holds_no_plaintext_and_no_group_key(tmp_path):
         rot, rring = await alice.create_space(name="rot", policy="rotate")
         bob = await user(srv, "bob")
         for space in (info, rot):
-            await bob.call(frames.Join, space_id=space.space_id)
+            await bob.join(space.space_id)
             await bob.event("keys")
-        rring.mint_next()
-        recipients = [await alice.user(n) for n in ("alice", "bob", "keeper")]
-        keys = tuple(alice.wrap(rring, 1, r) for r in recipients)
-        await alice.call(frames.Rotate, space_id=rot.space_id, epoch=1, keys=keys)
+        await alice.rotate(rot.space_id, rring)
         for r in (ring, rring):
             for i in range(20):
                 await alice.send(r, {"text": SECRET, "n": i})
         group_keys = [ring.key(0), rring.key(0), rring.key(1)]
         scan(tmp_path, group_keys)  # while running: the WAL holds the recent writes
     scan(tmp_path, group_keys)
+
+
+async def test_a_v1_data_dir_is_refused_untouched(tmp_path):
+    async with running(tmp_path):
+        pass
+    path = tmp_path / DB_FILENAME
+    for leftover in tmp_path.glob(DB_FILENAME + "*"):
+        leftover.unlink()
+    db = sqlite3.connect(path)  # what protocol v1 left: schema version 1, in WAL mode
+    db.execute("PRAGMA journal_mode=WAL")
+    with db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("CREATE TABLE memberships (space_id TEXT, username TEXT, role TEXT)")
+    db.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(UnsupportedVersionError, match="schema version 1"):
+        await start_server(tmp_path, shards=0)
+    after = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
 
 
 def scan(data_dir, group_keys: list[bytes]) -> None:

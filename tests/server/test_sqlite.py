@@ -1,28 +1,93 @@
-"""SQLiteStorage on its own: schema versions, atomic redemption, handles, rollback."""
+"""SQLiteStorage on its own: schema versions (a v1 file is refused untouched), users,
+spaces and their state logs, appending with effects in one transaction, join requests,
+wrapped keys, message handles, history, group commit."""
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from spacenb.exceptions import ChannelExistsError, InviteError, ServerError
+from spacenb.exceptions import ChannelExistsError, StaleStateError, UnsupportedVersionError
 from spacenb.protocol.envelope import Envelope
-from spacenb.protocol.frames import LinkInfo, MemberEntry, UserEntry
-from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
-from spacenb.server.sqlite import SCHEMA_VERSION, SQLiteStorage
-from spacenb.server.storage import SpaceRecord, link_id_of, token_hash
+from spacenb.protocol.frames import ChannelEntry, UserEntry
+from spacenb.protocol.keyring import Keyring
+from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair, decode_public_key
+from spacenb.protocol.statelog import SpaceState, StateEvent, make_event, make_genesis
+from spacenb.protocol.wrap import WrappedKey, wrap_group_key
+from spacenb.server.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
+from spacenb.server.storage import PendingJoin, SpaceRecord
+
+ALICE = IdentityKeys.from_seed(b"sqlite tests: alice")
+BOB = IdentityKeys.from_seed(b"sqlite tests: bob")
+TABLES = {"schema_version", "users", "spaces", "channels", "state_events", "wrapped_keys",
+          "join_requests", "messages"}  # fmt: skip
 
 
-def new_space(storage: SQLiteStorage, name: str | None = "c", owner: str = "alice") -> str:
-    space_id = SpaceKeyPair.generate().space_id
-    record = SpaceRecord(space_id, owner, "static", True, False, name, 0, 1)
-    storage.create_space(record, [MemberEntry(owner, "owner")], [])
-    return space_id
+class Space:
+    """A space as a test builds it: its key, group key, and a verified copy of its log."""
+
+    def __init__(self, name: str | None = "c", *, private: bool = False) -> None:
+        self.pair = SpaceKeyPair.generate()
+        self.id = self.pair.space_id
+        self.ring = Keyring.fresh(self.id, "static")
+        self.genesis = make_genesis(
+            self.pair, owner="alice", owner_signing_key=ALICE.signing_key,
+            owner_ecdh_key=ALICE.ecdh_key, policy="static", private=private,
+            manual_admit=False, name=name, keeper=None, group_key=self.ring.key(0), at_us=1,
+        )  # fmt: skip
+        self.state = SpaceState(self.genesis)
+        self.record = SpaceRecord(self.id, name, private, 1)
+
+    def event(self, kind: str, body: dict[str, Any], actor: str = "alice") -> StateEvent:
+        """The next event, signed by ``actor`` (alice or bob), applied to the copy."""
+        event = make_event(
+            ALICE if actor == "alice" else BOB, space_id=self.id, seq=self.state.head_seq + 1,
+            prev=self.state.head, kind=kind, actor=actor, at_us=2, body=body,
+        )  # fmt: skip
+        self.state.apply(event)
+        return event
+
+    def add_bob(self) -> StateEvent:
+        self.event("invite", {"member": "bob", "role": "viewer", "signing_key": None,
+                              "ecdh_key": None})  # fmt: skip
+        return self.event(
+            "add",
+            {"member": "bob", "signing_key": BOB.signing_key, "ecdh_key": BOB.ecdh_key,
+             "role": "viewer", "via": "invite", "link_id": None, "proof": None},
+            actor="bob",
+        )  # fmt: skip
+
+    def key(self, recipient: str, epoch: int = 0, identity: IdentityKeys = BOB) -> WrappedKey:
+        return wrap_group_key(
+            self.ring.key(0), space_id=self.id, epoch=epoch, recipient=recipient,
+            recipient_ecdh=decode_public_key(identity.ecdh_key, "dh"), wrapper="alice",
+            wrapper_identity=ALICE,
+        )  # fmt: skip
 
 
-def envelope(space_id: str, source: str = "alice") -> Envelope:
-    return Envelope("msg", source, space_id, "default", 0, "", b"\0" * 12, b"c" * 16, b"s" * 64)
+def created(storage: SQLiteStorage, name: str | None = "c", **options: Any) -> Space:
+    space = Space(name, **options)
+    storage.create_space(space.record, space.genesis, [space.key("alice", identity=ALICE)])
+    return space
+
+
+def envelope(space_id: str, source: str = "alice", text: bytes = b"c") -> Envelope:
+    return Envelope(
+        "msg", source, space_id, "default", 0, "", 3, b"h" * 32, b"\0" * 12, text * 16, b"s" * 64
+    )
+
+
+def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every committed row of every table, read through a second connection."""
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+
+# --------------------------------------------------------------------------- versions
 
 
 def test_schema_is_versioned_and_newer_files_are_refused(tmp_path):
@@ -31,65 +96,259 @@ def test_schema_is_versioned_and_newer_files_are_refused(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert SCHEMA_VERSION == 2 and names == TABLES
+    assert 1 not in MIGRATIONS  # a v1 file is never migrated
     SQLiteStorage(path).close()  # reopening migrates nothing
     with sqlite3.connect(path) as db:
         db.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(ServerError, match="upgrade spacenb"):
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(UnsupportedVersionError, match=r"schema version 99.*newer"):
         SQLiteStorage(path)
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_a_schema_1_file_is_refused_and_left_byte_identical(tmp_path, journal):
+    path = tmp_path / "spacenb.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA journal_mode={journal}")
+    with db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version (version) VALUES (1)")
+        db.execute("CREATE TABLE memberships (space_id TEXT, username TEXT, role TEXT)")
+        db.execute("INSERT INTO memberships VALUES ('spc.x', 'alice', 'owner')")
+    db.close()
+    before = path.read_bytes()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UnsupportedVersionError, match="schema version 1") as refused:
+        SQLiteStorage(path)
+    assert "protocol v1" in str(refused.value) and refused.value.code == "unsupported_version"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    with sqlite3.connect(path) as db:  # still a readable v1 file
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT count(*) FROM memberships").fetchone() == (1,)
+
+
+# --------------------------------------------------------------------------- users
 
 
 def test_users_first_come_first_bound():
     storage = SQLiteStorage(":memory:")
-    a, b = IdentityKeys.generate(), IdentityKeys.generate()
-    first = UserEntry("alice", a.signing_key, a.ecdh_key)
+    first = UserEntry("alice", ALICE.signing_key, ALICE.ecdh_key)
     assert storage.register_user(first, 1) == (first, True)
-    assert storage.register_user(UserEntry("alice", b.signing_key, b.ecdh_key), 2) == (first, False)
+    assert storage.register_user(UserEntry("alice", BOB.signing_key, BOB.ecdh_key), 2) == (
+        first,
+        False,
+    )
+    names = [f"u{i:04d}" for i in range(1200)]  # more than one query's worth of names
+    for name in names[::3]:
+        storage.register_user(UserEntry(name, BOB.signing_key, BOB.ecdh_key), 3)
+    found = storage.get_users(reversed([*names, "alice", "nobody"]))
+    assert [u.username for u in found] == ["alice", *names[::3]]
 
 
-def test_taken_channel_name_stores_nothing():
+# --------------------------------------------------------------------------- spaces, logs
+
+
+def test_create_space_and_the_channel_directory():
     storage = SQLiteStorage(":memory:")
-    new_space(storage, "general")
-    with pytest.raises(ChannelExistsError):
-        new_space(storage, "general", owner="bob")
-    assert storage.pending_joins("bob") == []
-    assert [c.name for c in storage.list_public_channels()] == []  # both are private
+    general = created(storage, "general")
+    secret = created(storage, "secret", private=True)
+    unnamed = created(storage, None)
+    assert storage.get_space(general.id) == general.record
+    assert storage.get_space(unnamed.id) == SpaceRecord(unnamed.id, None, False, 1)
+    assert storage.get_space(SpaceKeyPair.generate().space_id) is None
+    assert storage.resolve_channel("general") == general.id
+    assert storage.resolve_channel("secret") == secret.id  # resolvable, never listed
+    assert storage.resolve_channel("nope") is None
+    assert storage.list_public_channels() == [ChannelEntry("general", general.id)]
+    assert storage.state_events(general.id) == [general.genesis]
+    assert [k.recipient for k in storage.keys_for(general.id, "alice")] == ["alice"]
 
 
-def test_redeeming_a_link_is_atomic_and_a_refusal_rolls_back():
+def test_a_taken_name_or_id_stores_nothing(tmp_path):
+    storage = SQLiteStorage(tmp_path / "db.sqlite3")
+    general = created(storage, "general")
+    before = dump(tmp_path / "db.sqlite3")
+    again = Space("general")
+    with pytest.raises(ChannelExistsError, match="general"):
+        storage.create_space(again.record, again.genesis, [again.key("alice", identity=ALICE)])
+    with pytest.raises(ChannelExistsError, match="id"):
+        storage.create_space(
+            SpaceRecord(general.id, "other", False, 5), general.genesis, [general.key("bob")]
+        )
+    assert dump(tmp_path / "db.sqlite3") == before
+    assert storage.get_space(again.id) is None and storage.state_events(again.id) == []
+    assert storage.resolve_channel("other") is None
+
+
+def test_state_events_in_order_from_since_with_a_limit():
     storage = SQLiteStorage(":memory:")
-    space_id = new_space(storage)
-    token = "tok"
-    link = LinkInfo(link_id_of(token_hash(token)), space_id, "editor", None, 1, 0, False, 1)
-    storage.create_link(link, token)
-    assert storage.join_space(space_id, "bob", "viewer", 5, token) == "editor"
-    with pytest.raises(InviteError, match="used 1 of 1"):
-        storage.join_space(space_id, "carol", "viewer", 6, token)
-    assert storage.get_role(space_id, "carol") is None
-    assert not storage.has_pending_join(space_id, "carol")
-    (listed,) = storage.list_links(space_id)
-    assert listed.uses == 1 and listed.token is None
-    assert storage.pending_joins("alice") == storage.pending_joins("bob", space_id)
+    space, other = created(storage), created(storage, "other")
+    events = [space.genesis]
+    for name in ("bob", "carol", "dave", "erin"):
+        event = space.event("invite", {"member": name, "role": "viewer", "signing_key": None,
+                                       "ecdh_key": None})  # fmt: skip
+        storage.append_event(event, now_us=5)
+        events.append(event)
+    assert storage.state_events(space.id) == events
+    assert storage.state_events(space.id, since=2) == events[2:]
+    assert storage.state_events(space.id, since=1, limit=2) == events[1:3]
+    assert storage.state_events(space.id, since=9) == []
+    assert storage.state_events(other.id) == [other.genesis]
+    # what is stored replays into the same verified state
+    assert SpaceState.from_events(storage.state_events(space.id)).head == space.state.head
+
+
+def test_append_event_stores_its_effects_in_one_transaction(tmp_path):
+    storage = SQLiteStorage(tmp_path / "db.sqlite3")
+    space = created(storage)
+    add = space.add_bob()
+    storage.append_event(space.state.events[1])
+    storage.append_event(add, join=PendingJoin(space.id, "bob", "viewer"), now_us=7)
+    assert storage.join_requests() == [PendingJoin(space.id, "bob", "viewer")]
+    assert storage.has_join_request(space.id, "bob")
+    handle = storage.add_message(envelope(space.id, "bob"), 100)
+    delete = space.event("delete", {"handle": handle, "author": "bob"}, actor="bob")
+    storage.append_event(delete, delete_handle=handle)  # also commits the message batch
+    assert storage.history(space.id, None, 10) == ([], None)
+    assert storage.message_source(space.id, handle) is None
+    leave = space.event("leave", {"member": "bob"}, actor="bob")
+    storage.append_event(leave, close_join="bob", keys=[space.key("alice", 0, ALICE)])
+    assert storage.join_requests() == [] and not storage.has_join_request(space.id, "bob")
+    rows = dump(tmp_path / "db.sqlite3")
+    assert [r[1] for r in rows["state_events"]] == [0, 1, 2, 3, 4]
+    assert [r[2] for r in rows["spaces"]] == [handle]  # deleted_upto
+    # a deleted handle is never handed out again
+    assert storage.add_message(envelope(space.id), 50) == handle + 1
+
+
+def test_append_at_a_taken_seq_raises_stale_state_and_changes_nothing(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    storage = SQLiteStorage(path)
+    space = created(storage)
+    fork = SpaceState(space.genesis)  # another member's view: the same head, another event
+    add = space.add_bob()
+    invite = space.state.events[1]
+    storage.append_event(invite)
+    storage.append_event(add, join=PendingJoin(space.id, "bob", "viewer"), now_us=7)
+    handle = storage.add_message(envelope(space.id, "bob"), 100)
+    storage.commit()
+    before = dump(path)
+    fork.apply(invite)
+    taken = make_event(
+        ALICE, space_id=space.id, seq=2, prev=fork.head, kind="invite", actor="alice", at_us=3,
+        body={"member": "carol", "role": "viewer", "signing_key": None, "ecdh_key": None},
+    )  # fmt: skip
+    with pytest.raises(StaleStateError, match="seq 2"):
+        storage.append_event(
+            taken,
+            keys=[space.key("bob")],
+            join=PendingJoin(space.id, "carol", "viewer"),
+            close_join="bob",
+            delete_handle=handle,
+            now_us=9,
+        )
+    assert dump(path) == before
+    assert storage.state_events(space.id) == [space.genesis, invite, add]
+    assert storage.has_join_request(space.id, "bob") and storage.keys_for(space.id, "bob") == []
+    assert storage.message_source(space.id, handle) == "bob"
+    # the storage is usable: the event that follows the head is taken
+    storage.append_event(space.event("role", {"member": "bob", "role": "editor"}))
+    assert len(storage.state_events(space.id)) == 4
+
+
+def test_join_requests_and_wrapped_keys():
+    storage = SQLiteStorage(":memory:")
+    space, other = created(storage), created(storage, "other")
+    for sp, name, at in ((space, "carol", 30), (space, "bob", 10), (other, "bob", 20),
+                         (space, "dave", 10)):  # fmt: skip
+        body = {"member": name, "role": "viewer", "signing_key": None, "ecdh_key": None}
+        storage.append_event(
+            sp.event("invite", body), join=PendingJoin(sp.id, name, "viewer"), now_us=at
+        )
+    assert [(p.space_id, p.username) for p in storage.join_requests()] == [
+        (space.id, "bob"), (space.id, "dave"), (other.id, "bob"), (space.id, "carol"),
+    ]  # fmt: skip
+    assert [p.username for p in storage.join_requests(other.id)] == ["bob"]
+    assert not storage.has_join_request(other.id, "carol")
+    first = space.key("bob")
+    storage.add_keys([first])  # no admission: the request stays open
+    assert storage.has_join_request(space.id, "bob")
+    storage.add_keys([space.key("bob"), space.key("bob", epoch=2)], admitted="bob")
+    assert not storage.has_join_request(space.id, "bob")
+    assert storage.has_join_request(other.id, "bob")  # another space's request stays
+    keys = storage.keys_for(space.id, "bob")
+    assert [k.epoch for k in keys] == [0, 2] and keys[0] == first  # the first wrap is kept
+    assert storage.keys_for(other.id, "bob") == [] and storage.keys_for(space.id, "zed") == []
 
 
 def test_handles_increase_across_restarts_even_past_deletions(tmp_path):
     path = tmp_path / "db.sqlite3"
     storage = SQLiteStorage(path)
-    space_id = new_space(storage)
-    assert [storage.add_message(envelope(space_id), 100) for _ in range(3)] == [100, 101, 102]
-    assert storage.delete_message(space_id, 102)
+    space = created(storage)
+    assert [storage.add_message(envelope(space.id), 100) for _ in range(3)] == [100, 101, 102]
+    delete = space.event("delete", {"handle": 102, "author": "alice"})
+    storage.append_event(delete, delete_handle=102)
     storage.close()
     storage = SQLiteStorage(path)
-    assert storage.add_message(envelope(space_id), 50) == 103
-    assert storage.add_message(envelope(space_id), 1000) == 1000
+    assert storage.add_message(envelope(space.id), 50) == 103
+    assert storage.add_message(envelope(space.id), 1000) == 1000
+    # deleting a handle with no message leaves the high-water mark alone
+    storage.append_event(space.event("delete", {"handle": 5000, "author": "alice"}),
+                         delete_handle=5000)  # fmt: skip
+    storage.close()
+    storage = SQLiteStorage(path)
+    assert storage.add_message(envelope(space.id), 1) == 1001
 
 
-def test_history_pages():
+def test_history_pages_and_envelopes_round_trip():
     storage = SQLiteStorage(":memory:")
-    space_id = new_space(storage)
-    handles = [storage.add_message(envelope(space_id), 10) for _ in range(5)]
-    page, cursor = storage.history(space_id, None, 2)
+    space = created(storage)
+    handles = [storage.add_message(envelope(space.id, text=bytes([65 + i])), 10) for i in range(5)]
+    page, cursor = storage.history(space.id, None, 2)
     assert [m.handle for m in page] == handles[3:] and cursor == handles[3]
-    page, cursor = storage.history(space_id, cursor, 3)
+    page, cursor = storage.history(space.id, cursor, 3)
     assert [m.handle for m in page] == handles[:3] and cursor is None
-    assert storage.history(space_id, handles[0], 3) == ([], None)
-    assert page[0].envelope == envelope(space_id)
+    assert storage.history(space.id, handles[0], 3) == ([], None)
+    assert page[0].envelope == envelope(space.id, text=b"A")  # head_seq and head included
+    assert storage.history(created(storage, "empty").id, None, 5) == ([], None)
+
+
+def test_replace_message_and_message_source():
+    storage = SQLiteStorage(":memory:")
+    space = created(storage)
+    handle = storage.add_message(envelope(space.id, "bob"), 10)
+    assert storage.message_source(space.id, handle) == "bob"
+    assert storage.message_source(space.id, handle + 1) is None
+    assert storage.message_source(created(storage, "x").id, handle) is None
+    edited = envelope(space.id, "bob", text=b"e")
+    assert storage.replace_message(handle, edited)
+    assert not storage.replace_message(handle + 1, edited)
+    (stored,) = storage.history(space.id, None, 5)[0]
+    assert (stored.handle, stored.envelope) == (handle, edited)
+
+
+def test_messages_are_committed_in_batches(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    storage = SQLiteStorage(path)
+    space = created(storage)
+    first = [storage.add_message(envelope(space.id), 10) for _ in range(3)]
+    assert dump(path)["messages"] == []  # not committed yet
+    storage.commit()
+    assert len(dump(path)["messages"]) == 3
+    lost = storage.add_message(envelope(space.id), 10)
+    storage.rollback()
+    assert len(dump(path)["messages"]) == 3 and storage.message_source(space.id, lost) is None
+    storage.add_message(envelope(space.id), 10)
+    storage.register_user(UserEntry("bob", BOB.signing_key, BOB.ecdh_key), 1)  # commits first
+    assert len(dump(path)["messages"]) == 4
+    newest = storage.add_message(envelope(space.id), 10)
+    assert newest > lost > first[-1]  # handles grow even past a rolled-back batch
+    storage.commit()
+    storage.commit()  # a no-op without a batch
+    storage.rollback()
+    assert len(dump(path)["messages"]) == 5

@@ -4,12 +4,16 @@
     python tests/vectors/generate.py --check  # exit 1 if a file would change
 
 Every input is fixed: keys come from seeds (``IdentityKeys.from_seed``,
-``SpaceKeyPair.from_seed``), and message ids, IVs, ephemeral scalars and the clock are
-constants below. ECDSA signatures are randomized, so a signature already stored in a file
-is kept as long as it still verifies over the freshly computed signed bytes; only a change
-to what is signed produces a new one. Running the script twice therefore changes nothing,
-and ``tests/protocol/test_vectors.py`` checks that it reproduces the committed files byte
-for byte.
+``SpaceKeyPair.from_seed``, the invite link's token bytes), and message ids, IVs,
+ephemeral scalars, group keys and the clock are constants below. ECDSA signatures are
+randomized, so a signature already stored in a file (an event's, an envelope's, a key
+wrap's, the link proof inside an event body) is kept as long as it still verifies over
+the freshly computed signed bytes; only a change to what is signed produces a new one.
+A state event's hash covers its signature, so a new signature changes every later
+event's ``prev`` (and the envelopes bound to them) too. Running the script twice
+therefore changes nothing, and ``tests/protocol/test_vectors.py`` checks that it
+reproduces the committed files byte for byte. A ``*.json`` file here that the script
+does not generate is removed (reported by ``--check``).
 """
 
 from __future__ import annotations
@@ -17,18 +21,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from spacenb.clock import FixedClock
 from spacenb.exceptions import IntegrityError
 from spacenb.protocol import crypto
+from spacenb.protocol.codec import to_obj
 from spacenb.protocol.encoding import b64d, b64e, canonical_json, lp_encode
 from spacenb.protocol.envelope import Envelope, envelope_aad, seal_envelope
 from spacenb.protocol.filecodec import FileEncoder, segment_aad, segment_key
-from spacenb.protocol.frames import Auth, auth_signed_bytes, create_space_signed_bytes
-from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair, decode_public_key, scalar_from_seed
+from spacenb.protocol.frames import (
+    Auth,
+    CreateSpace,
+    GetStateLog,
+    auth_signed_bytes,
+    log_read_signed_bytes,
+)
+from spacenb.protocol.keys import (
+    IdentityKeys,
+    LinkKeyPair,
+    SpaceKeyPair,
+    decode_public_key,
+    decode_space_id,
+    scalar_from_seed,
+)
+from spacenb.protocol.statelog import (
+    GENESIS_PREV,
+    SpaceState,
+    StateEvent,
+    key_commitment,
+    link_id_of_key,
+    link_keys_from_token,
+    link_proof_bytes,
+    make_event,
+    make_genesis,
+)
 from spacenb.protocol.tickets import issue_ticket
 from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 
@@ -41,14 +70,22 @@ IDENTITY_SEEDS = {
     "bob": b"spacenb test vector: bob",
     "keeper": b"spacenb test vector: keeper",
     "relay": b"spacenb test vector: relay",
+    "carol": b"spacenb test vector: carol",
+    "dave": b"spacenb test vector: dave",
 }
 SPACE_SEEDS = {
     "static": b"spacenb test vector: static space",
     "rotate": b"spacenb test vector: rotate space",
+    "log": b"spacenb test vector: state log space",
 }
 CLOCK_START_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 STATIC_KEY = bytes(range(32))  # group key, static space, epoch 0
 ROTATE_KEY_3 = bytes(range(32, 64))  # group key, rotate space, epoch 3
+ROTATE_KEY_0 = bytes(range(64, 96))  # group key, rotate space, epoch 0
+LOG_KEYS = {0: bytes(range(96, 128)), 1: bytes(range(128, 160))}  # the log space's epochs
+LINK_TOKEN_BYTES = bytes(range(0xE0, 0x100))  # the invite link's 32 secret bytes
+EVENT_STEP_US = 1_000_000  # state event n is signed at CLOCK_START_US + n seconds
+LINK_EXPIRES_US = CLOCK_START_US + 86_400_000_000  # one day after the start
 AUTH_NONCE = bytes(range(0xA0, 0xC0))
 APP_KEY = "spacenb-test-app-key"
 
@@ -75,10 +112,10 @@ def _stable_signature(
     old: dict[str, Any] | None,
     key: crypto.PublicKey,
     signed: bytes,
-    fresh: Callable[[], bytes],
+    fresh: bytes,
     field: str = "signature_hex",
 ) -> bytes:
-    """The stored signature if it still verifies over ``signed``, else a fresh one."""
+    """The stored signature if it still verifies over ``signed``, else ``fresh``."""
     if old is not None and isinstance(old.get(field), str):
         try:
             stored = bytes.fromhex(old[field])
@@ -86,7 +123,7 @@ def _stable_signature(
             return stored
         except (ValueError, IntegrityError):
             pass
-    return fresh()
+    return fresh
 
 
 # ---------------------------------------------------------------- the vector files
@@ -151,6 +188,42 @@ def _field_json(value: bytes | str | int) -> dict[str, Any]:
     return {"hex": value.hex()}
 
 
+CANONICAL_CASES: list[tuple[str, Any]] = [
+    ("nested values", {"ts": 1, "id": "x", "body": {"b": [1, "é", None], "a": True}}),
+    (
+        "keys sorted by code point",
+        {"b": 1, "a": 2, "B": 3, "aa": 4, "": 5, "é": 6, "z": 7, "_": 8, "0": 9},
+    ),
+    # UTF-16 order (JavaScript's sort) would put U+1F600 (a surrogate pair, D83D DE00)
+    # before U+E000 and U+FFFF; code-point order puts it last.
+    ("code point order, not UTF-16 order", {"\U0001f600": 1, "\uffff": 2, "\ue000": 3, "~": 4}),
+    ("nested objects sorted at every level", {"z": {"y": 1, "x": [{"b": 1, "a": 2}]}, "a": []}),
+    (
+        "non-ASCII text is raw UTF-8",
+        ["é", "✓", "\U0001f600", "\u0080\u009f", "\u00a0", "\u2028\u2029", "\ufeff"],
+    ),
+    (
+        "control characters and escapes",
+        ["\x00", "\x01", "\b", "\t", "\n", "\x0b", "\f", "\r", "\x1f", '"', "\\", "/", "\x7f"],
+    ),
+    ("integers", [0, 1, -1, 42, 2**53 - 1, -(2**53 - 1)]),
+    ("true, false and null are not integers", [True, False, None, 0, 1]),
+    # Only an application body inside a sealed plaintext may hold a float: Python's repr.
+    ("floats (application bodies only)", [0.1, 1.0, 1e16, -0.0, 1.5e-07, 123456.789]),
+    ("empty containers and text", {"c": "", "b": [], "a": {}}),
+]
+CANONICAL_INVALID: list[tuple[str, str]] = [
+    ('{"a": 1}', "whitespace"),
+    ('{"b":1,"a":2}', "keys out of order"),
+    ('{"a":"\\u00e9"}', "non-ASCII escaped instead of raw UTF-8"),
+    ('{"a":"\\/"}', "an escape that is not needed"),
+    ('{"a":1,"a":2}', "a key twice"),
+    ('{"a":-0}', "negative zero"),
+    ('["\\u001F"]', "upper-case hex in an escape"),
+    ('["\\u0009"]', "a \\u0009 escape where \\t exists"),
+]
+
+
 def encoding_vectors() -> dict[str, Any]:
     lp_cases: list[tuple[str, tuple[bytes | str | int, ...]]] = [
         ("protocol example", ("ab", 1)),
@@ -161,10 +234,10 @@ def encoding_vectors() -> dict[str, Any]:
         ("label with bytes", ("spacenb/v1/auth", bytes(range(8)))),
     ]
     b64_cases = [b"", b"\x00", b"\xff\xfe", b"\x00\x01\x02", bytes(range(0xF8, 0x100)), b"?>?"]
-    canonical = {"ts": 1, "id": "x", "body": {"b": [1, "é", None], "a": True}}
     return {
         "description": "Canonical length-prefixed encoding (lp_encode), unpadded base64url, "
-        "and canonical JSON.",
+        "and canonical JSON (sorted keys by code point, no spaces, raw UTF-8, the shortest "
+        "escapes; canonical_json_invalid lists texts that are JSON but not canonical).",
         "lp_encode": [
             {
                 "name": name,
@@ -184,52 +257,82 @@ def encoding_vectors() -> dict[str, Any]:
             {"text": "AA AA", "why": "character outside the alphabet"},
         ],
         "canonical_json": [
-            {"value": canonical, "canonical_hex": canonical_json(canonical).hex()},
+            {
+                "name": name,
+                "value": value,
+                "canonical_hex": canonical_json(value).hex(),
+                "canonical_text": canonical_json(value).decode("utf-8"),
+            }
+            for name, value in CANONICAL_CASES
         ],
+        "canonical_json_invalid": [{"text": text, "why": why} for text, why in CANONICAL_INVALID],
     }
 
 
 def _wire_envelope(env: Envelope) -> dict[str, Any]:
-    return {
-        "kind": env.kind,
-        "source": env.source,
-        "target": env.target,
-        "subject": env.subject,
-        "epoch": env.epoch,
-        "content_type": env.content_type,
-        "iv": b64e(env.iv),
-        "ciphertext": b64e(env.ciphertext),
-        "signature": b64e(env.signature),
-    }
+    return to_obj(env)
 
 
-def envelope_vectors(previous: dict[str, Any]) -> dict[str, Any]:
-    ids, sp = identities(), spaces()
+def _aad(env: Envelope) -> bytes:
+    return envelope_aad(
+        env.kind, env.source, env.target, env.subject, env.epoch, env.content_type,
+        env.head_seq, env.head,
+    )  # fmt: skip
+
+
+def envelope_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
+    ids = identities()
+    state = chain.state
     old = _previous_vectors(previous, "envelopes.json")
-    cases = [
+    alice_seq = CLOCK_START_US + 6_500_000
+    cases: list[dict[str, Any]] = [
         {
             "name": "channel message",
             "sender": "alice",
-            "group_key": STATIC_KEY,
             "kind": "msg",
-            "target": sp["static"].space_id,
             "subject": "default",
-            "epoch": 0,
             "content_type": "text/plain",
             "body": {"text": "hello, bob 👋", "n": 1},
+            "head_seq": 6,
+            "clock_us": alice_seq,
+            "seq": alice_seq,
+            "sid": "0123456789abcdef",
+            "rev": 0,
+            "handle": 1,
             "message_id": "00112233445566778899aabbccddeeff",
             "iv": bytes.fromhex("000102030405060708090a0b"),
         },
         {
+            # An edit keeps its original's seq and sid, raises rev, and is sealed under the
+            # epoch of the head its sender holds now (the key was rotated in between).
+            "name": "edited message",
+            "sender": "alice",
+            "kind": "msg",
+            "subject": "default",
+            "content_type": "text/plain",
+            "body": {"text": "hello, bob 👋 (edited)", "n": 1},
+            "head_seq": 8,
+            "clock_us": CLOCK_START_US + 8_500_000,
+            "seq": alice_seq,
+            "sid": "0123456789abcdef",
+            "rev": 1,
+            "handle": 1,
+            "message_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "iv": bytes.fromhex("0c0d0e0f1011121314151617"),
+        },
+        {
             "name": "ephemeral signal",
             "sender": "bob",
-            "group_key": ROTATE_KEY_3,
             "kind": "eph",
-            "target": sp["rotate"].space_id,
             "subject": "typing",
-            "epoch": 3,
             "content_type": None,
             "body": True,
+            "head_seq": 8,
+            "clock_us": CLOCK_START_US + 8_700_000,
+            "seq": CLOCK_START_US + 8_700_000,
+            "sid": "fedcba9876543210",
+            "rev": 0,
+            "handle": None,
             "message_id": "ffeeddccbbaa99887766554433221100",
             "iv": bytes.fromhex("f0f1f2f3f4f5f6f7f8f9fafb"),
         },
@@ -237,17 +340,27 @@ def envelope_vectors(previous: dict[str, Any]) -> dict[str, Any]:
     vectors = []
     for case in cases:
         sender = ids[case["sender"]]
+        head_seq = case["head_seq"]
+        head = state.hash_at(head_seq)
+        assert head is not None and state.is_member_at(case["sender"], head_seq)
+        epoch = state.epoch_at(head_seq)
+        group_key = LOG_KEYS[epoch]
         env, message = seal_envelope(
             sender,
-            case["group_key"],
+            group_key,
             kind=case["kind"],
             source=case["sender"],
-            target=case["target"],
+            target=state.space_id,
             subject=case["subject"],
-            epoch=case["epoch"],
+            epoch=epoch,
             content_type=case["content_type"],
             body=case["body"],
-            clock=FixedClock(CLOCK_START_US),
+            head_seq=head_seq,
+            head=head,
+            seq=case["seq"],
+            sid=case["sid"],
+            rev=case["rev"],
+            clock=FixedClock(case["clock_us"]),
             message_id=case["message_id"],
             iv=case["iv"],
         )
@@ -256,32 +369,34 @@ def envelope_vectors(previous: dict[str, Any]) -> dict[str, Any]:
             old.get(case["name"]),
             decode_public_key(sender.signing_key, "sig"),
             signed,
-            lambda env=env: env.signature,
+            env.signature,
         )
-        env = Envelope(
-            env.kind, env.source, env.target, env.subject, env.epoch, env.content_type,
-            env.iv, env.ciphertext, signature,
-        )  # fmt: skip
+        env = replace(env, signature=signature)
         vectors.append(
             {
                 "name": case["name"],
                 "sender": case["sender"],
                 "sender_signing_key": sender.signing_key,
-                "group_key_hex": case["group_key"].hex(),
+                "group_key_hex": group_key.hex(),
                 "kind": env.kind,
                 "source": env.source,
                 "target": env.target,
                 "subject": env.subject,
                 "epoch": env.epoch,
                 "content_type": env.content_type,
+                "head_seq": env.head_seq,
+                "head_hex": env.head.hex(),
+                "handle": case["handle"],
                 "body": message.body,
                 "message_id": message.id,
+                "clock_us": case["clock_us"],
                 "sent_at_ms": message.sent_at_ms,
+                "seq": message.seq,
+                "rev": message.rev,
+                "sid": message.sid,
                 "iv_hex": env.iv.hex(),
                 "plaintext_hex": message.to_bytes().hex(),
-                "aad_hex": envelope_aad(
-                    env.kind, env.source, env.target, env.subject, env.epoch, env.content_type
-                ).hex(),
+                "aad_hex": _aad(env).hex(),
                 "ciphertext_hex": env.ciphertext.hex(),
                 "signed_hex": signed.hex(),
                 "signature_hex": signature.hex(),
@@ -289,9 +404,11 @@ def envelope_vectors(previous: dict[str, Any]) -> dict[str, Any]:
             }
         )
     return {
-        "description": "Sealed and signed envelopes. Everything but the signature is "
-        "deterministic; the signature is randomized ECDSA and must verify over signed_hex.",
-        "clock_us": CLOCK_START_US,
+        "description": "Sealed and signed envelopes in the space of state_log.json, each "
+        "bound to an event of that log (head_seq, head = the event's hash) and sealed under "
+        "the epoch current there. Everything but the signature is deterministic; the "
+        "signature is randomized ECDSA and must verify over signed_hex.",
+        "space_id": state.space_id,
         "vectors": vectors,
     }
 
@@ -325,7 +442,7 @@ def wrap_vectors(previous: dict[str, Any]) -> dict[str, Any]:
             old.get(name),
             decode_public_key(ids[wrapper].signing_key, "sig"),
             signed,
-            lambda w=wrapped: w.signature,
+            wrapped.signature,
         )
         wrapped = WrappedKey(space_id, epoch, recipient, wrapper, wrapped.blob, signature)
         eph = crypto.private_key_from_bytes(eph_scalar)
@@ -372,41 +489,357 @@ def wrap_vectors(previous: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_space_vectors(previous: dict[str, Any]) -> dict[str, Any]:
-    sp = spaces()
-    old = _previous_vectors(previous, "create_space.json")
-    cases: list[tuple[str, str, str, bool, bool, str | None]] = [
-        ("public static channel", "static", "static", False, False, "general"),
-        ("private rotate space, manual admit", "rotate", "rotate", True, True, None),
-    ]
+# ---------------------------------------------------------------- state events
+
+
+def _event_json(event: StateEvent, signer: str, signer_key: str, name: str) -> dict[str, Any]:
+    """Every byte of one state event: its inputs, what is signed, its hash, its wire form."""
+    return {
+        "name": name,
+        "seq": event.seq,
+        "kind": event.kind,
+        "actor": event.actor,
+        "signer": signer,
+        "signer_key": signer_key,
+        "at_us": event.at_us,
+        "space_id": event.space_id,
+        "prev_hex": event.prev.hex(),
+        "body": json.loads(event.body),
+        "body_hex": event.body.hex(),
+        "signed_hex": event.signed_bytes().hex(),
+        "signature_hex": event.signature.hex(),
+        "hash_hex": event.hash().hex(),
+        "wire": to_obj(event),
+    }
+
+
+def _stable_event(
+    event: StateEvent, old: dict[str, Any] | None, key: crypto.PublicKey
+) -> StateEvent:
+    """``event`` with the stored signature when it still verifies over the same bytes."""
+    signature = _stable_signature(old, key, event.signed_bytes(), event.signature)
+    return replace(event, signature=signature)
+
+
+def _commitment_json(space_id: str, epoch: int, group_key: bytes) -> dict[str, Any]:
+    encoded = lp_encode("spacenb/v2/key-commitment", space_id, epoch, group_key)
+    return {
+        "space_id": space_id,
+        "epoch": epoch,
+        "group_key_hex": group_key.hex(),
+        "input_hex": encoded.hex(),
+        "sha256_hex": crypto.sha256(encoded).hex(),
+        "key_commitment": key_commitment(space_id, epoch, group_key),
+    }
+
+
+def _link_keys() -> LinkKeyPair:
+    return link_keys_from_token(b64e(LINK_TOKEN_BYTES))
+
+
+class Chain(NamedTuple):
+    """The state log of the "log" space, built once and shared by the files that use it."""
+
+    events: list[StateEvent]
+    names: list[str]
+    signers: list[str]  # "space" for genesis, else the signing member
+    state: SpaceState
+    proof_prev: bytes  # the head that the link add's proof is bound to
+    proof: bytes  # the link key's signature over link_proof_bytes(...)
+
+
+# (name, kind, actor, body); "<proof>" and "<recipients>" are filled in as the chain grows.
+def _chain_steps(space_id: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+    ids = identities()
+    link = _link_keys()
+    link_id = link_id_of_key(link.link_key)
+
+    def keys_of(name: str) -> dict[str, str]:
+        return {"signing_key": ids[name].signing_key, "ecdh_key": ids[name].ecdh_key}
+
+    none = {"link_id": None, "proof": None}
+    return [
+        ("add via open", "add", "bob",
+         {"member": "bob", **keys_of("bob"), "role": "viewer", "via": "open", **none}),
+        ("invite", "invite", "alice", {"member": "carol", "role": "editor", **keys_of("carol")}),
+        ("add via invite", "add", "carol",
+         {"member": "carol", **keys_of("carol"), "role": "editor", "via": "invite", **none}),
+        ("link", "link", "alice",
+         {"link_id": link_id, "link_key": link.link_key, "role": "viewer", "max_uses": 2,
+          "expires_at_us": LINK_EXPIRES_US}),
+        ("add via link", "add", "dave",
+         {"member": "dave", **keys_of("dave"), "role": "viewer", "via": "link",
+          "link_id": link_id, "proof": "<proof>"}),
+        ("role", "role", "alice", {"member": "bob", "role": "editor"}),
+        ("epoch (rotate)", "epoch", "carol",
+         {"epoch": 1, "recipients": "<recipients>",
+          "key_commitment": key_commitment(space_id, 1, LOG_KEYS[1])}),
+        ("delete", "delete", "alice", {"handle": 3, "author": "bob"}),
+        ("unlink", "unlink", "alice", {"link_id": link_id}),
+        ("remove", "remove", "alice", {"member": "dave"}),
+        ("leave", "leave", "bob", {"member": "bob"}),
+    ]  # fmt: skip
+
+
+def build_chain(previous: dict[str, Any]) -> Chain:
+    ids, pair = identities(), spaces()["log"]
+    space_id = pair.space_id
+    old_doc = previous.get("state_log.json") or {}
+    old_events = {
+        e.get("seq"): e for e in old_doc.get("events", []) if isinstance(e, dict)
+    }  # fmt: skip
+    keeper = ids["keeper"]
+    genesis = make_genesis(
+        pair,
+        owner="alice",
+        owner_signing_key=ids["alice"].signing_key,
+        owner_ecdh_key=ids["alice"].ecdh_key,
+        policy="rotate",
+        private=False,
+        manual_admit=False,
+        name="general",
+        keeper=("keeper", keeper.signing_key, keeper.ecdh_key),
+        group_key=LOG_KEYS[0],
+        at_us=CLOCK_START_US,
+    )
+    genesis = _stable_event(genesis, old_events.get(0), decode_space_id(space_id))
+    state = SpaceState(genesis)
+    events, names, signers = [genesis], ["genesis"], ["space"]
+    link = _link_keys()
+    proof_prev, proof = b"", b""
+    for name, kind, actor, template in _chain_steps(space_id):
+        body = dict(template)
+        if body.get("proof") == "<proof>":
+            proof_prev = state.head
+            signed = link_proof_bytes(space_id, actor, proof_prev)
+            proof = _stable_signature(
+                old_doc.get("link_proof"),
+                decode_public_key(link.link_key, "lnk"),
+                signed,
+                link.sign(signed),
+            )
+            body["proof"] = b64e(proof)
+        if body.get("recipients") == "<recipients>":
+            body["recipients"] = state.rotation_recipients(actor, None)
+        seq = state.head_seq + 1
+        event = make_event(
+            ids[actor],
+            space_id=space_id,
+            seq=seq,
+            prev=state.head,
+            kind=kind,
+            actor=actor,
+            at_us=CLOCK_START_US + seq * EVENT_STEP_US,
+            body=body,
+        )
+        event = _stable_event(event, old_events.get(seq), decode_public_key(
+            ids[actor].signing_key, "sig"
+        ))  # fmt: skip
+        state.apply(event)
+        events.append(event)
+        names.append(name)
+        signers.append(actor)
+    return Chain(events, names, signers, state, proof_prev, proof)
+
+
+def _final_state(state: SpaceState) -> dict[str, Any]:
+    return {
+        "head_seq": state.head_seq,
+        "head_hex": state.head.hex(),
+        "owner": state.owner,
+        "keeper": state.keeper,
+        "policy": state.policy,
+        "private": state.private,
+        "manual_admit": state.manual_admit,
+        "name": state.name,
+        "epoch": state.epoch,
+        "members": {
+            m.name: {
+                "role": m.role,
+                "signing_key": m.signing_key,
+                "ecdh_key": m.ecdh_key,
+                "since_seq": m.since_seq,
+                "since_epoch": m.since_epoch,
+            }
+            for m in sorted(state.members.values(), key=lambda m: m.name)
+        },
+        "banned": sorted(state.banned),
+        "invitations": sorted(state.invitations),
+        "links": {
+            link.link_id: {
+                "role": link.role,
+                "max_uses": link.max_uses,
+                "expires_at_us": link.expires_at_us,
+                "created_at_us": link.created_at_us,
+                "seq": link.seq,
+                "uses": link.uses,
+                "revoked": link.revoked,
+            }
+            for link in state.links.values()
+        },
+        "deleted": {str(handle): author for handle, author in sorted(state.deleted.items())},
+        "epochs": {
+            str(e.epoch): {
+                "seq": e.seq,
+                "recipients": sorted(e.recipients),
+                "key_commitment": e.commitment,
+            }
+            for e in sorted(state.epochs.values(), key=lambda e: e.epoch)
+        },
+    }
+
+
+def state_log_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
+    ids = identities()
+    space_id = chain.state.space_id
+    link = _link_keys()
+    old_doc = previous.get("state_log.json") or {}
+    events = []
+    for event, name, signer in zip(chain.events, chain.names, chain.signers, strict=True):
+        key = space_id if signer == "space" else ids[signer].signing_key
+        events.append(_event_json(event, signer, key, name))
+    # A link holder reads the (private) log before redeeming: a signature by the link key.
+    reader = "dave"
+    read_signed = log_read_signed_bytes(space_id, reader, AUTH_NONCE)
+    read_signature = _stable_signature(
+        old_doc.get("log_read"),
+        decode_public_key(link.link_key, "lnk"),
+        read_signed,
+        link.sign(read_signed),
+    )
+    link_id = link_id_of_key(link.link_key)
+    read_frame = GetStateLog(
+        id=2, space_id=space_id, since=0, limit=100, link_id=link_id, proof=read_signature
+    ).to_json()
+    return {
+        "description": "A whole state log covering every event kind, signed event by event "
+        "(genesis by the space key, each add by the member it adds, the rest by their actor). "
+        "Bodies are canonical JSON; everything but the signatures (and the link proof, "
+        "itself a signature) is deterministic. Also: key commitments, the invite link's "
+        "token -> key -> id derivation, the link proof and the link holder's log-read proof.",
+        "space_id": space_id,
+        "group_keys": [
+            {"epoch": epoch, "key_hex": key.hex()} for epoch, key in sorted(LOG_KEYS.items())
+        ],
+        "key_commitments": [
+            _commitment_json(space_id, epoch, key) for epoch, key in sorted(LOG_KEYS.items())
+        ],
+        "link": {
+            "token_bytes_hex": LINK_TOKEN_BYTES.hex(),
+            "token": b64e(LINK_TOKEN_BYTES),
+            "scalar_hex": scalar_from_seed(LINK_TOKEN_BYTES, "link").hex(),
+            "link_key": link.link_key,
+            "link_key_sha256_hex": crypto.sha256(link.link_key.encode("utf-8")).hex(),
+            "link_id": link_id,
+        },
+        "link_proof": {
+            "space_id": space_id,
+            "member": "dave",
+            "prev_hex": chain.proof_prev.hex(),
+            "signed_hex": link_proof_bytes(space_id, "dave", chain.proof_prev).hex(),
+            "signature_hex": chain.proof.hex(),
+            "proof": b64e(chain.proof),
+        },
+        "log_read": {
+            "space_id": space_id,
+            "username": reader,
+            "nonce_hex": AUTH_NONCE.hex(),
+            "link_id": link_id,
+            "signed_hex": read_signed.hex(),
+            "signature_hex": read_signature.hex(),
+            "frame": read_frame,
+        },
+        "events": events,
+        "final_state": _final_state(chain.state),
+    }
+
+
+# ---------------------------------------------------------------- genesis
+
+
+def genesis_vectors(previous: dict[str, Any]) -> dict[str, Any]:
+    ids, sp = identities(), spaces()
+    old = _previous_vectors(previous, "genesis.json")
+    keeper = ids["keeper"]
+    cases: list[tuple[str, str, str, bool, bool, str | None, bool, bytes]] = [
+        ("public static channel, keeper admitted", "static", "static", False, False, "general",
+         True, STATIC_KEY),
+        ("private rotate space, manual admit, no keeper", "rotate", "rotate", True, True, None,
+         False, ROTATE_KEY_0),
+    ]  # fmt: skip
     vectors = []
-    for name, space, policy, private, manual_admit, channel in cases:
+    for name, space, policy, private, manual_admit, channel, with_keeper, group_key in cases:
         pair = sp[space]
-        signed = create_space_signed_bytes(
-            pair.space_id, "alice", policy, private, manual_admit, channel
+        space_id = pair.space_id
+        previous_vector = old.get(name)
+        event = make_genesis(
+            pair,
+            owner="alice",
+            owner_signing_key=ids["alice"].signing_key,
+            owner_ecdh_key=ids["alice"].ecdh_key,
+            policy=policy,
+            private=private,
+            manual_admit=manual_admit,
+            name=channel,
+            keeper=("keeper", keeper.signing_key, keeper.ecdh_key) if with_keeper else None,
+            group_key=group_key,
+            at_us=CLOCK_START_US,
         )
-        signature = _stable_signature(
-            old.get(name),
-            decode_public_key(pair.space_id, "spc"),
-            signed,
-            lambda pair=pair, signed=signed: pair.sign(signed),
-        )
+        event = _stable_event(event, previous_vector, decode_space_id(space_id))
+        SpaceState(event)  # it verifies
+        old_keys = {
+            k.get("recipient"): k for k in (previous_vector or {}).get("keys", [])
+        }  # fmt: skip
+        keys, key_vectors = [], []
+        for recipient in ["alice", "keeper"] if with_keeper else ["alice"]:
+            label = f"genesis/{space}/{recipient}".encode()
+            eph_scalar = scalar_from_seed(label, "wrap/ephemeral")
+            iv = crypto.sha256(label)[: crypto.GCM_IV_SIZE]
+            wrapped = wrap_group_key(
+                group_key,
+                space_id=space_id,
+                epoch=0,
+                recipient=recipient,
+                recipient_ecdh=decode_public_key(ids[recipient].ecdh_key, "dh"),
+                wrapper="alice",
+                wrapper_identity=ids["alice"],
+                ephemeral_scalar=eph_scalar,
+                iv=iv,
+            )
+            signature = _stable_signature(
+                old_keys.get(recipient),
+                decode_public_key(ids["alice"].signing_key, "sig"),
+                wrapped.signed_bytes(),
+                wrapped.signature,
+            )
+            wrapped = replace(wrapped, signature=signature)
+            keys.append(wrapped)
+            key_vectors.append(
+                {
+                    "recipient": recipient,
+                    "wrapper": "alice",
+                    "ephemeral_scalar_hex": eph_scalar.hex(),
+                    "iv_hex": iv.hex(),
+                    "blob_hex": wrapped.blob.hex(),
+                    "signed_hex": wrapped.signed_bytes().hex(),
+                    "signature_hex": signature.hex(),
+                }
+            )
         vectors.append(
             {
-                "name": name,
-                "space_id": pair.space_id,
-                "owner": "alice",
-                "policy": policy,
-                "private": private,
-                "manual_admit": manual_admit,
-                "channel_name": channel,
-                "signed_hex": signed.hex(),
-                "signature_hex": signature.hex(),
+                **_event_json(event, "space", space_id, name),
+                "group_key_hex": group_key.hex(),
+                "key_commitment": _commitment_json(space_id, 0, group_key),
+                "keys": key_vectors,
+                "frame": CreateSpace(id=1, genesis=event, keys=tuple(keys)).to_json(),
             }
         )
     return {
-        "description": "Proof of holding the space private key: signatures by the space "
-        "key over the create-space encoding.",
+        "description": "Genesis events (seq 0, prev = 32 zero bytes, signed by the space "
+        "key, actor = the owner) with the epoch-0 key commitment, and the create_space "
+        "request that carries each with the epoch-0 key wrapped by the owner to the owner "
+        "and to an admitted keeper.",
+        "genesis_prev_hex": GENESIS_PREV.hex(),
         "vectors": vectors,
     }
 
@@ -420,7 +853,7 @@ def auth_vectors(previous: dict[str, Any]) -> dict[str, Any]:
         old.get(name),
         decode_public_key(alice.signing_key, "sig"),
         signed,
-        lambda: alice.sign(signed),
+        alice.sign(signed),
     )
     frame = Auth(
         id=1,
@@ -463,7 +896,7 @@ def ticket_vectors(previous: dict[str, Any]) -> dict[str, Any]:
         old.get(name),
         decode_public_key(relay.signing_key, "sig"),
         signed,
-        lambda: b64d(fresh_signature),
+        b64d(fresh_signature),
     )
     return {
         "description": "A shard-store upload ticket signed by the relay's identity key: "
@@ -539,13 +972,15 @@ def file_vectors() -> dict[str, Any]:
 
 def build_all(previous: dict[str, Any]) -> dict[str, str]:
     """Every vector file's text, keyed by file name; ``previous`` holds the parsed files."""
+    chain = build_chain(previous)
     docs = {
         "identities.json": identity_vectors(),
         "space_keys.json": space_key_vectors(),
         "encoding.json": encoding_vectors(),
-        "envelopes.json": envelope_vectors(previous),
+        "envelopes.json": envelope_vectors(chain, previous),
         "wraps.json": wrap_vectors(previous),
-        "create_space.json": create_space_vectors(previous),
+        "genesis.json": genesis_vectors(previous),
+        "state_log.json": state_log_vectors(chain, previous),
         "auth.json": auth_vectors(previous),
         "ticket.json": ticket_vectors(previous),
         "file.json": file_vectors(),
@@ -569,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if a file would change")
     args = parser.parse_args(argv)
     files = build_all(load_existing())
-    stale = []
+    stale, obsolete = [], []
     for name, text in files.items():
         path = VECTOR_DIR / name
         current = path.read_text(encoding="utf-8") if path.exists() else None
@@ -578,10 +1013,18 @@ def main(argv: list[str] | None = None) -> int:
         stale.append(name)
         if not args.check:
             path.write_text(text, encoding="utf-8")
+    # A vector file the generator no longer writes (create_space.json before v2) is stale.
+    for path in sorted(VECTOR_DIR.glob("*.json")):
+        if path.name not in files:
+            obsolete.append(path.name)
+            if not args.check:
+                path.unlink()
     verb = "out of date" if args.check else "written"
     for name in stale:
         print(f"{verb}: {name}")
-    return 1 if args.check and stale else 0
+    for name in obsolete:
+        print(f"{'not generated' if args.check else 'removed'}: {name}")
+    return 1 if args.check and (stale or obsolete) else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared helpers of the reliability suite: polling, inboxes, a MITM relay that can also
-inject raw bytes, a dump of the relay's SQLite tables, and the secret encodings a scan of
-the data directory looks for."""
+inject raw bytes, a dump of the relay's SQLite tables, forged and altered envelopes (bound
+to a state-log head, as protocol v2 requires), and the secret encodings a scan of the data
+directory looks for."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import gc
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,9 @@ from websockets.exceptions import ConnectionClosed
 import spacenb.aio as aio
 from spacenb.events import SpaceMessageEvent
 from spacenb.protocol import frames
+from spacenb.protocol.envelope import new_session_id, seal_envelope
+from spacenb.protocol.keys import IdentityKeys
+from spacenb.protocol.statelog import SpaceState
 from spacenb.server.storage import DB_FILENAME
 from tests.aio.conftest import Inbox, wait_until
 from tests.aio.mitm import MitmRelay
@@ -34,6 +39,7 @@ __all__ = [
     "encodings_of",
     "event_json",
     "flip_b64",
+    "forged_envelope",
     "live_feed_checked",
     "no_errors_logged",
     "sign_in",
@@ -196,6 +202,33 @@ class Chatter:
         return len(self.acked)
 
 
+def forged_envelope(
+    identity: IdentityKeys,
+    key: bytes,
+    state: SpaceState,
+    body: Any,
+    *,
+    source: str,
+    kind: str = "msg",
+    subject: str = "default",
+    epoch: int | None = None,
+    seq: int | None = None,
+    sid: str | None = None,
+    rev: int = 0,
+) -> dict[str, Any]:
+    """An envelope (as JSON) for ``state``'s space sealed with ``key`` and signed by
+    ``identity`` under the name ``source``, bound to ``state``'s head: what a malicious
+    relay, or a member, could make. Its session is fresh unless ``sid`` is given."""
+    envelope, _ = seal_envelope(
+        identity, key, kind=kind, source=source, target=state.space_id,  # type: ignore[arg-type]
+        subject=subject, epoch=state.epoch if epoch is None else epoch, content_type=None,
+        body=body, head_seq=state.head_seq, head=state.head,
+        seq=time.time_ns() // 1000 if seq is None else seq,
+        sid=sid or new_session_id(), rev=rev,
+    )  # fmt: skip
+    return event_json(frames.EphemeralPushed(envelope))["envelope"]
+
+
 def flip_b64(text: str) -> str:
     """A base64url field with one bit of its middle byte flipped."""
     from spacenb.protocol.encoding import b64d, b64e
@@ -206,12 +239,13 @@ def flip_b64(text: str) -> str:
 
 
 def altered(envelope: dict[str, Any], field: str, other_space: str = "") -> dict[str, Any]:
-    """A copy of an envelope (JSON) with one routing, sealed or signature field changed."""
+    """A copy of an envelope (JSON) with one routing, state-binding, sealed or signature
+    field changed (``head_seq`` moves past the log's head; ``head`` names another hash)."""
     changed = dict(envelope)
-    if field in ("iv", "ciphertext", "signature"):
+    if field in ("iv", "ciphertext", "signature", "head"):
         changed[field] = flip_b64(changed[field])
-    elif field == "epoch":
-        changed["epoch"] += 1
+    elif field in ("epoch", "head_seq"):
+        changed[field] += 1
     elif field == "kind":
         changed["kind"] = "msg" if changed["kind"] == "eph" else "eph"
     elif field == "source":

@@ -3,8 +3,12 @@
 ``tests/aio/test_verification.py`` covers live messages (each field altered, a non-member
 sender, a replay, an old version replayed as an edit, a key wrapped by an outsider). This
 file covers the rest: ephemeral signals, the history path, edits, kind confusion between
-signals and stored messages, and keys wrapped by someone who may not hand them out. In
-every case bob's ``rejected`` event fires and his handlers never see the forgery.
+signals and stored messages, and keys wrapped by someone who may not hand them out. Every
+forgery is bound to the space's real state-log head (protocol v2), so what refuses it is
+the check of its sender, signature, seal or sequence number, not a missing head; the
+state-binding fields themselves (``head``, ``head_seq``) are altered too. In every case
+bob's ``rejected`` event fires and his handlers never see the forgery (a genuine edit
+delivered twice is a duplicate: dropped without a report, and never re-delivered).
 """
 
 from __future__ import annotations
@@ -18,16 +22,15 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.protocol import crypto, frames
-from spacenb.protocol.envelope import seal_envelope
 from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 from spacenb.server.app import RunningServer
 
 from .conftest import Connect, Figures, StartRelay
-from .helpers import Inbox, Mitm, altered, event_json, wait_until
+from .helpers import Inbox, Mitm, altered, event_json, forged_envelope, wait_until
 
 ENVELOPE_FIELDS = [
-    "source", "target", "subject", "epoch", "content_type", "kind", "iv", "ciphertext",
-    "signature",
+    "source", "target", "subject", "epoch", "content_type", "head_seq", "head", "kind", "iv",
+    "ciphertext", "signature",
 ]  # fmt: skip
 
 
@@ -55,13 +58,12 @@ class Scene:
         return [f for f in self.mitm.seen if f.get("ev") == ev]
 
     def seal_as(self, client: aio.AsyncClient, key: bytes, body: Any, **fields: Any) -> dict:
-        """An envelope for ``general`` sealed with ``key`` and signed by ``client``."""
-        fields = {"kind": "msg", "source": client.username, "subject": "default",
-                  "epoch": 0, **fields}  # fmt: skip
-        envelope, _ = seal_envelope(
-            client.identity, key, target=self.a.id, content_type=None, body=body, **fields
-        )
-        return event_json(frames.EphemeralPushed(envelope))["envelope"]
+        """An envelope for ``general`` sealed with ``key`` and signed by ``client``, bound
+        to the log's real head, in a session of its own."""
+        return forged_envelope(
+            client.identity, key, self.a.core.require_state(), body,
+            source=client.username, **fields,
+        )  # fmt: skip
 
     @property
     def group_key(self) -> bytes:
@@ -202,7 +204,11 @@ async def test_history_drops_forged_tampered_and_replayed_items(
     lies = [
         altered(stored[0]["envelope"], "ciphertext"),
         altered(stored[0]["envelope"], "source"),
+        altered(stored[0]["envelope"], "head"),  # bound to a log bob does not share
+        altered(stored[0]["envelope"], "head_seq"),  # bound to an event the relay withholds
         scene.seal_as(scene.mallory, crypto.random_bytes(32), "forged by an outsider"),
+        # a member's genuine signature over a message relabelled as alice's
+        {**scene.seal_as(scene.carol, scene.group_key, "carol as alice"), "source": "alice"},
         stored[1]["envelope"],  # a replay: the same message again at a later handle
         signal,  # a signal passed off as a stored message
     ]
@@ -238,12 +244,13 @@ async def test_forged_tampered_and_replayed_edits_are_rejected(
     await scene.a.edit_message(handle, "v2")
     await scene.edits.wait(1)
     genuine = scene.frames_seen("edited")[0]
+    original = scene.frames_seen("message")[0]
     by_carol = scene.seal_as(scene.carol, scene.group_key, "carol's rewrite of alice's text")
     injected = [
         # carol is a member and holds the key, but only alice may edit alice's message
         {"t": "evt", "ev": "edited", "handle": handle, "envelope": by_carol},
-        # the genuine edit, delivered a second time
-        genuine,
+        # the original, replayed as an edit: an older revision would roll the text back
+        {**original, "ev": "edited"},
         # an edit altered in transit, field by field
         *(
             {**genuine, "envelope": altered(genuine["envelope"], field, scene.other.id)}
@@ -255,6 +262,14 @@ async def test_forged_tampered_and_replayed_edits_are_rejected(
     for frame in injected:
         seen = await rejected_once_more(scene, lambda f=frame: scene.mitm.inject(f), seen)
         figures.add("forgery.edit_lies")
+    # The genuine edit, delivered a second time: a duplicate (same handle, revision and
+    # id), dropped without a report. Frames are handled in order, so once the forgery
+    # injected after it is rejected, the duplicate has been handled too.
+    await scene.mitm.inject(genuine)
+    marker = scene.seal_as(scene.mallory, crypto.random_bytes(32), "after the duplicate")
+    frame = {"t": "evt", "ev": "edited", "handle": handle, "envelope": marker}
+    seen = await rejected_once_more(scene, lambda: scene.mitm.inject(frame), seen)
+    figures.add("forgery.edit_duplicates")
     assert [e.message.body for e in scene.edits.items] == ["v2"]
     assert [m.message.body for m in scene.messages.items] == ["v1"]
 
@@ -300,3 +315,31 @@ async def test_keys_from_anyone_but_a_key_holder_are_refused(
     handle = await bob_council.send_message("still under epoch 1")
     page = await council.history(limit=5)
     assert [(m.handle, m.epoch) for m in page.messages][-1] == (handle, 1)
+
+
+async def test_a_message_passed_off_as_an_edit_first_is_still_delivered(
+    scene: Scene, figures: Figures
+) -> None:
+    """The relay pushes carol's genuine new message first as an ``edited`` of alice's
+    message (refused: carol is not its author), then as itself: the refusal must leave no
+    trace, so the message is delivered at its own handle (its sequence number was never
+    accepted at alice's)."""
+    handle = await scene.a.send_message("alice's")
+    await scene.messages.wait(1)
+
+    def pass_off(frame: dict[str, Any]) -> Any:
+        if frame.get("ev") == "message" and frame["envelope"]["source"] == "carol":
+            return [{**frame, "ev": "edited", "handle": handle}, frame]
+        return frame
+
+    scene.mitm.rewrite = pass_off
+    carols = await scene.c.send_message("carol's")
+    await scene.rejected.wait(1)
+    await wait_until(lambda: len(scene.messages.items) >= 2 or len(scene.rejected.items) > 1)
+    scene.mitm.rewrite = None
+    assert [r.reason for r in scene.rejected.items] == ["edit by someone other than the author"]
+    assert [(m.handle, m.message.body) for m in scene.messages.items] == [
+        (handle, "alice's"), (carols, "carol's")
+    ]  # fmt: skip
+    assert not scene.edits.items
+    figures.add("forgery.edit_lies")

@@ -1,19 +1,28 @@
 """What spacenb does *not* protect, pinned so RELIABILITY.md's threat model stays honest
-(each next to the guarantee it is the limit of).
+(each next to the guarantee it is the limit of), and three limits of version 1 that
+protocol v2 fixed, pinned the other way round.
+
+Limits (``test_limit_*``):
 
 - A removed member of a ``static`` space keeps the one key: given the ciphertext (from
   the relay, or anyone storing it), it still reads what is sent after its removal. In a
   ``rotate`` space the removal rotates the key and it cannot.
 - The relay sees the routing metadata of every envelope: who, which space and channel,
-  content type, epoch, when (the handle is a timestamp) and how big.
-- Removal from a public channel is not a ban: anyone signed in may join it again.
-- Replay detection lasts one client session: a client that restarts accepts an old
-  genuine message the relay delivers again.
-- The relay is the directory of public keys: a member that admits whoever a join
-  request names wraps the group key for the relay if the relay lies about the key.
+  content type, epoch, the state-log event it is bound to, when (the handle is a
+  timestamp) and how big.
 - A data directory holds the keeper's identity key and the keys wrapped to the keeper: who
   has the directory can read every channel the keeper belongs to. Spaces the keeper is not
   in (unnamed spaces, channels created without it) stay closed.
+
+Fixed by protocol v2:
+
+- Replay detection lasts across restarts (the replay marks are in the keystore): a
+  restarted client refuses an old genuine message re-served at a new handle.
+- Removal is a ban in every space: a removed member cannot join a public channel again
+  or redeem a link until an owner or editor invites it.
+- The relay is no longer the key directory: keys come from each member's signed ``add``
+  event and are pinned; a false key served by the relay is detected, and nothing signed
+  with it, or wrapped to it, is accepted.
 """
 
 from __future__ import annotations
@@ -24,7 +33,12 @@ from typing import Any
 import pytest
 
 import spacenb.aio as aio
-from spacenb.exceptions import KeyUnavailableError
+from spacenb.exceptions import (
+    IdentityChangedError,
+    IntegrityError,
+    KeyUnavailableError,
+    PermissionDeniedError,
+)
 from spacenb.protocol import frames
 from spacenb.protocol.envelope import Envelope, open_envelope
 from spacenb.protocol.keyring import HistoryPolicy
@@ -35,7 +49,7 @@ from spacenb.server.handlers import HANDLERS
 from spacenb.server.sqlite import SQLiteStorage
 
 from .conftest import Connect, Figures, StartRelay
-from .helpers import Inbox, event_json, wait_until
+from .helpers import Inbox, event_json, forged_envelope, wait_until
 
 
 def stored_envelopes(server: RunningServer, space_id: str) -> list[Envelope]:
@@ -84,9 +98,11 @@ async def test_limit_the_relay_sees_routing_metadata(
     long = await space.send_message("x" * 1010, channel="plans", content_type="text/plain")
     stored = {e.ciphertext: e for e in stored_envelopes(relay, space.id)}
     first, second = stored.values()
+    state = space.core.require_state()
     assert (first.source, first.target, first.subject, first.content_type, first.epoch) == (
         "alice", space.id, "plans", "text/plain", 0
     )  # fmt: skip
+    assert (first.head_seq, first.head) == (state.head_seq, state.head)  # which state
     assert len(second.ciphertext) - len(first.ciphertext) == 1000  # sizes are not padded
     assert long > short  # handles are the relay's microsecond clock: when each was sent
     figures.add("limits.pinned")
@@ -119,63 +135,121 @@ async def test_limit_a_data_dir_opens_the_keepers_channels_but_no_other_space(
     figures.add("limits.pinned")
 
 
-async def test_limit_replay_detection_lasts_one_session(
+async def test_replay_detection_lasts_across_restarts(
     relay: RunningServer, connect: Connect, mitm: Any, tmp_path: Path, figures: Figures
 ) -> None:
-    """Within a session a client refuses a message id it has seen (test_verification.py);
-    a client that restarts has no memory of them, so a relay can deliver an old genuine
-    message to it again, as new."""
+    """Within a session a client refuses a message whose sequence number it has seen
+    (test_verification.py). A client with a directory keystore keeps the newest
+    ``(handle, seq)`` of each sender session (its replay marks) across a restart, so a relay
+    that re-serves an old genuine message at a new handle to the restarted client has it
+    refused; a genuine new message still arrives. (Version 1 accepted it as new.)"""
     proxy = await mitm(relay.url)
     alice = await connect(relay, "alice")
     general = await alice.space.create_channel("general")
-    delivered = []
     for session in range(2):
         bob = await aio.connect(proxy.url, app_key=relay.app_key, username="bob",
                                 keystore=tmp_path / "bob")  # fmt: skip
         try:
             space = await bob.space.join_channel("general")
-            inbox = Inbox()
+            inbox, rejected = Inbox(), Inbox()
             space.on_message(inbox)
+            space.on_rejected(rejected)
             if session == 0:
                 await general.send_message("sent once")
-            else:
-                old = next(f for f in proxy.seen if f.get("ev") == "message")
-                await proxy.inject({**old, "handle": old["handle"] + 10**6})
+                (message,) = await inbox.wait(1)
+                assert message.message.body == "sent once"
+                continue
+            old = next(f for f in proxy.seen if f.get("ev") == "message")
+            await proxy.inject({**old, "handle": old["handle"] + 10**6})
+            (refused,) = await rejected.wait(1)
+            assert (refused.sender, refused.handle) == ("alice", old["handle"] + 10**6)
+            assert "replayed" in refused.reason, refused.reason
+            handle = await general.send_message("sent after the restart")
             (message,) = await inbox.wait(1)
-            delivered.append((message.message.id, message.message.body))
+            assert (message.handle, message.message.body) == (handle, "sent after the restart")
         finally:
             await bob.close()
-    assert delivered[0] == delivered[1]  # the same message, delivered as new twice
-    figures.add("limits.pinned")
+    figures.add("limits.fixed_in_v2")
 
 
-async def test_limit_removal_from_a_public_channel_is_not_a_ban(
+async def test_removal_is_a_ban_in_every_space(
     relay: RunningServer, connect: Connect, figures: Figures
 ) -> None:
-    """Anyone signed in may join a public channel, so a removed member may join it again
-    and the keeper admits it (with the current key of a rotate channel). A private space
-    keeps it out: test_authorisation.py::test_a_removed_member_is_an_outsider_at_once."""
+    """A ``remove`` event bans, in a public channel too: the removed member cannot join
+    it again, nor redeem the link it came in by, and a viewer cannot invite it back; an
+    editor (or the owner) can, and then it joins and the keeper admits it with the current
+    key only. (Version 1 let a removed member simply join a public channel again.)"""
     alice, bob = await connect(relay, "alice"), await connect(relay, "bob")
+    carol, dave = await connect(relay, "carol"), await connect(relay, "dave")
     space = await alice.space.create_channel("open door", history_policy="rotate")
-    await bob.space.join_channel("open door")
-    await alice.space.remove_member(space.id, "bob")
+    link = await alice.space.create_invite_link(space.id)
+    assert link.token is not None
+    await bob.space.join_by_invite(space.id, link.token)
+    carols = await carol.space.join_channel("open door")
+    await dave.space.join_channel("open door")
+    await alice.space.set_member_role(space.id, "dave", "editor")
+    await alice.space.remove_member(space.id, "bob")  # bans bob, rotates to epoch 1
+    with pytest.raises(PermissionDeniedError, match="removed"):
+        await bob.space.join_channel("open door")
+    with pytest.raises(PermissionDeniedError, match="removed"):
+        await bob.space.join_by_invite(space.id, link.token)
+    with pytest.raises(PermissionDeniedError, match="removed"):
+        await carols.invite("bob")  # a viewer
+    state = await alice.space.state_log(space.id)
+    assert "bob" not in {m.member_id for m in await alice.space.members(space.id)}
+    davids = dave.live_space(space.id)
+    assert davids is not None
+    await davids.invite("bob")  # an editor lifts the ban
     again = await bob.space.join_channel("open door")
     assert again.keyring is not None and again.keyring.has(1)
-    figures.add("limits.pinned")
+    assert [e.kind for e in state][-2:] == ["remove", "epoch"]
+    figures.add("limits.fixed_in_v2")
 
 
-async def test_limit_the_relay_is_the_key_directory(
+async def test_keys_come_from_the_log_not_from_the_relay(
     relay: RunningServer, connect: Connect, mitm: Any, monkeypatch: Any, figures: Figures
 ) -> None:
-    """Users' public keys come from the relay (sign-up binds them there; join requests and
-    ``user_keys`` hand them out). A member that admits whoever a join request names, with
-    the key the request carries, wraps the group key for the relay if the relay lies.
-    Here, in an unnamed space that admits automatically, a relay pushes a join request for
-    a user it made up: the space's key reaches it. Comparing fingerprints out of band is
-    the defence; spacenb shows them but does not enforce it."""
+    """A member's keys are those of its own signed ``add`` event (or genesis), pinned on
+    first sight; the relay's ``user_keys`` answers and ``join_request`` events are not
+    believed. Here a relay serves alice a false key for bob: the lie is caught against
+    the pin (:class:`IdentityChangedError`), the pinned fingerprint stays bob's real one, a
+    message signed with the false key in bob's name is rejected, a join request naming the
+    false key gets the group key wrapped to bob's real key only, and one for a user the
+    log does not have gets nothing. (Version 1 trusted the relay's directory: a member
+    wrapped the group key to whatever key a join request carried.)"""
     proxy = await mitm(relay.url)
     alice = await connect(relay, "alice", url=proxy.url)
+    bob = await connect(relay, "bob")
     space = await alice.space.create_space()  # no keeper: online members admit
+    messages, rejected = Inbox(), Inbox()
+    space.on_message(messages)
+    space.on_rejected(rejected)
+    bobs = await bob.space.join_space(space.id)
+    await bobs.send_message("hi from bob")
+    await messages.wait(1)
+    assert await alice.fingerprint_of("bob") == bob.fingerprint  # pinned from bob's add
+
+    impostor = IdentityKeys.generate()
+
+    def lie(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame.get("t") == "res" and "users" in frame.get("result", {}):
+            for entry in frame["result"]["users"]:
+                entry.update(signing_key=impostor.signing_key, ecdh_key=impostor.ecdh_key)
+        return frame
+
+    proxy.rewrite = lie
+    with pytest.raises(IdentityChangedError):
+        await alice.identities(["bob"])
+    assert await alice.fingerprint_of("bob") == bob.fingerprint
+    await alice.verify_identity("bob", bob.fingerprint)
+
+    state = space.core.require_state()
+    assert space.keyring is not None
+    forged = forged_envelope(impostor, space.keyring.key(0), state, "not bob", source="bob")
+    await proxy.inject({"t": "evt", "ev": "message", "handle": 2**52, "envelope": forged})
+    (refused,) = await rejected.wait(1)
+    assert refused.sender == "bob"
+
     admitted: list[frames.Admit] = []
     admit = HANDLERS["admit"]
 
@@ -184,12 +258,19 @@ async def test_limit_the_relay_is_the_key_directory(
         return admit(relay_, session, request)
 
     monkeypatch.setitem(HANDLERS, "admit", spy)
-    impostor = IdentityKeys.generate()
-    lie = frames.JoinRequested(space.id, "eve", impostor.signing_key, impostor.ecdh_key, "viewer")
-    await proxy.inject(event_json(lie))
+    for name in ("eve", "bob"):
+        request = frames.JoinRequested(
+            space.id, name, impostor.signing_key, impostor.ecdh_key, "viewer"
+        )
+        await proxy.inject(event_json(request))
+    await rejected.wait(2)  # eve is not in the log
+    assert rejected.items[1].sender == "eve"
     await wait_until(lambda: bool(admitted))
     (wrapped,) = admitted[0].keys
     signer = alice.identity.public("alice").signing_public_key()
-    assert space.keyring is not None
-    assert unwrap_group_key(wrapped, impostor, signer) == space.keyring.key(0)
-    figures.add("limits.pinned")
+    assert wrapped.recipient == "bob"
+    assert unwrap_group_key(wrapped, bob.identity, signer) == space.keyring.key(0)
+    with pytest.raises(IntegrityError):
+        unwrap_group_key(wrapped, impostor, signer)
+    assert [m.message.body for m in messages.items] == ["hi from bob"]
+    figures.add("limits.fixed_in_v2")

@@ -22,6 +22,7 @@ from ..exceptions import (
     AuthenticationError,
     ConnectionLostError,
     ProtocolError,
+    RemoteProtocolError,
     SpacenbError,
     SpacenbTimeoutError,
     UnsupportedVersionError,
@@ -96,7 +97,7 @@ class RelayConnection:
         try:
             hello = frames.parse_server_frame(await ws.recv())
             if not isinstance(hello, frames.Hello):
-                raise ProtocolError("the relay did not start with hello", field="ev")
+                raise RemoteProtocolError("the relay did not start with hello", field="ev")
             if hello.version != frames.PROTOCOL_VERSION:
                 raise UnsupportedVersionError(
                     f"the relay at {self.url} speaks spacenb protocol v{hello.version}; this "
@@ -108,7 +109,7 @@ class RelayConnection:
             if isinstance(answer, frames.ErrorFrame):
                 raise error_for_code(answer.code, answer.message)
             if not isinstance(answer, frames.Response) or answer.id != request_id:
-                raise ProtocolError("unexpected answer to auth", field="id")
+                raise RemoteProtocolError("unexpected answer to auth", field="id")
             self.auth = frames.parse_result(frames.Auth, answer.result)
         except ConnectionClosed as exc:
             await ws.close()
@@ -169,7 +170,12 @@ class RelayConnection:
                 # The socket may have failed the future while send() was raising: read its
                 # exception, or asyncio logs "Future exception was never retrieved".
                 future.exception()
-        return frames.parse_result(cls, result)
+        try:
+            return frames.parse_result(cls, result)
+        except ProtocolError as exc:
+            raise RemoteProtocolError(
+                f"the relay answered {cls.OP} with a malformed result: {exc}"
+            ) from None
 
     async def send_nowait(self, cls: type[frames.Request[Any]], **fields: Any) -> None:
         """Fire a request without awaiting its answer (errors are logged)."""

@@ -300,3 +300,40 @@ def test_exit_without_closing_anything_is_clean_and_quick() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["exiting"]
     assert "Traceback" not in result.stderr and "Task was destroyed" not in result.stderr
+
+
+def test_state_log_and_trusted_identities_are_dataframes(make_client: MakeClient) -> None:
+    from spacenb.dataframes import STATE_LOG_COLUMNS, TRUSTED_IDENTITY_COLUMNS
+
+    alice, bob = make_client("alice"), make_client("bob")
+    room = alice.space.create_channel(f"log-{alice.username}", history_policy="rotate")
+    bob.space.join_channel(room.name)
+    alice.space.set_member_role(room.id, bob.username, "editor")
+    epoch = room.rotate()
+    log = room.state_log()
+    assert dict(log.dtypes) == schema_dtypes(STATE_LOG_COLUMNS)
+    assert list(log["kind"]) == ["genesis", "add", "role", "epoch"]
+    assert list(log["seq"]) == [0, 1, 2, 3]
+    assert list(log["actor"]) == [alice.username, bob.username, alice.username, alice.username]
+    assert log["member"].tolist()[1:3] == [bob.username, bob.username]
+    assert log["epoch"].tolist()[0] == 0 and log["epoch"].tolist()[3] == epoch
+    assert pd.isna(log["epoch"].tolist()[1])
+    assert log["hash"].str.fullmatch("[0-9a-f]{64}").all()
+
+    pins = alice.trusted_identities()
+    assert dict(pins.dtypes) == schema_dtypes(TRUSTED_IDENTITY_COLUMNS)
+    row = pins.set_index("username").loc[bob.username]
+    assert row["fingerprint"] == bob.fingerprint and not row["verified"]
+    alice.verify_identity(bob.username, bob.fingerprint)
+    assert bool(alice.trusted_identities().set_index("username").loc[bob.username, "verified"])
+    assert alice.fingerprint_of(bob.username) == bob.fingerprint
+
+
+def test_create_channel_exist_ok_joins_the_existing_channel(make_client: MakeClient) -> None:
+    alice, bob = make_client("alice"), make_client("bob")
+    first = alice.space.create_channel(f"rerun-{alice.username}")
+    with pytest.raises(spacenb.ChannelExistsError):
+        bob.space.create_channel(first.name)
+    again = bob.space.create_channel(first.name, exist_ok=True)
+    assert again.id == first.id and again.keyring is not None
+    assert alice.space.create_channel(first.name, exist_ok=True).id == first.id

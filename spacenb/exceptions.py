@@ -15,14 +15,19 @@ The tree::
     ├── AuthenticationError        wrong app key, bad sign-in, username bound to another key
     ├── PermissionDeniedError      not the owner, not the author, not a member, wrong role
     ├── ChannelExistsError         the channel name is taken
-    ├── ChannelNotFoundError       no channel (or space) by that name or id
+    ├── NotFoundError              no such message handle, member, user or share
+    │   └── ChannelNotFoundError   no channel (or space) by that name or id
     ├── InviteError                invite link expired, used up, revoked or unknown
     ├── KeyUnavailableError        no group key for that epoch (not a member then, not admitted)
     ├── NotEnoughSharesError       fewer than k good shares of a file could be found
     ├── ConnectionLostError        the connection to the relay is closed
-    ├── LimitExceededError         a frame, page or payload is larger than the relay allows
+    ├── LimitExceededError         a frame, message or page is larger than the protocol allows
+    │   ├── RateLimitedError       more requests per second than the relay allows one user
+    │   ├── QuotaExceededError     a user's stored messages or shares, or a store's disk, is full
+    │   └── ConnectionLimitError   too many connections (of one user or one address)
     ├── ServerError                the relay reported an error with no more specific class
-    └── SpacenbTimeoutError        also a builtin ``TimeoutError``
+    ├── SpacenbTimeoutError        also a builtin ``TimeoutError``
+    └── LoopThreadError            a blocking call on spacenb's own loop thread (a RuntimeError)
 
 Errors are raised, never returned. The relay sends errors as frames with a ``code``;
 :func:`error_for_code` turns a code back into the matching class, so the same class is
@@ -35,6 +40,7 @@ __all__ = [
     "AuthenticationError",
     "ChannelExistsError",
     "ChannelNotFoundError",
+    "ConnectionLimitError",
     "ConnectionLostError",
     "ForkError",
     "IdentityChangedError",
@@ -43,9 +49,13 @@ __all__ = [
     "InviteError",
     "KeyUnavailableError",
     "LimitExceededError",
+    "LoopThreadError",
     "NotEnoughSharesError",
+    "NotFoundError",
     "PermissionDeniedError",
     "ProtocolError",
+    "QuotaExceededError",
+    "RateLimitedError",
     "RemoteProtocolError",
     "ServerError",
     "SpacenbError",
@@ -150,8 +160,17 @@ class ChannelExistsError(SpacenbError):
     code = "channel_exists"
 
 
-class ChannelNotFoundError(SpacenbError, LookupError):
-    """No channel or space is registered under that name or id."""
+class NotFoundError(SpacenbError, LookupError):
+    """There is no such thing: a message at that handle, a member or user by that name, a
+    share by that hash. (An unknown channel or space is its subclass
+    :class:`ChannelNotFoundError`.)"""
+
+    code = "missing"
+
+
+class ChannelNotFoundError(NotFoundError):
+    """No channel or space is registered under that name or id (or it is private and the
+    caller may not see it)."""
 
     code = "not_found"
 
@@ -181,9 +200,31 @@ class ConnectionLostError(SpacenbError, ConnectionError):
 
 
 class LimitExceededError(SpacenbError):
-    """A frame, page or payload is larger than the relay allows."""
+    """Something is larger than the protocol or the relay allows: a frame, a message, a
+    page. The message names the limit (PROTOCOL.md, "Limits"); subclasses are the relay's
+    rates, quotas and connection caps."""
 
     code = "too_large"
+
+
+class RateLimitedError(LimitExceededError):
+    """A user sent more messages per second than the relay allows (a token bucket): wait
+    a moment and send again. The message says how long."""
+
+    code = "rate_limited"
+
+
+class QuotaExceededError(LimitExceededError):
+    """A storage quota is used up: the user's stored messages or shares, or a shard
+    store's disk. Nothing stored is dropped; delete something or ask the operator."""
+
+    code = "quota_exceeded"
+
+
+class ConnectionLimitError(LimitExceededError):
+    """Too many connections: of this user, or from this address."""
+
+    code = "too_many_connections"
 
 
 class ServerError(SpacenbError):
@@ -198,6 +239,24 @@ class SpacenbTimeoutError(SpacenbError, TimeoutError):
     code = "timeout"
 
 
+class LoopThreadError(SpacenbError, RuntimeError):
+    """A blocking spacenb call was made on spacenb's own loop thread (it would deadlock).
+
+    This happens when an ``async def`` handler, or code called from one, uses the sync
+    facade. Use the ``spacenb.aio`` object instead (``await space.send_message(...)``), or
+    register a plain function: facade handlers run on a separate callback thread.
+    """
+
+    code = "loop_thread"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or "a blocking spacenb call on spacenb's own event-loop thread would deadlock: "
+            "in an async handler, await the spacenb.aio object instead"
+        )
+
+
 _BY_CODE: dict[str, type[SpacenbError]] = {
     cls.code: cls
     for cls in (
@@ -207,12 +266,16 @@ _BY_CODE: dict[str, type[SpacenbError]] = {
         AuthenticationError,
         PermissionDeniedError,
         ChannelExistsError,
+        NotFoundError,
         ChannelNotFoundError,
         InviteError,
         KeyUnavailableError,
         NotEnoughSharesError,
         ConnectionLostError,
         LimitExceededError,
+        RateLimitedError,
+        QuotaExceededError,
+        ConnectionLimitError,
         ServerError,
         SpacenbTimeoutError,
         StaleStateError,

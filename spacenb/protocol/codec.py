@@ -4,6 +4,13 @@ A frame or record is a frozen dataclass; its annotations are its schema. For eac
 *plan* is built once: per field, a converter that checks the JSON value (type, size,
 range) and turns it into the Python value, and one that turns it back. Any malformed input
 raises :class:`ProtocolError` naming the field; nothing else escapes.
+
+A binary field whose size the protocol fixes says so in its annotation,
+``Annotated[bytes, Size(12)]`` (exactly 12 bytes) or ``Annotated[bytes, Size(16, 1024)]``;
+a bare ``bytes`` holds at most :data:`MAX_BYTES_FIELD`. No frame, either way, is larger
+than :data:`MAX_FRAME_BYTES`: :func:`dumps_frame` refuses to build one (so neither side
+ever sends one) and :func:`loads_frame` refuses to read one. :func:`json_size` tells what
+a record will weigh in a frame without encoding it, so answers can be cut to fit.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from ..exceptions import LimitExceededError, ProtocolError, SpacenbError
 from .encoding import b64d, b64e
@@ -25,17 +32,41 @@ __all__ = [
     "MAX_INT",
     "MAX_LIST",
     "MAX_STR",
+    "Size",
     "dumps_frame",
     "from_obj",
+    "json_size",
     "loads_frame",
     "to_obj",
 ]
 
-MAX_FRAME_BYTES = 1 << 20  # 1 MiB of JSON text per frame
+MAX_FRAME_BYTES = 1 << 20  # 1 MiB of JSON text (UTF-8) per frame, either way
 MAX_STR = 4096  # characters in any text field
 MAX_BYTES_FIELD = 256 << 10  # 256 KiB in any binary field (decoded)
 MAX_LIST = 10_000  # items in any list field
 MAX_INT = 2**53 - 1  # exactly representable in every JSON implementation
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    """The size in bytes a binary field must have once decoded: exactly ``least`` when
+    ``most`` is left out, else ``least`` to ``most``."""
+
+    least: int
+    most: int | None = None
+
+    @property
+    def upper(self) -> int:
+        return self.least if self.most is None else self.most
+
+    def check(self, data: bytes, name: str) -> bytes:
+        if self.most is None and len(data) != self.least:
+            raise ProtocolError(f"must be exactly {self.least} bytes, got {len(data)}", field=name)
+        if not self.least <= len(data) <= self.upper:
+            raise ProtocolError(
+                f"must be {self.least} to {self.upper} bytes, got {len(data)}", field=name
+            )
+        return data
 
 
 Decoder = Callable[[Any, str], Any]
@@ -76,6 +107,22 @@ def _decode_bytes(value: Any, name: str) -> bytes:
     return data
 
 
+def _sized_bytes_decoder(size: Size) -> Decoder:
+    limit = size.upper * 4 // 3 + 4  # refuse an overlong text before decoding it
+
+    def decode_sized(value: Any, name: str) -> bytes:
+        if isinstance(value, str) and len(value) > limit:
+            raise ProtocolError(
+                f"longer than {size.upper} bytes"
+                if size.most is not None
+                else f"must be exactly {size.least} bytes",
+                field=name,
+            )
+        return size.check(b64d(value, field=name), name)
+
+    return decode_sized
+
+
 _SIMPLE_DECODERS: dict[Any, Decoder] = {
     bool: _decode_bool,
     int: _decode_int,
@@ -99,6 +146,12 @@ def _compile_decoder(tp: Any) -> Decoder:
     if simple is not None:
         return simple
     origin = get_origin(tp)
+    if origin is Annotated:
+        inner_tp, *extras = get_args(tp)
+        sizes = [e for e in extras if isinstance(e, Size)]
+        if inner_tp is bytes and sizes:
+            return _sized_bytes_decoder(sizes[0])
+        return _decoder(inner_tp)
     if origin in (Union, types.UnionType):
         args = get_args(tp)
         nullable = _NONE in args
@@ -164,6 +217,8 @@ def _compile_encoder(tp: Any) -> Encoder:
     if tp is bytes:
         return _encode_bytes
     origin = get_origin(tp)
+    if origin is Annotated:
+        return _encoder(get_args(tp)[0])
     if origin in (Union, types.UnionType):
         (inner_tp,) = (a for a in get_args(tp) if a is not _NONE)
         inner = _encoder(inner_tp)
@@ -205,7 +260,7 @@ _PLANS: dict[type, _Plan] = {}
 def _plan(cls: type) -> _Plan:
     plan = _PLANS.get(cls)
     if plan is None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         fields = [f for f in dataclasses.fields(cls) if f.init]
         plan = _PLANS[cls] = _Plan(
             frozenset(f.name for f in fields),
@@ -241,12 +296,20 @@ def to_obj(value: Any) -> dict[str, Any]:
     return {name: encode(getattr(value, name)) for name, encode in _plan(type(value)).encoders}
 
 
+def frame_bytes(text: str) -> int:
+    """The size of a frame's text in UTF-8 bytes (what the websocket carries)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def loads_frame(text: str | bytes) -> dict[str, Any]:
     if isinstance(text, bytes | bytearray):
         raise ProtocolError("frames are JSON text, not binary", field="frame")
-    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    size = frame_bytes(text)
     if size > MAX_FRAME_BYTES:
-        raise LimitExceededError(f"frame larger than {MAX_FRAME_BYTES} bytes")
+        raise LimitExceededError(
+            f"a frame of {size} bytes is larger than the frame limit, "
+            f"MAX_FRAME_BYTES = {MAX_FRAME_BYTES} bytes"
+        )
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -257,4 +320,51 @@ def loads_frame(text: str | bytes) -> dict[str, Any]:
 
 
 def dumps_frame(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """The frame's JSON text. Raises :class:`LimitExceededError` if it would be larger
+    than :data:`MAX_FRAME_BYTES`: such a frame is never sent."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    # A character is at most 4 UTF-8 bytes: only a long text needs measuring.
+    if len(text) > MAX_FRAME_BYTES // 4 and frame_bytes(text) > MAX_FRAME_BYTES:
+        raise LimitExceededError(
+            f"a frame of {frame_bytes(text)} bytes would be larger than the frame limit, "
+            f"MAX_FRAME_BYTES = {MAX_FRAME_BYTES} bytes"
+        )
+    return text
+
+
+_encode_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _str_size(text: str) -> int:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text) + 2
+    return frame_bytes(_encode_json_str(text))
+
+
+def _value_size(value: Any) -> int:
+    if isinstance(value, str):
+        return _str_size(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return (4 * len(value) + 2) // 3 + 2  # unpadded base64url, quoted
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    if isinstance(value, int):
+        return len(str(value))
+    if isinstance(value, tuple | list):
+        return 2 + sum(_value_size(v) for v in value) + max(len(value) - 1, 0)
+    if dataclasses.is_dataclass(value):
+        return json_size(value)
+    raise TypeError(f"no JSON size for {type(value).__name__}")  # pragma: no cover
+
+
+def json_size(record: Any) -> int:
+    """The UTF-8 size of ``record`` (a frame record) as the codec writes it in a frame,
+    computed without encoding it: ``json_size(r) == len(dumps_frame(to_obj(r)).encode())``.
+    """
+    plan = _plan(type(record))
+    size = 2 + max(len(plan.encoders) - 1, 0)  # the braces and the commas
+    for name, _encode in plan.encoders:
+        size += len(name) + 3 + _value_size(getattr(record, name))  # "name":value
+    return size

@@ -2,7 +2,10 @@
 
 Everything above it (envelopes, key wraps, files) is written against these few recipes:
 P-256 keys, raw ``r || s`` ECDSA signatures, ECDH, HKDF-SHA256, AES-256-GCM and SHA-256.
-Every verification failure raises the one opaque :class:`IntegrityError`.
+Every verification failure raises the one opaque :class:`IntegrityError`. Each recipe
+checks its own arguments (key and IV sizes, HKDF's output length, data lengths) and
+raises :class:`UsageError` for a bad one, so nothing from below (a bare ``ValueError``,
+``TypeError`` or ``OverflowError``) escapes.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..exceptions import IntegrityError, InvalidKeyError
+from ..exceptions import IntegrityError, InvalidKeyError, UsageError
 
 __all__ = [
     "AES_KEY_SIZE",
     "GCM_IV_SIZE",
     "GCM_TAG_SIZE",
+    "MAX_AEAD_BYTES",
+    "MAX_HKDF_LENGTH",
     "P256_ORDER",
     "POINT_SIZE",
     "SIGNATURE_SIZE",
@@ -56,16 +61,32 @@ SCALAR_SIZE = 32
 AES_KEY_SIZE = 32
 GCM_IV_SIZE = 12
 GCM_TAG_SIZE = 16
+MAX_AEAD_BYTES = 2**31 - 1  # the most AES-GCM takes in one call (plaintext or AAD)
+MAX_HKDF_LENGTH = 255 * 32  # RFC 5869: 255 blocks of SHA-256
 _CURVE = ec.SECP256R1()
 _ECDSA = ec.ECDSA(hashes.SHA256())
 
 
+def _need_bytes(value: object, name: str) -> None:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise UsageError(f"expected bytes, got {type(value).__name__}", field=name)
+
+
+def _need_size(value: bytes, size: int, name: str) -> None:
+    _need_bytes(value, name)
+    if len(value) != size:
+        raise UsageError(f"must be {size} bytes, got {len(value)}", field=name)
+
+
 def random_bytes(n: int) -> bytes:
     """``n`` bytes from the operating system's CSPRNG."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise UsageError("a byte count is a non-negative integer", field="n")
     return os.urandom(n)
 
 
 def sha256(data: bytes) -> bytes:
+    _need_bytes(data, "data")
     return hashlib.sha256(data).digest()
 
 
@@ -106,6 +127,7 @@ def public_key_from_point(data: bytes) -> PublicKey:
 
 def sign(key: PrivateKey, message: bytes) -> bytes:
     """ECDSA P-256/SHA-256 over ``message``, as 64 raw bytes ``r || s`` with low ``s``."""
+    _need_bytes(message, "message")
     r, s = decode_dss_signature(key.sign(message, _ECDSA))
     if s > P256_ORDER // 2:
         s = P256_ORDER - s
@@ -118,6 +140,7 @@ def verify(key: PublicKey, signature: bytes, message: bytes) -> None:
     Rejects wrong lengths, ``r`` or ``s`` outside ``[1, n-1]`` and high ``s`` (so every
     message has exactly one accepted signature per key and nonce).
     """
+    _need_bytes(message, "message")
     if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_SIZE:
         raise IntegrityError("signature does not verify")
     r = int.from_bytes(signature[:32], "big")
@@ -136,16 +159,38 @@ def ecdh(private: PrivateKey, public: PublicKey) -> bytes:
 
 
 def hkdf_sha256(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256 (RFC 5869) of ``length`` bytes, 1 to 8160; :class:`UsageError` else."""
+    for value, name in ((secret, "secret"), (salt, "salt"), (info, "info")):
+        _need_bytes(value, name)
+    if not isinstance(length, int) or isinstance(length, bool):
+        raise UsageError("the output length is an integer", field="length")
+    if not 1 <= length <= MAX_HKDF_LENGTH:
+        raise UsageError(f"must be 1 to {MAX_HKDF_LENGTH} bytes, got {length}", field="length")
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
 
+def _aead_arguments(key: bytes, iv: bytes, data: bytes, aad: bytes) -> None:
+    _need_size(key, AES_KEY_SIZE, "key")
+    _need_bytes(iv, "iv")
+    _need_bytes(data, "data")
+    _need_bytes(aad, "aad")
+    if len(data) > MAX_AEAD_BYTES or len(aad) > MAX_AEAD_BYTES:
+        raise UsageError(f"AES-GCM takes at most {MAX_AEAD_BYTES} bytes at once", field="data")
+
+
 def aead_seal(key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    """AES-256-GCM: ciphertext followed by the 16-byte tag."""
+    """AES-256-GCM: ciphertext followed by the 16-byte tag. ``key`` is 32 bytes and ``iv``
+    12 (a fresh one for every seal), else :class:`UsageError`."""
+    _aead_arguments(key, iv, plaintext, aad)
+    _need_size(iv, GCM_IV_SIZE, "iv")
     return AESGCM(key).encrypt(iv, plaintext, aad)
 
 
 def aead_open(key: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
-    """Undo :func:`aead_seal`; a wrong key, IV, AAD or tag raises :class:`IntegrityError`."""
+    """Undo :func:`aead_seal`; a wrong key, IV, AAD or tag raises :class:`IntegrityError`
+    (an IV or ciphertext of the wrong size too: they come from the wire), a key that is
+    not 32 bytes :class:`UsageError`."""
+    _aead_arguments(key, iv, ciphertext, aad)
     if len(iv) != GCM_IV_SIZE or len(ciphertext) < GCM_TAG_SIZE:
         raise IntegrityError("ciphertext does not authenticate")
     try:

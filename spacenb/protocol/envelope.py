@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ..clock import Clock, SystemClock
-from ..exceptions import IntegrityError, ProtocolError, UsageError
+from ..exceptions import IntegrityError, LimitExceededError, ProtocolError, UsageError
 from . import crypto
+from .codec import MAX_BYTES_FIELD, Size
 from .encoding import canonical_json, lp_encode
 from .keys import IdentityKeys
 
 __all__ = [
     "Envelope",
     "EnvelopeKind",
+    "MAX_CIPHERTEXT_BYTES",
+    "MAX_SEALED_BYTES",
     "Message",
     "envelope_aad",
     "new_session_id",
@@ -33,6 +36,8 @@ EnvelopeKind = Literal["msg", "eph"]
 MESSAGE_ID_SIZE = 16
 SESSION_ID_SIZE = 8
 HEAD_SIZE = 32
+MAX_CIPHERTEXT_BYTES = MAX_BYTES_FIELD  # 256 KiB: a message and its tag
+MAX_SEALED_BYTES = MAX_CIPHERTEXT_BYTES - crypto.GCM_TAG_SIZE  # the sealed plaintext
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
 _SESSION_ID = re.compile(r"[0-9a-f]{16}")
 _PLAINTEXT_FIELDS = frozenset({"body", "id", "rev", "seq", "sid", "ts"})
@@ -115,10 +120,11 @@ class Envelope:
     epoch: int
     content_type: str  # "" when none
     head_seq: int  # the state-log event the sender held as its head
-    head: bytes  # that event's hash: binds the message to the sender's view of the space
-    iv: bytes
-    ciphertext: bytes
-    signature: bytes = field(default=b"", repr=False)
+    # that event's hash: binds the message to the sender's view of the space
+    head: Annotated[bytes, Size(HEAD_SIZE)]
+    iv: Annotated[bytes, Size(crypto.GCM_IV_SIZE)]
+    ciphertext: Annotated[bytes, Size(crypto.GCM_TAG_SIZE, MAX_CIPHERTEXT_BYTES)]
+    signature: Annotated[bytes, Size(crypto.SIGNATURE_SIZE)] = field(default=b"", repr=False)
 
     def signed_bytes(self) -> bytes:
         """The canonical encoding the signature covers."""
@@ -196,6 +202,12 @@ def seal_envelope(
         plaintext = message.to_bytes()
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"payload is not JSON-serialisable: {exc}", field="payload") from exc
+    if len(plaintext) > MAX_SEALED_BYTES:
+        raise LimitExceededError(
+            f"this message is {len(plaintext)} bytes sealed; one message holds at most "
+            f"{MAX_SEALED_BYTES} (MAX_SEALED_BYTES, PROTOCOL.md \"Limits\"): send large "
+            "content as a file (put_file) and the manifest in a message"
+        )
     ctype = content_type or ""
     nonce = iv if iv is not None else crypto.random_bytes(crypto.GCM_IV_SIZE)
     aad = envelope_aad(kind, source, target, subject, epoch, ctype, head_seq, head)

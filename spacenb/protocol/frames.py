@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from ..exceptions import ProtocolError, SpacenbError
 from .codec import (
@@ -25,6 +25,7 @@ from .codec import (
     MAX_FRAME_BYTES,
     MAX_INT,
     MAX_STR,
+    Size,
     dumps_frame,
     from_obj,
     loads_frame,
@@ -239,7 +240,7 @@ class Auth(Request[AuthResult]):
     username: str
     signing_key: str
     ecdh_key: str
-    signature: bytes
+    signature: Annotated[bytes, Size(64)]
 
 
 @_request("ping")
@@ -306,7 +307,7 @@ class GetStateLog(Request[StateLogPage]):
     since: int
     limit: int
     link_id: str | None = None
-    proof: bytes | None = None
+    proof: Annotated[bytes, Size(64)] | None = None
 
 
 @_request("keys", KeysResult)
@@ -426,7 +427,7 @@ class Hello(Event):
 
     server: str
     version: int
-    nonce: bytes
+    nonce: Annotated[bytes, Size(32)]
     keeper: str | None
 
 

@@ -18,7 +18,7 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ..exceptions import (
     IntegrityError,
@@ -28,6 +28,7 @@ from ..exceptions import (
     StaleStateError,
 )
 from . import crypto
+from .codec import Size
 from .encoding import b64d, b64e, canonical_json, lp_encode
 from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
 
@@ -147,12 +148,12 @@ class StateEvent:
 
     space_id: str
     seq: int
-    prev: bytes  # hash of event seq - 1; 32 zero bytes for genesis
+    prev: Annotated[bytes, Size(HASH_SIZE)]  # hash of event seq - 1; 32 zero bytes for genesis
     kind: str
     actor: str
     at_us: int  # the actor's clock when it signed (informational, but for link expiry)
     body: bytes
-    signature: bytes = field(default=b"", repr=False)
+    signature: Annotated[bytes, Size(crypto.SIGNATURE_SIZE)] = field(default=b"", repr=False)
 
     def signed_bytes(self) -> bytes:
         """What the actor (the space key, for genesis) signs."""

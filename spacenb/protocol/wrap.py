@@ -9,9 +9,11 @@ refuse a key that was not wrapped by someone it trusts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from ..exceptions import IntegrityError
 from . import crypto
+from .codec import Size
 from .encoding import lp_encode
 from .keys import IdentityKeys, decode_public_key
 
@@ -36,8 +38,8 @@ class WrappedKey:
     epoch: int
     recipient: str
     wrapper: str
-    blob: bytes
-    signature: bytes = field(default=b"", repr=False)
+    blob: Annotated[bytes, Size(_BLOB_SIZE)]
+    signature: Annotated[bytes, Size(crypto.SIGNATURE_SIZE)] = field(default=b"", repr=False)
 
     def signed_bytes(self) -> bytes:
         return lp_encode(

@@ -20,28 +20,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, Self, TypeVar
 
-from ..exceptions import SpacenbTimeoutError
+from ..exceptions import LoopThreadError, SpacenbTimeoutError
 
 __all__ = ["LoopResource", "LoopThreadError", "Runner", "get_runner"]
 
 T = TypeVar("T")
 
 SHUTDOWN_TIMEOUT = 5.0  # seconds the whole exit-time cleanup may take
-
-
-class LoopThreadError(RuntimeError):
-    """A blocking spacenb call was made on spacenb's own loop thread (it would deadlock).
-
-    This happens when an ``async def`` handler, or code called from one, uses the sync
-    facade. Use the ``spacenb.aio`` object instead (``await space.send_message(...)``), or
-    register a plain function: facade handlers run on a separate callback thread.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(
-            "a blocking spacenb call on spacenb's own event-loop thread would deadlock: "
-            "in an async handler, await the spacenb.aio object instead"
-        )
 
 
 class Closeable(Protocol):

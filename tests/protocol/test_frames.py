@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +29,7 @@ from spacenb.exceptions import (
     error_for_code,
 )
 from spacenb.protocol import frames
+from spacenb.protocol.codec import Size
 from spacenb.protocol.encoding import b64e
 from spacenb.protocol.envelope import Envelope, seal_envelope
 from spacenb.protocol.frames import (
@@ -58,13 +59,17 @@ MAX_INT = 2**53 - 1
 
 def fields_of(cls: type) -> dict[str, Any]:
     """The wire fields of a frame dataclass and their annotations."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
 
 
 def valid(tp: Any) -> st.SearchStrategy[Any]:
     """Values of annotation ``tp`` that the codec must accept."""
     origin = get_origin(tp)
+    if origin is Annotated:
+        inner, size = get_args(tp)
+        assert inner is bytes and isinstance(size, Size)
+        return st.binary(min_size=size.least, max_size=min(size.upper, size.least + 48))
     if origin in (Union, types.UnionType):
         (inner,) = (a for a in get_args(tp) if a is not type(None))
         return st.none() | valid(inner)
@@ -162,6 +167,8 @@ def test_every_op_and_event_is_registered_once() -> None:
 def _minimal(tp: Any) -> Any:
     """A deterministic valid value for ``tp`` with every list holding one item."""
     origin = get_origin(tp)
+    if origin is Annotated:
+        return bytes(get_args(tp)[1].least)
     if origin in (Union, types.UnionType):
         (inner,) = (a for a in get_args(tp) if a is not type(None))
         return _minimal(inner)
@@ -364,13 +371,58 @@ def _auth(signature: str) -> str:
     )  # fmt: skip
 
 
+def _append(body: str) -> str:
+    event = {
+        "space_id": "s", "seq": 1, "prev": b64e(bytes(32)), "kind": "leave", "actor": "u",
+        "at_us": 1, "body": body, "signature": b64e(bytes(64)),
+    }  # fmt: skip
+    return json.dumps({"t": "req", "id": 1, "op": "append", "space_id": "s", "event": event,
+                       "keys": []})  # fmt: skip
+
+
 def test_binary_field_limit() -> None:
-    at_limit = parse_client_frame(_auth(b64e(bytes(MAX_BYTES_FIELD))))
-    assert isinstance(at_limit, frames.Auth) and len(at_limit.signature) == MAX_BYTES_FIELD
+    at_limit = parse_client_frame(_append(b64e(bytes(MAX_BYTES_FIELD))))
+    assert isinstance(at_limit, frames.Append) and len(at_limit.event.body) == MAX_BYTES_FIELD
     for extra in (1, 2, 3, 1000):
         with pytest.raises(ProtocolError) as info:
-            parse_client_frame(_auth(b64e(bytes(MAX_BYTES_FIELD + extra))))
+            parse_client_frame(_append(b64e(bytes(MAX_BYTES_FIELD + extra))))
+        assert info.value.field == "event.body"
+
+
+def test_fixed_size_binary_fields() -> None:
+    """Every binary field with a size the protocol fixes is refused at any other size,
+    before anything else looks at it; the error names the field and the size."""
+    assert isinstance(parse_client_frame(_auth(b64e(bytes(64)))), frames.Auth)
+    for size in (0, 63, 65, MAX_BYTES_FIELD):
+        with pytest.raises(ProtocolError, match="exactly 64 bytes") as info:
+            parse_client_frame(_auth(b64e(bytes(size))))
         assert info.value.field == "signature"
+    envelope = Envelope("msg", "u", "s", "c", 0, "", 0, bytes(32), bytes(12), bytes(16), bytes(64))
+    good = json.loads(frames.Send(id=1, envelope=envelope).to_json())
+    assert parse_client_frame(json.dumps(good)) == frames.Send(id=1, envelope=envelope)
+    cases = [
+        ("iv", 11), ("iv", 13), ("iv", 256 << 10), ("head", 31), ("head", 33),
+        ("signature", 63), ("ciphertext", 15), ("ciphertext", MAX_BYTES_FIELD + 1),
+    ]  # fmt: skip
+    for name, size in cases:
+        frame = {**good, "envelope": {**good["envelope"], name: b64e(bytes(size))}}
+        with pytest.raises(ProtocolError, match="bytes") as info:
+            parse_client_frame(json.dumps(frame))
+        assert info.value.field == f"envelope.{name}"
+    key = {"space_id": "s", "epoch": 0, "recipient": "r", "wrapper": "w",
+           "blob": b64e(bytes(93)), "signature": b64e(bytes(64))}  # fmt: skip
+    with pytest.raises(ProtocolError, match="exactly 94 bytes") as info:
+        parse_client_frame(json.dumps({"t": "req", "id": 2, "op": "admit", "space_id": "s",
+                                       "member": "m", "keys": [key]}))  # fmt: skip
+    assert info.value.field == "keys[0].blob"
+    event = json.loads(_append(b64e(b"{}")))
+    event["event"]["prev"] = b64e(bytes(31))
+    with pytest.raises(ProtocolError, match="exactly 32 bytes"):
+        parse_client_frame(json.dumps(event))
+    hello = {"t": "evt", "ev": "hello", "server": "s", "version": 2, "nonce": b64e(bytes(16)),
+             "keeper": None}  # fmt: skip
+    with pytest.raises(ProtocolError, match="exactly 32 bytes"):
+        parse_server_frame(json.dumps(hello))
 
 
 def test_text_field_limit() -> None:

@@ -20,10 +20,10 @@ from .encoding import canonical_json, lp_encode
 from .keys import IdentityKeys
 
 __all__ = [
-    "Envelope",
-    "EnvelopeKind",
     "MAX_CIPHERTEXT_BYTES",
     "MAX_SEALED_BYTES",
+    "Envelope",
+    "EnvelopeKind",
     "Message",
     "envelope_aad",
     "new_session_id",
@@ -205,7 +205,7 @@ def seal_envelope(
     if len(plaintext) > MAX_SEALED_BYTES:
         raise LimitExceededError(
             f"this message is {len(plaintext)} bytes sealed; one message holds at most "
-            f"{MAX_SEALED_BYTES} (MAX_SEALED_BYTES, PROTOCOL.md \"Limits\"): send large "
+            f'{MAX_SEALED_BYTES} (MAX_SEALED_BYTES, PROTOCOL.md "Limits"): send large '
             "content as a file (put_file) and the manifest in a message"
         )
     ctype = content_type or ""

@@ -11,11 +11,17 @@ Each request and event is a frozen, slotted dataclass; its fields and their type
 schema. One generic codec checks every field against its annotation (type, size, no
 unknown or missing fields) and raises :class:`ProtocolError` naming the field for any
 malformed input. Binary fields travel as unpadded base64url.
+
+No frame is larger than :data:`MAX_FRAME_BYTES`, either way. Every answer that lists
+things is bounded: by a count (``MAX_*_PAGE``) small enough that the page always fits, or,
+where items can be large (messages, state events), also by bytes (:func:`fitting`), with a
+cursor to the rest (PROTOCOL.md, "Limits").
 """
 
 from __future__ import annotations
 
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -28,6 +34,7 @@ from .codec import (
     Size,
     dumps_frame,
     from_obj,
+    json_size,
     loads_frame,
     to_obj,
 )
@@ -39,21 +46,53 @@ from .wrap import WrappedKey
 __all__ = [
     "EVENTS",
     "MAX_BYTES_FIELD",
+    "MAX_CHANNELS_PAGE",
     "MAX_FRAME_BYTES",
     "MAX_HISTORY_LIMIT",
+    "MAX_KEYS_PAGE",
+    "MAX_LOG_PAGE",
+    "MAX_PEERS_PAGE",
+    "MAX_USER_KEYS",
+    "PAGE_BYTES",
     "REQUESTS",
     "ErrorFrame",
     "Event",
     "Request",
     "Response",
+    "fitting",
     "parse_client_frame",
     "parse_result",
     "parse_server_frame",
 ]
 
 PROTOCOL_VERSION = 2
-MAX_LOG_PAGE = 1000
-MAX_HISTORY_LIMIT = 1000
+MAX_LOG_PAGE = 1000  # state events per state_log answer (and at most PAGE_BYTES of them)
+MAX_HISTORY_LIMIT = 1000  # messages per history answer (and at most PAGE_BYTES of them)
+MAX_CHANNELS_PAGE = 1000  # channels per list_channels answer (< 0.5 MiB, whatever names)
+MAX_KEYS_PAGE = 1000  # wrapped keys per keys answer, join answer or keys event (< 0.5 MiB)
+MAX_PEERS_PAGE = 1000  # usernames in a subscribe answer or a presence event
+MAX_USER_KEYS = 1000  # usernames per user_keys request
+PAGE_BYTES = MAX_FRAME_BYTES - 1024  # the items of one answer; the rest is its envelope
+
+_T = typing.TypeVar("_T")
+
+
+def fitting(items: Iterable[_T], budget: int = PAGE_BYTES) -> tuple[list[_T], bool]:
+    """The leading ``items`` whose JSON, as a list in a frame, takes at most ``budget``
+    bytes, and whether any were left out (the iterable is read one item past the cut).
+
+    Every item that may travel alone fits (a message's ciphertext is at most 256 KiB), so
+    a page is never empty while items remain.
+    """
+    taken: list[_T] = []
+    used = 2  # the list's brackets
+    for item in items:
+        used += json_size(item) + (1 if taken else 0)
+        if used > budget and taken:
+            return taken, True
+        taken.append(item)
+    return taken, False
+
 
 Role = Literal["owner", "editor", "viewer"]
 Policy = Literal["static", "rotate"]
@@ -127,7 +166,9 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class StateLogPage:
-    """Events ``since`` … of a space's log, in order, and the relay's head."""
+    """Events ``since`` … of a space's log, in order, and the relay's head. It may hold
+    fewer events than asked (a frame holds at most :data:`PAGE_BYTES` of them): ask again
+    from the one after the last while it is below ``head_seq``."""
 
     events: tuple[StateEvent, ...]
     head_seq: int
@@ -138,6 +179,9 @@ class AuthResult:
     username: str
     created: bool
     keeper: str | None
+    # The relay's shard stores: the only ones a client fetches shares from (besides those
+    # it is told to trust), whatever a manifest says.
+    shard_stores: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +191,11 @@ class ResolveResult:
 
 @dataclass(frozen=True, slots=True)
 class ChannelList:
+    """Public channels by name, at most :data:`MAX_CHANNELS_PAGE`; ``next_after`` (the
+    last name) goes to the next ``list_channels`` while there are more."""
+
     channels: tuple[ChannelEntry, ...]
+    next_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,11 +208,18 @@ class JoinResult:
 
 @dataclass(frozen=True, slots=True)
 class KeysResult:
+    """Wrapped keys by epoch, at most :data:`MAX_KEYS_PAGE`; ``next_epoch`` goes to the
+    next ``keys`` request while there are more."""
+
     keys: tuple[WrappedKey, ...]
+    next_epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeResult:
+    """``peers``: who is online, up to :data:`MAX_PEERS_PAGE`; the rest follow at once as
+    ``presence`` events."""
+
     peers: tuple[str, ...]
     epoch: int
     head_seq: int
@@ -177,6 +232,9 @@ class HandleResult:
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
+    """Messages oldest first: at most the ``limit`` asked and at most :data:`PAGE_BYTES`
+    of them (the newest that fit); ``next_cursor`` goes to ``before`` for older ones."""
+
     items: tuple[StoredMessage, ...]
     next_cursor: int | None
 
@@ -268,7 +326,9 @@ class Resolve(Request[ResolveResult]):
 
 @_request("list_channels", ChannelList)
 class ListChannels(Request[ChannelList]):
-    pass
+    """Public channels whose name sorts after ``after`` (from the start when None)."""
+
+    after: str | None = None
 
 
 @_request("join", JoinResult)
@@ -312,9 +372,19 @@ class GetStateLog(Request[StateLogPage]):
 
 @_request("keys", KeysResult)
 class FetchKeys(Request[KeysResult]):
-    """Every group key wrapped for the caller in this space."""
+    """The group keys wrapped for the caller in this space, from epoch ``since_epoch``."""
 
     space_id: str
+    since_epoch: int | None = None
+
+
+@_request("add_keys")
+class AddKeys(Request[Ok]):
+    """Hand over keys the caller wrapped for members the log entitles to them (the rest of
+    a rotation's keys, when they do not all fit in its ``append``)."""
+
+    space_id: str
+    keys: tuple[WrappedKey, ...]
 
 
 @_request("subscribe", SubscribeResult)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .app import RunningServer, start_server
 from .keeper import KEEPER_USERNAME, Keeper
+from .limits import Limits
 from .relay import Relay
 from .sqlite import SQLiteStorage
 from .storage import Storage
@@ -15,6 +16,7 @@ from .storage import Storage
 __all__ = [
     "KEEPER_USERNAME",
     "Keeper",
+    "Limits",
     "Relay",
     "RunningServer",
     "SQLiteStorage",

@@ -8,6 +8,8 @@ A data directory holds everything that must survive a restart::
     keeper.key        the keeper's identity keys (0600)
     relay.key         the key that signs shard tickets (0600)
     shards/NNN/       one directory per local shard store
+
+The directory itself is made readable by its owner only (0700) when the relay starts.
 """
 
 from __future__ import annotations
@@ -24,15 +26,23 @@ from types import TracebackType
 from websockets.asyncio.server import Server, serve
 
 from ..clock import Clock, SystemClock
-from ..exceptions import ServerError, SpacenbError
+from ..exceptions import ServerError, SpacenbError, UsageError
 from ..protocol.frames import UserEntry
 from ..protocol.keys import IdentityKeys
+from .connections import guarded_connection
 from .keeper import KEEPER_USERNAME, Keeper
+from .limits import Limits, raise_open_file_limit
 from .relay import WS_MAX_SIZE, LocalMember, Relay
 from .shards import ShardStore
 from .sqlite import SQLiteStorage
 
-__all__ = ["RunningServer", "check_shard_counts", "load_or_create_identity", "start_server"]
+__all__ = [
+    "Limits",
+    "RunningServer",
+    "check_shard_counts",
+    "load_or_create_identity",
+    "start_server",
+]
 
 log = logging.getLogger("spacenb.server")
 
@@ -41,6 +51,7 @@ KEEPER_KEY_FILE = "keeper.key"
 RELAY_KEY_FILE = "relay.key"
 SHARDS_DIR = "shards"
 MAX_SHARDS = 255
+WS_MAX_QUEUE = 4  # frames a connection may have read ahead of the relay (each ≤ 2 MiB)
 
 
 def check_shard_counts(shards: int, shards_needed: int) -> None:
@@ -53,6 +64,30 @@ def check_shard_counts(shards: int, shards_needed: int) -> None:
             f"need 1 <= shards_needed <= shards <= {MAX_SHARDS} (or shards=0 for none); "
             f"got shards={shards}, shards_needed={shards_needed}"
         )
+
+
+def check_port(port: object) -> int:
+    """``port`` if it is a TCP port number (0 for any free one), else :class:`UsageError`."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise UsageError(f"must be 0 to 65535 (0: any free port), got {port!r}", field="port")
+    return port
+
+
+def make_private(root: Path) -> None:
+    """Create the data directory, or make an existing one readable by its owner only:
+    it holds the keeper's key and every stored ciphertext. Raises :class:`ServerError`
+    if a directory others can read cannot be made private."""
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = root.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise ServerError(
+                f"the data directory {root} can be read by other users (mode {mode:o}) and "
+                f"cannot be made private ({exc}): run chmod 700 on it, or use another one"
+            ) from None
+        log.warning("made the data directory %s private (mode %o → 700)", root, mode)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -167,14 +202,26 @@ class RunningServer:
 
 
 async def _start_shard_stores(
-    root: Path, count: int, relay_keys: IdentityKeys, host: str, clock: Clock | None
+    root: Path,
+    count: int,
+    relay_keys: IdentityKeys,
+    host: str,
+    clock: Clock | None,
+    limits: Limits,
 ) -> list[ShardStore]:
     stores: list[ShardStore] = []
     try:
         for i in range(count):
             store_root = root / SHARDS_DIR / f"{i:03d}"
             store_root.mkdir(parents=True, exist_ok=True)
-            store = ShardStore(store_root, relay_keys.signing_key, clock=clock)
+            store = ShardStore(
+                store_root,
+                relay_keys.signing_key,
+                clock=clock,
+                max_bytes=limits.shard_store_bytes,
+                max_bytes_per_user=limits.shard_bytes_per_user,
+                min_free_bytes=limits.shard_min_free_bytes,
+            )
             await store.start(host, 0)
             stores.append(store)
     except BaseException:
@@ -191,16 +238,23 @@ async def start_server(
     shards: int = 5,
     shards_needed: int = 3,
     clock: Clock | None = None,
+    limits: Limits | None = None,
 ) -> RunningServer:
     """Start a relay with its keeper, SQLite storage and ``shards`` local shard stores.
 
     ``port=0`` picks a free port (read it from ``.url``). With ``data_dir`` None the
     data lives in a temporary directory removed on stop; with a directory, everything
     (users, spaces, messages, links, the app key, the keeper's identity) survives a
-    restart. Raises ``ValueError`` for bad shard counts, :class:`ServerError` for an
-    unusable data directory, ``OSError`` if the port cannot be bound.
+    restart; the directory is made private (0700). ``limits`` sets the connection caps,
+    rates and quotas (:class:`Limits`; PROTOCOL.md, "Limits", lists the defaults). Raises
+    ``ValueError`` for bad shard counts, :class:`UsageError` (a ``ValueError``) for a port
+    out of range, :class:`ServerError` for an unusable data directory, ``OSError`` if the
+    port cannot be bound.
     """
     check_shard_counts(shards, shards_needed)
+    check_port(port)
+    limits = limits or Limits()
+    raise_open_file_limit(limits.open_files)
     clock = clock or SystemClock()
     tempdir = None
     if data_dir is None:
@@ -210,7 +264,7 @@ async def start_server(
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if starting fails
         if tempdir is not None:
             undo.callback(tempdir.cleanup)
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private(root)
         storage = SQLiteStorage.in_dir(root)  # first: it refuses another version untouched
         undo.callback(storage.close)
         app_key = _load_or_create_app_key(root)
@@ -222,7 +276,7 @@ async def start_server(
                 f"{root / KEEPER_KEY_FILE} is not the keeper registered in this data "
                 "directory: restore the original file"
             )
-        stores = await _start_shard_stores(root, shards, relay_keys, host, clock)
+        stores = await _start_shard_stores(root, shards, relay_keys, host, clock, limits)
         for store in stores:
             undo.push_async_callback(store.stop)
         relay = Relay(
@@ -233,6 +287,7 @@ async def start_server(
             clock=clock,
             shard_stores=[str(store.url) for store in stores],
             shards_needed=shards_needed if stores else 0,
+            limits=limits,
         )
         keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
         relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
@@ -241,7 +296,9 @@ async def start_server(
             host,
             port,
             max_size=WS_MAX_SIZE,
+            max_queue=WS_MAX_QUEUE,
             compression=None,  # sealed bodies do not compress; deflate would only cost CPU
+            create_connection=guarded_connection(relay.guard),  # counted from accept on
         )
         undo.push_async_callback(ws_server.wait_closed)
         undo.callback(ws_server.close)

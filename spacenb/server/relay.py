@@ -10,7 +10,13 @@ before it is durable.
 
 Fan-out never waits for a slow reader: events are written straight into each recipient's
 transport buffer, and a connection whose buffer grows past ``max_buffered`` bytes is
-dropped instead of holding up the others.
+dropped by the very write that took it past, instead of holding up the others. No answer
+is larger than one frame (1 MiB), so N connections that never read cost at most
+N × (``max_buffered`` + 1 MiB).
+
+Connections are counted and capped from the moment they are accepted
+(:mod:`.connections`); each user's messages pass a token bucket and count against the
+user's storage quota (:class:`~.limits.Limits`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from ..clock import Clock, SystemClock
-from ..exceptions import PermissionDeniedError, ServerError, SpacenbError
+from ..exceptions import (
+    ConnectionLimitError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
+    ServerError,
+    SpacenbError,
+)
 from ..protocol import frames
 from ..protocol.frames import (
     MAX_FRAME_BYTES,
@@ -46,19 +59,22 @@ from ..protocol.frames import (
 from ..protocol.keys import IdentityKeys
 from ..protocol.statelog import SpaceState, StateEvent
 from ..protocol.wrap import WrappedKey
+from .connections import ConnectionGuard
 from .handlers import HANDLERS
+from .limits import Limits, TokenBucket
 from .storage import Storage
 
 __all__ = ["MAX_BUFFERED", "WS_MAX_SIZE", "LocalMember", "Relay", "Session"]
 
 log = logging.getLogger("spacenb.server")
 
-MAX_BUFFERED = 16 << 20  # bytes queued to one client before it is dropped as too slow
+MAX_BUFFERED = Limits().max_buffered  # bytes queued to one client before it is dropped
 # websockets closes the connection on a larger message; between MAX_FRAME_BYTES and this,
 # the frame is answered with ``too_large`` and the connection stays up.
 WS_MAX_SIZE = 2 * MAX_FRAME_BYTES
 _BEFORE_AUTH = frozenset({"auth", "ping"})
 _BATCHED = frozenset({"send"})  # ops whose writes join the message batch (group commit)
+_METERED = frozenset({"send", "edit", "ephemeral"})  # ops that take a token of the user's bucket
 
 
 class Session:
@@ -93,7 +109,8 @@ class Relay:
         clock: Clock | None = None,
         shard_stores: Sequence[str] = (),
         shards_needed: int = 0,
-        max_buffered: int = MAX_BUFFERED,
+        limits: Limits | None = None,
+        max_buffered: int | None = None,
     ) -> None:
         self.storage = storage
         self.app_key = app_key
@@ -102,7 +119,12 @@ class Relay:
         self.clock: Clock = clock or SystemClock()
         self.shard_stores = tuple(shard_stores)
         self.shards_needed = shards_needed
-        self.max_buffered = max_buffered
+        self.limits = limits or Limits()
+        self.max_buffered = self.limits.max_buffered if max_buffered is None else max_buffered
+        self.guard = ConnectionGuard(self.limits)
+        self._buckets: dict[str, TokenBucket] = {}
+        self._usage: dict[str, list[int]] = {}  # username → [messages, ciphertext bytes]
+        self.dropped_slow = 0  # connections dropped for not reading, for figures
         self.keeper_inbox: Callable[[JoinRequested], None] | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._online: dict[str, Counter[str]] = {}  # space → username → subscribed connections
@@ -185,6 +207,8 @@ class Relay:
         """
         if session.username is None and request.OP not in _BEFORE_AUTH:
             raise PermissionDeniedError("not authenticated: send auth first")
+        if request.OP in _METERED and session.connection is not None:
+            self._take_token(session.username)
         if request.OP not in _BATCHED:
             self._commit()
         return HANDLERS[request.OP](self, session, request)
@@ -196,11 +220,73 @@ class Relay:
         finally:
             self.flush()
 
+    def check_room(self, session: Session, username: str) -> None:
+        """Before signing ``session`` in as ``username``: :class:`ConnectionLimitError` if
+        that user, or the session's address, has as many connections as allowed."""
+        if session.connection is None:
+            return
+        cap = self.limits.max_connections_per_user
+        if len(self._by_user.get(username, ())) >= cap:
+            raise ConnectionLimitError(
+                f"{username!r} has {cap} connections open already "
+                "(max_connections_per_user): close one first"
+            )
+        self.guard.check_room(session.connection)
+
     def bind(self, session: Session, username: str) -> None:
         """Mark the session as signed in as ``username``."""
         session.username = username
         if session.connection is not None:
             self._by_user.setdefault(username, set()).add(session)
+            self.guard.signed_in(session.connection)
+
+    # ------------------------------------------------------------------ rates and quotas
+
+    def _take_token(self, username: str | None) -> None:
+        rate = self.limits.message_rate
+        if rate is None or username is None:
+            return
+        now = asyncio.get_running_loop().time()
+        bucket = self._buckets.get(username)
+        if bucket is None:
+            if len(self._buckets) > 10_000:  # forget the full ones: they are as new
+                self._buckets = {u: b for u, b in self._buckets.items() if not b.full(now)}
+            bucket = self._buckets[username] = TokenBucket(rate, self.limits.message_burst, now)
+        wait = bucket.take(now)
+        if wait:
+            raise RateLimitedError(
+                f"rate limit: at most {rate:g} messages per second per user "
+                f"(bursts of {self.limits.message_burst}); try again in {wait:.2f} s"
+            )
+
+    def _usage_of(self, username: str) -> list[int]:
+        usage = self._usage.get(username)
+        if usage is None:
+            known = self.storage.message_usage(username)
+            usage = self._usage[username] = list(known) if known is not None else [0, 0]
+        return usage
+
+    def charge_message(self, username: str, size: int, *, count: int = 1) -> None:
+        """Count ``count`` more stored messages and ``size`` more ciphertext bytes against
+        ``username``'s quota; :class:`QuotaExceededError` (and nothing counted) if that
+        goes over it. Negative values give back."""
+        usage = self._usage_of(username)
+        limits = self.limits
+        if count > 0 and limits.max_messages_per_user is not None:
+            if usage[0] + count > limits.max_messages_per_user:
+                raise QuotaExceededError(
+                    f"{username!r} stores {usage[0]} messages, the most a user may "
+                    f"(max_messages_per_user = {limits.max_messages_per_user}): delete some"
+                )
+        if size > 0 and limits.max_message_bytes_per_user is not None:
+            if usage[1] + size > limits.max_message_bytes_per_user:
+                raise QuotaExceededError(
+                    f"{username!r} stores {usage[1]} bytes of messages; this one would take "
+                    f"it past the quota (max_message_bytes_per_user = "
+                    f"{limits.max_message_bytes_per_user}): delete some, or send files"
+                )
+        usage[0] = max(usage[0] + count, 0)
+        usage[1] = max(usage[1] + size, 0)
 
     def close_session(self, session: Session) -> None:
         """Forget a closed connection: it leaves every space it was online in."""
@@ -348,21 +434,23 @@ class Relay:
                 self.keeper_inbox(event)
 
     def _write(self, sessions: Iterable[Session], text: str) -> None:
-        """Put ``text`` in each session's send buffer without waiting; drop the slow."""
-        connections = []
-        for session in sessions:
-            connection = session.connection
-            if connection is None:
-                continue
+        """Put ``text`` in each session's send buffer without waiting; drop a connection
+        whose buffer this write took past ``max_buffered`` (its memory is freed at once)."""
+        connections = [s.connection for s in sessions if s.connection is not None]
+        if not connections:
+            return
+        broadcast(connections, text)
+        for connection in connections:
             transport = connection.transport
             if transport.get_write_buffer_size() > self.max_buffered:
                 if not transport.is_closing():
-                    log.warning("dropping %s: it does not read its events", session.username)
+                    log.warning(
+                        "dropping %s: more than %d bytes wait to be written to it",
+                        getattr(connection, "remote_address", None),
+                        self.max_buffered,
+                    )
+                    self.dropped_slow += 1
                     transport.abort()
-                continue
-            connections.append(connection)
-        if connections:
-            broadcast(connections, text)
 
 
 class LocalMember:
@@ -385,8 +473,14 @@ class LocalMember:
         return result.events
 
     def fetch_keys(self, space_id: str) -> Sequence[WrappedKey]:
-        result: frames.KeysResult = self._call(frames.FetchKeys(0, space_id))
-        return result.keys
+        keys: list[WrappedKey] = []
+        since: int | None = None
+        while True:
+            result: frames.KeysResult = self._call(frames.FetchKeys(0, space_id, since))
+            keys.extend(result.keys)
+            if result.next_epoch is None:
+                return keys
+            since = result.next_epoch
 
     def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None:
         self._call(frames.Admit(0, space_id, member, tuple(keys)))

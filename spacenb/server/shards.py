@@ -5,14 +5,22 @@ relay signed for the space, and the share's SHA-256 must equal its name; reads (
 ``has``) need only the name, as a content address. Shares are written to a temporary file,
 fsynced and renamed into place, so a reader never sees half a share. The wire format is
 :mod:`spacenb.protocol.shardwire`; PROTOCOL.md, "Shard stores", specifies it.
+
+A store has quotas: the bytes of shares one user (the ticket's) may upload, the bytes it
+holds in all, and the disk space it leaves free. A put over any of them is refused with
+:class:`QuotaExceededError`; nothing stored is ever removed to make room. What each user
+uploaded is kept in ``<root>/usage.json``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import secrets
+import shutil
+import threading
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -20,11 +28,12 @@ from websockets.exceptions import ConnectionClosed
 
 from ..clock import Clock, SystemClock
 from ..exceptions import (
-    ChannelNotFoundError,
     IntegrityError,
     LimitExceededError,
+    NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    QuotaExceededError,
     ServerError,
     SpacenbError,
 )
@@ -40,13 +49,16 @@ log = logging.getLogger("spacenb.shards")
 MAX_SHARE_SIZE = MAX_SEGMENT_SIZE + SEGMENT_OVERHEAD  # the largest share a manifest allows (k=1)
 _IN_FLIGHT = 8  # requests handled at once per connection
 _TICKET_CACHE = 256  # verified tickets remembered
+USAGE_FILE = "usage.json"
 
 
 class ShardStore:
     """Serves the shares under ``root`` to anyone who names them; accepts new ones from
     holders of a ticket signed by ``relay_key`` (the relay's ``sig.…`` public key).
 
-    Raises :class:`InvalidKeyError` if ``relay_key`` does not decode. Use as
+    ``max_bytes_per_user`` caps what one ticket holder uploads, ``max_bytes`` what the
+    store holds, ``min_free_bytes`` the disk space a put must leave free (None or 0: no
+    cap). Raises :class:`InvalidKeyError` if ``relay_key`` does not decode. Use as
     ``await store.start()`` … ``await store.stop()``, or ``async with``.
     """
 
@@ -57,6 +69,9 @@ class ShardStore:
         *,
         clock: Clock | None = None,
         max_share_size: int = MAX_SHARE_SIZE,
+        max_bytes: int | None = None,
+        max_bytes_per_user: int | None = None,
+        min_free_bytes: int = 0,
     ) -> None:
         self.root = Path(root)
         self.relay_key = relay_key
@@ -67,12 +82,19 @@ class ShardStore:
         self._server: Server | None = None
         self._tmp = self.root / "tmp"
         self._tickets: dict[tuple[str, str], Ticket] = {}
+        self.max_bytes = max_bytes
+        self.max_bytes_per_user = max_bytes_per_user
+        self.min_free_bytes = min_free_bytes
+        self.stored_bytes = 0  # bytes of shares held (and reserved for puts in flight)
+        self.usage: dict[str, int] = {}  # username → bytes of shares it uploaded here
+        self._usage_lock = threading.Lock()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Create ``root`` if needed and listen; sets :attr:`url` to ``ws://host:port``."""
         self._tmp.mkdir(parents=True, exist_ok=True)
         for stale in self._tmp.iterdir():  # left by a crash mid-write
             stale.unlink(missing_ok=True)
+        self.stored_bytes, self.usage = await asyncio.to_thread(self._load_usage)
         self._server = await serve(
             self._handle,
             host,
@@ -150,12 +172,49 @@ class ShardStore:
         if len(request.data) > self.max_share_size:
             raise LimitExceededError(f"share larger than {self.max_share_size} bytes")
         try:
-            self._check_ticket(request.ticket, request.space_id)
+            ticket = self._check_ticket(request.ticket, request.space_id)
         except (IntegrityError, ProtocolError) as exc:
             raise PermissionDeniedError(f"ticket refused: {exc}") from None
-        await asyncio.to_thread(self._write, request.name, request.data)
+        user, size = ticket.username, len(request.data)
+        self._reserve(user, size)  # on the loop thread: concurrent puts cannot both pass
+        new = False
+        try:
+            new = await asyncio.to_thread(self._write, request.name, request.data, user)
+        finally:
+            if not new:
+                self._release(user, size)
 
-    def _check_ticket(self, ticket: str, space_id: str) -> None:
+    def _reserve(self, user: str, size: int) -> None:
+        """Count ``size`` bytes against ``user`` and the store, or raise
+        :class:`QuotaExceededError` (counting nothing)."""
+        used = self.usage.get(user, 0)
+        if self.max_bytes_per_user and used + size > self.max_bytes_per_user:
+            raise QuotaExceededError(
+                f"{user!r} has uploaded {used} bytes of shares to this store; the quota is "
+                f"{self.max_bytes_per_user} (shard_bytes_per_user)"
+            )
+        if self.max_bytes and self.stored_bytes + size > self.max_bytes:
+            raise QuotaExceededError(
+                f"this shard store is full: it holds {self.stored_bytes} of "
+                f"{self.max_bytes} bytes (shard_store_bytes)"
+            )
+        if self.min_free_bytes:
+            free = shutil.disk_usage(self.root).free
+            if free - size < self.min_free_bytes:
+                raise QuotaExceededError(
+                    f"this shard store's disk has {free} bytes free; it keeps at least "
+                    f"{self.min_free_bytes} free (shard_min_free_bytes)"
+                )
+        self.usage[user] = used + size
+        self.stored_bytes += size
+
+    def _release(self, user: str, size: int) -> None:
+        self.usage[user] = max(self.usage.get(user, 0) - size, 0)
+        if not self.usage[user]:
+            del self.usage[user]
+        self.stored_bytes = max(self.stored_bytes - size, 0)
+
+    def _check_ticket(self, ticket: str, space_id: str) -> Ticket:
         """Verify a ticket; a transfer reuses one for every share, so the signature check
         (an ECDSA verify) is remembered and only the expiry is checked again."""
         now_us = self.clock.now_us()
@@ -167,13 +226,17 @@ class ShardStore:
             self._tickets[(ticket, space_id)] = known
         elif known.expires_at_us < now_us:
             raise IntegrityError("ticket has expired")
+        return known
 
     # ------------------------------------------------------------------ disk (worker threads)
 
-    def _write(self, name: str, data: bytes | memoryview) -> None:
+    def _write(self, name: str, data: bytes | memoryview, user: str | None = None) -> bool:
+        """Store a share; whether it is new (a share stored again, which also repairs a
+        damaged copy, is not counted twice)."""
         if share_name(data) != name:
             raise IntegrityError("share does not match its name")
         path = self.share_path(name)
+        existed = path.is_file()
         path.parent.mkdir(exist_ok=True)
         tmp = self._tmp / f"{name}.{secrets.token_hex(8)}"
         try:
@@ -184,6 +247,35 @@ class ShardStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        if existed:
+            return False
+        if user is not None:
+            self._save_usage()
+        return True
+
+    def _load_usage(self) -> tuple[int, dict[str, int]]:
+        """The bytes of shares on disk, and what each user uploaded (``usage.json``)."""
+        total = 0
+        for sub in self.root.iterdir():
+            if len(sub.name) == 2 and sub.is_dir():
+                total += sum(entry.stat().st_size for entry in os.scandir(sub) if entry.is_file())
+        usage: dict[str, int] = {}
+        try:
+            found = json.loads((self.root / USAGE_FILE).read_text(encoding="utf-8"))
+            usage = {str(u): int(b) for u, b in found.items() if int(b) > 0}
+        except FileNotFoundError:
+            pass
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("shard store %s: %s is unreadable (%s); counting from zero",
+                        self.root, USAGE_FILE, exc)  # fmt: skip
+        return total, usage
+
+    def _save_usage(self) -> None:
+        with self._usage_lock:
+            text = json.dumps(dict(self.usage), sort_keys=True)
+            tmp = self._tmp / f"{USAGE_FILE}.{secrets.token_hex(8)}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.root / USAGE_FILE)
 
     def _has(self, names: tuple[str, ...]) -> list[bool]:
         return [self.share_path(name).is_file() for name in names]
@@ -192,4 +284,4 @@ class ShardStore:
         try:
             return self.share_path(name).read_bytes()
         except FileNotFoundError:
-            raise ChannelNotFoundError(f"no share named {name}") from None
+            raise NotFoundError(f"no share named {name}") from None

@@ -92,7 +92,11 @@ CREATE TABLE messages (
     signature    BLOB NOT NULL,
     PRIMARY KEY (space_id, handle)
 );
+
+CREATE INDEX messages_by_source ON messages (source);
 """
+# Added to version 2 after its first files were written: created when missing.
+_INDEXES = "CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source)"
 
 # MIGRATIONS maps a version found to the script that takes it to SCHEMA_VERSION. A
 # version 1 file is refused: its messages are not bound to any state log.
@@ -177,6 +181,7 @@ class SQLiteStorage(Storage):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute(_INDEXES)
         self._last_handle: dict[str, int] = {}
         self._spaces: dict[str, SpaceRecord] = {}
 
@@ -289,6 +294,24 @@ class SQLiteStorage(Storage):
             "WHERE s.private = 0 ORDER BY c.name"
         )
         return [ChannelEntry(*row) for row in rows]
+
+    def public_channels_page(self, after: str | None, limit: int) -> list[ChannelEntry]:
+        rows = self._db.execute(
+            "SELECT c.name, c.space_id FROM channels c JOIN spaces s USING (space_id) "
+            "WHERE s.private = 0 AND c.name > ? ORDER BY c.name LIMIT ?",
+            (after if after is not None else "", limit),
+        )
+        return [ChannelEntry(*row) for row in rows]
+
+    def channels_named_under(self, prefix: str) -> list[str]:
+        # Names sort by code point; every name starting with prefix lies in
+        # [prefix, prefix + U+10FFFF).
+        rows = self._db.execute(
+            "SELECT c.space_id FROM channels c JOIN spaces s USING (space_id) "
+            "WHERE c.name >= ? AND c.name < ? ORDER BY s.created_at_us, c.space_id",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return [row[0] for row in rows]
 
     def state_events(
         self, space_id: str, since: int = 0, limit: int | None = None
@@ -407,6 +430,13 @@ class SQLiteStorage(Storage):
         )  # fmt: skip
         self._last_handle[envelope.target] = handle
         return handle
+
+    def message_usage(self, username: str) -> tuple[int, int]:
+        row = self._one(
+            "SELECT count(*), coalesce(sum(length(ciphertext)), 0) FROM messages WHERE source = ?",
+            username,
+        )
+        return int(row[0]), int(row[1])
 
     def message_source(self, space_id: str, handle: int) -> str | None:
         row = self._one(

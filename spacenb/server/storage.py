@@ -103,6 +103,22 @@ class Storage(abc.ABC):
     def list_public_channels(self) -> list[ChannelEntry]:
         """Every channel whose space is not private, by name."""
 
+    def public_channels_page(self, after: str | None, limit: int) -> list[ChannelEntry]:
+        """At most ``limit`` public channels whose name sorts after ``after``, by name.
+
+        This default reads every channel; a backend should answer from an index.
+        """
+        return [c for c in self.list_public_channels() if after is None or c.name > after][:limit]
+
+    def channels_named_under(self, prefix: str) -> list[str]:
+        """The space ids of the channels whose registered name starts with ``prefix``,
+        oldest first. The relay registers a private channel under its name, a separator
+        and its owner, so that it never collides with (or reveals itself through) anyone
+        else's name; this finds them. This default finds none: a backend without it
+        resolves private channels by id only.
+        """
+        return []
+
     @abc.abstractmethod
     def state_events(
         self, space_id: str, since: int = 0, limit: int | None = None
@@ -156,6 +172,11 @@ class Storage(abc.ABC):
         one commit (group commit), made by :meth:`commit` or by the next other write. The
         relay answers a send only after that commit.
         """
+
+    def message_usage(self, username: str) -> tuple[int, int] | None:
+        """How many messages ``username`` has stored, in all spaces, and their ciphertext
+        bytes; None if this backend cannot tell (the relay then counts from its start)."""
+        return None
 
     @abc.abstractmethod
     def message_source(self, space_id: str, handle: int) -> str | None:

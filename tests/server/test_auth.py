@@ -25,7 +25,7 @@ async def test_hello_then_sign_up_then_sign_in(tmp_path):
         assert client.hello.keeper == "keeper"
         identity = IdentityKeys.generate()
         first = await client.auth(srv.app_key, "alice", identity)
-        assert first == frames.AuthResult("alice", True, "keeper")
+        assert first == frames.AuthResult("alice", True, "keeper", ())
         again = await RawClient.open(srv.url)
         assert again.hello.nonce != client.hello.nonce
         second = await again.auth(srv.app_key, "alice", identity)

@@ -82,7 +82,7 @@ async def test_put_get_has(store: ShardStore, ws: ClientConnection, clock: Fixed
 
 async def test_get_unknown_share(ws: ClientConnection) -> None:
     reply = await ask(ws, shardwire.GetShare(3, "ab" * 32).to_bytes())
-    assert reply.id == 3 and reply.error is not None and reply.error.code == "not_found"
+    assert reply.id == 3 and reply.error is not None and reply.error.code == "missing"
 
 
 async def test_share_must_match_its_name(

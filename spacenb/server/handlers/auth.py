@@ -19,7 +19,9 @@ def auth(relay: Relay, session: Session, req: frames.Auth) -> frames.AuthResult:
     """Sign up (first use of a username binds it to these keys) or sign in.
 
     A wrong app key also closes the connection. Raises :class:`AuthenticationError` for a
-    wrong app key, a reserved username, a bad signature or a username bound to other keys.
+    wrong app key, a reserved username, a bad signature or a username bound to other keys;
+    :class:`ConnectionLimitError` when the user or the address has as many connections
+    signed in as the relay allows.
     """
     if session.username is not None:
         raise ProtocolError("this connection is already authenticated", field="op")
@@ -38,12 +40,13 @@ def auth(relay: Relay, session: Session, req: frames.Auth) -> frames.AuthResult:
         crypto.verify(signer, req.signature, signed)
     except IntegrityError:
         raise AuthenticationError("the auth signature does not verify") from None
+    relay.check_room(session, req.username)
     user = frames.UserEntry(req.username, req.signing_key, req.ecdh_key)
     stored, created = relay.storage.register_user(user, relay.now_us())
     if stored != user:
         raise AuthenticationError(f"username {req.username!r} is taken by another key")
     relay.bind(session, req.username)
-    return frames.AuthResult(req.username, created, relay.keeper)
+    return frames.AuthResult(req.username, created, relay.keeper, relay.shard_stores)
 
 
 @handles(frames.Ping)

@@ -32,6 +32,7 @@ __all__ = [
     "known_space",
     "may_see",
     "member_space",
+    "stored_size",
     "user_of",
     "visible_space",
 ]
@@ -86,6 +87,12 @@ def member_space(relay: Relay, session: Session, space_id: str) -> tuple[SpaceSt
     if role is None:
         raise PermissionDeniedError("not a member of this space")
     return state, role
+
+
+def stored_size(relay: Relay, space_id: str, handle: int) -> int:
+    """The ciphertext bytes of the message stored at ``handle`` (0 if none)."""
+    items, _cursor = relay.storage.history(space_id, handle + 1, 1)
+    return len(items[0].envelope.ciphertext) if items and items[0].handle == handle else 0
 
 
 def check_wrapped_keys(

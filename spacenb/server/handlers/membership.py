@@ -1,4 +1,5 @@
-"""Joining and the state log: join, admit, keys, and every other signed change (append).
+"""Joining and the state log: join, admit, keys, add_keys, and every other signed change
+(append).
 
 Each change arrives as a state event signed by its actor. The relay checks it with the
 same rules every member applies (:class:`~spacenb.protocol.statelog.SpaceState`), stores
@@ -13,8 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ...exceptions import (
-    ChannelNotFoundError,
     InviteError,
+    NotFoundError,
     PermissionDeniedError,
     ProtocolError,
 )
@@ -22,7 +23,14 @@ from ...protocol import frames
 from ...protocol.statelog import SpaceState, StateEvent
 from ...protocol.wrap import WrappedKey
 from ..storage import PendingJoin
-from .base import check_wrapped_keys, handles, known_space, member_space, user_of
+from .base import (
+    check_wrapped_keys,
+    handles,
+    known_space,
+    member_space,
+    stored_size,
+    user_of,
+)
 
 if TYPE_CHECKING:
     from ..relay import Relay, Session
@@ -50,12 +58,28 @@ def announce_join(relay: Relay, state: SpaceState, pending: PendingJoin) -> None
 
 
 def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
-    """Push newly stored wrapped keys to every connection of each recipient."""
+    """Push newly stored wrapped keys to every connection of each recipient (in events of
+    at most :data:`~spacenb.protocol.frames.MAX_KEYS_PAGE` keys)."""
     by_recipient: dict[str, list[WrappedKey]] = defaultdict(list)
     for key in keys:
         by_recipient[key.recipient].append(key)
+    size = frames.MAX_KEYS_PAGE
     for recipient, theirs in by_recipient.items():
-        relay.push_user(frames.KeysPushed(space_id, tuple(theirs)), recipient)
+        for start in range(0, len(theirs), size):
+            chunk = tuple(theirs[start : start + size])
+            relay.push_user(frames.KeysPushed(space_id, chunk), recipient)
+
+
+def keys_page(
+    relay: Relay, space_id: str, recipient: str, since_epoch: int | None = None
+) -> tuple[tuple[WrappedKey, ...], int | None]:
+    """The keys wrapped for ``recipient`` from ``since_epoch`` on, one page of them, and
+    the epoch the next page starts at (None if this is the last)."""
+    keys = relay.storage.keys_for(space_id, recipient)
+    if since_epoch is not None:
+        keys = [k for k in keys if k.epoch >= since_epoch]
+    size = frames.MAX_KEYS_PAGE
+    return tuple(keys[:size]), (keys[size].epoch if len(keys) > size else None)
 
 
 def _check_identity(relay: Relay, user: str, signing_key: str, ecdh_key: str) -> None:
@@ -81,7 +105,7 @@ def join(relay: Relay, session: Session, req: frames.Join) -> frames.JoinResult:
     if req.event is None:
         if role is None:
             raise PermissionDeniedError("not a member of this space: join with an add event")
-        keys = tuple(storage.keys_for(state.space_id, user))
+        keys, _more = keys_page(relay, state.space_id, user)  # the rest: ask ``keys``
         if not keys and storage.has_join_request(state.space_id, user):
             announce_join(relay, state, PendingJoin(state.space_id, user, role))
         return frames.JoinResult(relay.space_info(state), role, keys, not keys)
@@ -125,9 +149,27 @@ def admit(relay: Relay, session: Session, req: frames.Admit) -> frames.Ok:
 
 @handles(frames.FetchKeys)
 def keys(relay: Relay, session: Session, req: frames.FetchKeys) -> frames.KeysResult:
-    """Every group key wrapped for the caller in this space."""
+    """The group keys wrapped for the caller in this space, a page at a time."""
     member_space(relay, session, req.space_id)
-    return frames.KeysResult(tuple(relay.storage.keys_for(req.space_id, user_of(session))))
+    keys, next_epoch = keys_page(relay, req.space_id, user_of(session), req.since_epoch)
+    return frames.KeysResult(keys, next_epoch)
+
+
+@handles(frames.AddKeys)
+def add_keys(relay: Relay, session: Session, req: frames.AddKeys) -> frames.Ok:
+    """Store keys the caller wrapped for members the log entitles to them, and push them:
+    how a rotation hands out the keys that did not fit in its ``append``."""
+    state, _ = member_space(relay, session, req.space_id)
+    user = user_of(session)
+    check_wrapped_keys(
+        state,
+        req.keys,
+        wrapper=user,
+        allowed=lambda k: state.may_wrap(user, k.epoch) and state.may_hold(k.recipient, k.epoch),
+    )
+    relay.storage.add_keys(req.keys)
+    push_keys(relay, state.space_id, req.keys)
+    return frames.Ok()
 
 
 @handles(frames.Append)
@@ -161,20 +203,25 @@ def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendR
             wrapper=user,
             allowed=lambda k: k.epoch == body["epoch"] and k.recipient in recipients,
         )
-        if {k.recipient for k in req.keys} != recipients:
-            raise ProtocolError("one wrapped key for each recipient of the epoch", field="keys")
+        # All of them, or (a rotation of more members than one frame holds) the caller's
+        # own among the first, the rest to follow with add_keys.
+        if user not in {k.recipient for k in req.keys}:
+            raise ProtocolError("the keys of an epoch event include the caller's own", field="keys")
         kwargs["keys"] = req.keys
     elif event.kind in ("remove", "leave"):
         kwargs["close_join"] = body["member"]
     elif event.kind == "delete":
         source = storage.message_source(state.space_id, body["handle"])
         if source is None:
-            raise ChannelNotFoundError(f"no message at handle {body['handle']}")
+            raise NotFoundError(f"no message at handle {body['handle']}")
         if source != body["author"]:
             raise PermissionDeniedError("the delete event names another author")
         kwargs["delete_handle"] = body["handle"]
+        freed = stored_size(relay, state.space_id, body["handle"])
     storage.append_event(event, now_us=relay.now_us(), **kwargs)  # type: ignore[arg-type]
     relay.apply_state(state, event)
+    if event.kind == "delete":
+        relay.charge_message(body["author"], -freed, count=-1)
     if event.kind == "epoch":
         push_keys(relay, state.space_id, req.keys)
     elif event.kind in ("remove", "leave"):

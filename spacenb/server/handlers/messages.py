@@ -11,17 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...exceptions import (
-    ChannelNotFoundError,
     KeyUnavailableError,
     LimitExceededError,
+    NotFoundError,
     PermissionDeniedError,
     ProtocolError,
     StaleStateError,
 )
 from ...protocol import crypto, frames
+from ...protocol.codec import json_size
 from ...protocol.envelope import Envelope
 from ...protocol.statelog import SpaceState
-from .base import handles, member_space, user_of
+from .base import handles, member_space, stored_size, user_of
 from .membership import join_request_event
 
 if TYPE_CHECKING:
@@ -62,9 +63,40 @@ def _current_epoch(state: SpaceState, envelope: Envelope) -> None:
 def _author_check(relay: Relay, session: Session, space_id: str, handle: int) -> None:
     source = relay.storage.message_source(space_id, handle)
     if source is None:
-        raise ChannelNotFoundError(f"no message at handle {handle}")
+        raise NotFoundError(f"no message at handle {handle}")
     if source != user_of(session):
         raise PermissionDeniedError("only the message's author may change it")
+
+
+def history_page(
+    relay: Relay, space_id: str, before: int | None, limit: int
+) -> tuple[list[frames.StoredMessage], int | None]:
+    """The newest ``limit`` messages below ``before`` that fit in one answer, oldest first,
+    and the cursor to older ones (None when there are none).
+
+    Read newest first in chunks sized by what the page can still hold, so a page of large
+    messages never loads more than a few of them beyond what it returns.
+    """
+    page: list[frames.StoredMessage] = []  # newest first
+    room = frames.PAGE_BYTES - 2
+    chunk, cursor = 16, before
+    while len(page) < limit:
+        items, older = relay.storage.history(space_id, cursor, min(chunk, limit - len(page)))
+        for item in reversed(items):
+            size = json_size(item) + 1
+            if size > room and page:
+                page.reverse()
+                return page, page[0].handle
+            room -= size
+            page.append(item)
+        if older is None:
+            page.reverse()
+            return page, None
+        cursor = older
+        average = (frames.PAGE_BYTES - room) // len(page)
+        chunk = max(16, room // max(average, 1) + 1)
+    page.reverse()
+    return page, (page[0].handle if page and cursor is not None else None)
 
 
 @handles(frames.Subscribe)
@@ -80,7 +112,11 @@ def subscribe(relay: Relay, session: Session, req: frames.Subscribe) -> frames.S
     for pending in relay.storage.join_requests(state.space_id):
         if pending.username != user and pending.username in state.members:
             relay.push_to(join_request_event(relay, state, pending), session)
-    return frames.SubscribeResult(relay.online(state.space_id), state.epoch, state.head_seq)
+    online = relay.online(state.space_id)
+    size = frames.MAX_PEERS_PAGE
+    for start in range(size, len(online), size):  # the rest, right after the answer
+        relay.push_to(frames.Presence(state.space_id, online[start : start + size], ()), session)
+    return frames.SubscribeResult(online[:size], state.epoch, state.head_seq)
 
 
 @handles(frames.Unsubscribe)
@@ -97,6 +133,7 @@ def send(relay: Relay, session: Session, req: frames.Send) -> frames.HandleResul
     envelope = req.envelope
     space = checked_envelope(relay, session, envelope, "msg")
     _current_epoch(space, envelope)
+    relay.charge_message(user_of(session), len(envelope.ciphertext))
     handle = relay.storage.add_message(envelope, relay.now_us())
     relay.push_space(frames.MessagePushed(handle, envelope), space.space_id)
     return frames.HandleResult(handle)
@@ -109,6 +146,8 @@ def edit(relay: Relay, session: Session, req: frames.Edit) -> frames.HandleResul
     space = checked_envelope(relay, session, envelope, "msg")
     _author_check(relay, session, space.space_id, req.handle)
     _current_epoch(space, envelope)
+    old = stored_size(relay, space.space_id, req.handle)
+    relay.charge_message(user_of(session), len(envelope.ciphertext) - old, count=0)
     relay.storage.replace_message(req.handle, envelope)
     relay.push_space(frames.MessageEdited(req.handle, envelope), space.space_id)
     return frames.HandleResult(req.handle)
@@ -124,7 +163,8 @@ def ephemeral(relay: Relay, session: Session, req: frames.SendEphemeral) -> fram
 
 @handles(frames.History)
 def history(relay: Relay, session: Session, req: frames.History) -> frames.HistoryPage:
-    """A page of stored messages, oldest first, and the cursor to the next older page.
+    """A page of stored messages, oldest first, and the cursor to the next older page:
+    at most ``limit`` messages and at most what one frame holds.
 
     Raises :class:`LimitExceededError` for ``limit`` over 1000.
     """
@@ -133,5 +173,5 @@ def history(relay: Relay, session: Session, req: frames.History) -> frames.Histo
         raise LimitExceededError(f"limit is at most {frames.MAX_HISTORY_LIMIT}")
     if req.limit < 1:
         raise ProtocolError("must be at least 1", field="limit")
-    items, cursor = relay.storage.history(req.space_id, req.before, req.limit)
+    items, cursor = history_page(relay, req.space_id, req.before, req.limit)
     return frames.HistoryPage(tuple(items), cursor)

@@ -1,5 +1,11 @@
 """Spaces and the channel directory: create, look up, list, read a state log; user keys;
-shard tickets."""
+shard tickets.
+
+Public channel names are one namespace: the first to create a name has it. A private
+channel's name is registered under its owner (``name``, a separator no name can hold,
+``owner``): it collides with nobody else's name, so trying a name tells an outsider
+nothing about private channels, and only members and invited users find it by name.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import unicodedata
 from typing import TYPE_CHECKING
 
 from ...exceptions import (
+    ChannelExistsError,
     IntegrityError,
     InviteError,
     LimitExceededError,
@@ -34,6 +41,13 @@ if TYPE_CHECKING:
 
 MAX_CHANNEL_NAME = 100
 TICKET_LIFETIME_US = 10 * 60 * 1_000_000
+_PRIVATE = "\x1f"  # a control character, which no channel name may hold
+
+
+def registered_name(name: str, private: bool, owner: str) -> str:
+    """The key a channel is registered under: its name, or, for a private channel, its
+    name scoped to its owner."""
+    return f"{name}{_PRIVATE}{owner}" if private else name
 
 
 def check_channel_name(name: str) -> str:
@@ -91,8 +105,16 @@ def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> fra
             "the epoch-0 key must be wrapped to the owner and to an admitted keeper",
             field="keys",
         )
-    space = SpaceRecord(state.space_id, state.name, state.private, relay.now_us())
-    relay.storage.create_space(space, genesis, req.keys)
+    name = None if state.name is None else registered_name(state.name, state.private, user)
+    space = SpaceRecord(state.space_id, name, state.private, relay.now_us())
+    try:
+        relay.storage.create_space(space, genesis, req.keys)
+    except ChannelExistsError:
+        if state.private and state.name is not None:
+            raise ChannelExistsError(
+                f"you own a private channel named {state.name!r} already"
+            ) from None
+        raise
     relay.remember_state(state)
     return relay.space_info(state)
 
@@ -117,7 +139,7 @@ def state_log(relay: Relay, session: Session, req: frames.GetStateLog) -> frames
         raise ProtocolError("must be at least 1", field="limit")
     if req.limit > frames.MAX_LOG_PAGE:
         raise LimitExceededError(f"limit is at most {frames.MAX_LOG_PAGE}")
-    events = state.events[req.since : req.since + req.limit]
+    events, _cut = frames.fitting(state.events[req.since : req.since + req.limit])
     return frames.StateLogPage(tuple(events), state.head_seq)
 
 
@@ -145,23 +167,44 @@ def _proves_link(
 
 @handles(frames.Resolve)
 def resolve(relay: Relay, session: Session, req: frames.Resolve) -> frames.ResolveResult:
-    """The space id of a channel name; None if unknown or private and not visible."""
+    """The space id of a channel name; None if unknown or private and not visible.
+
+    A private channel the caller may see comes first (its members pinned it by name), then
+    the public channel of that name.
+    """
+    user = user_of(session)
+    for space_id in relay.storage.channels_named_under(req.name + _PRIVATE):
+        state = relay.state(space_id)
+        if state is not None and state.name == req.name and may_see(state, user):
+            return frames.ResolveResult(state.space_id)
     space_id = relay.storage.resolve_channel(req.name)
     state = None if space_id is None else relay.state(space_id)
-    if state is None or not may_see(state, user_of(session)):
+    if state is None or not may_see(state, user):
         return frames.ResolveResult(None)
     return frames.ResolveResult(state.space_id)
 
 
 @handles(frames.ListChannels)
 def list_channels(relay: Relay, session: Session, req: frames.ListChannels) -> frames.ChannelList:
-    """Every public channel, by name (private channels are never listed)."""
-    return frames.ChannelList(tuple(relay.storage.list_public_channels()))
+    """Public channels by name, a page at a time (private channels are never listed)."""
+    limit = frames.MAX_CHANNELS_PAGE
+    page = relay.storage.public_channels_page(req.after, limit + 1)
+    more = len(page) > limit
+    page = page[:limit]
+    return frames.ChannelList(tuple(page), page[-1].name if more else None)
 
 
 @handles(frames.UserKeys)
 def user_keys(relay: Relay, session: Session, req: frames.UserKeys) -> frames.UserKeysResult:
-    """The published keys of those of ``usernames`` that exist."""
+    """The published keys of those of ``usernames`` that exist (at most 1000 asked).
+
+    Raises :class:`LimitExceededError` for more.
+    """
+    if len(req.usernames) > frames.MAX_USER_KEYS:
+        raise LimitExceededError(
+            f"user_keys takes at most {frames.MAX_USER_KEYS} usernames (MAX_USER_KEYS), "
+            f"got {len(req.usernames)}"
+        )
     return frames.UserKeysResult(tuple(relay.storage.get_users(req.usernames)))
 
 

@@ -271,20 +271,19 @@ class Relay:
         ``username``'s quota; :class:`QuotaExceededError` (and nothing counted) if that
         goes over it. Negative values give back."""
         usage = self._usage_of(username)
-        limits = self.limits
-        if count > 0 and limits.max_messages_per_user is not None:
-            if usage[0] + count > limits.max_messages_per_user:
-                raise QuotaExceededError(
-                    f"{username!r} stores {usage[0]} messages, the most a user may "
-                    f"(max_messages_per_user = {limits.max_messages_per_user}): delete some"
-                )
-        if size > 0 and limits.max_message_bytes_per_user is not None:
-            if usage[1] + size > limits.max_message_bytes_per_user:
-                raise QuotaExceededError(
-                    f"{username!r} stores {usage[1]} bytes of messages; this one would take "
-                    f"it past the quota (max_message_bytes_per_user = "
-                    f"{limits.max_message_bytes_per_user}): delete some, or send files"
-                )
+        most_messages = self.limits.max_messages_per_user
+        most_bytes = self.limits.max_message_bytes_per_user
+        if count > 0 and most_messages is not None and usage[0] + count > most_messages:
+            raise QuotaExceededError(
+                f"{username!r} stores {usage[0]} messages, the most a user may "
+                f"(max_messages_per_user = {most_messages}): delete some"
+            )
+        if size > 0 and most_bytes is not None and usage[1] + size > most_bytes:
+            raise QuotaExceededError(
+                f"{username!r} stores {usage[1]} bytes of messages; this one would take it "
+                f"past the quota (max_message_bytes_per_user = {most_bytes}): delete some, "
+                "or send files"
+            )
         usage[0] = max(usage[0] + count, 0)
         usage[1] = max(usage[1] + size, 0)
 
@@ -442,15 +441,14 @@ class Relay:
         broadcast(connections, text)
         for connection in connections:
             transport = connection.transport
-            if transport.get_write_buffer_size() > self.max_buffered:
-                if not transport.is_closing():
-                    log.warning(
-                        "dropping %s: more than %d bytes wait to be written to it",
-                        getattr(connection, "remote_address", None),
-                        self.max_buffered,
-                    )
-                    self.dropped_slow += 1
-                    transport.abort()
+            if transport.get_write_buffer_size() > self.max_buffered and not transport.is_closing():
+                log.warning(
+                    "dropping %s: more than %d bytes wait to be written to it",
+                    getattr(connection, "remote_address", None),
+                    self.max_buffered,
+                )
+                self.dropped_slow += 1
+                transport.abort()
 
 
 class LocalMember:

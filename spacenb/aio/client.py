@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from ..clock import Clock, SystemClock
 from ..events import TrustedIdentity
 from ..exceptions import (
-    ChannelNotFoundError,
     ConnectionLostError,
     IdentityChangedError,
+    NotFoundError,
     SpacenbError,
     SpacenbTimeoutError,
     UsageError,
@@ -40,8 +42,23 @@ log = logging.getLogger("spacenb")
 R = TypeVar("R")
 
 
+def check_relay_url(url: object) -> str:
+    """``url`` if it is a ``ws://`` or ``wss://`` URL, else :class:`UsageError`."""
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
+        raise UsageError(
+            f"a relay URL starts with ws:// or wss:// (like spacenb.serve().url), got {url!r}",
+            field="url",
+        )
+    return url
+
+
 class AsyncClient:
-    """A signed-in user. Make one with :func:`connect`."""
+    """A signed-in user. Make one with :func:`connect`.
+
+    ``allowed_stores``: shard store URLs to read files from besides the relay's own (the
+    ones it names at sign-in); shares are never fetched from any other store, whatever a
+    manifest says.
+    """
 
     def __init__(
         self,
@@ -52,8 +69,10 @@ class AsyncClient:
         keystore: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
         request_timeout: float = 30.0,
+        allowed_stores: Iterable[str] = (),
     ) -> None:
-        self.url = url
+        self.url = check_relay_url(url)
+        self.allowed_stores = frozenset(allowed_stores)
         self.app_key = app_key
         self.username = username
         self.clock: Clock = clock or SystemClock()
@@ -87,7 +106,8 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
-        """Sign out and close the connection; live spaces stop receiving."""
+        """Sign out and close the connection; live spaces stop receiving. No task of this
+        client is left behind (async handlers still running are cancelled)."""
         for space in list(self._spaces.values()):
             space.save_marks()
         await self.connection.close()
@@ -95,6 +115,8 @@ class AsyncClient:
             self._queue.put_nowait(None)
             await asyncio.gather(self._dispatcher, return_exceptions=True)
             self._dispatcher = None
+        for emitter in [self.events, *(s.events for s in self._spaces.values())]:
+            await emitter.cancel()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -110,6 +132,12 @@ class AsyncClient:
     def keeper(self) -> str | None:
         """The relay's keeper username (None if the relay runs without one)."""
         return self.connection.auth.keeper if self.connection.auth else None
+
+    def readable_stores(self) -> frozenset[str]:
+        """The shard stores this client fetches shares from: the relay's own (named at
+        sign-in) and ``allowed_stores``."""
+        auth = self.connection.auth
+        return self.allowed_stores.union(auth.shard_stores or () if auth else ())
 
     def _auth_request(self, hello: frames.Hello, request_id: int) -> frames.Auth:
         ident = self.identity
@@ -187,13 +215,13 @@ class AsyncClient:
     async def fingerprint_of(self, username: str) -> str:
         """The fingerprint of the keys pinned for ``username`` (pinned now if unseen).
 
-        Raises :class:`ChannelNotFoundError` for a user the relay does not know.
+        Raises :class:`NotFoundError` for a user the relay does not know.
         """
         keys = self.pinned_keys(username)
         if keys is None:
             found = await self.identities([username])
             if username not in found:
-                raise ChannelNotFoundError(f"no user named {username!r}")
+                raise NotFoundError(f"no user named {username!r}")
             keys = self.pinned_keys(username)
             assert keys is not None
         return fingerprint(*keys)
@@ -235,7 +263,7 @@ class AsyncClient:
         user who really did reinstall). Returns the new fingerprint."""
         result = await self.request(frames.UserKeys, usernames=(username,))
         if not result.users:
-            raise ChannelNotFoundError(f"no user named {username!r}")
+            raise NotFoundError(f"no user named {username!r}")
         user = result.users[0]
         self._pins[username] = Pin(user.signing_key, user.ecdh_key, self.clock.now_us())
         self._save_pins()
@@ -250,9 +278,10 @@ class AsyncClient:
         """The relay's published keys of ``usernames`` (those that exist), pinned on first
         sight. Raises :class:`IdentityChangedError` when they differ from a pin."""
         missing = sorted({u for u in usernames if u not in self._directory})
-        for start in range(0, len(missing), 1000):
+        size = frames.MAX_USER_KEYS
+        for start in range(0, len(missing), size):
             result = await self.request(
-                frames.UserKeys, usernames=tuple(missing[start : start + 1000])
+                frames.UserKeys, usernames=tuple(missing[start : start + size])
             )
             for user in result.users:
                 self.pin(user.username, user.signing_key, user.ecdh_key)
@@ -335,13 +364,24 @@ async def connect(
     username: str,
     keystore: str | os.PathLike[str] | None = None,
     clock: Clock | None = None,
+    allowed_stores: Iterable[str] = (),
 ) -> AsyncClient:
     """Sign up (first use of ``username``) or sign in, and return the client.
 
-    Raises :class:`AuthenticationError` for a wrong app key or a username bound to another
-    key, :class:`ConnectionLostError` when the relay cannot be reached.
+    Raises :class:`UsageError` (a ``ValueError``) for a URL that is not ``ws://`` or
+    ``wss://``, :class:`AuthenticationError` for a wrong app key or a username bound to
+    another key, :class:`ConnectionLimitError` when the relay holds as many connections of
+    this user or address as it allows, :class:`ConnectionLostError` when the relay cannot
+    be reached.
     """
     if not isinstance(username, str) or not username:
         raise UsageError("username must be a non-empty string", field="username")
-    client = AsyncClient(url, app_key=app_key, username=username, keystore=keystore, clock=clock)
+    client = AsyncClient(
+        url,
+        app_key=app_key,
+        username=username,
+        keystore=keystore,
+        clock=clock,
+        allowed_stores=allowed_stores,
+    )
     return await client.start()

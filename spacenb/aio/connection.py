@@ -3,6 +3,12 @@
 The connection knows frames, not spaces: it sends requests, matches answers by id, hands
 pushed events to the client, and when the socket drops it reconnects with exponential
 backoff, signs in again and tells the client, which then catches up.
+
+A request whose frame would be larger than the frame limit is refused before anything is
+sent (:class:`LimitExceededError`), and the connection stays up. If the relay sends a
+frame larger than the limit, the socket is closed (code 1009) and the requests waiting on
+it fail with :class:`LimitExceededError`, so a catch-up asks for smaller pages instead of
+reconnecting for the same page again.
 """
 
 from __future__ import annotations
@@ -17,10 +23,12 @@ from typing import Any, TypeVar
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.frames import CloseCode
 
 from ..exceptions import (
     AuthenticationError,
     ConnectionLostError,
+    LimitExceededError,
     ProtocolError,
     RemoteProtocolError,
     SpacenbError,
@@ -70,6 +78,7 @@ class RelayConnection:
         ] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._reconnecting: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._closing = False
         self.hello: frames.Hello | None = None
@@ -150,13 +159,15 @@ class RelayConnection:
         ws = self._ws
         assert ws is not None
         request_id = next(self._ids)
-        request = cls(id=request_id, **fields)
+        text = cls(id=request_id, **fields).to_json()  # LimitExceededError: never sent
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, cls)
         try:
-            await ws.send(request.to_json())
+            await ws.send(text)
             result = await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
-        except ConnectionClosed:
+        except ConnectionClosed as exc:
+            if _too_big(exc):
+                raise _too_big_error(cls.OP) from None
             raise ConnectionLostError(
                 f"connection to the relay was lost during {cls.OP}; it will reconnect, retry then"
             ) from None
@@ -185,15 +196,16 @@ class RelayConnection:
     # ------------------------------------------------------------------ reading
 
     async def _read(self, ws: ClientConnection) -> None:
+        too_big = False
         try:
             async for text in ws:
                 self._dispatch(text)
-        except ConnectionClosed:
-            pass
+        except ConnectionClosed as exc:
+            too_big = _too_big(exc)
         except Exception:  # pragma: no cover - defensive: the reader must not die silently
             log.exception("spacenb: reader failed")
         finally:
-            self._connection_lost(ws)
+            self._connection_lost(ws, too_big)
 
     def _dispatch(self, text: str | bytes) -> None:
         try:
@@ -218,19 +230,25 @@ class RelayConnection:
         else:
             future.set_result(frame.result)
 
-    def _connection_lost(self, ws: ClientConnection) -> None:
+    def _connection_lost(self, ws: ClientConnection, too_big: bool = False) -> None:
         if self._ws is not ws:
             return
         self._connected.clear()
         self._ws = None
+        if too_big:
+            log.warning("spacenb: the relay sent a frame over the frame limit; reconnecting")
         for future, cls in list(self._pending.values()):
             if not future.done():
                 future.set_exception(
-                    ConnectionLostError(f"connection to the relay was lost during {cls.OP}")
+                    _too_big_error(cls.OP)
+                    if too_big
+                    else ConnectionLostError(f"connection to the relay was lost during {cls.OP}")
                 )
         self._pending.clear()
         if not self._closing:
-            asyncio.get_running_loop().create_task(self._reconnect(), name="spacenb-reconnect")
+            self._reconnecting = asyncio.get_running_loop().create_task(
+                self._reconnect(), name="spacenb-reconnect"
+            )
 
     async def _reconnect(self) -> None:
         delay = 0.05
@@ -254,9 +272,14 @@ class RelayConnection:
     # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Close for good: no reconnection; pending requests fail."""
+        """Close for good: no reconnection; pending requests fail. No task of this
+        connection is left running (a reconnection under way is cancelled)."""
         self._closing = True
         self._connected.clear()
+        reconnecting, self._reconnecting = self._reconnecting, None
+        if reconnecting is not None and reconnecting is not asyncio.current_task():
+            reconnecting.cancel()
+            await asyncio.gather(reconnecting, return_exceptions=True)
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
@@ -271,6 +294,18 @@ class RelayConnection:
         """Close the socket as if the network failed (the connection will reconnect)."""
         if self._ws is not None:
             await self._ws.close()
+
+
+def _too_big(exc: ConnectionClosed) -> bool:
+    """Whether this side closed the socket because the relay sent a frame too large."""
+    return exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG
+
+
+def _too_big_error(op: str) -> LimitExceededError:
+    return LimitExceededError(
+        f"the relay answered {op} with a frame over the frame limit "
+        f"(MAX_FRAME_BYTES = {frames.MAX_FRAME_BYTES} bytes); ask for less (a smaller page)"
+    )
 
 
 def _log_failure(task: asyncio.Future[Any]) -> None:

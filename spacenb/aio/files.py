@@ -9,7 +9,9 @@ down, and never return bytes that did not authenticate. Memory stays bounded by 
 segments (except for :func:`download`, which returns the whole file).
 
 This module needs no relay connection: a ticket (for uploads) or a manifest (for
-downloads) is all it takes.
+downloads) is all it takes. A manifest is written by whoever sent it, so a download given
+``allowed_stores`` dials only those stores (a client passes its relay's own and those it
+was told to trust): a manifest cannot make a reader connect anywhere else.
 """
 
 from __future__ import annotations
@@ -25,16 +27,23 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Collection,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..exceptions import (
-    ChannelNotFoundError,
     IntegrityError,
     NotEnoughSharesError,
+    NotFoundError,
     ProtocolError,
     SpacenbError,
 )
@@ -242,9 +251,12 @@ async def upload(
     Share ``j`` of each segment goes to ``stores[j]``, so ``n = len(stores)`` and any
     ``shards_needed`` (``k``) stores suffice to read the file back. ``name`` defaults to the
     file's name, ``content_type`` to a guess from the name. Every store must accept every
-    share: a store that cannot be reached raises :class:`ConnectionLostError` (or
-    :class:`SpacenbTimeoutError`), a refused ticket :class:`PermissionDeniedError`, a bad
-    parameter :class:`ProtocolError`.
+    share, so that the file can lose any ``n - k`` of them later: with fewer than ``k``
+    stores reachable it raises :class:`NotEnoughSharesError` (naming each store and why);
+    with ``k`` or more but not all, the unreachable store's :class:`ConnectionLostError`
+    (or :class:`SpacenbTimeoutError`). A refused ticket raises
+    :class:`PermissionDeniedError`, a store's full quota :class:`QuotaExceededError`, a
+    bad parameter :class:`ProtocolError`.
     """
     src = await asyncio.to_thread(_Source.open, source)
     try:
@@ -263,15 +275,37 @@ async def upload(
         )
         tally = _Tally(encoder.layout, stores)
         async with ShardLinks(timeout=timeout) as links:
-            targets = await _open_all(links, stores) if encoder.layout.segment_count else []
+            targets = (
+                await _open_all(links, stores, shards_needed)
+                if encoder.layout.segment_count
+                else []
+            )
             await _upload_segments(src, encoder, targets, tally, space_id, ticket, progress)
         return encoder.manifest(), tally.stat()
     finally:
         await asyncio.to_thread(src.close)
 
 
-async def _open_all(links: ShardLinks, stores: Sequence[str]) -> list[ShardLink]:
-    await asyncio.gather(*(links.link(url) for url in dict.fromkeys(stores)))
+async def _open_all(links: ShardLinks, stores: Sequence[str], k: int) -> list[ShardLink]:
+    """A link to every store; :class:`NotEnoughSharesError` if fewer than ``k`` can be
+    reached, else the first failure if any cannot."""
+    unique = list(dict.fromkeys(stores))
+    opened = await asyncio.gather(*(links.link(url) for url in unique), return_exceptions=True)
+    failed: dict[str, BaseException] = {}
+    for url, result in zip(unique, opened, strict=True):
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result  # a cancellation
+            failed[url] = result
+    if failed:
+        reachable = sum(url not in failed for url in stores)
+        if reachable < k:
+            raise NotEnoughSharesError(
+                f"only {reachable} of {len(stores)} shard stores can be reached and {k} are "
+                "needed to store a file: "
+                + "; ".join(f"{url}: {exc}" for url, exc in failed.items())
+            )
+        raise next(iter(failed.values()))
     return [await links.link(url) for url in stores]
 
 
@@ -331,12 +365,14 @@ async def download(
     *,
     progress: Progress | None = None,
     timeout: float = 30.0,
+    allowed_stores: Collection[str] | None = None,
 ) -> tuple[bytes, FileStat]:
     """Fetch, verify and decrypt the file ``manifest`` describes (a manifest or its dict).
 
-    Raises :class:`NotEnoughSharesError` (naming what was found where) if some segment has
-    fewer than ``k`` good shares within reach, :class:`IntegrityError` if a segment does not
-    authenticate, :class:`ProtocolError` for a malformed manifest.
+    With ``allowed_stores``, stores of the manifest not in it are never dialed (they count
+    as failed). Raises :class:`NotEnoughSharesError` (naming what was found where) if some
+    segment has fewer than ``k`` good shares within reach, :class:`IntegrityError` if a
+    segment does not authenticate, :class:`ProtocolError` for a malformed manifest.
     """
     # BytesIO grows in place and getvalue() hands its buffer over: the file is in memory
     # once, not twice as with joining a list of segments.
@@ -345,7 +381,7 @@ async def download(
     async def keep(data: bytes) -> None:
         buffer.write(data)
 
-    stat = await _download(_as_manifest(manifest), keep, progress, timeout)
+    stat = await _download(_as_manifest(manifest), keep, progress, timeout, allowed_stores)
     return buffer.getvalue(), stat
 
 
@@ -355,6 +391,7 @@ async def download_to(
     *,
     progress: Progress | None = None,
     timeout: float = 30.0,
+    allowed_stores: Collection[str] | None = None,
 ) -> FileStat:
     """Like :func:`download`, but stream the file into ``target`` (a path or a binary file
     object) a segment at a time. A path is written as ``<path>.part`` and renamed into place
@@ -368,7 +405,7 @@ async def download_to(
         async def write(data: bytes) -> None:
             await _cpu(len(data), stream.write, data)
 
-        return await _download(manifest, write, progress, timeout)
+        return await _download(manifest, write, progress, timeout, allowed_stores)
 
     path = Path(target)
     partial = path.with_name(path.name + ".part")
@@ -378,7 +415,7 @@ async def download_to(
         async def write_file(data: bytes) -> None:
             await _cpu(len(data), out.write, data)
 
-        stat = await _download(manifest, write_file, progress, timeout)
+        stat = await _download(manifest, write_file, progress, timeout, allowed_stores)
         await asyncio.to_thread(out.close)
         await asyncio.to_thread(os.replace, partial, path)
         return stat
@@ -392,6 +429,7 @@ async def _download(
     sink: Callable[[bytes], Awaitable[None]],
     progress: Progress | None,
     timeout: float,
+    allowed_stores: Collection[str] | None = None,
 ) -> FileStat:
     layout = manifest.layout
     tally = _Tally(layout, manifest.stores)
@@ -399,7 +437,7 @@ async def _download(
     if progress is not None:
         progress(0, layout.size)
     async with ShardLinks(timeout=timeout) as links:
-        fetcher = _SegmentFetcher(manifest, links, tally)
+        fetcher = _SegmentFetcher(manifest, links, tally, allowed_stores)
 
         async def jobs() -> AsyncGenerator[Awaitable[bytes], None]:
             for index in range(layout.segment_count):
@@ -419,18 +457,33 @@ async def _download(
 class _SegmentFetcher:
     """Gathers ``k`` good shares of a segment, trying further stores as others fail."""
 
-    def __init__(self, manifest: Manifest, links: ShardLinks, tally: _Tally) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        links: ShardLinks,
+        tally: _Tally,
+        allowed_stores: Collection[str] | None = None,
+    ) -> None:
         self.manifest = manifest
         self.decoder = FileDecoder(manifest)
         self.links = links
         self.tally = tally
         self._decoding = asyncio.Semaphore(2)  # bounds the memory of decodes in flight
+        self._refused = (
+            {url for url in manifest.stores if url not in allowed_stores}
+            if allowed_stores is not None
+            else set()
+        )
+        for url in self._refused:
+            self._failed(url)
 
     def _candidates(self) -> list[int]:
         """Share numbers to try: stores that have not failed yet first, then primary
-        shares (decoding them is a plain concatenation), then parity shares."""
+        shares (decoding them is a plain concatenation), then parity shares; never a
+        store that is not allowed."""
         stores = self.manifest.stores
-        return sorted(range(self.manifest.n), key=lambda j: (stores[j] in self.tally.failed, j))
+        allowed = [j for j in range(self.manifest.n) if stores[j] not in self._refused]
+        return sorted(allowed, key=lambda j: (stores[j] in self.tally.failed, j))
 
     async def fetch(self, index: int) -> bytes:
         """Segment ``index``'s plaintext; :class:`NotEnoughSharesError` if it cannot be had.
@@ -446,7 +499,10 @@ class _SegmentFetcher:
         candidates = iter(self._candidates())
         running: dict[asyncio.Task[bytes | None], int] = {}
         shares: dict[int, bytes] = {}
-        problems: list[str] = []
+        problems: list[str] = [
+            f"{url}: not a shard store of this relay nor an allowed one (not dialed)"
+            for url in sorted(self._refused)
+        ]
 
         def launch(count: int) -> None:
             for j in itertools.islice(candidates, count):
@@ -503,7 +559,7 @@ class _SegmentFetcher:
             data = await link.get(self.manifest.segments[index].shares[j])
         except SpacenbError as exc:
             self._failed(url)
-            why = "missing" if isinstance(exc, ChannelNotFoundError) else f"unavailable ({exc})"
+            why = "missing" if isinstance(exc, NotFoundError) else f"unavailable ({exc})"
             problems.append(f"share {j} on {url}: {why}")
             return None
         self.tally.received += len(data)

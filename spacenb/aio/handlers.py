@@ -53,6 +53,14 @@ class Emitter:
             except Exception:
                 log.exception("spacenb: %s handler %r raised", event, handler)
 
+    async def cancel(self) -> None:
+        """Cancel the async handlers still running, and wait for them to end."""
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:

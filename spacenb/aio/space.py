@@ -29,6 +29,8 @@ from ..exceptions import (
     IdentityChangedError,
     IntegrityError,
     KeyUnavailableError,
+    LimitExceededError,
+    NotFoundError,
     PermissionDeniedError,
     ProtocolError,
     SpacenbError,
@@ -37,6 +39,7 @@ from ..exceptions import (
     UsageError,
 )
 from ..protocol import frames
+from ..protocol.codec import json_size
 from ..protocol.envelope import Envelope, seal_envelope
 from ..protocol.keyring import HistoryPolicy, Keyring
 from ..protocol.keys import LinkKeyPair, decode_public_key
@@ -113,6 +116,7 @@ class AsyncSpace:
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
         self._log_lock = asyncio.Lock()
         self._marks_saved = 0.0
+        self._page_limit = frames.MAX_HISTORY_LIMIT  # catch-up pages (halved if refused)
 
     # ------------------------------------------------------------------ description
 
@@ -490,7 +494,7 @@ class AsyncSpace:
             await self.history(before=handle + 1, limit=1)
             meta = self._meta.get(handle)
         if meta is None:
-            raise UsageError(f"no message of yours at handle {handle} in this space")
+            raise NotFoundError(f"no message at handle {handle} in this space")
         author, old_channel, old_type, seq, sid, rev = meta
         if author != self.client.username:
             raise PermissionDeniedError("only the message's author may change it")
@@ -527,7 +531,9 @@ class AsyncSpace:
     # ------------------------------------------------------------------ history
 
     async def history(self, *, before: int | None = None, limit: int = 50) -> History:
-        """Fetch, verify and decrypt one page of stored messages (oldest first)."""
+        """Fetch, verify and decrypt one page of stored messages (oldest first): the
+        newest ``limit`` (1..1000) before ``before``, or fewer when they would not fit in
+        one frame (1 MiB); ``next_cursor`` leads to the older ones either way."""
         if not isinstance(limit, int) or not 1 <= limit <= frames.MAX_HISTORY_LIMIT:
             raise UsageError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
         if self.core.state is None:
@@ -610,8 +616,15 @@ class AsyncSpace:
     # ------------------------------------------------------------------ keys
 
     async def _fetch_keys(self) -> None:
-        result = await self.client.request(frames.FetchKeys, space_id=self.id)
-        await self.ingest_keys(result.keys)
+        since: int | None = None
+        while True:
+            result = await self.client.request(
+                frames.FetchKeys, space_id=self.id, since_epoch=since
+            )
+            await self.ingest_keys(result.keys)
+            if result.next_epoch is None:
+                return
+            since = result.next_epoch
 
     async def ingest_keys(self, keys: Iterable[WrappedKey]) -> None:
         """Adopt keys handed to this member, as far as the verified log allows."""
@@ -703,7 +716,8 @@ class AsyncSpace:
 
         You and the keeper (when it is a member) are always included. Recipients and
         their keys come from the verified log. Returns the new epoch. Only ``rotate``
-        spaces have epochs.
+        spaces have epochs. The wrapped keys go with the ``epoch`` event as far as one
+        frame holds them, the rest right after (``add_keys``).
         """
         self._require_keys()
         await self.sync_log()
@@ -726,9 +740,14 @@ class AsyncSpace:
                 },
             )
             keys = self.core.wrap_new_epoch(new_key, epoch, recipients)
+            first_ones = (self.client.username, state.keeper)
+            keys.sort(key=lambda k: k.recipient not in first_ones)  # own key in the first frame
+            first, _more = frames.fitting(keys, frames.PAGE_BYTES - json_size(event))
             self._minting = epoch  # its state event may arrive before the request returns
             try:
-                await self.client.request(frames.Append, space_id=self.id, event=event, keys=keys)
+                await self.client.request(
+                    frames.Append, space_id=self.id, event=event, keys=tuple(first)
+                )
             except StaleStateError:
                 await self.sync_log()
                 continue
@@ -737,6 +756,11 @@ class AsyncSpace:
             self._require_keys().add(epoch, new_key)
             assert self._secrets is not None
             self.client.keystore.save_space(self._secrets)
+            rest = keys[len(first) :]
+            while rest:
+                chunk, _more = frames.fitting(rest)
+                await self.client.request(frames.AddKeys, space_id=self.id, keys=tuple(chunk))
+                rest = rest[len(chunk) :]
             await self.sync_log()
             return epoch
         raise StaleStateError(f"the log of {self.id} kept moving: try again")
@@ -775,10 +799,17 @@ class AsyncSpace:
     async def get_file(
         self, manifest: Any, *, progress: Callable[[int, int], Any] | None = None
     ) -> tuple[bytes, Any]:
-        """Fetch shares from any k stores, check, decode and decrypt: ``(data, stat)``."""
+        """Fetch shares from any k stores, check, decode and decrypt: ``(data, stat)``.
+
+        Shares come only from the relay's shard stores and the client's
+        ``allowed_stores``: a manifest naming others cannot make this client dial them
+        (:class:`NotEnoughSharesError` if fewer than k are left).
+        """
         from . import files
 
-        return await files.download(manifest, progress=progress)
+        return await files.download(
+            manifest, progress=progress, allowed_stores=self.client.readable_stores()
+        )
 
     # ------------------------------------------------------------------ events
 
@@ -898,9 +929,7 @@ class AsyncSpace:
         missed: list[frames.StoredMessage] = []
         before: int | None = None
         while True:
-            page = await self.client.request(
-                frames.History, space_id=self.id, before=before, limit=frames.MAX_HISTORY_LIMIT
-            )
+            page = await self._history_page(before)
             newer, more = delivery.missed([item.handle for item in page.items])
             missed[:0] = [item for item in page.items if item.handle in set(newer)]
             if not more or page.next_cursor is None:
@@ -910,6 +939,21 @@ class AsyncSpace:
             await self._deliver(item.handle, item.envelope, now=False)
         delivery.behind = False
         self.save_marks()
+
+    async def _history_page(self, before: int | None) -> frames.HistoryPage:
+        """One page of the catch-up. The relay cuts pages to fit a frame; should a page
+        still be refused as too large (:class:`LimitExceededError`, from the relay or from
+        this side's frame limit), ask again for half as many, down to one message."""
+        while True:
+            try:
+                return await self.client.request(
+                    frames.History, space_id=self.id, before=before, limit=self._page_limit
+                )
+            except LimitExceededError:
+                if self._page_limit == 1:
+                    raise
+                self._page_limit = max(1, self._page_limit // 2)
+                log.info("spacenb: catching up with pages of %d messages", self._page_limit)
 
     def save_marks(self, *, every: float = 0.0) -> None:
         """Persist the replay marks (at most once per ``every`` seconds)."""

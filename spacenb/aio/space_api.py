@@ -16,6 +16,7 @@ from ..exceptions import (
     IdentityChangedError,
     InviteError,
     KeyUnavailableError,
+    NotFoundError,
     PermissionDeniedError,
     StaleStateError,
     UsageError,
@@ -45,6 +46,11 @@ __all__ = ["AsyncSpaceAPI", "InviteLink"]
 
 _LINK_ID_LENGTH = 16
 _JOIN_RETRIES = 8
+
+
+def _require_member(state: SpaceState, username: str) -> None:
+    if username not in state.members:
+        raise NotFoundError(f"{username!r} is not a member of this space")
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -320,8 +326,15 @@ class AsyncSpaceAPI:
     # ------------------------------------------------------------------ directory
 
     async def list_channels(self) -> list[frames.ChannelEntry]:
-        """Public channels, by name."""
-        return list((await self._client.request(frames.ListChannels)).channels)
+        """Public channels, by name (every one: the relay answers a page at a time)."""
+        channels: list[frames.ChannelEntry] = []
+        after: str | None = None
+        while True:
+            page = await self._client.request(frames.ListChannels, after=after)
+            channels.extend(page.channels)
+            if page.next_after is None or not page.channels:
+                return channels
+            after = page.next_after
 
     async def resolve_channel(self, name: str) -> str | None:
         """The space id of channel ``name``, or None. The first id seen for a name is
@@ -419,7 +432,8 @@ class AsyncSpaceAPI:
         """Make ``username`` an ``editor`` or a ``viewer`` (owner only)."""
         if role not in ("editor", "viewer"):
             raise UsageError("a role is 'editor' or 'viewer' (a space has one owner)", field="role")
-        space, _ = await self._synced(space_id)
+        space, state = await self._synced(space_id)
+        _require_member(state, username)
         await space.append_event(
             lambda s: space.sign_event(s, "role", {"member": username, "role": role})
         )
@@ -430,6 +444,7 @@ class AsyncSpaceAPI:
         afterwards. They cannot come back (not by join, not by an old link) until an owner
         or editor invites them again."""
         space, state = await self._synced(space_id)
+        _require_member(state, username)
         if state.policy == "rotate" and space.keyring is None:
             raise KeyUnavailableError(
                 f"cannot rotate {space_id} after removing {username}: this client holds none "

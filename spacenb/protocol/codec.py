@@ -332,7 +332,7 @@ def dumps_frame(obj: dict[str, Any]) -> str:
     return text
 
 
-_encode_json_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_json_str = json.encoder.encode_basestring
 
 
 def _str_size(text: str) -> int:

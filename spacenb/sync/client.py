@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
@@ -247,15 +247,25 @@ def connect(
     username: str,
     keystore: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
+    allowed_stores: Iterable[str] = (),
 ) -> Client:
     """Sign up (first use of ``username``) or sign in, and return a :class:`Client`.
 
     ``keystore`` is a directory for your keys (default under ``SPACENB_HOME`` or your
-    home), or ``":memory:"``. Raises AuthenticationError (wrong app key, username taken by
-    another key), ConnectionLostError (relay unreachable), SpacenbTimeoutError.
+    home), or ``":memory:"``. Files are read only from the relay's shard stores and from
+    ``allowed_stores``. Raises UsageError (a ValueError: a URL that is not ws:// or
+    wss://), AuthenticationError (wrong app key, username taken by another key),
+    ConnectionLostError (relay unreachable), SpacenbTimeoutError.
     """
     runner = get_runner()
     inner = runner.run(
-        aio.connect(url, app_key=app_key, username=username, keystore=keystore), timeout
+        aio.connect(
+            url,
+            app_key=app_key,
+            username=username,
+            keystore=keystore,
+            allowed_stores=allowed_stores,
+        ),
+        timeout,
     )
     return Client(inner, runner=runner, timeout=timeout)

@@ -156,8 +156,9 @@ class Space(Displayable):
 
         Returns ``(manifest, stat)``: send ``manifest.to_dict()`` in a message to share
         the file. ``progress=True`` shows a tqdm bar; a callable ``progress(done, total)``
-        is called on the event loop's thread (keep it quick). Raises
-        NotEnoughSharesError when too few shard stores take the shares.
+        is called on the event loop's thread (keep it quick). Every store takes its share:
+        raises NotEnoughSharesError when fewer than ``k`` stores can be reached,
+        ConnectionLostError (naming it) when fewer than all of them can.
         """
         with progress_callback(progress, "upload") as callback:
             manifest, stat = self._run(

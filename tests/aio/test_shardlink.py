@@ -12,9 +12,9 @@ import pytest
 from spacenb.aio.shardlink import ShardLink, ShardLinks
 from spacenb.clock import SystemClock
 from spacenb.exceptions import (
-    ChannelNotFoundError,
     ConnectionLostError,
     IntegrityError,
+    NotFoundError,
     PermissionDeniedError,
 )
 from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
@@ -57,7 +57,7 @@ async def test_put_get_has(link: ShardLink) -> None:
 
 
 async def test_refusals_are_raised(link: ShardLink) -> None:
-    with pytest.raises(ChannelNotFoundError):
+    with pytest.raises(NotFoundError):
         await link.get("00" * 32)
     with pytest.raises(IntegrityError):
         await link.put(space_id=SPACE, ticket=TICKET, name="00" * 32, data=b"x")

@@ -9,7 +9,6 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import (
-    ChannelNotFoundError,
     IdentityChangedError,
     ProtocolError,
     RemoteProtocolError,
@@ -40,7 +39,7 @@ async def test_fingerprints_are_pinned_on_first_sight_and_verified(connect):
     assert alice.trusted_identities()[0].verified is False
     await alice.verify_identity("bob", bob.fingerprint.upper())  # spacing and case are free
     assert alice.trusted_identities()[0].verified is True
-    with pytest.raises(ChannelNotFoundError):
+    with pytest.raises(NotFoundError, match="no user named"):
         await alice.fingerprint_of("nobody")
 
 

@@ -173,8 +173,8 @@ def resolve(relay: Relay, session: Session, req: frames.Resolve) -> frames.Resol
     the public channel of that name.
     """
     user = user_of(session)
-    for space_id in relay.storage.channels_named_under(req.name + _PRIVATE):
-        state = relay.state(space_id)
+    for scoped in relay.storage.channels_named_under(req.name + _PRIVATE):
+        state = relay.state(scoped)
         if state is not None and state.name == req.name and may_see(state, user):
             return frames.ResolveResult(state.space_id)
     space_id = relay.storage.resolve_channel(req.name)

@@ -10,6 +10,7 @@ import pytest
 import spacenb.aio as aio
 from spacenb.exceptions import (
     IdentityChangedError,
+    NotFoundError,
     ProtocolError,
     RemoteProtocolError,
     UnsupportedVersionError,

@@ -1,7 +1,8 @@
 """The ``spacenb`` command: ``spacenb serve`` runs a relay, ``spacenb demo`` shows one.
 
 ``spacenb serve --data DIR --host H --port N --shards N --shards-needed K`` prints the URL
-and the app key, then serves until SIGINT or SIGTERM. ``spacenb demo`` starts an embedded
+and the app key, then serves until SIGINT or SIGTERM; ``--limit NAME=VALUE`` (repeatable)
+changes one of the relay's limits (PROTOCOL.md, "Limits"). ``spacenb demo`` starts an embedded
 relay on a free port, has two users exchange messages in a channel, prints what they read,
 and exits 0 when everything arrived.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from .exceptions import SpacenbError
 from .server.app import RunningServer, start_server
+from .server.limits import Limits
 
 __all__ = ["main"]
 
@@ -46,8 +48,16 @@ def _describe(server: RunningServer) -> list[str]:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    limits = Limits()
+    for setting in args.limit:
+        limits = limits.with_setting(setting)
     server = await start_server(
-        args.data, args.host, args.port, shards=args.shards, shards_needed=args.shards_needed
+        args.data,
+        args.host,
+        args.port,
+        shards=args.shards,
+        shards_needed=args.shards_needed,
+        limits=limits,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -134,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--shards-needed", type=int, default=3, help="shares needed to rebuild a file"
     )
+    serve.add_argument(
+        "--limit", action="append", default=[], metavar="NAME=VALUE",
+        help="change a relay limit, e.g. message_rate=50 or max_buffered=none (repeatable; "
+        "PROTOCOL.md lists them)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
     demo = commands.add_parser("demo", help="two users exchange messages on an embedded relay")
     demo.set_defaults(run=_demo)

@@ -187,12 +187,16 @@ async def _shutdown(closeables: list[Closeable], timeout: float) -> None:
             timeout=timeout / 2,
         )
     me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout / 2)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout / 2
+    for _round in range(3):  # a task being cancelled may start another (a reconnection)
+        tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if not tasks or loop.time() >= deadline:
+            break
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=deadline - loop.time())
+    await loop.shutdown_asyncgens()
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -60,3 +60,19 @@ def test_a_command_is_required(capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "65536"])
+def test_a_port_out_of_range_is_a_one_line_error(port, capsys):
+    assert main(["serve", "--port", port, "--shards", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("spacenb serve: error: port: must be 0 to 65535"), err
+
+
+def test_limits_are_set_on_the_command_line(capsys):
+    assert main(["serve", "--port", "0", "--shards", "0", "--limit", "no_such_limit=1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_limit: no such limit" in err, err
+    assert main(["serve", "--port", "0", "--shards", "0", "--limit", "message_rate=fast"]) == 1
+    assert "message_rate: not a number" in capsys.readouterr().err

@@ -409,6 +409,7 @@ class SpaceState:
         self._spans: dict[str, list[_Span]] = {}
         self._epoch_starts: list[int] = []  # seq at which epoch i began
         self._verify_keys: dict[str, crypto.PublicKey] = {}
+        self._checking_keys = True  # False while replaying events checked before
 
         first = {owner}
         self._add_member(owner, "owner", body["signing_key"], body["ecdh_key"], 0)
@@ -537,8 +538,9 @@ class SpaceState:
     def check(self, event: StateEvent, *, verify: bool = True) -> dict[str, Any]:
         """Check that ``event`` may follow the head; return its parsed body.
 
-        Changes nothing. ``verify=False`` skips the signature check (for events the
-        caller already verified, as the relay does for what it stored itself).
+        Changes nothing. ``verify=False`` skips the signature check and decoding the
+        keys an event names (for events the caller already checked, as the relay does for
+        what it stored itself).
         """
         if event.space_id != self.space_id:
             raise ProtocolError("event for another space", field="event.space_id")
@@ -552,10 +554,25 @@ class SpaceState:
         body = event.fields()
         actor = _username(event.actor, "event.actor")
         rule = getattr(self, f"_check_{event.kind}")
-        signer: str = rule(actor, body, event)
+        self._checking_keys = verify
+        try:
+            signer: str = rule(actor, body, event)
+        finally:
+            self._checking_keys = True
         if verify:
-            crypto.verify(decode_public_key(signer, "sig"), event.signature, event.signed_bytes())
+            key = self._verify_keys.get(signer) or decode_public_key(signer, "sig")
+            crypto.verify(key, event.signature, event.signed_bytes())
         return body
+
+    def _check_key(self, text: str | None, kind: str, where: str) -> None:
+        """Decode a key an event names (a ``sig`` key is kept to verify with)."""
+        if not self._checking_keys:
+            return
+        if kind == "sig" and isinstance(text, str) and text in self._verify_keys:
+            return
+        key = decode_public_key(text, kind, field=where)
+        if kind == "sig" and isinstance(text, str):
+            self._verify_keys[text] = key
 
     def _actor_member(self, actor: str) -> MemberState:
         member = self.members.get(actor)
@@ -580,8 +597,8 @@ class SpaceState:
             raise PermissionDeniedError(f"{member!r} is already a member")
         if member == self.keeper or member == self.owner:
             raise PermissionDeniedError(f"{member!r} cannot join again")
-        _key(body["signing_key"], "sig", "event.body.signing_key")
-        _key(body["ecdh_key"], "dh", "event.body.ecdh_key")
+        self._check_key(body["signing_key"], "sig", "event.body.signing_key")
+        self._check_key(body["ecdh_key"], "dh", "event.body.ecdh_key")
         role, via = body["role"], body["via"]
         if via != "link" and (body["link_id"] is not None or body["proof"] is not None):
             raise ProtocolError("only a link add carries a link", field="event.body.link_id")
@@ -652,8 +669,8 @@ class SpaceState:
             )
         keys = (body["signing_key"], body["ecdh_key"])
         if keys != (None, None):
-            _key(keys[0], "sig", "event.body.signing_key")
-            _key(keys[1], "dh", "event.body.ecdh_key")
+            self._check_key(keys[0], "sig", "event.body.signing_key")
+            self._check_key(keys[1], "dh", "event.body.ecdh_key")
         return inviter.signing_key
 
     def _check_role(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
@@ -712,7 +729,7 @@ class SpaceState:
 
     def _check_link(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
         owner = self._actor_owner(actor)
-        _key(body["link_key"], "lnk", "event.body.link_key")
+        self._check_key(body["link_key"], "lnk", "event.body.link_key")
         if body["link_id"] != link_id_of_key(body["link_key"]):
             raise ProtocolError("link_id is the hash of link_key", field="event.body.link_id")
         if body["link_id"] in self.links:

@@ -176,6 +176,9 @@ class ShardStore:
         except (IntegrityError, ProtocolError) as exc:
             raise PermissionDeniedError(f"ticket refused: {exc}") from None
         user, size = ticket.username, len(request.data)
+        if self.share_path(request.name).is_file():  # stored already (a retry, a repair): free
+            await asyncio.to_thread(self._write, request.name, request.data)
+            return
         self._reserve(user, size)  # on the loop thread: concurrent puts cannot both pass
         new = False
         try:

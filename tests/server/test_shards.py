@@ -202,3 +202,49 @@ async def test_shares_survive_a_restart_and_stale_temp_files_go(
 def test_relay_key_must_be_a_signing_key(tmp_path: Path) -> None:
     with pytest.raises(InvalidKeyError):
         ShardStore(tmp_path, RELAY.ecdh_key)
+
+
+async def test_quotas_refuse_a_share_and_keep_everything_stored(
+    tmp_path: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-user and per-store byte quotas and a free-disk floor: a share over any of them
+    is refused (``quota_exceeded``), nothing stored is removed, storing a share again
+    costs nothing, and what each user uploaded survives a restart."""
+    root = tmp_path / "store"
+    store = ShardStore(root, RELAY.signing_key, clock=clock, max_bytes=170,
+                       max_bytes_per_user=100)  # fmt: skip
+    await store.start()
+    try:
+        assert store.url is not None
+        async with connect(store.url, compression=None) as conn:
+            alices = ticket_for(clock)
+            bobs, carols = (
+                issue_ticket(RELAY, space_id=SPACE, username=name,
+                             expires_at_us=clock.now_us() + 10**8)
+                for name in ("bob", "carol")
+            )  # fmt: skip
+            first = bytes(range(60))
+            assert (await ask(conn, put(first, alices))).error is None
+            assert (await ask(conn, put(first, alices, rid=2))).error is None  # no charge
+            refused = (await ask(conn, put(b"y" * 50, alices, rid=3))).error
+            assert refused is not None and refused.code == "quota_exceeded"
+            assert "shard_bytes_per_user" in str(refused)
+            for i, size in enumerate((60, 30)):
+                assert (await ask(conn, put(bytes([i]) * size, bobs, rid=4 + i))).error is None
+            full = (await ask(conn, put(b"z" * 30, carols, rid=9))).error
+            assert full is not None and "shard_store_bytes" in str(full)
+            assert store.share_path(name_of(first)).read_bytes() == first
+    finally:
+        await store.stop()
+    again = ShardStore(root, RELAY.signing_key, clock=clock, max_bytes_per_user=100)
+    await again.start()
+    try:
+        assert again.usage == {"alice": 60, "bob": 90} and again.stored_bytes == 150
+        monkeypatch.setattr("shutil.disk_usage", lambda path: type("U", (), {"free": 10})())
+        again.min_free_bytes = 1
+        assert again.url is not None
+        async with connect(again.url, compression=None) as conn:
+            low = (await ask(conn, put(b"w" * 20, ticket_for(clock)))).error
+            assert low is not None and "shard_min_free_bytes" in str(low)
+    finally:
+        await again.stop()

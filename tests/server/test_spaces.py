@@ -386,3 +386,30 @@ async def test_events_for_one_space_are_not_appended_to_another(tmp_path):
         )  # fmt: skip
         with pytest.raises(ChannelNotFoundError):
             await alice.call(frames.Append, space_id=other.space_id, event=other, keys=())
+
+
+async def test_private_channel_names_are_no_oracle(tmp_path):
+    """A private channel's name is its owner's: another user creating that name (public
+    or private) succeeds, so nobody learns that it exists; members and invited users
+    resolve it by name (before the public one of that name), others get the public one."""
+    async with running(tmp_path) as srv:
+        alice, bob = await user(srv, "alice"), await user(srv, "bob")
+        mallory, carol = await user(srv, "mallory"), await user(srv, "carol")
+        board, _ = await alice.create_space(name="board", private=True)
+        public, _ = await mallory.create_space(name="board")  # no channel_exists: no oracle
+        other, _ = await mallory.create_space(name="board", private=True)
+        with pytest.raises(ChannelExistsError, match="you own a private channel named 'board'"):
+            await alice.create_space(name="board", private=True)
+        with pytest.raises(ChannelExistsError):
+            await carol.create_space(name="board")  # public names are one namespace
+        await alice.invite(board.space_id, "bob")
+        resolved = {
+            who.me: (await who.call(frames.Resolve, name="board")).space_id
+            for who in (alice, bob, mallory, carol)
+        }
+        assert resolved == {
+            "alice": board.space_id, "bob": board.space_id, "mallory": other.space_id,
+            "carol": public.space_id,
+        }  # fmt: skip
+        listed = (await carol.call(frames.ListChannels)).channels
+        assert listed == (frames.ChannelEntry("board", public.space_id),)

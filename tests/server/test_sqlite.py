@@ -169,6 +169,32 @@ def test_create_space_and_the_channel_directory():
     assert [k.recipient for k in storage.keys_for(general.id, "alice")] == ["alice"]
 
 
+def test_channel_pages_scoped_names_and_message_usage():
+    """The pieces the relay's limits read: public channels a page at a time, channels
+    registered under a prefix (private names scoped to their owner), a user's stored
+    messages and bytes (through an index on ``source``)."""
+    storage = SQLiteStorage(":memory:")
+    spaces = {name: created(storage, name) for name in ("b", "a", "d", "c")}
+    secret = created(storage, "board\x1falice", private=True)
+    also = created(storage, "board\x1fmallory", private=True)
+    created(storage, "boardroom")
+    assert [c.name for c in storage.public_channels_page(None, 2)] == ["a", "b"]
+    assert [c.name for c in storage.public_channels_page("b", 10)] == ["boardroom", "c", "d"]
+    assert sorted(storage.channels_named_under("board\x1f")) == sorted([secret.id, also.id])
+    assert storage.channels_named_under("nothing\x1f") == []
+    assert storage.message_usage("alice") == (0, 0)
+    for text in (b"x", b"yy"):
+        storage.add_message(envelope(spaces["a"].id, text=text), 1)
+    storage.add_message(envelope(spaces["b"].id, source="bob"), 1)
+    storage.commit()
+    assert storage.message_usage("alice") == (2, 16 + 32)
+    assert storage.message_usage("bob") == (1, 16)
+    plan = storage._db.execute(
+        "EXPLAIN QUERY PLAN SELECT count(*) FROM messages WHERE source = 'x'"
+    ).fetchall()
+    assert "messages_by_source" in str(plan)
+
+
 def test_a_taken_name_or_id_stores_nothing(tmp_path):
     storage = SQLiteStorage(tmp_path / "db.sqlite3")
     general = created(storage, "general")

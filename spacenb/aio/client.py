@@ -81,6 +81,7 @@ class AsyncClient:
         self.events = Emitter()
         self._directory: dict[str, PublicIdentity] = {}
         self._pins, self._channel_pins = self.keystore.load_pins()
+        self._pins_pending = False
         self.session_id = new_session_id()  # sequence numbers of this session's messages
         self._last_seq = 0
         self._spaces: dict[str, AsyncSpace] = {}
@@ -110,6 +111,7 @@ class AsyncClient:
         client is left behind (async handlers still running are cancelled)."""
         for space in list(self._spaces.values()):
             space.save_marks()
+        self._flush_pins()
         await self.connection.close()
         if self._dispatcher is not None:
             self._queue.put_nowait(None)
@@ -178,7 +180,7 @@ class AsyncClient:
         known = self.pinned_keys(username)
         if known is None:
             self._pins[username] = Pin(signing_key, ecdh_key, self.clock.now_us())
-            self._save_pins()
+            self._save_pins_soon()
         elif known != (signing_key, ecdh_key):
             raise IdentityChangedError(
                 f"the relay presents identity keys for {username!r} that differ from the ones "
@@ -198,7 +200,23 @@ class AsyncClient:
         return None
 
     def _save_pins(self) -> None:
+        self._pins_pending = False
         self.keystore.save_pins(self._pins, self._channel_pins)
+
+    def _save_pins_soon(self) -> None:
+        """Save new pins once this turn of the event loop ends: a log of thousands of
+        members pins thousands of users, and writes the file once."""
+        if self._pins_pending:
+            return
+        self._pins_pending = True
+        try:
+            asyncio.get_running_loop().call_soon(self._flush_pins)
+        except RuntimeError:  # no loop running: now
+            self._save_pins()
+
+    def _flush_pins(self) -> None:
+        if self._pins_pending:
+            self._save_pins()
 
     def pin_channel(self, name: str, space_id: str) -> None:
         """Pin a channel name to its space id on first sight."""

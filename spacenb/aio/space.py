@@ -758,7 +758,7 @@ class AsyncSpace:
             self.client.keystore.save_space(self._secrets)
             rest = keys[len(first) :]
             while rest:
-                chunk, _more = frames.fitting(rest)
+                chunk, _more = frames.fitting(rest, frames.PAGE_BYTES)
                 await self.client.request(frames.AddKeys, space_id=self.id, keys=tuple(chunk))
                 rest = rest[len(chunk) :]
             await self.sync_log()

@@ -1,0 +1,309 @@
+"""Attackers for the hostile-load tests, and a relay in a subprocess to aim them at.
+
+Each attacker is a coroutine that runs until a deadline and returns what it did. They
+speak the wire protocol directly (``tests.server.rawclient``) or through the async client;
+sockets that are not a real user's come from other loopback addresses (127.0.x.y), so the
+relay's per-address caps see them as other hosts would be seen.
+
+``python -m tests.reliability.hostile URL APP_KEY SPACE_ID SECONDS OUT.json`` runs the
+soak test's attackers together in their own process (so that they do not share the
+honest clients' CPU) and writes their figures to ``OUT.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+import spacenb.aio as aio
+from spacenb.exceptions import RateLimitedError, SpacenbError
+from spacenb.protocol import frames
+from tests.server.rawclient import RawClient
+
+ROOT = Path(__file__).resolve().parents[2]
+_SOCKET_ERRORS = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, EOFError)
+
+
+class RelayUnderTest:
+    """``spacenb serve`` in a child process, with ``--limit`` settings and, optionally, a
+    low soft RLIMIT_NOFILE to start from (the relay raises it itself)."""
+
+    def __init__(self, data_dir: Path, *, limits: tuple[str, ...] = (), nofile: int | None = None):
+        self.data_dir = data_dir
+        self.limits = limits
+        self.nofile = nofile
+        self.url = ""
+        self.app_key = ""
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 60.0) -> RelayUnderTest:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = self.data_dir.parent / f"{self.data_dir.name}.out"
+        err = self.data_dir.parent / f"{self.data_dir.name}.err"
+        command = [sys.executable, "-m", "spacenb", "serve", "--data", str(self.data_dir),
+                   "--port", "0", "--shards", "0"]  # fmt: skip
+        for setting in self.limits:
+            command += ["--limit", setting]
+        nofile = self.nofile
+
+        def lower_nofile() -> None:
+            if nofile is not None:
+                _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env,
+                                          cwd=ROOT, preexec_fn=lower_nofile)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            text = out.read_text(errors="replace")
+            url = re.search(r"listening on (ws://\S+)", text)
+            key = re.search(r"app key:\s+(\S+)", text)
+            if url and key:
+                self.url, self.app_key = url.group(1), key.group(1)
+                return self
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the relay did not start: {err.read_text(errors='replace')}")
+            await asyncio.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def status(self, field: str) -> int:
+        """A number from ``/proc/PID/status`` (``VmRSS``, ``VmHWM`` in bytes, ...)."""
+        text = Path(f"/proc/{self.pid}/status").read_text()
+        match = re.search(rf"^{field}:\s+(\d+)", text, re.MULTILINE)
+        assert match is not None, field
+        return int(match.group(1)) * (1024 if field.startswith("Vm") else 1)
+
+    def rss(self) -> int:
+        return self.status("VmRSS")
+
+    def open_files(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def soft_nofile(self) -> int:
+        text = Path(f"/proc/{self.pid}/limits").read_text()
+        match = re.search(r"^Max open files\s+(\d+)", text, re.MULTILINE)
+        assert match is not None
+        return int(match.group(1))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._proc is None:
+            return
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(30)
+        self._proc = None
+
+
+class RssSampler:
+    """Samples a relay's resident memory every ``every`` seconds while it runs."""
+
+    def __init__(self, relay: RelayUnderTest, every: float = 0.25) -> None:
+        self.relay = relay
+        self.every = every
+        self.samples: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> RssSampler:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append(self.relay.rss())
+            await asyncio.sleep(self.every)
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples)
+
+
+def mib(value: float) -> float:
+    return round(value / 2**20, 1)
+
+
+# --------------------------------------------------------------------------- attackers
+
+
+async def idle_socket(url: str, address: str) -> ClientConnection:
+    """A websocket that reads its hello and never signs in."""
+    ws = await connect(url, local_addr=(address, 0), compression=None, open_timeout=30,
+                       ping_interval=None)  # fmt: skip
+    await asyncio.wait_for(ws.recv(), 30)
+    return ws
+
+
+async def idle_sockets(
+    url: str, count: int, until: float, *, addresses: int = 40, delay: float = 1.0
+) -> dict[str, int]:
+    """Hold ``count`` websockets that never sign in, from ``addresses`` addresses; each one
+    the relay closes is opened again ``delay`` seconds later (about)."""
+    stats = {"opened": 0, "closed_by_relay": 0, "refused": 0}
+
+    async def hold(i: int) -> None:
+        address = f"127.0.2.{1 + i % addresses}"
+        while time.monotonic() < until:
+            try:
+                ws = await idle_socket(url, address)
+            except _SOCKET_ERRORS:
+                stats["refused"] += 1
+            else:
+                stats["opened"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ws.wait_closed(), max(until - time.monotonic(), 0))
+                if ws.state.name == "CLOSED":
+                    stats["closed_by_relay"] += 1
+                ws.transport.abort()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+
+    await asyncio.gather(*(hold(i) for i in range(count)))
+    return stats
+
+
+async def non_reader(
+    url: str, app_key: str, username: str, space_id: str, *, requests: int = 10
+) -> RawClient:
+    """A member (it joins) that subscribes, stops reading from its socket, and asks for
+    ``requests`` pages of history, of 1000 messages each."""
+    client = await RawClient.open(url)
+    await client.auth(app_key, username)
+    await client.join(space_id)
+    await client.call(frames.Subscribe, space_id=space_id)
+    client.ws.transport.pause_reading()
+    for i in range(requests):
+        request = frames.History(id=10_000 + i, space_id=space_id, before=None, limit=1000)
+        await client.send_text(request.to_json())
+    return client
+
+
+async def non_readers(
+    url: str, app_key: str, space_id: str, count: int, until: float
+) -> dict[str, int]:
+    """``count`` members that never read, each asking for history; when the relay drops
+    one (its buffer full), it comes back and does it again."""
+    stats = {"connections": 0, "dropped_by_relay": 0}
+
+    async def one(i: int) -> None:
+        while time.monotonic() < until:
+            try:
+                client = await non_reader(url, app_key, f"nonreader{i}", space_id)
+            except (*_SOCKET_ERRORS, SpacenbError):
+                await asyncio.sleep(0.5)
+                continue
+            stats["connections"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.ws.wait_closed(), max(until - time.monotonic(), 0))
+            if client.ws.state.name == "CLOSED":
+                stats["dropped_by_relay"] += 1
+            client.ws.transport.abort()
+            await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return stats
+
+
+async def oversized_requests(url: str, app_key: str, count: int, until: float) -> dict[str, int]:
+    """``count`` requests over the frame limit, spread until ``until``: nine in ten of
+    1.5 MiB (answered ``too_large``), one in ten of 3 MiB (the relay closes the socket;
+    the attacker signs in again)."""
+    stats = {"sent": 0, "too_large": 0, "closed": 0}
+    pad = "x" * (3 << 19)
+    gap = max(until - time.monotonic(), 1.0) / count
+    client: RawClient | None = None
+    for i in range(count):
+        if time.monotonic() > until:
+            break
+        try:
+            if client is None:
+                client = await RawClient.open(url)
+                await client.auth(app_key, "oversized")
+            if i % 10 == 9:
+                await client.send_text('{"t":"req","id":1,"op":"ping","p":"' + pad * 2 + '"}')
+                stats["sent"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.ws.wait_closed(), 10)
+                stats["closed"] += client.ws.close_code == 1009
+                client = None
+            else:
+                await client.send_text('{"t":"req","id":1,"op":"ping","p":"' + pad + '"}')
+                stats["sent"] += 1
+                answer = await client.next_frame(timeout=10)
+                stats["too_large"] += getattr(answer, "code", "") == "too_large"
+        except (*_SOCKET_ERRORS, SpacenbError):
+            client = None
+        await asyncio.sleep(gap)
+    if client is not None:
+        await client.close()
+    return stats
+
+
+async def flooder(
+    url: str, app_key: str, space_id: str, rate: float, until: float
+) -> dict[str, int]:
+    """A member sending small messages a little faster than its rate limit lets it (so
+    it always sends at the limit); refused sends are counted, not retried."""
+    stats = {"accepted": 0, "rate_limited": 0}
+    client = await aio.connect(url, app_key=app_key, username="flooder", keystore=":memory:")
+    try:
+        space = await client.space.join_space(space_id)
+        gap, next_at = 1 / (rate * 1.1), time.monotonic()
+        while time.monotonic() < until:
+            try:
+                await space.send_message({"flood": "f" * 200})
+                stats["accepted"] += 1
+            except RateLimitedError:
+                stats["rate_limited"] += 1
+            next_at += gap
+            await asyncio.sleep(max(next_at - time.monotonic(), 0))
+    finally:
+        await client.close()
+    return stats
+
+
+async def soak_attackers(
+    url: str, app_key: str, space_id: str, seconds: float, rate: float
+) -> dict[str, Any]:
+    """Every soak attacker at once, for ``seconds``."""
+    until = time.monotonic() + seconds
+    results = await asyncio.gather(
+        flooder(url, app_key, space_id, rate, until),
+        non_readers(url, app_key, space_id, 20, until),
+        idle_sockets(url, 1000, until),
+        oversized_requests(url, app_key, 1000, until),
+    )
+    return dict(zip(("flooder", "non_readers", "idle_sockets", "oversized"), results, strict=True))
+
+
+if __name__ == "__main__":
+    url, app_key, space_id, seconds, rate, out = sys.argv[1:7]
+    _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
+    figures = asyncio.run(soak_attackers(url, app_key, space_id, float(seconds), float(rate)))
+    Path(out).write_text(json.dumps(figures, indent=2))

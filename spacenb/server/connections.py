@@ -3,11 +3,12 @@
 Every accepted TCP connection is counted from the moment it is accepted (before its
 websocket handshake). Until it signs in it is *waiting*: a waiting connection is closed
 when the sign-in deadline passes, and when there are more waiting connections than the
-caps allow (in all, or from one address), the **oldest** is closed to make room. So a
-crowd of sockets that never sign in cannot lock anyone out: a real user, who signs in
-within milliseconds of connecting, is always the newest and is never the one closed.
-Signed-in connections are capped per address and per user; those caps refuse the
-sign-in (:class:`ConnectionLimitError`) instead.
+caps allow, one is closed to make room: past the per-address cap, the oldest from that
+address; past the cap in all, the oldest from the address that holds the most. So a crowd
+of sockets that never sign in cannot lock anyone out: a real user signs in within
+milliseconds of connecting, and is neither the oldest nor (unless its own address is the
+crowd's) from the address holding the most. Signed-in connections are capped per address
+and per user; those caps refuse the sign-in (:class:`ConnectionLimitError`) instead.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class ConnectionGuard:
         self._waiting: OrderedDict[ServerConnection, asyncio.TimerHandle | None] = OrderedDict()
         self._waiting_at: dict[str, OrderedDict[ServerConnection, None]] = {}
         self._address: dict[ServerConnection, str] = {}
+        self._order: dict[ServerConnection, int] = {}  # accept order of waiting ones
+        self._accepted = 0
         self._signed_in_at: Counter[str] = Counter()
         self.closed_waiting = 0  # waiting connections closed (deadline or room), for figures
 
@@ -64,12 +67,20 @@ class ConnectionGuard:
                 self.limits.sign_in_timeout, self._expire, connection
             )
         self._waiting[connection] = timer
+        self._accepted += 1
+        self._order[connection] = self._accepted
         here = self._waiting_at.setdefault(address, OrderedDict())
         here[connection] = None
         while len(here) > max(self.limits.max_unauthenticated_per_address, 1):
             self._close_waiting(next(iter(here)), "too many connections from its address")
         while len(self._waiting) > max(self.limits.max_unauthenticated, 1):
-            self._close_waiting(next(iter(self._waiting)), "too many unauthenticated")
+            self._close_waiting(self._victim(), "too many unauthenticated in all")
+
+    def _victim(self) -> ServerConnection:
+        """The oldest waiting connection of the address that holds the most of them."""
+        most = max(len(q) for q in self._waiting_at.values())
+        oldest = (next(iter(q)) for q in self._waiting_at.values() if len(q) == most)
+        return min(oldest, key=self._order.__getitem__)
 
     def check_room(self, connection: ServerConnection) -> None:
         """Before a sign-in: :class:`ConnectionLimitError` if its address has as many
@@ -103,6 +114,7 @@ class ConnectionGuard:
         timer = self._waiting.pop(connection)
         if timer is not None:
             timer.cancel()
+        self._order.pop(connection, None)
         address = self._address[connection]
         here = self._waiting_at.get(address)
         if here is not None:

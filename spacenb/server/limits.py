@@ -27,8 +27,8 @@ class Limits:
 
     # connections
     sign_in_timeout: float = 10.0  # seconds from accept to a successful auth
-    max_unauthenticated: int = 256  # not yet signed in, in all; the oldest goes first
-    max_unauthenticated_per_address: int = 32  # not yet signed in, from one address
+    max_unauthenticated: int = 2048  # not yet signed in, in all (~16 KiB each when idle)
+    max_unauthenticated_per_address: int = 64  # not yet signed in, from one address
     max_connections_per_address: int = 256  # signed in, from one address
     max_connections_per_user: int = 32  # signed in as one user
     open_files: int | None = 65536  # soft RLIMIT_NOFILE raised to this (at most the hard)

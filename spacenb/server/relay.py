@@ -12,7 +12,9 @@ Fan-out never waits for a slow reader: events are written straight into each rec
 transport buffer, and a connection whose buffer grows past ``max_buffered`` bytes is
 dropped by the very write that took it past, instead of holding up the others. No answer
 is larger than one frame (1 MiB), so N connections that never read cost at most
-N × (``max_buffered`` + 1 MiB).
+N × (``max_buffered`` + 1 MiB). A connection whose buffer holds more than a frame is not
+read from until it drains: a client that asks and never reads cannot make the relay
+compute answers for it without end.
 
 Connections are counted and capped from the moment they are accepted
 (:mod:`.connections`); each user's messages pass a token bucket and count against the
@@ -75,6 +77,13 @@ WS_MAX_SIZE = 2 * MAX_FRAME_BYTES
 _BEFORE_AUTH = frozenset({"auth", "ping"})
 _BATCHED = frozenset({"send"})  # ops whose writes join the message batch (group commit)
 _METERED = frozenset({"send", "edit", "ephemeral"})  # ops that take a token of the user's bucket
+# One connection's frames are handled back to back while they take less than this; past it
+# the relay lets the others' frames in first.
+_TURN = 0.005
+# Requests whose answer is a page (milliseconds of work each): they are answered one at a
+# time in all, and everyone else's frames go in between, so that pages asked for by many
+# connections at once cannot hold up a message for long.
+_PAGES = frozenset({"history", "state_log", "list_channels", "keys"})
 
 
 class Session:
@@ -137,6 +146,7 @@ class Relay:
         self._batch: list[tuple[int, int, int]] = []  # outbox spans of uncommitted sends
         self._flush_scheduled = False
         self._closed = False
+        self._pages = asyncio.Lock()
 
     def now_us(self) -> int:
         return self.clock.now_us()
@@ -152,13 +162,36 @@ class Relay:
         """The websockets handler: greet, then answer frames until the client leaves."""
         session = Session(connection)
         self._write([session], self.hello(session).to_json())
+        loop = asyncio.get_running_loop()
         try:
+            turn = loop.time()
             async for data in connection:
-                self.handle_frame(session, data)
+                request = self.parse_frame(session, data)
+                if request is not None and request.OP in _PAGES:
+                    async with self._pages:
+                        self.answer(session, request)
+                    await asyncio.sleep(0)  # the others' frames before the next page
+                    turn = loop.time()
+                elif request is not None:
+                    self.answer(session, request)
                 if session.closing:
                     self.flush()
                     await connection.close(CloseCode.POLICY_VIOLATION, "authentication failed")
                     break
+                transport = connection.transport
+                if transport.is_closing():
+                    break  # dropped (too slow a reader): its queued requests go unanswered
+                if transport.get_write_buffer_size() > MAX_FRAME_BYTES:
+                    self.flush()
+                    while (
+                        transport.get_write_buffer_size() > MAX_FRAME_BYTES // 2
+                        and not transport.is_closing()
+                    ):
+                        await asyncio.sleep(0.05)  # its answers first: read it no further
+                    turn = loop.time()
+                elif loop.time() - turn > _TURN:
+                    await asyncio.sleep(0)  # the others' turn (the answers are flushed first)
+                    turn = loop.time()
         except ConnectionClosed:
             pass
         finally:
@@ -173,8 +206,14 @@ class Relay:
         Both are written by the next :meth:`flush` (scheduled for the end of this
         event-loop iteration), after the messages stored meanwhile are committed.
         """
+        request = self.parse_frame(session, data)
+        if request is not None:
+            self.answer(session, request)
+
+    def parse_frame(self, session: Session, data: str | bytes) -> Request[Any] | None:
+        """The request in ``data``, or None once its error is queued for the session."""
         try:
-            request = parse_client_frame(data)
+            return parse_client_frame(data)
         except Exception as exc:
             if not isinstance(exc, SpacenbError):
                 log.exception("parsing a frame failed")
@@ -182,7 +221,10 @@ class Relay:
             rid = request_id_of(data) if isinstance(data, str) else None
             self._outbox.append(([session], ErrorFrame.of(rid, exc).to_json()))
             self._schedule_flush()
-            return
+            return None
+
+    def answer(self, session: Session, request: Request[Any]) -> None:
+        """Run a parsed request; queue its answer and the events it caused."""
         batched = request.OP in _BATCHED
         if not batched:
             self._commit()  # before ``mark``: a failed commit reshapes the outbox

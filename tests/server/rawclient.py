@@ -87,8 +87,9 @@ class RawClient:
         self._seq = 0
 
     @classmethod
-    async def open(cls, url: str) -> RawClient:
-        ws = await connect(url, max_size=None, compression=None)
+    async def open(cls, url: str, **options: Any) -> RawClient:
+        """Connect (``options`` go to websockets' ``connect``: ``local_addr``...)."""
+        ws = await connect(url, max_size=None, compression=None, **options)
         hello = frames.parse_server_frame(await asyncio.wait_for(ws.recv(), TIMEOUT))
         assert isinstance(hello, frames.Hello)
         return cls(ws, hello)

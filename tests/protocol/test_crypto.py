@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from spacenb.exceptions import IntegrityError, InvalidKeyError
+from spacenb.exceptions import IntegrityError, InvalidKeyError, UsageError
 from spacenb.protocol import crypto
 
 from .p256 import N, P, x_without_a_point
@@ -237,3 +237,39 @@ def test_aead_open_refuses(key: bytes, iv: bytes, tamper: int | None, aad: bytes
 def test_aead_open_refuses_shorter_than_a_tag(size: int) -> None:
     with pytest.raises(IntegrityError):
         crypto.aead_open(AEAD_KEY, IV, bytes(size), b"")
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda: crypto.aead_seal(bytes(31), bytes(12), b"p", b""), "key"),
+        (lambda: crypto.aead_seal(bytes(33), bytes(12), b"p", b""), "key"),
+        (lambda: crypto.aead_seal(bytes(32), bytes(11), b"p", b""), "iv"),
+        (lambda: crypto.aead_seal(bytes(32), bytes(16), b"p", b""), "iv"),
+        (lambda: crypto.aead_seal(bytes(32), bytes(12), "text", b""), "data"),
+        (lambda: crypto.aead_seal(bytes(32), bytes(12), b"p", None), "aad"),
+        (lambda: crypto.aead_open(bytes(16), bytes(12), bytes(32), b""), "key"),
+        (lambda: crypto.hkdf_sha256(b"s", salt=b"", info=b"", length=0), "length"),
+        (lambda: crypto.hkdf_sha256(b"s", salt=b"", info=b"", length=255 * 32 + 1), "length"),
+        (lambda: crypto.hkdf_sha256(b"s", salt=b"", info=b"", length=2.0), "length"),
+        (lambda: crypto.hkdf_sha256("s", salt=b"", info=b""), "secret"),
+        (lambda: crypto.random_bytes(-1), "n"),
+        (lambda: crypto.sha256("text"), "data"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(call: Callable[[], object], field: str) -> None:
+    """Each recipe checks its own arguments: a bad one is a spacenb ``UsageError`` (also a
+    ``ValueError``) naming it, never a bare ``ValueError``, ``TypeError`` or
+    ``OverflowError`` from the library below."""
+    with pytest.raises(UsageError) as info:
+        call()
+    assert info.value.field == field and isinstance(info.value, ValueError)
+
+
+def test_aead_open_of_a_bad_iv_from_the_wire_is_an_integrity_error() -> None:
+    key = bytes(32)
+    sealed = crypto.aead_seal(key, bytes(12), b"p", b"")
+    for iv in (bytes(11), bytes(13), bytes(256 << 10)):
+        with pytest.raises(IntegrityError):
+            crypto.aead_open(key, iv, sealed, b"")
+    assert crypto.hkdf_sha256(b"s", salt=b"", info=b"", length=255 * 32) != b""

@@ -341,3 +341,20 @@ async def test_a_frame_over_the_websocket_limit_closes_only_that_connection(tmp_
             await asyncio.wait_for(ws.wait_closed(), 10)
             assert ws.close_code == 1009
         assert await alice.call(frames.Ping) == frames.Ok()
+
+
+async def test_the_relay_never_sends_a_frame_over_the_limit(tmp_path, monkeypatch):
+    """Should a page ever come out larger than a frame (here: the byte cut is switched
+    off), the relay answers ``too_large`` instead of sending it."""
+    monkeypatch.setattr(frames, "PAGE_BYTES", 16 * frames.MAX_FRAME_BYTES)
+    async with running(tmp_path) as srv:
+        alice = await user(srv, "alice")
+        info, ring = await alice.create_space(name="c")
+        for _ in range(5):
+            await alice.send(ring, BIG)
+        size, obj = await raw_answer(
+            alice, frames.History(id=1, space_id=info.space_id, before=None, limit=10)
+        )
+        assert obj["t"] == "err" and obj["code"] == "too_large" and size < 1000
+        assert "MAX_FRAME_BYTES" in obj["message"]
+        assert await alice.call(frames.Ping) == frames.Ok()

@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import spacenb
+import spacenb.exceptions
 from spacenb import SpacenbTimeoutError
 from spacenb.sync.callbacks import CallbackThread
 from spacenb.sync.runner import LoopThreadError, Runner
@@ -104,6 +106,9 @@ def test_blocking_call_on_the_loop_thread_raises(runner: Runner) -> None:
 
     with pytest.raises(LoopThreadError, match="deadlock"):
         runner.run(reenter(), timeout=5)
+    assert issubclass(LoopThreadError, spacenb.SpacenbError)  # one tree of errors
+    assert issubclass(LoopThreadError, RuntimeError)
+    assert spacenb.LoopThreadError is LoopThreadError is spacenb.exceptions.LoopThreadError
 
 
 def test_inside_a_running_loop_in_the_same_thread(runner: Runner) -> None:

@@ -498,17 +498,23 @@ def test_integer_bounds_accepted() -> None:
     assert request == frames.History(id=MAX_INT, space_id="s", before=MAX_INT, limit=0)
 
 
-def test_only_state_log_link_fields_may_be_left_out() -> None:
+def test_only_state_log_link_fields_and_cursors_may_be_left_out() -> None:
     """v1's optional ``join`` token is gone: ``join`` carries ``event`` (null when already
-    a member) and it is required; only ``state_log``'s ``link_id`` and ``proof`` may be
-    left out."""
+    a member) and it is required; only ``state_log``'s ``link_id`` and ``proof`` and the
+    paging cursors of ``list_channels`` and ``keys`` may be left out."""
     optional = {
         (op, f.name)
         for op, cls in REQUESTS.items()
         for f in dataclasses.fields(cls)
         if f.init and f.default is None
     }
-    assert optional == {("state_log", "link_id"), ("state_log", "proof")}
+    assert optional == {
+        ("state_log", "link_id"), ("state_log", "proof"), ("list_channels", "after"),
+        ("keys", "since_epoch"),
+    }  # fmt: skip
+    assert parse_client_frame('{"t":"req","id":1,"op":"list_channels"}') == frames.ListChannels(
+        id=1, after=None
+    )
     for cls in EVENT_CLASSES:
         assert all(f.default is not None for f in dataclasses.fields(cls)), cls
     assert parse_client_frame(

@@ -181,7 +181,16 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
         await server.wait_closed()
         return
     from spacenb.server.app import start_server
+    from spacenb.server.limits import Limits
 
+    # Benchmarks measure speed: no rate or storage caps, and room for a thousand clients
+    # from one address (the relay's hostile-load limits are measured by bench.hostile).
+    options.setdefault(
+        "limits",
+        Limits.unlimited().replace(
+            max_connections_per_address=100_000, max_connections_per_user=10_000
+        ),
+    )
     running = await start_server(**options)
     link.send("ready", {"url": running.url, "app_key": running.app_key})
     while True:

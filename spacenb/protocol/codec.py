@@ -252,6 +252,8 @@ class _Plan:
     names: frozenset[str]
     decoders: tuple[tuple[str, Decoder, bool], ...]  # name, converter, may be left out
     encoders: tuple[tuple[str, Encoder], ...]
+    sizers: tuple[tuple[str, Callable[[Any], int]], ...]  # name, its value's JSON size
+    fixed_size: int  # braces, commas and ``"name":`` of every field
 
 
 _PLANS: dict[type, _Plan] = {}
@@ -268,6 +270,8 @@ def _plan(cls: type) -> _Plan:
             # signature's b"" exists for building frames, not for reading them.
             tuple((f.name, _decoder(hints[f.name]), f.default is None) for f in fields),
             tuple((f.name, _encoder(hints[f.name])) for f in fields),
+            tuple((f.name, _sizer(hints[f.name])) for f in fields),
+            2 + max(len(fields) - 1, 0) + sum(len(f.name) + 3 for f in fields),
         )
     return plan
 
@@ -341,22 +345,49 @@ def _str_size(text: str) -> int:
     return frame_bytes(_encode_json_str(text))
 
 
-def _value_size(value: Any) -> int:
-    if isinstance(value, str):
-        return _str_size(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return (4 * len(value) + 2) // 3 + 2  # unpadded base64url, quoted
-    if value is None or value is True:
-        return 4
-    if value is False:
-        return 5
-    if isinstance(value, int):
-        return len(str(value))
-    if isinstance(value, tuple | list):
-        return 2 + sum(_value_size(v) for v in value) + max(len(value) - 1, 0)
-    if dataclasses.is_dataclass(value):
-        return json_size(value)
-    raise TypeError(f"no JSON size for {type(value).__name__}")  # pragma: no cover
+Sizer = Callable[[Any], int]
+_SIZERS: dict[Any, Sizer] = {}
+
+
+def _bytes_size(value: Any) -> int:
+    return (4 * len(value) + 2) // 3 + 2  # unpadded base64url, quoted
+
+
+def _int_size(value: Any) -> int:
+    return len(str(value))
+
+
+def _bool_size(value: Any) -> int:
+    return 4 if value else 5
+
+
+def _sizer(tp: Any) -> Sizer:
+    """How many bytes a value annotated ``tp`` takes in a frame, built once per annotation."""
+    sizer = _SIZERS.get(tp)
+    if sizer is None:
+        sizer = _SIZERS[tp] = _compile_sizer(tp)
+    return sizer
+
+
+def _compile_sizer(tp: Any) -> Sizer:
+    simple = {bytes: _bytes_size, int: _int_size, str: _str_size, bool: _bool_size}.get(tp)
+    if simple is not None:
+        return simple
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _sizer(get_args(tp)[0])
+    if origin is Literal:
+        return _str_size
+    if origin in (Union, types.UnionType):
+        (inner_tp,) = (a for a in get_args(tp) if a is not _NONE)
+        inner = _sizer(inner_tp)
+        return lambda value: 4 if value is None else inner(value)
+    if origin is tuple:
+        item = _sizer(get_args(tp)[0])
+        return lambda value: 2 + sum(map(item, value)) + max(len(value) - 1, 0)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return json_size
+    raise TypeError(f"unsupported frame field type {tp!r}")  # pragma: no cover
 
 
 def json_size(record: Any) -> int:
@@ -364,7 +395,7 @@ def json_size(record: Any) -> int:
     computed without encoding it: ``json_size(r) == len(dumps_frame(to_obj(r)).encode())``.
     """
     plan = _plan(type(record))
-    size = 2 + max(len(plan.encoders) - 1, 0)  # the braces and the commas
-    for name, _encode in plan.encoders:
-        size += len(name) + 3 + _value_size(getattr(record, name))  # "name":value
+    size = plan.fixed_size
+    for name, sizer in plan.sizers:
+        size += sizer(getattr(record, name))
     return size

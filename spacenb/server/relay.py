@@ -81,8 +81,8 @@ _METERED = frozenset({"send", "edit", "ephemeral"})  # ops that take a token of 
 # the relay lets the others' frames in first.
 _TURN = 0.005
 # Requests whose answer is a page (milliseconds of work each): they are answered one at a
-# time in all, and everyone else's frames go in between, so that pages asked for by many
-# connections at once cannot hold up a message for long.
+# time in all, with everyone else's frames in between (see ``_answer_page``), so that
+# pages asked for by many connections at once cannot hold up a message for long.
 _PAGES = frozenset({"history", "state_log", "list_channels", "keys"})
 
 
@@ -147,6 +147,7 @@ class Relay:
         self._flush_scheduled = False
         self._closed = False
         self._pages = asyncio.Lock()
+        self._pages_waiting = 0
 
     def now_us(self) -> int:
         return self.clock.now_us()
@@ -168,9 +169,7 @@ class Relay:
             async for data in connection:
                 request = self.parse_frame(session, data)
                 if request is not None and request.OP in _PAGES:
-                    async with self._pages:
-                        self.answer(session, request)
-                    await asyncio.sleep(0)  # the others' frames before the next page
+                    await self._answer_page(session, request)
                     turn = loop.time()
                 elif request is not None:
                     self.answer(session, request)
@@ -196,6 +195,20 @@ class Relay:
             pass
         finally:
             self.close_session(session)
+
+    async def _answer_page(self, session: Session, request: Request[Any]) -> None:
+        """Answer a page request, one at a time in all. While others wait for theirs, the
+        loop is left to everything else for as long as the page took: pages asked for by
+        many connections at once take at most half the relay's time."""
+        loop = asyncio.get_running_loop()
+        self._pages_waiting += 1
+        async with self._pages:
+            self._pages_waiting -= 1
+            started = loop.time()
+            self.answer(session, request)
+            if self._pages_waiting:
+                await asyncio.sleep(loop.time() - started)
+        await asyncio.sleep(0)  # the others' frames before this connection's next
 
     def hello(self, session: Session) -> Hello:
         return Hello("spacenb", PROTOCOL_VERSION, session.nonce, self.keeper)
@@ -477,7 +490,11 @@ class Relay:
     def _write(self, sessions: Iterable[Session], text: str) -> None:
         """Put ``text`` in each session's send buffer without waiting; drop a connection
         whose buffer this write took past ``max_buffered`` (its memory is freed at once)."""
-        connections = [s.connection for s in sessions if s.connection is not None]
+        connections = [
+            s.connection
+            for s in sessions
+            if s.connection is not None and not s.connection.transport.is_closing()
+        ]  # (a lost connection is skipped before its handler has caught up with the loss)
         if not connections:
             return
         broadcast(connections, text)

@@ -53,7 +53,7 @@ class RelayUnderTest:
     async def start(self, timeout: float = 60.0) -> RelayUnderTest:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = self.data_dir.parent / f"{self.data_dir.name}.out"
-        err = self.data_dir.parent / f"{self.data_dir.name}.err"
+        err = self.err_path = self.data_dir.parent / f"{self.data_dir.name}.err"
         command = [sys.executable, "-m", "spacenb", "serve", "--data", str(self.data_dir),
                    "--port", "0", "--shards", "0"]  # fmt: skip
         for setting in self.limits:

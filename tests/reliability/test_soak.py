@@ -99,17 +99,32 @@ async def test_soak(tmp_path: Path, figures: Figures) -> None:
         await asyncio.sleep(3.0)
         started_at = time.time()
         sent: list[tuple[int, int]] = []
+        slow_sends: list[tuple[float, float]] = []
 
         async def chat(i: int) -> None:
             rng = random.Random(i)
             n = 0
             deadline = time.monotonic() + SECONDS
             while time.monotonic() < deadline:
-                await members[i].send_message({"honest": i, "n": n, "t": time.time()})
+                t0 = time.time()
+                await members[i].send_message({"honest": i, "n": n, "t": t0})
+                if time.time() - t0 > 0.1:
+                    slow_sends.append((round(t0 - started_at, 1), round(time.time() - t0, 3)))
                 sent.append((i, n))
                 n += 1
                 await asyncio.sleep(rng.uniform(0, 2 * SEND_EVERY))
 
+        lags: list[tuple[float, float]] = []
+
+        async def lag_probe() -> None:  # this process's own stalls, to tell them apart
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                lag = time.monotonic() - before - 0.01
+                if lag > 0.05:
+                    lags.append((round(time.time() - started_at, 1), round(lag, 3)))
+
+        probe = asyncio.get_running_loop().create_task(lag_probe())
         with RssSampler(relay, every=0.25) as sampler:
             await asyncio.gather(*(chat(i) for i in range(HONEST)))
             deadline = time.monotonic() + 30
@@ -117,6 +132,7 @@ async def test_soak(tmp_path: Path, figures: Figures) -> None:
                 assert time.monotonic() < deadline, "honest messages missing"
                 await asyncio.sleep(0.1)
             await asyncio.to_thread(attackers.wait, WARM_UP + 120)
+        probe.cancel()
         relay_cpu = (relay.cpu_seconds() - cpu_before) / (time.monotonic() - started)
         attack = json.loads(out.read_text())
         latencies.sort()
@@ -130,6 +146,8 @@ async def test_soak(tmp_path: Path, figures: Figures) -> None:
                               "after": mib(relay.rss())},
             "relay_cpu_share": round(relay_cpu, 2),
             "attackers": attack,
+            "test_process_stalls": lags[:10],
+            "slow_sends": slow_sends[:10],
             "slow_deliveries_by_second": {
                 str(int(when)): [sum(1 for w, _ in slow if int(w) == int(when)),
                                  max(lat for w, lat in slow if int(w) == int(when))]

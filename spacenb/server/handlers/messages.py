@@ -68,6 +68,26 @@ def _author_check(relay: Relay, session: Session, space_id: str, handle: int) ->
         raise PermissionDeniedError("only the message's author may change it")
 
 
+# The JSON of a stored message with empty texts and ciphertext, its three integers counted
+# at their widest (16 digits) and its comma: what every one weighs besides its contents.
+_EMPTY = Envelope("msg", "", "", "", 0, "", 0, bytes(32), bytes(12), b"", bytes(64))
+_FIXED = json_size(frames.StoredMessage(0, _EMPTY)) + 3 * 15 + 1
+
+
+def _size_bound(item: frames.StoredMessage) -> int:
+    """At least the JSON size of ``item`` in a page (and its comma), cheaply. ``source``
+    (a username) and ``target`` (a space id) are never escaped; ``subject`` and
+    ``content_type`` are counted as if every character were (``\\u00XX``)."""
+    envelope = item.envelope
+    return (
+        _FIXED
+        + (4 * len(envelope.ciphertext) + 2) // 3
+        + len(envelope.source)
+        + len(envelope.target)
+        + 6 * (len(envelope.subject) + len(envelope.content_type))
+    )
+
+
 def history_page(
     relay: Relay, space_id: str, before: int | None, limit: int
 ) -> tuple[list[frames.StoredMessage], int | None]:
@@ -75,26 +95,36 @@ def history_page(
     and the cursor to older ones (None when there are none).
 
     Read newest first in chunks sized by what the page can still hold, so a page of large
-    messages never loads more than a few of them beyond what it returns.
+    messages never loads more than a few of them beyond what it returns. Sizes are bounded
+    cheaply until the bounds near the page's room, and counted exactly from there on.
     """
     page: list[frames.StoredMessage] = []  # newest first
-    room = frames.PAGE_BYTES - 2
+    budget = frames.PAGE_BYTES
+    used, exact = 2, False  # the brackets; ``used`` is a bound until ``exact``
     chunk, cursor = 16, before
     while len(page) < limit:
         items, older = relay.storage.history(space_id, cursor, min(chunk, limit - len(page)))
         for item in reversed(items):
+            if not exact:
+                bound = _size_bound(item)
+                if used + bound <= budget:
+                    used += bound
+                    page.append(item)
+                    continue
+                exact = True
+                used = 2 + sum(json_size(i) + 1 for i in page)
             size = json_size(item) + 1
-            if size > room and page:
+            if used + size > budget and page:
                 page.reverse()
                 return page, page[0].handle
-            room -= size
+            used += size
             page.append(item)
         if older is None:
             page.reverse()
             return page, None
         cursor = older
-        average = (frames.PAGE_BYTES - room) // len(page)
-        chunk = max(16, room // max(average, 1) + 1)
+        average = max(used // len(page), 1)
+        chunk = max(16, (budget - used) // average + 1)
     page.reverse()
     return page, (page[0].handle if page and cursor is not None else None)
 

@@ -202,6 +202,7 @@ class Relay:
         many connections at once take at most half the relay's time."""
         loop = asyncio.get_running_loop()
         self._pages_waiting += 1
+        await asyncio.sleep(0)  # pages asked for in this same turn queue up first
         async with self._pages:
             self._pages_waiting -= 1
             started = loop.time()

@@ -222,7 +222,14 @@ async def non_reader(
 
 
 async def non_readers(
-    url: str, app_key: str, space_id: str, count: int, until: float, *, requests: int = 2
+    url: str,
+    app_key: str,
+    space_id: str,
+    count: int,
+    until: float,
+    *,
+    requests: int = 2,
+    again: bool = True,
 ) -> dict[str, int]:
     """``count`` members that never read, each subscribed and asking for ``requests``
     pages of history; one the relay closes (dropped, or its pings unanswered) comes back."""
@@ -253,6 +260,8 @@ async def non_readers(
             if client.ws.transport.is_closing() and time.monotonic() < until:
                 stats["closed_by_relay"] += 1
             client.ws.transport.abort()
+            if not again:
+                return
 
     await asyncio.gather(*(one(i) for i in range(count)))
     return stats

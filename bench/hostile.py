@@ -4,11 +4,11 @@ meanwhile.
 
 - **idle sockets**: ``--idle`` websockets that open, read their hello and never sign in
   (from 40 loopback addresses); the relay's CPU per accepted socket and its memory per
-  held socket. Baseline: the same against a bare websockets server (``bare_relay``).
+  held socket.
 - **sign-in under idle sockets**: how long a real user takes to connect and sign in while
   they are held, against the same with none.
 - **history pages**: the relay's CPU per page (``limit=1000``) of 1000 small messages and
-  of near-256 KiB messages (a page then holds 3 of them: cut by bytes).
+  of near-256 KiB messages (a page then holds 2 of them: cut by bytes).
 
 ``python -m bench.hostile [--smoke] [--json] [--idle 2000]``
 """

@@ -28,9 +28,10 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
     tmp_path: Path, figures: Figures
 ) -> None:
     """50 members stop reading and each ask for twenty pages of near-256 KiB messages (the
-    attack that pinned 240 MiB with six requests): every answer is at most one frame and
-    each connection is dropped by the write that takes it past ``max_buffered``, so the
-    relay holds at most 50 × (4 MiB + 1 MiB) for them, and a real member reads on."""
+    attack that pinned 240 MiB with six requests): every answer is at most one frame, the
+    relay reads no further from a connection with more than a frame waiting, and drops one
+    at the write that takes it past ``max_buffered``, so it holds at most
+    50 × (4 MiB + 1 MiB) for them; a real member reads on."""
     relay = await RelayUnderTest(tmp_path / "relay").start()
     readers = []
     try:
@@ -48,7 +49,8 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
                 )
             page = await room.history(limit=1000)  # a member who reads gets its pages
             await asyncio.sleep(2.0)
-        # Each dropped connection closed a file descriptor of the relay's.
+        # Each dropped connection closed a file descriptor of the relay's (most are not
+        # dropped: the relay stops reading them instead, and the kernel holds the rest).
         dropped = files + len(readers) - relay.open_files()
         bound = 50 * (Limits().max_buffered + (1 << 20))
         figures.set("hostile.non_readers", {
@@ -57,7 +59,6 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
             "relay_rss_after_mib": mib(relay.rss()), "bound_mib": mib(bound),
         })  # fmt: skip
         assert sampler.peak - baseline < bound, (mib(baseline), mib(sampler.peak))
-        assert dropped == 50
         assert len(page.messages) == 2 and page.next_cursor is not None
         await owner.close()
     finally:

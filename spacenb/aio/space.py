@@ -289,7 +289,7 @@ class AsyncSpace:
             if event.kind == "epoch":
                 epoch = body["epoch"]
                 if epoch != self._minting and not self.core_holds(epoch):
-                    refetch_keys = self.client.username in body["recipients"]
+                    refetch_keys = refetch_keys or self.client.username in body["recipients"]
                 self.events.emit("epoch", epoch)
             elif event.kind == "delete":
                 if self.core.deletion_applies(event, self._author_of):

@@ -231,7 +231,7 @@ class AsyncSpace:
                     break
             self._check_pinned_head()
         if new:
-            await self._after_state(new)
+            await self.after_state(new)
         return new
 
     def use_link(self, link_keys: LinkKeyPair) -> None:
@@ -243,6 +243,14 @@ class AsyncSpace:
         if self._secrets is None:
             self._secrets = self.client.keystore.new_space(self.id, policy)
         return self._secrets
+
+    async def extend_with(self, events: list[StateEvent]) -> None:
+        """Verify and apply events this member knows follow its head (its own, accepted)."""
+        async with self._log_lock:
+            new = self.core.extend_log(events)
+            self._check_pinned_head()
+        if new:
+            await self.after_state(new)
 
     @property
     def connection_nonce(self) -> bytes | None:
@@ -277,7 +285,7 @@ class AsyncSpace:
         state = self.core.state
         return [] if state is None else [StateLogEntry.of(e) for e in state.events]
 
-    async def _after_state(self, events: list[StateEvent]) -> None:
+    async def after_state(self, events: list[StateEvent]) -> None:
         """React to newly verified events: keys to fetch, deletions, removals."""
         state = self.core.require_state()
         refetch_keys = False
@@ -330,7 +338,7 @@ class AsyncSpace:
             except StaleStateError:
                 await self.sync_log()
                 continue
-            await self.sync_log()
+            await self.extend_with([event])
             return result.seq
         raise StaleStateError(f"the log of {self.id} kept moving: try again")
 
@@ -737,7 +745,7 @@ class AsyncSpace:
             self._require_keys().add(epoch, new_key)
             assert self._secrets is not None
             self.client.keystore.save_space(self._secrets)
-            await self.sync_log()
+            await self.extend_with([event])
             return epoch
         raise StaleStateError(f"the log of {self.id} kept moving: try again")
 
@@ -829,7 +837,7 @@ class AsyncSpace:
                 new = self.core.extend_log([event])
                 if new:
                     self._check_pinned_head()
-                    await self._after_state(new)
+                    await self.after_state(new)
             elif state is None or event.seq > state.head_seq:
                 await self.sync_log()
             else:

@@ -300,7 +300,7 @@ class AsyncSpace:
                     refetch_keys = refetch_keys or self.client.username in body["recipients"]
                 self.events.emit("epoch", epoch)
             elif event.kind == "delete":
-                if self.core.deletion_applies(event, self._author_of):
+                if self.core.deletion_applies(event):
                     self._meta.pop(body["handle"], None)
                     self.events.emit("message_deleted", MessageDeletedEvent(body["handle"]))
                 else:
@@ -557,7 +557,14 @@ class AsyncSpace:
         self.events.emit("rejected", RejectedEnvelopeEvent(self.id, handle, sender, reason))
 
     async def _decide(
-        self, envelope: Envelope, handle: int | None, *, kind: str, live: bool, now: bool
+        self,
+        envelope: Envelope,
+        handle: int | None,
+        *,
+        kind: str,
+        live: bool,
+        now: bool,
+        edit: bool = False,
     ) -> Opened | Rejected | None:
         """The core's decision, after fetching what it needs (None: not readable here).
 
@@ -565,13 +572,13 @@ class AsyncSpace:
         is being spoken now (a push, not a catch-up or history), so its sender must still
         be a member.
         """
-        decision = self.core.open_message(envelope, handle, kind=kind, live=now)
+        decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
         if decision is Need.LOG:
             try:
                 await self.sync_log()
             except IntegrityError:
                 return None
-            decision = self.core.open_message(envelope, handle, kind=kind, live=now)
+            decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
             if decision is Need.LOG:
                 return Rejected(
                     "bound to a state event the relay does not serve (withheld or forked)",
@@ -581,7 +588,7 @@ class AsyncSpace:
         if decision is Need.KEYS:
             if live:
                 await self._fetch_keys()
-                decision = self.core.open_message(envelope, handle, kind=kind, live=now)
+                decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
             if decision is Need.KEYS:
                 if live:
                     return Rejected(f"no key for epoch {envelope.epoch}", envelope.source, handle)
@@ -593,17 +600,13 @@ class AsyncSpace:
         self, envelope: Envelope, handle: int, *, live: bool, now: bool = False, edit: bool = False
     ) -> SpaceMessageEvent | None:
         """Verify and decrypt a stored envelope; None (and a ``rejected`` event) if it fails."""
-        decision = await self._decide(envelope, handle, kind="msg", live=live, now=now)
+        decision = await self._decide(envelope, handle, kind="msg", live=live, now=now, edit=edit)
         if decision is None:
             return None
         if isinstance(decision, Rejected):
             self._reject(decision.handle, decision.sender, decision.reason)
             return None
         if decision.duplicate and live:
-            return None
-        known = self._meta.get(handle)
-        if edit and known is not None and known[0] != envelope.source:
-            self._reject(handle, envelope.source, "edit by someone other than the author")
             return None
         message = decision.message
         content_type = envelope.content_type or None

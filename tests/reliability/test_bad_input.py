@@ -291,7 +291,9 @@ def test_fuzzed_requests_are_refused_and_change_nothing(
 class ClientWorld:
     """``sender`` and ``receiver`` share a static channel; the receiver's relay is a MITM
     that injects fuzzed frames between genuine ones. ``bases`` holds valid frames of every
-    event: forged by ``mallory`` (registered, not a member) or genuine ones replayed."""
+    event: forged by ``mallory`` (registered, not a member) or genuine ones replayed.
+    Nothing changes the channel's state log meanwhile, so the receiver's verified log must
+    stay exactly as it was."""
 
     server: RunningServer
     mitm: Mitm
@@ -302,6 +304,7 @@ class ClientWorld:
     others: Inbox  # edits and signals: nothing the sender did, so nothing may arrive
     bases: dict[str, list[dict[str, Any]]]
     sent: dict[int, Any]
+    log: tuple[int, bytes, set[str]]  # the receiver's verified log: head and members
 
     @classmethod
     async def start(cls, data_dir: Path) -> ClientWorld:
@@ -324,11 +327,12 @@ class ClientWorld:
         genuine_eph = next(f for f in mitm.seen if f.get("ev") == "ephemeral")
         receiver.on_ephemeral(others)
         mallory = clients[2].identity
+        state = receiver.core.require_state()
         world = cls(
             server, mitm, clients, sender, receiver, delivered, others,
             event_bases(SpaceState.from_events(receiver.core.require_state().events), mallory,
                         clients[1].identity, first, genuine_msg, genuine_eph),
-            {first: "genuine"},
+            {first: "genuine"}, (state.head_seq, state.head, set(state.members)),
         )  # fmt: skip
         return world
 
@@ -349,6 +353,8 @@ class ClientWorld:
         assert got == [(h, "sender", body) for h, body in self.sent.items()]
         assert not self.others.items, self.others.items
         assert keyring.epochs == [0] and keyring.key(0) == key
+        state = self.receiver.core.require_state()  # no forged event entered the log
+        assert (state.head_seq, state.head, set(state.members)) == self.log
         assert self.receiver.client.connection.is_open
         assert self.receiver.client.connection.reconnects == 0
 

@@ -25,7 +25,8 @@ from ..exceptions import (
 )
 from ..protocol import frames
 from ..protocol.envelope import new_session_id
-from ..protocol.keys import IdentityKeys, PublicIdentity, fingerprint
+from ..protocol.keys import IdentityKeys, PublicIdentity
+from ..protocol.keys import fingerprint as _fingerprint
 from .connection import RelayConnection
 from .handlers import Emitter
 from .keystore import Keystore, Pin
@@ -154,7 +155,7 @@ class AsyncClient:
         elif known != (signing_key, ecdh_key):
             raise IdentityChangedError(
                 f"the relay presents identity keys for {username!r} that differ from the ones "
-                f"this client pinned (fingerprint {fingerprint(*known)}): if {username} really "
+                f"this client pinned (fingerprint {_fingerprint(*known)}): if {username} really "
                 "has new keys, check their fingerprint with them and call "
                 "accept_new_identity()",
                 username=username,
@@ -196,7 +197,7 @@ class AsyncClient:
                 raise ChannelNotFoundError(f"no user named {username!r}")
             keys = self.pinned_keys(username)
             assert keys is not None
-        return fingerprint(*keys)
+        return _fingerprint(*keys)
 
     async def verify_identity(self, username: str, expected: str) -> None:
         """Compare ``username``'s pinned fingerprint with one learned out of band: mark
@@ -221,7 +222,7 @@ class AsyncClient:
         return [
             TrustedIdentity(
                 name,
-                fingerprint(p.signing_key, p.ecdh_key),
+                _fingerprint(p.signing_key, p.ecdh_key),
                 p.signing_key,
                 p.ecdh_key,
                 datetime.fromtimestamp(p.first_seen_us / 1_000_000, tz=UTC),
@@ -230,19 +231,35 @@ class AsyncClient:
             for name, p in sorted(self._pins.items())
         ]
 
-    async def accept_new_identity(self, username: str) -> str:
+    async def accept_new_identity(self, username: str, fingerprint: str | None = None) -> str:
         """Replace the keys pinned for ``username`` with those the relay presents now (a
-        user who really did reinstall). Returns the new fingerprint."""
+        user who really did reinstall). With ``fingerprint`` (learned out of band), accept
+        them only if they match it, and mark them verified; otherwise raise
+        :class:`IdentityChangedError`. Returns the new fingerprint."""
         result = await self.request(frames.UserKeys, usernames=(username,))
         if not result.users:
             raise ChannelNotFoundError(f"no user named {username!r}")
         user = result.users[0]
-        self._pins[username] = Pin(user.signing_key, user.ecdh_key, self.clock.now_us())
+        presented = _fingerprint(user.signing_key, user.ecdh_key)
+        if fingerprint is not None and " ".join(fingerprint.lower().split()) != presented:
+            raise IdentityChangedError(
+                f"the relay presents keys for {username!r} with fingerprint {presented}, not "
+                f"{fingerprint}: nothing was changed",
+                username=username,
+            )
+        old = self._pins.get(username)
+        unchanged = old is not None and (old.signing_key, old.ecdh_key) == (
+            user.signing_key,
+            user.ecdh_key,
+        )
+        verified = fingerprint is not None or (unchanged and old is not None and old.verified)
+        first_seen = old.first_seen_us if unchanged and old is not None else self.clock.now_us()
+        self._pins[username] = Pin(user.signing_key, user.ecdh_key, first_seen, verified)
         self._save_pins()
         self._directory[username] = PublicIdentity(username, user.signing_key, user.ecdh_key)
         for space in self._spaces.values():
             space.core.recheck_trust()
-        return fingerprint(user.signing_key, user.ecdh_key)
+        return presented
 
     # ------------------------------------------------------------------ directory
 

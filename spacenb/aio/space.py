@@ -543,6 +543,12 @@ class AsyncSpace:
         page = await self.client.request(
             frames.History, space_id=self.id, before=before, limit=limit
         )
+        state, me = self.core.require_state(), self.client.username
+        missing = {i.envelope.epoch for i in page.items if not self.core_holds(i.envelope.epoch)}
+        if any(e not in state.epochs or state.may_hold(me, e) for e in missing):
+            # Entitled to an epoch it lacks (a rotation it has not caught up with yet).
+            await self.sync_log()
+            await self._fetch_keys()
         messages = []
         for item in page.items:
             event = await self._open(item.envelope, item.handle, live=False)

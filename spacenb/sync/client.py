@@ -101,10 +101,11 @@ class Client(LoopResource, Displayable):
         """The pinned identities: ``username``, ``fingerprint``, ``first_seen``, ``verified``."""
         return trusted_identities_frame(self._runner.call(self.aio.trusted_identities))
 
-    def accept_new_identity(self, username: str) -> str:
+    def accept_new_identity(self, username: str, fingerprint: str | None = None) -> str:
         """Accept the keys the relay now presents for ``username`` (who really did
-        reinstall): the one way to replace a pin. Returns the new fingerprint."""
-        return self._run(self.aio.accept_new_identity(username))
+        reinstall): the one way to replace a pin. With ``fingerprint`` (read to you out of
+        band) only if they match it. Returns the new fingerprint."""
+        return self._run(self.aio.accept_new_identity(username, fingerprint))
 
     def close(self) -> None:
         """Sign out and close the connection (also on leaving a ``with`` block)."""

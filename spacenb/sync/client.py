@@ -23,7 +23,7 @@ from .runner import LoopResource, Runner, get_runner
 from .space import Space
 
 if TYPE_CHECKING:
-    from ..widgets import ChannelDirectory
+    from ..widgets import ChannelDirectory, ChatWidget
 
 __all__ = ["Client", "SpaceAPI", "connect"]
 
@@ -44,6 +44,7 @@ class Client(LoopResource, Displayable):
         self.timeout = timeout
         self._own(runner)
         self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()
+        self._widgets: weakref.WeakSet[ChatWidget] = weakref.WeakSet()  # detached on close
         self.space = SpaceAPI(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -80,7 +81,12 @@ class Client(LoopResource, Displayable):
         return self.aio.keeper
 
     def close(self) -> None:
-        """Sign out and close the connection (also on leaving a ``with`` block)."""
+        """Sign out and close the connection (also on leaving a ``with`` block).
+
+        Chat widgets of this client stay on screen, read-only, marked closed.
+        """
+        for chat in list(self._widgets):
+            chat.detach()
         self._release(self.timeout)
 
     async def _aclose(self) -> None:

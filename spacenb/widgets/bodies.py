@@ -32,7 +32,9 @@ from ..display import human_bytes
 __all__ = ["FileChip", "Shown", "markdown_html", "show", "text_of"]
 
 _MARKDOWN = (
-    MarkdownIt("commonmark", {"html": False, "breaks": True, "linkify": False, "typographer": False})
+    MarkdownIt(
+        "commonmark", {"html": False, "breaks": True, "linkify": False, "typographer": False}
+    )
     .enable(["table", "strikethrough"])
     .disable(["image"])
 )
@@ -101,7 +103,8 @@ class FileChip:
 def _manifest_of(body: Any) -> Mapping[str, Any] | None:
     if not isinstance(body, Mapping):
         return None
-    candidate = body.get("file") if isinstance(body.get("file"), Mapping) else body
+    nested = body.get("file")
+    candidate: Mapping[str, Any] = nested if isinstance(nested, Mapping) else body
     looks_like_one = (
         isinstance(candidate.get("name"), str)
         and isinstance(candidate.get("size"), int)

@@ -443,7 +443,7 @@ class ChatWidget(anywidget.AnyWidget):
         if size > MAX_UPLOAD:
             transfer.error = f"larger than {human_bytes(MAX_UPLOAD)}: use space.put_file()"
         else:
-            transfer.file = tempfile.TemporaryFile()
+            transfer.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _upload_end
         self._update_transfers(force=True)
 
     def _upload_chunk(self, content: dict[str, Any], buffers: list[bytes]) -> None:

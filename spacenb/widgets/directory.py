@@ -33,7 +33,9 @@ class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
         )  # fmt: skip
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.join_button = widgets.Button(description="Join", button_style="primary")
-        self.name = widgets.Text(placeholder="channel name", description="New channel", style=labels)
+        self.name = widgets.Text(
+            placeholder="channel name", description="New channel", style=labels
+        )
         self.private = widgets.Checkbox(description="private", indent=False)
         self.create_button = widgets.Button(description="Create")
         self.status = widgets.Label()

@@ -130,7 +130,7 @@ function render({ model, el: root }) {
   picker.type = "file";
   picker.hidden = true;
   picker.setAttribute("aria-label", "File to send");
-  const attach = button("spacenb-attach", "📎", "Attach a file");
+  const attach = button("spacenb-attach", "Attach…", "Attach a file");
   attach.setAttribute("aria-label", "Attach a file");
   const send = el("button", "spacenb-send", "Send");
   send.type = "submit";
@@ -191,7 +191,7 @@ function render({ model, el: root }) {
       body.append(el("p", "", row.x));
     }
     if (row.f) {
-      const chip = button("spacenb-file", `📎 ${row.f.l}`, `Download ${row.f.n}`);
+      const chip = button("spacenb-file", `↓ ${row.f.l}`, `Download ${row.f.n}`);
       chip.addEventListener("click", () =>
         model.send({ type: "download", handle: row.h, view: viewId }),
       );

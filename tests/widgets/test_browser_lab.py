@@ -101,19 +101,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def page(lab: Lab) -> Iterator[Any]:
-    with browser() as chromium:
-        context = chromium.new_context(
-            viewport={"width": 1100, "height": 900}, accept_downloads=True
-        )
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        page.goto(lab.jupyter.url("lab/tree/chat.ipynb"), timeout=180_000)
-        page.locator(".jp-Notebook").wait_for(timeout=180_000)
-        run_all(page)
-        page.evaluate("window.__marker = document.querySelector('.spacenb-chat')")
-        yield page
-        context.close()
+def chromium() -> Iterator[Any]:
+    with browser() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def page(lab: Lab, chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(lab.jupyter.url("lab/tree/chat.ipynb"), timeout=180_000)
+    page.locator(".jp-Notebook").wait_for(timeout=180_000)
+    run_all(page)
+    page.evaluate("window.__marker = document.querySelector('.spacenb-chat')")
+    yield page
+    context.close()
 
 
 def menu(page: Any, *path: str) -> None:
@@ -208,8 +211,9 @@ def test_the_author_edits_and_deletes_on_hover(lab: Lab, page: Any) -> None:
     box = composer(page)
     box.fill("to be edited")
     box.press("Enter")
-    row = rows(page).filter(has_text="to be edited")
-    row.wait_for()
+    found = rows(page).filter(has_text="to be edited")
+    found.wait_for()
+    row = chat(page).locator(f".spacenb-msg[data-handle='{found.get_attribute('data-handle')}']")
     row.hover()
     row.get_by_role("button", name="Edit").click()
     editor = row.get_by_role("textbox", name="Edit message")
@@ -348,7 +352,7 @@ def test_light_and_dark_screenshots(page: Any) -> None:
     page.locator(".jp-Cell").first.scroll_into_view_if_needed()
     light = screenshot(chat(page), "chat-lab-light.png")
     menu(page, "Settings", "Theme", "JupyterLab Dark")
-    page.locator("body[data-jp-theme-light='false']").wait_for()
+    page.locator("body[data-jp-theme-light='false']").wait_for(state="attached")
     settle(page, 3)
     dark = screenshot(chat(page), "chat-lab-dark.png")
     background = (
@@ -357,7 +361,7 @@ def test_light_and_dark_screenshots(page: Any) -> None:
     red, green, blue = (int(v) for v in re.findall(r"\d+", background)[:3])
     assert red + green + blue < 3 * 80  # the log follows the dark theme
     menu(page, "Settings", "Theme", "JupyterLab Light")
-    page.locator("body[data-jp-theme-light='true']").wait_for()
+    page.locator("body[data-jp-theme-light='true']").wait_for(state="attached")
     assert light.stat().st_size and dark.stat().st_size
 
 
@@ -378,13 +382,13 @@ def test_the_saved_notebook_carries_a_transcript(lab: Lab, page: Any) -> None:
 
 
 @pytest.fixture
-def notebook7(lab: Lab) -> Iterator[Any]:
-    with browser() as chromium:
-        page = chromium.new_page(viewport={"width": 1000, "height": 800})
-        page.set_default_timeout(60_000)
-        page.goto(lab.jupyter.url("notebooks/chat7.ipynb"), timeout=180_000)
-        page.locator(".jp-Notebook").wait_for(timeout=180_000)
-        yield page
+def notebook7(lab: Lab, chromium: Any) -> Iterator[Any]:
+    page = chromium.new_page(viewport={"width": 1000, "height": 800})
+    page.set_default_timeout(60_000)
+    page.goto(lab.jupyter.url("notebooks/chat7.ipynb"), timeout=180_000)
+    page.locator(".jp-Notebook").wait_for(timeout=180_000)
+    yield page
+    page.close()
 
 
 def test_enter_and_shift_enter_in_notebook_7(lab: Lab, notebook7: Any) -> None:

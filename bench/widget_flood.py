@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ import os
 import spacenb
 
 client = spacenb.connect(os.environ["SPACENB_URL"], app_key=os.environ["SPACENB_APP_KEY"],
-                         username="reader", keystore=":memory:")
+                         username="reader", keystore=os.environ["SPACENB_KEYS"])
 space = client.space.join_channel("flood")
 space.widget()
 """
@@ -66,7 +67,7 @@ async def run():
     space = await client.space.create_channel("flood")
     await space.send_message("the flood starts when the page is ready")
     print(json.dumps({"ready": True}), flush=True)
-    sys.stdin.readline()  # go
+    await asyncio.to_thread(sys.stdin.readline)  # go (the loop keeps answering pings)
     bodies = [body(i) for i in range(count)]
     gate = asyncio.Semaphore(in_flight)
 
@@ -80,7 +81,7 @@ async def run():
     print(json.dumps({"first": first, "last": last,
                       "body_bytes": sum(len(b.encode()) for b in bodies),
                       "last_text": bodies[-1][:12]}), flush=True)
-    sys.stdin.readline()  # done
+    await asyncio.to_thread(sys.stdin.readline)  # done
     await client.close()
 
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> Report:
             cells=[nbformat.v4.new_code_cell(READER)], metadata={"kernelspec": kernel}
         )
         nbformat.write(notebook, root / "flood.ipynb")
-        env = {"SPACENB_URL": url, "SPACENB_APP_KEY": app_key}
+        env = {"SPACENB_URL": url, "SPACENB_APP_KEY": app_key, "SPACENB_KEYS": str(work / "keys")}
         if args.spacenb:
             env["PYTHONPATH"] = str(Path(args.spacenb).resolve())
         jupyter = JupyterServer(root, env)
@@ -175,9 +176,17 @@ def run(args: argparse.Namespace) -> Report:
             page.on("websocket", on_socket)
             page.goto(jupyter.url("lab/tree/flood.ipynb"), timeout=180_000)
             page.locator(".jp-Notebook").wait_for(timeout=180_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").last.click()
-            page.locator(".spacenb-body", has_text="the flood starts").wait_for(timeout=120_000)
+            for attempt in range(3):  # a click that comes too early does nothing
+                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+                page.locator(".lm-Menu-itemLabel", has_text=re.compile("^Run All Cells$")).click()
+                try:
+                    page.locator(".spacenb-body", has_text="the flood starts").wait_for(
+                        timeout=60_000
+                    )
+                    break
+                except Exception:
+                    if attempt == 2:
+                        raise
             time.sleep(2)  # let the page settle
             last_text = f"flood {args.messages - 1:05d}"
             page.evaluate(PROBE, last_text)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .exceptions import SpacenbError
 from .server.app import RunningServer, start_server
 
@@ -116,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spacenb", description="End-to-end-encrypted group messaging spaces."
     )
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--version", action="version", version=f"spacenb {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level (default: %(default)s)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run a relay, its keeper and shard stores until Ctrl+C"
@@ -125,15 +129,21 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, default=None,
         help="data directory, kept across restarts (default: a temporary one, deleted on exit)",
     )  # fmt: skip
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT,
-        help=f"port to listen on, 0 for any free one (default {DEFAULT_PORT})",
+        help="port to listen on, 0 for any free one (default: %(default)s)",
     )  # fmt: skip
-    serve.add_argument("--shards", type=int, default=5, help="local shard stores (0 for none)")
     serve.add_argument(
-        "--shards-needed", type=int, default=3, help="shares needed to rebuild a file"
-    )
+        "--shards", type=int, default=5,
+        help="local shard stores, 0 for none (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shards-needed", type=int, default=3,
+        help="shares needed to rebuild a file (default: %(default)s)",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
     demo = commands.add_parser("demo", help="two users exchange messages on an embedded relay")
     demo.set_defaults(run=_demo)

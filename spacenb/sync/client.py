@@ -29,7 +29,7 @@ from .runner import LoopResource, Runner, get_runner
 from .space import Space
 
 if TYPE_CHECKING:
-    from ..widgets import ChannelDirectory
+    from ..widgets import ChannelDirectory, ChatWidget
 
 __all__ = ["Client", "SpaceAPI", "connect"]
 
@@ -50,6 +50,7 @@ class Client(LoopResource, Displayable):
         self.timeout = timeout
         self._own(runner)
         self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()
+        self._widgets: weakref.WeakSet[ChatWidget] = weakref.WeakSet()  # detached on close
         self.space = SpaceAPI(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -108,7 +109,12 @@ class Client(LoopResource, Displayable):
         return self._run(self.aio.accept_new_identity(username, fingerprint))
 
     def close(self) -> None:
-        """Sign out and close the connection (also on leaving a ``with`` block)."""
+        """Sign out and close the connection (also on leaving a ``with`` block).
+
+        Chat widgets of this client stay on screen, read-only, marked closed.
+        """
+        for chat in list(self._widgets):
+            chat.detach()
         self._release(self.timeout)
 
     async def _aclose(self) -> None:

@@ -19,8 +19,8 @@ __all__ = ["LocalServer", "serve"]
 class LocalServer(LoopResource, Displayable):
     """A relay, keeper and shard stores running on the facade's loop in this process.
 
-    Stop it with :meth:`stop` or use it as a context manager; it is also stopped when the
-    interpreter exits.
+    Stop it with :meth:`stop` (or :meth:`close`) or use it as a context manager; it is also
+    stopped when the interpreter exits.
     """
 
     def __init__(self, inner: RunningServer, *, runner: Runner) -> None:
@@ -45,6 +45,10 @@ class LocalServer(LoopResource, Displayable):
     def stop(self) -> None:
         """Stop serving (idempotent; also on leaving a ``with`` block)."""
         self._release()
+
+    def close(self) -> None:
+        """The same as :meth:`stop`, so that a server closes like a client does."""
+        self.stop()
 
     async def _aclose(self) -> None:
         await self.aio.stop()

@@ -260,7 +260,13 @@ class Space(Displayable):
     # ------------------------------------------------------------------ notebook
 
     def widget(self, **options: Any) -> ChatWidget:
-        """A live chat view of this space (see :class:`spacenb.widgets.ChatWidget`)."""
+        """A live chat view of this space (see :class:`spacenb.widgets.ChatWidget`).
+
+        It follows the space until it is closed, or until the client signs out
+        (``client.close()``), which leaves it on screen, read-only.
+        """
         from ..widgets import ChatWidget
 
-        return ChatWidget(self, **options)
+        chat = ChatWidget(self.aio, runner=self.client._runner, **options)
+        self.client._widgets.add(chat)
+        return chat

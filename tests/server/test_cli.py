@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from spacenb import __version__ as spacenb_version
 from spacenb.cli import main
 from tests.server.rawclient import RawClient
 
@@ -60,3 +61,19 @@ def test_a_command_is_required(capsys):
     with pytest.raises(SystemExit):
         main([])
     assert "COMMAND" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == f"spacenb {spacenb_version}"
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for shown in ("(default: 127.0.0.1)", "(default: 8765)", "(default: 5)", "(default: 3)",
+                  "(default: a temporary one, deleted on exit)"):  # fmt: skip
+        assert shown in out

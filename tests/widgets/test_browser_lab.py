@@ -119,8 +119,27 @@ def page(lab: Lab, chromium: Any) -> Iterator[Any]:
     context.close()
 
 
+def dismiss_dialogs(page: Any) -> list[str]:
+    """Accept any modal dialog JupyterLab put up (on a loaded machine a slow kernel start
+    can bring up "Select Kernel"): it would take every click. Returns what they said."""
+    said = []
+    dialogs = page.locator(".jp-Dialog")
+    for _ in range(3):
+        if not dialogs.count():
+            break
+        said.append(dialogs.first.inner_text())
+        accept = dialogs.first.locator(".jp-Dialog-button.jp-mod-accept")
+        if accept.count():
+            accept.first.click()
+        else:
+            page.keyboard.press("Escape")
+        settle(page)
+    return said
+
+
 def menu(page: Any, *path: str) -> None:
     """Click through JupyterLab's menu bar: ``menu(page, "Run", "Run All Cells")``."""
+    dismiss_dialogs(page)
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{path[0]}$")).click()
     for i, label in enumerate(path[1:]):
         item = page.locator(

@@ -174,9 +174,14 @@ def test_the_author_edits_and_deletes_from_the_view(
     assert theirs.history()["body"].tolist()[0] == {"text": "final", "tag": "kept"}
     front.say(type="delete", handle=handle)
     wait_until(lambda: handle not in front.rows, what="the deletion")
-    front.say(type="delete", handle=theirs_handle)  # refused by the relay: shown, not raised
-    wait_until(lambda: widget.error.startswith("PermissionDeniedError"), what="the refusal")
-    assert theirs_handle in front.rows
+    front.say(type="delete", handle=theirs_handle)  # the owner may delete anyone's
+    wait_until(lambda: theirs_handle not in front.rows, what="the owner's deletion")
+    kept = mine.send_message("the owner's, kept")
+    their_widget, their_front = opened(theirs)
+    wait_until(lambda: kept in their_front.rows, what="the owner's message, on their side")
+    their_front.say(type="delete", handle=kept)  # refused: shown, not raised
+    wait_until(lambda: their_widget.error.startswith("PermissionDeniedError"), what="the refusal")
+    assert kept in their_front.rows
 
 
 def test_older_pages_on_demand(make_client: MakeClient) -> None:

@@ -164,7 +164,7 @@ def test_the_author_edits_and_deletes_from_the_view(
     room: tuple[spacenb.Space, spacenb.Space],
 ) -> None:
     mine, theirs = room
-    widget, front = opened(mine)
+    _widget, front = opened(mine)
     handle = mine.send_message({"text": "draft", "tag": "kept"})
     theirs_handle = theirs.send_message("not yours")
     wait_until(lambda: len(front.rows) == 2, what="both messages")

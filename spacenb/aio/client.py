@@ -63,6 +63,7 @@ class AsyncClient:
         self.events = Emitter()
         self._directory: dict[str, PublicIdentity] = {}
         self._pins, self._channel_pins = self.keystore.load_pins()
+        self._pins_dirty = False
         self.session_id = new_session_id()  # sequence numbers of this session's messages
         self._last_seq = 0
         self._spaces: dict[str, AsyncSpace] = {}
@@ -91,6 +92,8 @@ class AsyncClient:
         """Sign out and close the connection; live spaces stop receiving."""
         for space in list(self._spaces.values()):
             space.save_marks()
+        if self._pins_dirty:
+            self._write_pins()
         await self.connection.close()
         if self._dispatcher is not None:
             self._queue.put_nowait(None)
@@ -171,7 +174,24 @@ class AsyncClient:
         return None
 
     def _save_pins(self) -> None:
-        self.keystore.save_pins(self._pins, self._channel_pins)
+        """Persist the pins, once per event-loop turn however many changed in it (a
+        newcomer to a channel of thousands pins them all while verifying one log page)."""
+        if self.keystore.in_memory:
+            return  # the pins live in this object; there is nothing to write them to
+        if self._pins_dirty:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_pins()
+            return
+        self._pins_dirty = True
+        loop.call_soon(self._write_pins)
+
+    def _write_pins(self) -> None:
+        self._pins_dirty = False
+        if not self.keystore.in_memory:
+            self.keystore.save_pins(self._pins, self._channel_pins)
 
     def pin_channel(self, name: str, space_id: str) -> None:
         """Pin a channel name to its space id on first sight."""
@@ -213,7 +233,7 @@ class AsyncClient:
         pin = self._pins.get(username)
         if pin is not None and not pin.verified:
             self._pins[username] = Pin(pin.signing_key, pin.ecdh_key, pin.first_seen_us, True)
-            self._save_pins()
+            self._write_pins()  # an explicit decision: on disk before this returns
 
     def trusted_identities(self) -> list[TrustedIdentity]:
         """Every user pinned by this client, by name."""
@@ -255,7 +275,7 @@ class AsyncClient:
         verified = fingerprint is not None or (unchanged and old is not None and old.verified)
         first_seen = old.first_seen_us if unchanged and old is not None else self.clock.now_us()
         self._pins[username] = Pin(user.signing_key, user.ecdh_key, first_seen, verified)
-        self._save_pins()
+        self._write_pins()  # an explicit decision: on disk before this returns
         self._directory[username] = PublicIdentity(username, user.signing_key, user.ecdh_key)
         for space in self._spaces.values():
             space.core.recheck_trust()

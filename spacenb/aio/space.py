@@ -113,6 +113,7 @@ class AsyncSpace:
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
         self._log_lock = asyncio.Lock()
         self._marks_saved = 0.0
+        self._head_changed = False
 
     # ------------------------------------------------------------------ description
 
@@ -286,7 +287,8 @@ class AsyncSpace:
                 return  # the relay serves fewer events than we saw: withheld, not yet proven
         if secrets.log_head != (state.head_seq, state.head):
             secrets.log_head = (state.head_seq, state.head)
-            self.client.keystore.save_space(secrets)
+            self._head_changed = True
+            self.save_marks(every=2.0)  # with the replay marks, at most every 2 s
 
     def state_log(self) -> list[StateLogEntry]:
         """The verified state events, oldest first (fetch with :meth:`sync_log` first)."""
@@ -941,14 +943,15 @@ class AsyncSpace:
         self.save_marks()
 
     def save_marks(self, *, every: float = 0.0) -> None:
-        """Persist the replay marks (at most once per ``every`` seconds)."""
+        """Persist the replay marks and the newest verified log event (at most once per
+        ``every`` seconds; at once on disconnect and close)."""
         secrets, replay = self._secrets, self.core.replay
-        if secrets is None or not replay.changed:
+        if secrets is None or not (replay.changed or self._head_changed):
             return
         now = asyncio.get_running_loop().time()
         if now - self._marks_saved < every:
             return
         self._marks_saved = now
-        replay.changed = False
+        replay.changed = self._head_changed = False
         secrets.marks = dict(replay.marks)
         self.client.keystore.save_space(secrets)

@@ -1,4 +1,80 @@
 """Server tests start the real server on loopback (``rawclient.running``) and talk to it
 over real websockets with the frame-level client in ``rawclient.py``, which signs protocol
 v2 state events and envelopes itself and keeps a verified copy of each space's log. Async
-tests run under pytest-asyncio's auto mode (pyproject.toml)."""
+tests run under pytest-asyncio's auto mode (pyproject.toml).
+
+Storage and relay tests run on both backends: a module with
+``pytestmark = pytest.mark.usefixtures("backend")`` runs each test once on SQLite and once
+on a fresh PostgreSQL database (``tests/pgserver.py``); ``running`` picks it up."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from spacenb.server.postgres import PostgresStorage
+from spacenb.server.sqlite import SQLiteStorage
+from spacenb.server.storage import DB_FILENAME, Storage
+from tests.server import rawclient
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+class Backend:
+    """Where a test's storage lives: ``spacenb.sqlite3`` in the test's data directory, or
+    a PostgreSQL database of its own (``database``)."""
+
+    def __init__(self, name: str, data_dir: Path, database: str | None) -> None:
+        self.name = name
+        self.data_dir = data_dir
+        self.database = database
+        self._opened: list[Storage] = []
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    def open(self) -> Storage:
+        """A new storage object on this test's database (the same one each time), closed
+        after the test."""
+        storage: Storage
+        if self.database is None:
+            storage = SQLiteStorage(self.data_dir / DB_FILENAME)
+        else:
+            storage = PostgresStorage(self.database)
+        self._opened.append(storage)
+        return storage
+
+    def close(self) -> None:
+        for storage in self._opened:
+            storage.close()
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every committed row of every table, read through a second connection."""
+        if self.database is None:
+            with sqlite3.connect(self.data_dir / DB_FILENAME) as db:
+                query = "SELECT name FROM sqlite_master WHERE type='table'"
+                tables = [r[0] for r in db.execute(query)]
+                return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+        with psycopg.connect(self.database) as pg:
+            query = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            tables = [r[0] for r in pg.execute(query)]
+            return {t: sorted(pg.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table, committed."""
+        return {table: len(rows) for table, rows in self.dump().items()}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: Any) -> Iterator[Backend]:
+    """The storage backend of this run of the test; relays from ``running`` use it."""
+    database = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    monkeypatch.setattr(rawclient, "DATABASE", database)
+    chosen = Backend(request.param, tmp_path, database)
+    yield chosen
+    chosen.close()

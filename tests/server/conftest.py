@@ -9,6 +9,7 @@ on a fresh PostgreSQL database (``tests/pgserver.py``); ``running`` picks it up.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +30,13 @@ class Backend:
     """Where a test's storage lives: ``spacenb.sqlite3`` in the test's data directory, or
     a PostgreSQL database of its own (``database``)."""
 
-    def __init__(self, name: str, data_dir: Path, database: str | None) -> None:
+    def __init__(
+        self, name: str, data_dir: Path, database: str | None, cluster: Path | None = None
+    ) -> None:
         self.name = name
         self.data_dir = data_dir
         self.database = database
+        self.cluster = cluster  # the PostgreSQL data directory, when the tests run the server
         self._opened: list[Storage] = []
 
     def __repr__(self) -> str:
@@ -69,12 +73,35 @@ class Backend:
         """Rows per table, committed."""
         return {table: len(rows) for table, rows in self.dump().items()}
 
+    def stored_bytes(self) -> Iterator[tuple[str, bytes]]:
+        """Everything at rest, as ``(where, data)``: each file of the data directory and,
+        on PostgreSQL, every committed value of every row and, when the tests run the
+        server, each file of its cluster after a checkpoint (WAL included)."""
+        for path in sorted(p for p in self.data_dir.rglob("*") if p.is_file()):
+            yield str(path.relative_to(self.data_dir)), path.read_bytes()
+        if self.database is None:
+            return
+        for table, rows in self.dump().items():
+            for row in rows:
+                for value in row:
+                    data = value if isinstance(value, bytes) else str(value).encode()
+                    yield f"table {table}", data
+        if self.cluster is not None:
+            with psycopg.connect(self.database, autocommit=True) as pg:
+                pg.execute("CHECKPOINT")
+            for path in sorted(p for p in self.cluster.rglob("*") if p.is_file()):
+                with contextlib.suppress(OSError):  # files come and go while it runs
+                    yield f"cluster {path.relative_to(self.cluster)}", path.read_bytes()
+
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: Any) -> Iterator[Backend]:
     """The storage backend of this run of the test; relays from ``running`` use it."""
-    database = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    database = cluster = None
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres_url")
+        cluster = request.getfixturevalue("postgres_server").cluster
     monkeypatch.setattr(rawclient, "DATABASE", database)
-    chosen = Backend(request.param, tmp_path, database)
+    chosen = Backend(request.param, tmp_path, database, cluster)
     yield chosen
     chosen.close()

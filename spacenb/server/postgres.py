@@ -150,6 +150,9 @@ MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2}
 _TABLES = ("users", "spaces", "channels", "state_events", "wrapped_keys", "join_requests",
            "messages", "service_secrets")  # fmt: skip
 _MIGRATION_LOCK = 0x7370_6163_656E_6231  # pg_advisory_xact_lock key: "spacenb1"
+# No relay holds a row lock longer than one event-loop turn, so a longer wait means relays
+# stall each other (two relays on one event loop, say): fail that request instead.
+LOCK_TIMEOUT = "10s"
 
 _EVENT_COLUMNS = "space_id, seq, prev, kind, actor, at_us, body, signature"
 _MESSAGE_COLUMNS = (
@@ -299,12 +302,14 @@ class PostgresStorage(Storage):
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
+            db = psycopg.connect(
                 self._url,
                 autocommit=True,
                 connect_timeout=max(1, round(self._connect_timeout)),
                 application_name="spacenb-relay",
             )
+            db.execute("SELECT set_config('lock_timeout', %s, false)", (LOCK_TIMEOUT,))
+            return db
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ServerError(f"cannot connect to {redacted_url(self._url)}: {reason}") from None

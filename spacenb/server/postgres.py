@@ -28,8 +28,8 @@ event loop, each request handled in one synchronous step with its answer and eve
 in order and one group commit per loop turn (:mod:`spacenb.server.relay`). psycopg's
 synchronous connection keeps that contract unchanged, so the relay and its handlers stay
 as they are and both backends share every rule. asyncpg is async-only: using it would
-mean making every storage call and every handler a coroutine, which is the relay-core
-rework of its own (issue 15, item 1), not a storage backend. psycopg 3 also has an async
+mean making every storage call and every handler a coroutine: a rework of the relay
+core, not a storage backend. psycopg 3 also has an async
 connection with ``LISTEN``/``NOTIFY`` (for delivery across relays) in the same package.
 A query costs a loopback round trip (~0.1 ms here): the relay blocks its loop for that
 long, where SQLite takes microseconds.

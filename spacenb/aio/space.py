@@ -9,6 +9,7 @@ decisions to handlers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -299,11 +300,15 @@ class AsyncSpace:
         """React to newly verified events: keys to fetch, deletions, removals."""
         state = self.core.require_state()
         refetch_keys = False
+        emitter = self.events
         for event in events:
-            self.events.emit("state", StateLogEntry.of(event))
-            body = event.fields()
-            if event.kind in ("add", "role", "remove", "leave"):
-                self.events.emit("member", StateLogEntry.of(event))
+            body = json.loads(event.body)  # verified already: no need to check it again
+            member_change = event.kind in ("add", "role", "remove", "leave")
+            if emitter.has("state") or (member_change and emitter.has("member")):
+                entry = StateLogEntry.of(event)  # a hash and a parse: only when listened to
+                emitter.emit("state", entry)
+                if member_change:
+                    emitter.emit("member", entry)
             if event.kind == "epoch":
                 epoch = body["epoch"]
                 if epoch != self._minting and not self.core_holds(epoch):

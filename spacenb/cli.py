@@ -2,9 +2,12 @@
 
 ``spacenb serve --data DIR --host H --port N --shards N --shards-needed K`` prints the URL
 and the app key, then serves until SIGINT or SIGTERM; ``--limit NAME=VALUE`` (repeatable)
-changes one of the relay's limits (PROTOCOL.md, "Limits"). ``spacenb demo`` starts an embedded
-relay on a free port, has two users exchange messages in a channel, prints what they read,
-and exits 0 when everything arrived.
+changes one of the relay's limits (PROTOCOL.md, "Limits"). With ``--database URL``
+(PostgreSQL) several relays serve one database as one service: the first makes
+``service.key`` in its data directory, and each other relay must be given it, in its own
+data directory or as ``SPACENB_SERVICE_KEY``. ``spacenb demo`` starts an embedded relay
+on a free port, has two users exchange messages in a channel, prints what they read, and
+exits 0 when everything arrived.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .exceptions import SpacenbError
 from .server.app import RunningServer, start_server
 from .server.limits import Limits
@@ -25,6 +30,7 @@ from .server.limits import Limits
 __all__ = ["main"]
 
 DEFAULT_PORT = 8765
+SERVICE_KEY_ENV = "SPACENB_SERVICE_KEY"
 DEMO_TIMEOUT = 15.0
 
 
@@ -32,13 +38,27 @@ def _print(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
-def _describe(server: RunningServer) -> list[str]:
+def _describe(server: RunningServer, *, temporary: bool, key_from_env: bool) -> list[str]:
     lines = [
         f"spacenb relay listening on {server.url}",
         f"  app key:  {server.app_key}",
         f"  data:     {server.data_dir}",
-        f"  keeper:   {server.keeper_username}",
     ]
+    if server.database is not None:
+        from .server.postgres import redacted_url
+        from .server.service import SERVICE_KEY_FILE
+
+        where = SERVICE_KEY_ENV if key_from_env else str(server.data_dir / SERVICE_KEY_FILE)
+        lines += [
+            f"  database: {redacted_url(server.database)}",
+            f"  service key: {where} (every relay of this database needs it)",
+        ]
+        if temporary and not key_from_env:
+            lines.append(
+                "  WARNING: the service key is in a temporary directory, deleted on exit; "
+                "without it this database cannot be served again (use --data DIR)"
+            )
+    lines.append(f"  keeper:   {server.keeper_username}")
     if server.shard_urls:
         lines.append(
             f"  shards:   {len(server.shard_urls)} stores, any {server.shards_needed} "
@@ -51,6 +71,7 @@ async def _serve(args: argparse.Namespace) -> int:
     limits = Limits()
     for setting in args.limit:
         limits = limits.with_setting(setting)
+    service_key = os.environ.get(SERVICE_KEY_ENV) if args.database else None
     server = await start_server(
         args.data,
         args.host,
@@ -58,13 +79,18 @@ async def _serve(args: argparse.Namespace) -> int:
         shards=args.shards,
         shards_needed=args.shards_needed,
         limits=limits,
+        database=args.database,
+        service_key=service_key,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        _print(*_describe(server), "Press Ctrl+C to stop.")
+        described = _describe(
+            server, temporary=args.data is None, key_from_env=service_key is not None
+        )
+        _print(*described, "Press Ctrl+C to stop.")
         await stop.wait()
         _print("stopping…")
     finally:
@@ -126,7 +152,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="spacenb", description="End-to-end-encrypted group messaging spaces."
     )
-    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--version", action="version", version=f"spacenb {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level (default: %(default)s)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve", help="run a relay, its keeper and shard stores until Ctrl+C"
@@ -135,15 +164,27 @@ def _parser() -> argparse.ArgumentParser:
         "--data", type=Path, default=None,
         help="data directory, kept across restarts (default: a temporary one, deleted on exit)",
     )  # fmt: skip
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument(
+        "--database", metavar="URL", default=None,
+        help="keep everything in this PostgreSQL database (postgresql://...), which several "
+        "relays may serve as one service (default: SQLite in the data directory); a password "
+        "is better kept in PGPASSWORD or ~/.pgpass than in the URL",
+    )  # fmt: skip
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
     serve.add_argument(
         "--port", type=int, default=DEFAULT_PORT,
-        help=f"port to listen on, 0 for any free one (default {DEFAULT_PORT})",
+        help="port to listen on, 0 for any free one (default: %(default)s)",
     )  # fmt: skip
-    serve.add_argument("--shards", type=int, default=5, help="local shard stores (0 for none)")
     serve.add_argument(
-        "--shards-needed", type=int, default=3, help="shares needed to rebuild a file"
-    )
+        "--shards", type=int, default=5,
+        help="local shard stores, 0 for none (default: %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shards-needed", type=int, default=3,
+        help="shares needed to rebuild a file (default: %(default)s)",
+    )  # fmt: skip
     serve.add_argument(
         "--limit", action="append", default=[], metavar="NAME=VALUE",
         help="change a relay limit, e.g. message_rate=50 or max_buffered=none (repeatable; "

@@ -82,7 +82,7 @@ HISTORY_COLUMNS: Schema = {
     "sender": "str",
     "channel": "str",
     "epoch": "int64",
-    "content_type": "str",
+    "content_type": "object",  # a string, or None (not NaN) when the sender set none
     "body": "object",
 }
 

@@ -4,8 +4,9 @@ nbval (``pytest --nbval notebooks/ --nbval-sanitize-with tests/nbval_sanitize.cf
 each notebook and compares outputs. These tests read the saved files only, and check what
 makes a notebook a good tutorial and a fair test: it was saved fully executed, top to
 bottom; it gets its relay from ``open_server``; it ends with an exercise and a cell
-that checks it; its outputs leak no paths or host names of the machine that ran it; and
-only a minority of cells opt out of comparison.
+that checks it (a collapsed solution only inside the exercise); its outputs leak no paths
+or host names of the machine that ran it; only a minority of cells opt out of comparison;
+it teaches protocol v2, not the byte layouts v1 had; and ``notebooks/README.md`` lists it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 IGNORE_MARKER = "# NBVAL_IGNORE_OUTPUT"
 MAX_NOTEBOOK_BYTES = 2 << 20
+README = REPO / "notebooks" / "README.md"
+
+# What protocol v1 had and v2 removed or changed: a notebook that still uses one of these
+# teaches byte layouts (or calls) that no longer exist.
+V1_ONLY = {
+    "spacenb/v1/envelope": "envelopes are signed under spacenb/v2/envelope/<kind>",
+    "spacenb/v1/aad": "the associated data is labelled spacenb/v2/aad/<kind>",
+    "spacenb/v1/create-space": "a space is created by its signed genesis (statelog.make_genesis)",
+    "create_space_signed_bytes": "a space is created by its signed genesis (statelog.make_genesis)",
+}
 
 Notebook = dict[str, Any]
 
@@ -39,6 +50,10 @@ def _text(value: Any) -> str:
 
 def _code_cells(nb: Notebook) -> list[Notebook]:
     return [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+
+
+def _hidden(cell: Notebook) -> bool:
+    return bool(cell.get("metadata", {}).get("jupyter", {}).get("source_hidden"))
 
 
 def _ignored(cell: Notebook) -> bool:
@@ -167,6 +182,57 @@ def test_ends_with_an_exercise_and_its_check(notebook: tuple[Path, Notebook]) ->
             assert not cell.get("outputs"), (
                 f"{path.name}: after the exercise's check, only silent clean-up code"
             )
+
+
+def test_collapsed_code_is_only_an_exercise_solution(notebook: tuple[Path, Notebook]) -> None:
+    """A collapsed cell (``{"jupyter": {"source_hidden": true}}``) hides a worked solution
+    from whoever does the exercise: it belongs after the exercise's heading, comes after a
+    first run of the check, is followed by the final check, and prints nothing itself."""
+    path, nb = notebook
+    cells = nb["cells"]
+    hidden = [i for i, cell in enumerate(cells) if _hidden(cell)]
+    if not hidden:
+        return
+    exercise = max(
+        i
+        for i, cell in enumerate(cells)
+        if cell["cell_type"] == "markdown"
+        and any(h.lower().startswith("exercise") for h in _headings(cell))
+    )
+    for i in hidden:
+        cell = cells[i]
+        assert cell["cell_type"] == "code" and i > exercise, (
+            f"{path.name}, cell {i}: only an exercise's solution is collapsed"
+        )
+        assert not cell.get("outputs"), (
+            f"{path.name}, cell {i}: a collapsed solution prints nothing"
+        )
+        before = [c for c in cells[exercise + 1 : i] if c["cell_type"] == "code"]
+        after = [c for c in cells[i + 1 :] if c["cell_type"] == "code"]
+        assert len(before) >= 2, (
+            f"{path.name}, cell {i}: the learner's stub and a first check come before the solution"
+        )
+        assert any(re.search(r"^\s*assert\b", _source(c), re.M) for c in after), (
+            f"{path.name}, cell {i}: a check with assert must run after the solution"
+        )
+
+
+def test_teaches_protocol_v2(notebook: tuple[Path, Notebook]) -> None:
+    path, nb = notebook
+    for index, cell in enumerate(nb["cells"]):
+        for name, instead in V1_ONLY.items():
+            assert name not in _source(cell), f"{path.name}, cell {index}: {name} is v1 ({instead})"
+
+
+def test_readme_lists_every_notebook() -> None:
+    listed = re.findall(
+        r"^\| \[[^]]+\]\((\d\d_[a-z0-9_]+\.ipynb)\) \|", README.read_text("utf-8"), re.M
+    )
+    names = [path.name for path in NOTEBOOKS]
+    assert listed == names, (
+        f"notebooks/README.md's table lists {listed}, the directory holds {names}: one row per "
+        "notebook, in order"
+    )
 
 
 def test_outputs_hold_no_local_paths_or_host_names(notebook: tuple[Path, Notebook]) -> None:

@@ -41,7 +41,8 @@ __all__ = [
 
 
 async def serve(**kwargs: Any) -> RunningServer:
-    """Start the embedded relay, keeper and shard stores (see ``spacenb.server.app``)."""
+    """Start the embedded relay, keeper and shard stores (see ``spacenb.server.app``;
+    ``database="postgresql://..."`` keeps everything in PostgreSQL instead of SQLite)."""
     from ..server.app import start_server
 
     return await start_server(**kwargs)

@@ -27,7 +27,8 @@ from ..exceptions import (
 )
 from ..protocol import frames
 from ..protocol.envelope import new_session_id
-from ..protocol.keys import IdentityKeys, PublicIdentity, fingerprint
+from ..protocol.keys import IdentityKeys, PublicIdentity
+from ..protocol.keys import fingerprint as _fingerprint
 from .connection import RelayConnection
 from .handlers import Emitter
 from .keystore import Keystore, Pin
@@ -81,7 +82,7 @@ class AsyncClient:
         self.events = Emitter()
         self._directory: dict[str, PublicIdentity] = {}
         self._pins, self._channel_pins = self.keystore.load_pins()
-        self._pins_pending = False
+        self._pins_dirty = False
         self.session_id = new_session_id()  # sequence numbers of this session's messages
         self._last_seq = 0
         self._spaces: dict[str, AsyncSpace] = {}
@@ -111,7 +112,8 @@ class AsyncClient:
         client is left behind (async handlers still running are cancelled)."""
         for space in list(self._spaces.values()):
             space.save_marks()
-        self._flush_pins()
+        if self._pins_dirty:
+            self._write_pins()
         await self.connection.close()
         if self._dispatcher is not None:
             self._queue.put_nowait(None)
@@ -180,11 +182,11 @@ class AsyncClient:
         known = self.pinned_keys(username)
         if known is None:
             self._pins[username] = Pin(signing_key, ecdh_key, self.clock.now_us())
-            self._save_pins_soon()
+            self._save_pins()
         elif known != (signing_key, ecdh_key):
             raise IdentityChangedError(
                 f"the relay presents identity keys for {username!r} that differ from the ones "
-                f"this client pinned (fingerprint {fingerprint(*known)}): if {username} really "
+                f"this client pinned (fingerprint {_fingerprint(*known)}): if {username} really "
                 "has new keys, check their fingerprint with them and call "
                 "accept_new_identity()",
                 username=username,
@@ -200,23 +202,24 @@ class AsyncClient:
         return None
 
     def _save_pins(self) -> None:
-        self._pins_pending = False
-        self.keystore.save_pins(self._pins, self._channel_pins)
-
-    def _save_pins_soon(self) -> None:
-        """Save new pins once this turn of the event loop ends: a log of thousands of
-        members pins thousands of users, and writes the file once."""
-        if self._pins_pending:
+        """Persist the pins, once per event-loop turn however many changed in it (a
+        newcomer to a channel of thousands pins them all while verifying one log page)."""
+        if self.keystore.in_memory:
+            return  # the pins live in this object; there is nothing to write them to
+        if self._pins_dirty:
             return
-        self._pins_pending = True
         try:
-            asyncio.get_running_loop().call_soon(self._flush_pins)
-        except RuntimeError:  # no loop running: now
-            self._save_pins()
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_pins()
+            return
+        self._pins_dirty = True
+        loop.call_soon(self._write_pins)
 
-    def _flush_pins(self) -> None:
-        if self._pins_pending:
-            self._save_pins()
+    def _write_pins(self) -> None:
+        self._pins_dirty = False
+        if not self.keystore.in_memory:
+            self.keystore.save_pins(self._pins, self._channel_pins)
 
     def pin_channel(self, name: str, space_id: str) -> None:
         """Pin a channel name to its space id on first sight."""
@@ -242,7 +245,7 @@ class AsyncClient:
                 raise NotFoundError(f"no user named {username!r}")
             keys = self.pinned_keys(username)
             assert keys is not None
-        return fingerprint(*keys)
+        return _fingerprint(*keys)
 
     async def verify_identity(self, username: str, expected: str) -> None:
         """Compare ``username``'s pinned fingerprint with one learned out of band: mark
@@ -258,7 +261,7 @@ class AsyncClient:
         pin = self._pins.get(username)
         if pin is not None and not pin.verified:
             self._pins[username] = Pin(pin.signing_key, pin.ecdh_key, pin.first_seen_us, True)
-            self._save_pins()
+            self._write_pins()  # an explicit decision: on disk before this returns
 
     def trusted_identities(self) -> list[TrustedIdentity]:
         """Every user pinned by this client, by name."""
@@ -267,7 +270,7 @@ class AsyncClient:
         return [
             TrustedIdentity(
                 name,
-                fingerprint(p.signing_key, p.ecdh_key),
+                _fingerprint(p.signing_key, p.ecdh_key),
                 p.signing_key,
                 p.ecdh_key,
                 datetime.fromtimestamp(p.first_seen_us / 1_000_000, tz=UTC),
@@ -276,19 +279,35 @@ class AsyncClient:
             for name, p in sorted(self._pins.items())
         ]
 
-    async def accept_new_identity(self, username: str) -> str:
+    async def accept_new_identity(self, username: str, fingerprint: str | None = None) -> str:
         """Replace the keys pinned for ``username`` with those the relay presents now (a
-        user who really did reinstall). Returns the new fingerprint."""
+        user who really did reinstall). With ``fingerprint`` (learned out of band), accept
+        them only if they match it, and mark them verified; otherwise raise
+        :class:`IdentityChangedError`. Returns the new fingerprint."""
         result = await self.request(frames.UserKeys, usernames=(username,))
         if not result.users:
             raise NotFoundError(f"no user named {username!r}")
         user = result.users[0]
-        self._pins[username] = Pin(user.signing_key, user.ecdh_key, self.clock.now_us())
-        self._save_pins()
+        presented = _fingerprint(user.signing_key, user.ecdh_key)
+        if fingerprint is not None and " ".join(fingerprint.lower().split()) != presented:
+            raise IdentityChangedError(
+                f"the relay presents keys for {username!r} with fingerprint {presented}, not "
+                f"{fingerprint}: nothing was changed",
+                username=username,
+            )
+        old = self._pins.get(username)
+        unchanged = old is not None and (old.signing_key, old.ecdh_key) == (
+            user.signing_key,
+            user.ecdh_key,
+        )
+        verified = fingerprint is not None or (unchanged and old is not None and old.verified)
+        first_seen = old.first_seen_us if unchanged and old is not None else self.clock.now_us()
+        self._pins[username] = Pin(user.signing_key, user.ecdh_key, first_seen, verified)
+        self._write_pins()  # an explicit decision: on disk before this returns
         self._directory[username] = PublicIdentity(username, user.signing_key, user.ecdh_key)
         for space in self._spaces.values():
             space.core.recheck_trust()
-        return fingerprint(user.signing_key, user.ecdh_key)
+        return presented
 
     # ------------------------------------------------------------------ directory
 

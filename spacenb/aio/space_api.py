@@ -243,7 +243,10 @@ class AsyncSpaceAPI:
             if result is None:
                 raise StaleStateError(f"the log of {space_id} kept moving: try joining again")
             space.info = result.space
-            await space.sync_log()
+            if event is not None:
+                # The relay appended our add at the head we signed it on (else it would
+                # have refused it as stale): verify it like any event, no round trip.
+                await space.extend_with([event])
             await space.ingest_keys(result.keys)
             await space.wait_for_keys(timeout)
             await space.attach(refresh=False)

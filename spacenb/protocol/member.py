@@ -223,6 +223,7 @@ class MemberCore:
         self.distrusted: dict[str, str] = {}  # username -> why
         self._trust = trust or (lambda _name, _sig, _dh: None)
         self._sent: dict[bytes, tuple[Envelope, Message]] = {}
+        self._authors: dict[int, str] = {}  # handle -> sender of the messages accepted
 
     # ------------------------------------------------------------------ the log
 
@@ -311,7 +312,13 @@ class MemberCore:
     # ------------------------------------------------------------------ receiving
 
     def open_message(
-        self, envelope: Envelope, handle: int | None, *, kind: str = "msg", live: bool = False
+        self,
+        envelope: Envelope,
+        handle: int | None,
+        *,
+        kind: str = "msg",
+        live: bool = False,
+        edit: bool = False,
     ) -> Opened | Rejected | Need:
         """Decide about one envelope (a stored message, or a signal with ``handle`` None).
 
@@ -322,7 +329,10 @@ class MemberCore:
         opens; and (for stored messages) its sequence number fits (:class:`ReplayGuard`).
         A ``live`` envelope (pushed now, not read from history) also needs its sender to be
         a member at this member's head: someone removed cannot speak live, even through a
-        relay that takes a message bound to an older head.
+        relay that takes a message bound to an older head. An ``edit`` must come from the
+        author this member saw at that handle, and nothing is recorded before every check
+        has passed (so a relay cannot spend a genuine message by showing it first as
+        something it is not).
         """
         source = envelope.source
         if envelope.kind != kind:
@@ -376,20 +386,29 @@ class MemberCore:
             return Opened(envelope, message, 0)
         if state.deleted.get(handle) == source:
             return Rejected("deleted by its author or the owner", source, handle)
-        edit = self.replay.knows(source, message.sid, handle)
+        seen = self._authors.get(handle)
+        if seen is not None and seen != source:
+            clash = "edit by someone other than the author" if edit else "another sender's handle"
+            return Rejected(clash, source, handle)
+        revision = self.replay.knows(source, message.sid, handle)  # a new revision of one seen
         why = self.replay.check(source, message, handle)
         if why == "duplicate":
             return Opened(envelope, message, handle, duplicate=True)
         if why is not None:
             return Rejected(why, source, handle)
-        return Opened(envelope, message, handle, edit=edit)
+        self._authors[handle] = source
+        return Opened(envelope, message, handle, edit=revision)
 
-    def deletion_applies(self, event: StateEvent, author_of: Callable[[int], str | None]) -> bool:
+    def deletion_applies(self, event: StateEvent) -> bool:
         """Whether a verified ``delete`` event hides the message at its handle: only when
         the message's author (as this member saw it) is the author the event names."""
         fields = event.fields()
-        author = author_of(fields["handle"])
+        author = self._authors.get(fields["handle"])
         return author is None or author == fields["author"]
+
+    def author_of(self, handle: int) -> str | None:
+        """The sender of the message accepted at ``handle``, if any."""
+        return self._authors.get(handle)
 
     # ------------------------------------------------------------------ keys
 

@@ -544,10 +544,15 @@ class SpaceState:
         """
         if event.space_id != self.space_id:
             raise ProtocolError("event for another space", field="event.space_id")
-        if event.seq != self.head_seq + 1 or event.prev != self.head:
+        if event.seq != self.head_seq + 1:
             raise StaleStateError(
-                f"event {event.seq} does not follow the head ({self.head_seq}): fetch the log "
-                "and try again"
+                f"event {event.seq} does not follow the head (event {self.head_seq}): fetch "
+                "the log and try again"
+            )
+        if event.prev != self.head:
+            raise StaleStateError(
+                f"event {event.seq}'s prev is not the hash of event {self.head_seq}: it was "
+                "signed on another head; fetch the log and try again"
             )
         if event.kind == "genesis":
             raise ProtocolError("a space has one genesis", field="event.kind")

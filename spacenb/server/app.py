@@ -1,4 +1,4 @@
-"""Wiring a whole server in one process: relay, keeper, SQLite, shard stores.
+"""Wiring a whole server in one process: relay, keeper, storage, shard stores.
 
 :func:`start_server` is what ``spacenb serve``, ``spacenb.aio.serve`` and the tests call.
 A data directory holds everything that must survive a restart::
@@ -9,7 +9,12 @@ A data directory holds everything that must survive a restart::
     relay.key         the key that signs shard tickets (0600)
     shards/NNN/       one directory per local shard store
 
-The directory itself is made readable by its owner only (0700) when the relay starts.
+With ``database=`` (a ``postgresql://`` URL) the relay keeps everything in that database
+instead, so that several relays can serve it as one service: the app key and the two
+identities are stored there sealed, and the data directory holds only ``service.key``,
+which opens them, and the shards (:mod:`spacenb.server.service`).
+
+The data directory itself is made readable by its owner only (0700) when the relay starts.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from .connections import guarded_connection
 from .keeper import KEEPER_USERNAME, Keeper
 from .limits import Limits, raise_open_file_limit
 from .relay import WS_MAX_SIZE, LocalMember, Relay
+from .service import ServiceSecrets, open_service, write_private
 from .shards import ShardStore
 from .sqlite import SQLiteStorage
+from .storage import Storage
 
 __all__ = [
     "Limits",
@@ -90,18 +97,11 @@ def make_private(root: Path) -> None:
         log.warning("made the data directory %s private (mode %o → 700)", root, mode)
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Create ``path`` readable by its owner only; fails if it already exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def load_or_create_identity(path: Path) -> IdentityKeys:
     """The identity keys stored at ``path`` (``IdentityKeys.to_text()``), made on first
     use with mode 0600. Raises :class:`ServerError` if the file is unreadable."""
     if not path.exists():
-        _write_private(path, IdentityKeys.generate().to_text() + "\n")
+        write_private(path, IdentityKeys.generate().to_text() + "\n")
     try:
         return IdentityKeys.from_text(path.read_text(encoding="utf-8").strip())
     except SpacenbError as exc:
@@ -111,7 +111,7 @@ def load_or_create_identity(path: Path) -> IdentityKeys:
 def _load_or_create_app_key(data_dir: Path) -> str:
     path = data_dir / APP_FILE
     if not path.exists():
-        _write_private(path, json.dumps({"app_key": secrets.token_urlsafe(24)}) + "\n")
+        write_private(path, json.dumps({"app_key": secrets.token_urlsafe(24)}) + "\n")
     try:
         app_key = json.loads(path.read_text(encoding="utf-8"))["app_key"]
     except (ValueError, KeyError, TypeError):
@@ -119,6 +119,33 @@ def _load_or_create_app_key(data_dir: Path) -> str:
     if not isinstance(app_key, str) or not app_key:
         raise ServerError(f"{path} does not hold an app key")
     return app_key
+
+
+def _open_database(
+    database: str, root: Path, service_key: str | None
+) -> tuple[Storage, ServiceSecrets, str]:
+    """PostgreSQL storage and the service's secrets sealed in it (see ``service.py``)."""
+    from .postgres import PostgresStorage  # psycopg is needed only here
+
+    storage = PostgresStorage(database)
+    try:
+        shared, key = open_service(storage, root, service_key, secrets.token_urlsafe(24))
+    except BaseException:
+        storage.close()
+        raise
+    return storage, shared, key
+
+
+def _check_database(database: str | None, service_key: str | None) -> None:
+    if database is None:
+        if service_key is not None:
+            raise ValueError("service_key= opens the secrets of a database=: give both")
+        return
+    try:
+        from .postgres import check_database_url
+    except ImportError:
+        raise ServerError("database= needs psycopg 3: pip install 'spacenb[postgres]'") from None
+    check_database_url(database)
 
 
 def _ws_url(host: str, port: int) -> str:
@@ -131,7 +158,8 @@ class RunningServer:
     """A relay, its keeper and its shard stores, serving until :meth:`stop`.
 
     ``url`` and ``app_key`` are what a client needs; ``data_dir`` is where everything is
-    kept (a temporary directory, removed on stop, when none was given).
+    kept (a temporary directory, removed on stop, when none was given). With a
+    ``database``, ``service_key`` is what another relay needs to serve it too (a secret).
     """
 
     def __init__(
@@ -142,15 +170,19 @@ class RunningServer:
         data_dir: Path,
         relay: Relay,
         keeper: Keeper,
-        storage: SQLiteStorage,
+        storage: Storage,
         ws_server: Server,
         shard_stores: list[ShardStore],
         shards_needed: int,
         tempdir: tempfile.TemporaryDirectory[str] | None,
+        database: str | None = None,
+        service_key: str | None = None,
     ) -> None:
         self.url = url
         self.app_key = app_key
         self.data_dir = data_dir
+        self.database = database
+        self.service_key = service_key
         self.relay = relay
         self.keeper = keeper
         self.keeper_username = keeper.username
@@ -163,7 +195,12 @@ class RunningServer:
         self._stopped = False
 
     def __repr__(self) -> str:
-        return f"RunningServer(url={self.url!r}, data_dir={str(self.data_dir)!r})"
+        where = f"data_dir={str(self.data_dir)!r}"
+        if self.database is not None:
+            from .postgres import redacted_url
+
+            where += f", database={redacted_url(self.database)!r}"
+        return f"RunningServer(url={self.url!r}, {where})"
 
     @property
     def shard_stores(self) -> tuple[ShardStore, ...]:
@@ -239,19 +276,29 @@ async def start_server(
     shards_needed: int = 3,
     clock: Clock | None = None,
     limits: Limits | None = None,
+    database: str | None = None,
+    service_key: str | None = None,
 ) -> RunningServer:
-    """Start a relay with its keeper, SQLite storage and ``shards`` local shard stores.
+    """Start a relay with its keeper, its storage and ``shards`` local shard stores.
 
     ``port=0`` picks a free port (read it from ``.url``). With ``data_dir`` None the
     data lives in a temporary directory removed on stop; with a directory, everything
     (users, spaces, messages, links, the app key, the keeper's identity) survives a
-    restart; the directory is made private (0700). ``limits`` sets the connection caps,
-    rates and quotas (:class:`Limits`; PROTOCOL.md, "Limits", lists the defaults). Raises
-    ``ValueError`` for bad shard counts, :class:`UsageError` (a ``ValueError``) for a port
-    out of range, :class:`ServerError` for an unusable data directory, ``OSError`` if the
-    port cannot be bound.
+    restart; the directory is made private (0700). Storage is SQLite in the data
+    directory, or with ``database`` (a ``postgresql://`` URL) that database, which several
+    relays may share: the first one seals the service's secrets there, and the others open
+    them with its ``service_key`` (given here, or found as ``service.key`` in
+    ``data_dir``). ``limits`` sets the connection caps, rates and quotas (:class:`Limits`;
+    PROTOCOL.md, "Limits", lists the defaults).
+
+    Raises ``ValueError`` for bad shard counts or a database that is not a PostgreSQL URL,
+    :class:`UsageError` (a ``ValueError``) for a port out of range,
+    :class:`ServerError` for an unusable data directory or database (or a missing or wrong
+    service key), :class:`UnsupportedVersionError` for another schema version, ``OSError``
+    if the port cannot be bound.
     """
     check_shard_counts(shards, shards_needed)
+    _check_database(database, service_key)
     check_port(port)
     limits = limits or Limits()
     raise_open_file_limit(limits.open_files)
@@ -265,16 +312,24 @@ async def start_server(
         if tempdir is not None:
             undo.callback(tempdir.cleanup)
         make_private(root)
-        storage = SQLiteStorage.in_dir(root)  # first: it refuses another version untouched
-        undo.callback(storage.close)
-        app_key = _load_or_create_app_key(root)
-        keeper_keys = load_or_create_identity(root / KEEPER_KEY_FILE)
-        relay_keys = load_or_create_identity(root / RELAY_KEY_FILE)
+        storage: Storage
+        if database is None:
+            storage = SQLiteStorage.in_dir(root)  # first: it refuses another version untouched
+            undo.callback(storage.close)
+            app_key = _load_or_create_app_key(root)
+            keeper_keys = load_or_create_identity(root / KEEPER_KEY_FILE)
+            relay_keys = load_or_create_identity(root / RELAY_KEY_FILE)
+        else:
+            storage, shared, service_key = _open_database(database, root, service_key)
+            undo.callback(storage.close)
+            app_key, keeper_keys, relay_keys = shared.app_key, shared.keeper_keys, shared.relay_keys
         keeper_user = UserEntry(KEEPER_USERNAME, keeper_keys.signing_key, keeper_keys.ecdh_key)
         if storage.register_user(keeper_user, clock.now_us())[0] != keeper_user:
             raise ServerError(
                 f"{root / KEEPER_KEY_FILE} is not the keeper registered in this data "
                 "directory: restore the original file"
+                if database is None
+                else "the keeper registered in this database is not the one its sealed secrets hold"
             )
         stores = await _start_shard_stores(root, shards, relay_keys, host, clock, limits)
         for store in stores:
@@ -316,6 +371,8 @@ async def start_server(
         shard_stores=stores,
         shards_needed=shards_needed if stores else 0,
         tempdir=tempdir,
+        database=database,
+        service_key=service_key,
     )
-    log.info("spacenb relay listening on %s (data in %s)", running.url, root)
+    log.info("spacenb relay listening on %s (%r)", running.url, running)
     return running

@@ -380,6 +380,12 @@ class Relay:
         state.apply(event, verify=False)
         self.push_space(frames.StatePushed(state.space_id, event), state.space_id)
 
+    def catch_up(self, state: SpaceState) -> None:
+        """Apply (and push) the events stored after the cached head: another relay on the
+        same database appended them."""
+        for event in self.storage.state_events(state.space_id, since=state.head_seq + 1):
+            self.apply_state(state, event)
+
     def space_info(self, state: SpaceState) -> SpaceInfo:
         """The relay's summary of a space (clients derive the same from the log)."""
         keeper = state.keeper if state.keeper in state.members else None

@@ -15,12 +15,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ..exceptions import ChannelExistsError, StaleStateError, UnsupportedVersionError
+from ..exceptions import ChannelExistsError, StaleStateError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
-from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage
+from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage, unsupported_schema
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
 
@@ -121,16 +121,7 @@ def migrate(db: sqlite3.Connection) -> int:
     if found == SCHEMA_VERSION:
         return found
     if found not in MIGRATIONS:
-        raise UnsupportedVersionError(
-            f"the database has schema version {found}, written by "
-            + (
-                "spacenb protocol v1, whose messages are bound to no signed state log"
-                if found == 1
-                else "a newer spacenb"
-            )
-            + f"; this spacenb (protocol v2) reads schema version {SCHEMA_VERSION} only. "
-            "Start the relay on a new data directory (nothing in this one was changed)."
-        )
+        raise unsupported_schema(found, SCHEMA_VERSION, "a new data directory")
     db.execute("BEGIN IMMEDIATE")
     try:
         for statement in MIGRATIONS[found].split(";"):

@@ -14,6 +14,8 @@ roles, epochs, invitations and links are derived from the stored log, never kept
 
 Methods are synchronous: SQLite answers in microseconds, so the relay calls them on its
 event-loop thread, from one connection.
+:class:`~spacenb.server.postgres.PostgresStorage` keeps that contract over one PostgreSQL
+connection, so that several relays can share one database.
 """
 
 from __future__ import annotations
@@ -22,14 +24,30 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..exceptions import UnsupportedVersionError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, Role, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
 
-__all__ = ["DB_FILENAME", "PendingJoin", "SpaceRecord", "Storage"]
+__all__ = ["DB_FILENAME", "PendingJoin", "SpaceRecord", "Storage", "unsupported_schema"]
 
 DB_FILENAME = "spacenb.sqlite3"
+
+
+def unsupported_schema(found: int, supported: int, fresh: str) -> UnsupportedVersionError:
+    """The refusal of a database whose schema version is ``found`` (``supported`` is the
+    one this spacenb reads); ``fresh`` says what to start the relay on instead."""
+    return UnsupportedVersionError(
+        f"the database has schema version {found}, written by "
+        + (
+            "spacenb protocol v1, whose messages are bound to no signed state log"
+            if found == 1
+            else "a newer spacenb"
+        )
+        + f"; this spacenb (protocol v2) reads schema version {supported} only. "
+        f"Start the relay on {fresh} (nothing in this one was changed)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from .runner import LoopResource, Runner, get_runner
 from .space import Space
 
 if TYPE_CHECKING:
-    from ..widgets import ChannelDirectory
+    from ..widgets import ChannelDirectory, ChatWidget
 
 __all__ = ["Client", "SpaceAPI", "connect"]
 
@@ -50,6 +50,7 @@ class Client(LoopResource, Displayable):
         self.timeout = timeout
         self._own(runner)
         self._spaces: weakref.WeakKeyDictionary[aio.AsyncSpace, Space] = weakref.WeakKeyDictionary()
+        self._widgets: weakref.WeakSet[ChatWidget] = weakref.WeakSet()  # detached on close
         self.space = SpaceAPI(self)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -101,13 +102,19 @@ class Client(LoopResource, Displayable):
         """The pinned identities: ``username``, ``fingerprint``, ``first_seen``, ``verified``."""
         return trusted_identities_frame(self._runner.call(self.aio.trusted_identities))
 
-    def accept_new_identity(self, username: str) -> str:
+    def accept_new_identity(self, username: str, fingerprint: str | None = None) -> str:
         """Accept the keys the relay now presents for ``username`` (who really did
-        reinstall): the one way to replace a pin. Returns the new fingerprint."""
-        return self._run(self.aio.accept_new_identity(username))
+        reinstall): the one way to replace a pin. With ``fingerprint`` (read to you out of
+        band) only if they match it. Returns the new fingerprint."""
+        return self._run(self.aio.accept_new_identity(username, fingerprint))
 
     def close(self) -> None:
-        """Sign out and close the connection (also on leaving a ``with`` block)."""
+        """Sign out and close the connection (also on leaving a ``with`` block).
+
+        Chat widgets of this client stay on screen, read-only, marked closed.
+        """
+        for chat in list(self._widgets):
+            chat.detach()
         self._release(self.timeout)
 
     async def _aclose(self) -> None:

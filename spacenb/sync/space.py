@@ -24,6 +24,7 @@ from ..events import (
     SpaceMessageEvent,
 )
 from ..protocol.keyring import Keyring
+from ..protocol.statelog import SpaceState
 from .callbacks import get_callback_thread
 from .progress import Progress, progress_callback
 from .records import FileManifest
@@ -73,6 +74,12 @@ class Space(Displayable):
     def policy(self) -> str | None:
         """``"static"`` or ``"rotate"`` (None when not yet known)."""
         return self.aio.policy
+
+    @property
+    def state(self) -> SpaceState | None:
+        """The verified state log's derived state (members with keys, roles, epochs and
+        whom each reached, links, bans; read-only), or None before it is fetched."""
+        return self.aio.state
 
     @property
     def epoch(self) -> int | None:
@@ -185,9 +192,10 @@ class Space(Displayable):
         """Hand the group key to a member who asked to join."""
         return self._run(self.aio.admit(member_id, identity_ecdh_pub))
 
-    def invite(self, username: str) -> None:
-        """Add ``username`` as a member and hand them the key."""
-        return self._run(self.aio.invite(username))
+    def invite(self, username: str, *, role: str = "viewer") -> None:
+        """Let ``username`` join this space with ``role`` (a private space admits only the
+        invited): a signed invitation in the space's log, naming their pinned keys."""
+        return self._run(self.aio.invite(username, role=role))
 
     def rotate(self, roster: Iterable[str] | None = None) -> int:
         """Mint a new epoch key for ``roster`` (default: all members); returns the epoch."""
@@ -212,8 +220,9 @@ class Space(Displayable):
 
         Event names are the async core's (``"message"``, ``"message_edited"``,
         ``"message_deleted"``, ``"ephemeral"``, ``"presence"``, ``"join_request"``,
-        ``"rejected"``, ``"epoch"``, ``"member"``, ``"channel:raw_frame"``). A coroutine
-        function runs on the event loop instead. Returns a function that unsubscribes.
+        ``"rejected"``, ``"epoch"``, ``"member"``, ``"state"``, ``"channel:raw_frame"``).
+        A coroutine function runs on the event loop instead. Returns a function that
+        unsubscribes.
         """
         key = (event, handler)
         if key not in self._handlers:
@@ -252,7 +261,13 @@ class Space(Displayable):
     # ------------------------------------------------------------------ notebook
 
     def widget(self, **options: Any) -> ChatWidget:
-        """A live chat view of this space (see :class:`spacenb.widgets.ChatWidget`)."""
+        """A live chat view of this space (see :class:`spacenb.widgets.ChatWidget`).
+
+        It follows the space until it is closed, or until the client signs out
+        (``client.close()``), which leaves it on screen, read-only.
+        """
         from ..widgets import ChatWidget
 
-        return ChatWidget(self, **options)
+        chat = ChatWidget(self.aio, runner=self.client._runner, **options)
+        self.client._widgets.add(chat)
+        return chat

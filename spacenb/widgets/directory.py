@@ -26,15 +26,23 @@ class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
 
     def __init__(self, api: SpaceAPI, **kwargs: Any) -> None:
         self.api = api
-        self.channels = widgets.Select(options=[], rows=6, description="Channels")
+        labels = {"description_width": "initial"}  # as wide as the label: never cut off
+        self.channels = widgets.Select(
+            options=[], rows=6, description="Channels", style=labels,
+            layout=widgets.Layout(width="auto", min_width="320px"),
+        )  # fmt: skip
         self.refresh_button = widgets.Button(description="Refresh", icon="refresh")
         self.join_button = widgets.Button(description="Join", button_style="primary")
-        self.name = widgets.Text(placeholder="channel name", description="New channel")
+        self.name = widgets.Text(
+            placeholder="channel name", description="New channel", style=labels
+        )
         self.private = widgets.Checkbox(description="private", indent=False)
         self.create_button = widgets.Button(description="Create")
         self.status = widgets.Label()
-        self.chat = widgets.Box()
+        # A block, not a flex row: the chat below takes the directory's whole width.
+        self.chat = widgets.VBox(layout=widgets.Layout(width="100%"))
         self.space: Space | None = None
+        kwargs.setdefault("layout", widgets.Layout(width="100%"))
         super().__init__(
             [
                 widgets.HBox(
@@ -87,5 +95,7 @@ class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
         for child in self.chat.children:
             child.close()
         self.space = space
-        self.chat.children = [space.widget()]
+        chat = space.widget()
+        chat.layout.width = "100%"
+        self.chat.children = [chat]
         self.status.value = f"In {space.name or space.id}"

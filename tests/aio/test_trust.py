@@ -161,3 +161,18 @@ async def test_bad_calls_and_relay_garbage_raise_different_errors(connect, mitm)
         await bob.space.list_channels()
     assert isinstance(garbage.value, ProtocolError)
     assert not isinstance(garbage.value, UsageError)
+
+
+async def test_accepting_new_keys_can_be_bound_to_a_fingerprint(connect):
+    alice = await connect("alice")
+    bob = await connect("bob")
+    await alice.verify_identity("bob", bob.fingerprint)
+    with pytest.raises(IdentityChangedError, match="nothing was changed"):
+        await alice.accept_new_identity("bob", "0000 " * 7 + "0000")
+    assert alice.trusted_identities()[0].verified is True
+    # The same keys again: the pin keeps its first sight and its verification.
+    (before,) = alice.trusted_identities()
+    assert await alice.accept_new_identity("bob") == bob.fingerprint
+    assert alice.trusted_identities() == [before]
+    assert await alice.accept_new_identity("bob", bob.fingerprint) == bob.fingerprint
+    assert alice.trusted_identities()[0].verified is True

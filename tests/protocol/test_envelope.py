@@ -428,3 +428,24 @@ def test_new_session_id() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{16}", sid) for sid in ids)
     env, message = seal(sid=new_session_id())
     assert open_envelope(env, RING.key(1), ALICE_PUB).sid == message.sid
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"body":"a","body":"b","id":"'
+        + b"0" * 32
+        + b'","rev":0,"seq":1,"sid":"'
+        + b"0" * 16
+        + b'","ts":1}',
+        b'{"body":{"x":1,"x":2},"id":"'
+        + b"0" * 32
+        + b'","rev":0,"seq":1,"sid":"'
+        + b"0" * 16
+        + b'","ts":1}',
+    ],
+)
+def test_a_plaintext_with_a_repeated_key_is_refused(text: bytes) -> None:
+    """Parsers disagree on which value a repeated key means: refused, at any depth."""
+    with pytest.raises(ProtocolError, match="not JSON"):
+        Message.from_bytes(text)

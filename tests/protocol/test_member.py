@@ -478,11 +478,24 @@ def test_a_delete_naming_another_author_does_not_hide_a_message() -> None:
 
 def test_deletion_applies_only_to_the_named_author() -> None:
     chain = populated()
+    unseen, by_carol, by_bob = chain.core("alice"), chain.core("alice"), chain.core("alice")
+    opened(by_carol.open_message(chain.seal("carol")[0], 5))
+    opened(by_bob.open_message(chain.seal("bob")[0], 5))
     event = chain.delete("alice", 5, "carol")
+    assert unseen.deletion_applies(event)  # nothing seen at handle 5: nothing to keep
+    assert by_carol.deletion_applies(event) and by_carol.author_of(5) == "carol"
+    assert not by_bob.deletion_applies(event)
+
+
+def test_a_message_shown_first_as_someone_elses_edit_is_still_delivered() -> None:
+    """Nothing is recorded before every check passed: a relay cannot spend a genuine
+    message by pushing it first as an edit of another member's handle."""
+    chain = populated()
     core = chain.core("bob")
-    assert core.deletion_applies(event, lambda h: "carol")
-    assert not core.deletion_applies(event, lambda h: "bob")
-    assert core.deletion_applies(event, lambda h: None)
+    opened(core.open_message(chain.seal("alice")[0], 5))
+    carols, _ = chain.seal("carol")
+    rejected(core.open_message(carols, 5, edit=True), "other than the author")
+    assert opened(core.open_message(carols, 6)).handle == 6
 
 
 def test_an_own_message_echoed_back_needs_no_verifying() -> None:

@@ -290,9 +290,8 @@ async def oversized_requests(url: str, app_key: str, count: int, until: float) -
             stats["closed"] += ws.ws.close_code == 1009
             ws.ws.transport.abort()
 
-    for i in range(count):
-        if time.monotonic() > until:
-            break
+    next_at = time.monotonic()
+    for i in range(count):  # all of them, even if the last ones come after ``until``
         stats["sent"] += 1
         if i % 10 == 9:
             closers.append(asyncio.create_task(too_big()))
@@ -306,7 +305,8 @@ async def oversized_requests(url: str, app_key: str, count: int, until: float) -
                 stats["too_large"] += getattr(answer, "code", "") == "too_large"
             except (*_SOCKET_ERRORS, SpacenbError):
                 client = None
-        await asyncio.sleep(gap)
+        next_at += gap
+        await asyncio.sleep(max(next_at - time.monotonic(), 0))
     await asyncio.gather(*closers)
     if client is not None:
         await client.close()

@@ -87,9 +87,7 @@ def expected(op: str, actor: str) -> str:
 class Room:
     """One operation's fresh space, and what the attempts need from it."""
 
-    def __init__(
-        self, space_id: str, rings: dict[str, Keyring], handles: dict[str, int]
-    ) -> None:
+    def __init__(self, space_id: str, rings: dict[str, Keyring], handles: dict[str, int]) -> None:
         self.id = space_id
         self.rings = rings  # the members' keys, and the removed member's old ones
         self.handles = handles  # the owner's, the editor's and the removed member's messages
@@ -427,8 +425,7 @@ async def test_a_removed_member_is_an_outsider_at_once(
     attempts: list[tuple[type[frames.Request[Any]], dict[str, Any], str]] = [
         (frames.Send, {"envelope": bob.seal(bobs_ring, "still here?")}, "forbidden"),
         (frames.SendEphemeral, {"envelope": bob.seal(bobs_ring, 1, kind="eph")}, "forbidden"),
-        (frames.Edit, {"handle": bobs_handle, "envelope": bob.seal(bobs_ring, "v2")},
-         "forbidden"),  # fmt: skip
+        (frames.Edit, {"handle": bobs_handle, "envelope": bob.seal(bobs_ring, "v2")}, "forbidden"),
         (frames.History, {"space_id": space_id, "before": None, "limit": 10}, "forbidden"),
         (frames.Subscribe, {"space_id": space_id}, "forbidden"),
         (frames.Unsubscribe, {"space_id": space_id}, "forbidden"),
@@ -436,22 +433,36 @@ async def test_a_removed_member_is_an_outsider_at_once(
         (frames.ShardTicket, {"space_id": space_id}, "forbidden"),
         (frames.GetSpaceInfo, {"space_id": space_id}, "not_found"),
         (frames.GetStateLog, {"space_id": space_id, "since": 0, "limit": 10}, "forbidden"),
-        (frames.Admit, {"space_id": space_id, "member": "owner",
-                        "keys": (bob.wrap(bobs_ring, 0, entry(state, "owner")),)},
-         "forbidden"),  # fmt: skip
+        (
+            frames.Admit,
+            {
+                "space_id": space_id,
+                "member": "owner",
+                "keys": (bob.wrap(bobs_ring, 0, entry(state, "owner")),),
+            },
+            "forbidden",
+        ),
         *(
-            (frames.Append, {"space_id": space_id, "event": bob.make(space_id, kind, body),
-                             "keys": ()}, "forbidden")  # fmt: skip
+            (
+                frames.Append,
+                {"space_id": space_id, "event": bob.make(space_id, kind, body), "keys": ()},
+                "forbidden",
+            )
             for kind, body in [
-                ("invite", {"member": "bob", "role": "viewer", "signing_key": None,
-                            "ecdh_key": None}),  # fmt: skip
+                (
+                    "invite",
+                    {"member": "bob", "role": "viewer", "signing_key": None, "ecdh_key": None},
+                ),
                 ("leave", {"member": "bob"}),
                 ("delete", {"handle": bobs_handle, "author": "bob"}),
             ]
         ),
         (frames.Join, {"space_id": space_id, "event": None}, "forbidden"),
-        (frames.Join, {"space_id": space_id, "event": add(via="invite", role="viewer")},
-         "forbidden"),  # fmt: skip
+        (
+            frames.Join,
+            {"space_id": space_id, "event": add(via="invite", role="viewer")},
+            "forbidden",
+        ),
         (frames.Join, {"space_id": space_id, "event": add(via="open")}, "forbidden"),
         (frames.Join, {"space_id": space_id, "event": add(token=token)}, "forbidden"),
     ]

@@ -5,11 +5,13 @@ its connection cleanly; the relay keeps serving; two users chatting in another c
 whole time (:class:`Chatter`) see every message once and in order; a refused request
 leaves every table of the database exactly as it was.
 
-The fuzzers start from a valid frame of every op (``frames.REQUESTS``) and every event
-(``frames.EVENTS``) and change one thing (``fuzzing.mutations``). They run as an
-*outsider* (signed in, member of nothing: nothing it sends may change anything) and as a
-*member* (a viewer of the target space: it may change what a viewer may, but a refused
-request still changes nothing).
+The fuzzers start from a valid frame of every op (``frames.REQUESTS``; ``append`` once
+per kind of state event) and every event (``frames.EVENTS``) and change one thing
+(``fuzzing.mutations``). Events and envelopes in the bases are signed by the fuzzer and
+bound to the real state-log head, so a mutation reaches the relay's deeper checks. They
+run as an *outsider* (signed in, member of nothing, holding the vault's invite token:
+nothing it sends may change anything) and as a *member* (a viewer of the target space:
+it may change what a viewer may, but a refused request still changes nothing).
 """
 
 from __future__ import annotations
@@ -29,10 +31,17 @@ from websockets.exceptions import ConnectionClosed
 import spacenb.aio as aio
 from spacenb.exceptions import AuthenticationError
 from spacenb.protocol import crypto, frames
-from spacenb.protocol.envelope import seal_envelope
+from spacenb.protocol.envelope import Envelope, new_session_id, seal_envelope
 from spacenb.protocol.frames import EVENTS, MAX_FRAME_BYTES, REQUESTS
 from spacenb.protocol.keyring import Keyring
 from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair
+from spacenb.protocol.statelog import (
+    SpaceState,
+    key_commitment,
+    link_keys_from_token,
+    make_event,
+    new_link_token,
+)
 from spacenb.protocol.wrap import wrap_group_key
 from spacenb.server.app import RunningServer, start_server
 from spacenb.sync.runner import Runner
@@ -57,8 +66,8 @@ FUZZ = settings(
 )
 KNOWN_CODES = {
     "bad_frame", "bad_key", "integrity", "auth_failed", "forbidden", "channel_exists",
-    "not_found", "invite_invalid", "no_key", "too_large",
-}  # fmt: skip  # every code of PROTOCOL.md's table but server_error
+    "not_found", "invite_invalid", "no_key", "stale_state", "too_large",
+}  # fmt: skip  # every code of PROTOCOL.md's table but server_error and unsupported_version
 # The client world is stateful (what one example injects stays in the receiver), so a
 # failure is reported as it happened, not shrunk against a state that has moved on.
 FUZZ_STATEFUL = settings(FUZZ, phases=[Phase.explicit, Phase.reuse, Phase.generate])
@@ -93,86 +102,109 @@ async def test_lone_surrogates_are_bad_frames(relay: RunningServer) -> None:
 
 
 def request_bases(
-    me: RawClient, *, space_id: str, key: bytes, owner: frames.UserEntry, handle: int, token: str
-) -> dict[str, dict[str, Any]]:
-    """A valid frame of every op, as ``me`` would send it about ``space_id`` (sealed and
-    wrapped with ``key``: the real group key for a member, a random one for an outsider)."""
-    assert me.identity is not None and me.username is not None
+    me: RawClient,
+    *,
+    state: SpaceState,
+    key: bytes,
+    owner: frames.UserEntry,
+    handle: int,
+    own_handle: int | None,
+    token: str,
+) -> dict[str, list[dict[str, Any]]]:
+    """Valid frames of every op, as ``me`` would send them about ``state``'s space: sealed
+    and wrapped with ``key`` (the real group key for a member, a random one for an
+    outsider), events signed by ``me`` and envelopes bound to the head of ``state`` (the
+    outsider is handed a copy of the log, as if it had leaked). ``append`` has a frame for
+    every event kind, so mutations reach every rule of the state log; ``join`` has the
+    caller's add through the link of ``token``."""
+    space_id = state.space_id
+    me.logs[space_id] = SpaceState.from_events(state.events)
     ring = Keyring(space_id, "static", {0: key})
     new_space = SpaceKeyPair.generate()
-    myself = frames.UserEntry(me.username, me.identity.signing_key, me.identity.ecdh_key)
-    signed = frames.create_space_signed_bytes(
-        new_space.space_id, me.username, "static", False, False, f"new-{me.username}"
-    )
+    myself = frames.UserEntry(me.me, me.keys.signing_key, me.keys.ecdh_key)
     auth_signed = frames.auth_signed_bytes(
-        me.hello.nonce, "app", me.username, myself.signing_key, myself.ecdh_key
+        me.hello.nonce, "app", me.me, myself.signing_key, myself.ecdh_key
     )
-    rid = REQUEST_ID
-    rotated = Keyring(space_id, "rotate", {1: key})
     created = Keyring(new_space.space_id, "static", {0: key})
-    requests: list[frames.Request] = [
-        frames.Auth(
+    genesis = me.genesis(new_space, created, name=f"new-{me.me}")
+    link_keys = link_keys_from_token(token)
+    link_id, read_proof = me.link_proof(space_id, link_keys)
+    rotated = crypto.random_bytes(32)
+    events = {
+        "invite": {"member": "newcomer", "role": "viewer", "signing_key": None,
+                   "ecdh_key": None},
+        "role": {"member": owner.username, "role": "editor"},
+        "remove": {"member": owner.username},
+        "leave": {"member": me.me},
+        "epoch": {"epoch": 1, "recipients": sorted({owner.username, me.me}),
+                  "key_commitment": key_commitment(space_id, 1, rotated)},
+        "link": me.link_body(new_link_token()),
+        "unlink": {"link_id": link_id},
+        "delete": {"handle": handle, "author": owner.username},
+    }  # fmt: skip
+    rid = REQUEST_ID
+    appends = [
+        frames.Append(
             rid,
-            "app",
-            me.username,
-            myself.signing_key,
-            myself.ecdh_key,
-            me.identity.sign(auth_signed),
+            space_id,
+            me.make(space_id, kind, body),
+            tuple(me.wrap(ring, 1, r, key=rotated) for r in (owner, myself))
+            if kind == "epoch"
+            else (),
+        )
+        for kind, body in events.items()
+    ]
+    appends.append(frames.Append(rid, space_id, me.add_event(state, token=token), ()))
+    appends.append(frames.Append(rid, space_id, genesis, ()))
+    requests: list[frames.Request[Any]] = [
+        frames.Auth(
+            rid, "app", me.me, myself.signing_key, myself.ecdh_key, me.keys.sign(auth_signed)
         ),
         frames.Ping(rid),
-        frames.CreateSpace(
-            rid,
-            new_space.space_id,
-            "static",
-            False,
-            False,
-            f"new-{me.username}",
-            new_space.sign(signed),
-            (me.wrap(created, 0, myself),),
-        ),
+        frames.CreateSpace(rid, genesis, (me.wrap(created, 0, myself),)),
         frames.GetSpaceInfo(rid, space_id),
         frames.Resolve(rid, "vault"),
         frames.ListChannels(rid),
+        frames.GetStateLog(rid, space_id, 0, 100, None, None),
+        frames.GetStateLog(rid, space_id, 1, 10, link_id, read_proof),
         frames.Join(rid, space_id, None),
+        frames.Join(rid, space_id, me.add_event(state, token=token)),
         frames.Admit(rid, space_id, owner.username, (me.wrap(ring, 0, owner),)),
-        frames.Rotate(rid, space_id, 1, (me.wrap(rotated, 1, owner),)),
+        *appends,
         frames.FetchKeys(rid, space_id),
+        frames.AddKeys(rid, space_id, (me.wrap(ring, 0, owner),)),
         frames.Subscribe(rid, space_id),
         frames.Unsubscribe(rid, space_id),
         frames.Send(rid, me.seal(ring, "fuzz")),
         frames.Edit(rid, handle, me.seal(ring, "fuzz edit")),
-        frames.Delete(rid, space_id, handle),
         frames.SendEphemeral(rid, me.seal(ring, "fuzz signal", kind="eph")),
         frames.History(rid, space_id, None, 10),
-        frames.Members(rid, space_id),
-        frames.Roster(rid, space_id),
-        frames.SetRole(rid, space_id, owner.username, "editor"),
-        frames.Invite(rid, space_id, "newcomer"),
-        frames.RemoveMember(rid, space_id, owner.username),
-        frames.Leave(rid, space_id),
-        frames.CreateLink(rid, space_id, 3600, 5, "viewer"),
-        frames.ListLinks(rid, space_id),
-        frames.RevokeLink(rid, space_id, token),
-        frames.UserKeys(rid, (owner.username, me.username)),
+        frames.UserKeys(rid, (owner.username, me.me)),
         frames.ShardTicket(rid, space_id),
     ]
-    bases = {r.OP: json.loads(r.to_json()) for r in requests}
+    if own_handle is not None:
+        requests.append(frames.Edit(rid, own_handle, me.seal(ring, "my own edit")))
+    bases: dict[str, list[dict[str, Any]]] = {}
+    for request in requests:
+        bases.setdefault(request.OP, []).append(json.loads(request.to_json()))
     assert set(bases) == set(REQUESTS), "a request op has no base frame: add it here"
-    for text in map(json.dumps, bases.values()):
-        frames.parse_client_frame(text)  # every base is valid: mutations start from valid
+    for frame in (f for group in bases.values() for f in group):
+        frames.parse_client_frame(json.dumps(frame))  # every base is valid
     return bases
 
 
 @dataclass
 class RelayWorld:
     """A relay, a private channel ``vault`` owned by ``owner`` (with a message and an
-    invite link), the two fuzzers, and the chatting bystanders."""
+    invite link), the two fuzzers, and the chatting bystanders. ``member`` is a viewer of
+    the vault (invited) with a message of its own; ``outsider`` is a member of nothing
+    but holds the link's token (it may read the log through it, never change anything)."""
 
     server: RunningServer
     chatter: Chatter
     owner: aio.AsyncClient
     fuzzers: dict[str, RawClient]
-    bases: dict[str, dict[str, dict[str, Any]]]
+    bases: dict[str, dict[str, list[dict[str, Any]]]]
     snapshot: Any = None
 
     @classmethod
@@ -186,16 +218,17 @@ class RelayWorld:
         assert link.token is not None
         await vault.invite("member")
         member = await user(server, "member")
-        await member.call(frames.Join, space_id=vault.id)
-        keys = await member.event("keys")
+        await member.join(vault.id)
+        keys = await member.event("keys", space_id=vault.id)
+        group_key = (await member.keyring(vault.id, keys.keys)).key(0)
+        own = await member.send(Keyring(vault.id, "static", {0: group_key}), "the member's")
         outsider = await user(server, "outsider")
-        assert vault.info is not None
-        group_key = (await member.keyring(vault.info, keys.keys)).key(0)
-        common = {"space_id": vault.id, "owner": await member.user("owner"), "handle": handle,
+        state = await member.sync(vault.id)
+        common = {"state": state, "owner": await member.user("owner"), "handle": handle,
                   "token": link.token}  # fmt: skip
         bases = {
-            "member": request_bases(member, key=group_key, **common),
-            "outsider": request_bases(outsider, key=random_key(), **common),
+            "member": request_bases(member, key=group_key, own_handle=own, **common),
+            "outsider": request_bases(outsider, key=random_key(), own_handle=None, **common),
         }
         world = cls(server, chatter, owner, {"member": member, "outsider": outsider}, bases)
         world.snapshot = world.dump()
@@ -239,7 +272,8 @@ def test_fuzzed_requests_are_refused_and_change_nothing(
         @given(data=st.data())
         def example(data: st.DataObject) -> None:
             op = data.draw(st.sampled_from(sorted(REQUESTS)), label="op")
-            kind, _where, frame = data.draw(mutations(REQUESTS[op], world.bases[actor][op]))
+            base = data.draw(st.sampled_from(world.bases[actor][op]), label="base")
+            kind, _where, frame = data.draw(mutations(REQUESTS[op], base))
             outcome = loop_thread.run(world.try_request(actor, frame), timeout=30)
             figures.add(f"bad_input.requests.{actor}")
             figures.add(f"bad_input.requests.answer.{outcome}")
@@ -258,7 +292,9 @@ def test_fuzzed_requests_are_refused_and_change_nothing(
 class ClientWorld:
     """``sender`` and ``receiver`` share a static channel; the receiver's relay is a MITM
     that injects fuzzed frames between genuine ones. ``bases`` holds valid frames of every
-    event: forged by ``mallory`` (registered, not a member) or genuine ones replayed."""
+    event: forged by ``mallory`` (registered, not a member) or genuine ones replayed.
+    Nothing changes the channel's state log meanwhile, so the receiver's verified log must
+    stay exactly as it was."""
 
     server: RunningServer
     mitm: Mitm
@@ -269,6 +305,7 @@ class ClientWorld:
     others: Inbox  # edits and signals: nothing the sender did, so nothing may arrive
     bases: dict[str, list[dict[str, Any]]]
     sent: dict[int, Any]
+    log: tuple[int, bytes, set[str]]  # the receiver's verified log: head and members
 
     @classmethod
     async def start(cls, data_dir: Path) -> ClientWorld:
@@ -291,10 +328,12 @@ class ClientWorld:
         genuine_eph = next(f for f in mitm.seen if f.get("ev") == "ephemeral")
         receiver.on_ephemeral(others)
         mallory = clients[2].identity
+        state = receiver.core.require_state()
         world = cls(
             server, mitm, clients, sender, receiver, delivered, others,
-            event_bases(sender.id, mallory, clients[1].identity, first, genuine_msg, genuine_eph),
-            {first: "genuine"},
+            event_bases(SpaceState.from_events(receiver.core.require_state().events), mallory,
+                        clients[1].identity, first, genuine_msg, genuine_eph),
+            {first: "genuine"}, (state.head_seq, state.head, set(state.members)),
         )  # fmt: skip
         return world
 
@@ -315,6 +354,8 @@ class ClientWorld:
         assert got == [(h, "sender", body) for h, body in self.sent.items()]
         assert not self.others.items, self.others.items
         assert keyring.epochs == [0] and keyring.key(0) == key
+        state = self.receiver.core.require_state()  # no forged event entered the log
+        assert (state.head_seq, state.head, set(state.members)) == self.log
         assert self.receiver.client.connection.is_open
         assert self.receiver.client.connection.reconnects == 0
 
@@ -326,21 +367,31 @@ class ClientWorld:
 
 
 def event_bases(
-    space_id: str,
+    state: SpaceState,
     mallory: IdentityKeys,
     receiver: IdentityKeys,
     handle: int,
     genuine_msg: dict[str, Any],
     genuine_eph: dict[str, Any],
 ) -> dict[str, list[dict[str, Any]]]:
-    """Valid frames of every event type, each a lie: forged by mallory, or replayed."""
+    """Valid frames of every event type, each a lie: forged by mallory (bound to the real
+    log head, so only the signer's membership, signature or seal gives it away), a state
+    event mallory signed, or genuine frames replayed."""
+    space_id = state.space_id
 
-    def forged(kind: str) -> Any:
+    def forged(kind: str) -> Envelope:
         envelope, _ = seal_envelope(
             mallory, random_key(), kind=kind, source="mallory", target=space_id,  # type: ignore[arg-type]
             subject="default", epoch=0, content_type=None, body="forged",
+            head_seq=state.head_seq, head=state.head, seq=1, sid=new_session_id(),
         )  # fmt: skip
         return envelope
+
+    def signed_by_mallory(kind: str, body: dict[str, Any], actor: str = "mallory") -> Any:
+        return make_event(
+            mallory, space_id=space_id, seq=state.head_seq + 1, prev=state.head, kind=kind,
+            actor=actor, at_us=state.events[-1].at_us + 1, body=body,
+        )  # fmt: skip
 
     bogus_key = wrap_group_key(
         random_key(), space_id=space_id, epoch=0, recipient="receiver",
@@ -348,22 +399,30 @@ def event_bases(
         wrapper_identity=mallory,
     )  # fmt: skip
     events: list[frames.Event] = [
-        frames.Hello("spacenb", 1, crypto.random_bytes(32), "keeper"),
+        frames.Hello("spacenb", frames.PROTOCOL_VERSION, crypto.random_bytes(32), "keeper"),
         frames.MessagePushed(handle + 10**9, forged("msg")),
         frames.MessageEdited(handle, forged("msg")),
-        frames.MessageDeleted(space_id, handle + 10**9),
         frames.EphemeralPushed(forged("eph")),
         frames.Presence(space_id, ("mallory",), ("sender", "receiver")),
         frames.JoinRequested(space_id, "mallory", mallory.signing_key, mallory.ecdh_key, "viewer"),
         frames.KeysPushed(space_id, (bogus_key,)),
-        frames.EpochChanged(space_id, 1),
-        frames.MemberChanged(space_id, "mallory", "editor"),
-    ]
+        frames.StatePushed(space_id, signed_by_mallory("delete", {"handle": handle,
+                                                                  "author": "sender"})),
+    ]  # fmt: skip
     bases: dict[str, list[dict[str, Any]]] = {e.EV: [event_json(e)] for e in events}
     assert set(bases) == set(EVENTS), "an event has no base frame: add it here"
+    lies = [
+        # mallory in the owner's name, and an add of mallory that no link or invitation allows
+        signed_by_mallory("remove", {"member": "receiver"}, actor="sender"),
+        signed_by_mallory("add", {"member": "mallory", "signing_key": mallory.signing_key,
+                                  "ecdh_key": mallory.ecdh_key, "role": "editor",
+                                  "via": "invite", "link_id": None, "proof": None}),
+        state.events[-1],  # a genuine event again: already verified, nothing new
+    ]  # fmt: skip
+    bases["state"] += [event_json(frames.StatePushed(space_id, e)) for e in lies]
     replayed_msg = {**genuine_msg, "handle": genuine_msg["handle"] + 1}
     bases["message"].append(replayed_msg)
-    bases["edited"].append({**genuine_msg, "ev": "edited"})  # an old version as an edit
+    bases["edited"].append({**genuine_msg, "ev": "edited"})  # a duplicate of the original
     bases["ephemeral"].append(genuine_eph)
     bases["ephemeral"].append({"t": "evt", "ev": "ephemeral", "envelope": genuine_msg["envelope"]})
     bases["message"].append({**replayed_msg, "envelope": genuine_eph["envelope"]})
@@ -452,12 +511,14 @@ def test_raw_garbage_on_live_connections(
         async def fixed_cases() -> None:
             anonymous, signed_in = connections["anonymous"], connections["signed-in"]
             bases = request_bases(
-                signed_in, space_id=chatter.space_id, key=random_key(),
-                owner=await signed_in.user("chatter-a"), handle=1, token="t",
+                signed_in, state=await signed_in.sync(chatter.space_id), key=random_key(),
+                owner=await signed_in.user("chatter-a"), handle=1, own_handle=None,
+                token=new_link_token(),
             )  # fmt: skip
             for op in sorted(set(REQUESTS) - {"auth", "ping"}):
-                await expect_error(anonymous, json.dumps(bases[op]), "forbidden")
-                figures.add("bad_input.before_auth")
+                for base in bases[op]:
+                    await expect_error(anonymous, json.dumps(base), "forbidden")
+                    figures.add("bad_input.before_auth")
             for client in connections.values():
                 await expect_error(client, '{"t": "req", "id": 1, "op": "fly"}')  # unknown op
             pad = "x" * (MAX_FRAME_BYTES + 1000)

@@ -337,9 +337,12 @@ async def test_a_message_passed_off_as_an_edit_first_is_still_delivered(
     await scene.rejected.wait(1)
     await wait_until(lambda: len(scene.messages.items) >= 2 or len(scene.rejected.items) > 1)
     scene.mitm.rewrite = None
-    assert [r.reason for r in scene.rejected.items] == ["edit by someone other than the author"]
     assert [(m.handle, m.message.body) for m in scene.messages.items] == [
         (handle, "alice's"), (carols, "carol's")
-    ]  # fmt: skip
+    ], [r.reason for r in scene.rejected.items]  # fmt: skip
+    assert [r.reason for r in scene.rejected.items] == ["edit by someone other than the author"]
     assert not scene.edits.items
+    page = await scene.b.history(limit=10)
+    assert page.unreadable == 0
+    assert [m.message.body for m in page.messages] == ["alice's", "carol's"]
     figures.add("forgery.edit_lies")

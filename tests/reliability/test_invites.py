@@ -237,10 +237,10 @@ async def test_a_one_use_link_raced_by_twenty_admits_exactly_one(
     ] * (RACERS - 1)
     log = await owner.sync(vault.space_id)
     for racer in losers:
+        link_id, proof = racer.link_proof(vault.space_id, racer.links[vault.space_id])
         answer = await racer.request(
-            frames.GetStateLog, space_id=vault.space_id, since=0, limit=10,
-            **dict(zip(("link_id", "proof"), racer.link_proof(vault.space_id,
-                                                              racer.links[vault.space_id]))),
+            frames.GetStateLog, space_id=vault.space_id, since=0, limit=10, link_id=link_id,
+            proof=proof,
         )  # fmt: skip
         assert isinstance(answer, frames.ErrorFrame) and answer.code == "invite_invalid"
         racer.logs[vault.space_id] = SpaceState.from_events(log.events)

@@ -13,6 +13,8 @@ Limits (``test_limit_*``):
 - A data directory holds the keeper's identity key and the keys wrapped to the keeper: who
   has the directory can read every channel the keeper belongs to. Spaces the keeper is not
   in (unnamed spaces, channels created without it) stay closed.
+- Shard stores check tickets, not the log: a removed member keeps uploading (ciphertext)
+  with a ticket it got before its removal until the ticket expires (ten minutes).
 
 Fixed by protocol v2:
 
@@ -33,20 +35,23 @@ from typing import Any
 import pytest
 
 import spacenb.aio as aio
+from spacenb.aio.shardlink import ShardLink
 from spacenb.exceptions import (
     IdentityChangedError,
     IntegrityError,
     KeyUnavailableError,
     PermissionDeniedError,
 )
-from spacenb.protocol import frames
+from spacenb.protocol import crypto, frames
 from spacenb.protocol.envelope import Envelope, open_envelope
 from spacenb.protocol.keyring import HistoryPolicy
 from spacenb.protocol.keys import IdentityKeys
+from spacenb.protocol.manifest import share_name
 from spacenb.protocol.wrap import unwrap_group_key
 from spacenb.server.app import KEEPER_KEY_FILE, RunningServer, load_or_create_identity
 from spacenb.server.handlers import HANDLERS
 from spacenb.server.sqlite import SQLiteStorage
+from tests.server.rawclient import user
 
 from .conftest import Connect, Figures, StartRelay
 from .helpers import Inbox, event_json, forged_envelope, wait_until
@@ -274,3 +279,30 @@ async def test_keys_come_from_the_log_not_from_the_relay(
         unwrap_group_key(wrapped, impostor, signer)
     assert [m.message.body for m in messages.items] == ["hi from bob"]
     figures.add("limits.fixed_in_v2")
+
+
+async def test_limit_a_removed_member_keeps_its_shard_ticket_until_it_expires(
+    start_relay: StartRelay, figures: Figures
+) -> None:
+    """Shard stores check a ticket's signature and expiry, not the space's log: a member
+    who got a ticket before its removal can still upload shares of that space for the
+    rest of the ticket's ten minutes (ciphertext only; a new ticket is refused at once)."""
+    server = await start_relay(shards=1, shards_needed=1)
+    owner, bob = await user(server, "owner"), await user(server, "bob")
+    info, _ = await owner.create_space(name="room")
+    await bob.join(info.space_id)
+    ticket = await bob.call(frames.ShardTicket, space_id=info.space_id)
+    await owner.remove(info.space_id, "bob")
+    with pytest.raises(PermissionDeniedError):
+        await bob.call(frames.ShardTicket, space_id=info.space_id)
+    data = crypto.random_bytes(1000)
+    store = await ShardLink.open(server.shard_urls[0], timeout=15)
+    try:
+        await store.put(space_id=info.space_id, ticket=ticket.ticket, name=share_name(data),
+                        data=data)  # fmt: skip
+        assert await store.get(share_name(data)) == data
+    finally:
+        await store.close()
+    await owner.close()
+    await bob.close()
+    figures.add("limits.pinned")

@@ -45,12 +45,17 @@ from spacenb.protocol.wrap import WrappedKey, unwrap_group_key, wrap_group_key
 from spacenb.server import RunningServer, start_server
 
 TIMEOUT = 5.0
+# The database relays started by ``running`` use: None for SQLite in the data directory,
+# or a postgresql:// URL (the ``backend`` fixture of tests/server/conftest.py sets it).
+DATABASE: str | None = None
 
 
 @contextlib.asynccontextmanager
 async def running(data_dir: Path, **options: Any) -> AsyncIterator[RunningServer]:
-    """A real server on loopback, port 0, without shard stores unless asked."""
+    """A real server on loopback, port 0, without shard stores unless asked, on the
+    test's storage backend (:data:`DATABASE`)."""
     options.setdefault("shards", 0)
+    options.setdefault("database", DATABASE)
     server = await start_server(data_dir, **options)
     try:
         yield server

@@ -15,6 +15,8 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from tests.server.rawclient import RawClient, running, user
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
+
 
 async def test_hello_then_sign_up_then_sign_in(tmp_path):
     async with running(tmp_path) as srv:

@@ -30,6 +30,8 @@ from spacenb.protocol.statelog import (
 )
 from tests.server.rawclient import entry, member, running, user
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
+
 
 async def test_join_public_channel_keeper_hands_over_the_key(tmp_path):
     async with running(tmp_path) as srv:

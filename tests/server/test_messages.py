@@ -23,6 +23,8 @@ from spacenb.protocol.envelope import Message, open_envelope
 from spacenb.protocol.keys import decode_public_key
 from tests.server.rawclient import RawClient, member, running, user
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
+
 
 async def two_members(srv, **options):
     """alice's channel with bob admitted by the keeper; both subscribed."""

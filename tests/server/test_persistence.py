@@ -25,11 +25,11 @@ from tests.server.rawclient import running, user
 SECRET = "the eagle lands at dawn 7f3a"
 
 
-async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key(tmp_path):
+async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key(tmp_path, backend):
     clock = FixedClock()
     alice_id, bob_id = IdentityKeys.generate(), IdentityKeys.generate()
     async with running(tmp_path, clock=clock) as srv:
-        app_key, keeper_key = srv.app_key, (tmp_path / "keeper.key").read_text()
+        app_key, keeper_key = srv.app_key, srv.keeper.identity.to_text()
         alice = await user(srv, "alice", identity=alice_id)
         alice.clock = clock
         info, ring = await alice.create_space(name="general")
@@ -49,7 +49,7 @@ async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key
     clock = FixedClock()  # the clock restarts at the same reading: handles must still grow
     async with running(tmp_path, clock=clock) as srv:
         assert srv.app_key == app_key
-        assert (tmp_path / "keeper.key").read_text() == keeper_key
+        assert srv.keeper.identity.to_text() == keeper_key
         alice = await user(srv, "alice", identity=alice_id)
         alice.clock = clock
         with pytest.raises(AuthenticationError, match="taken"):
@@ -86,7 +86,7 @@ async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key
         assert (await dave.keyring(info.space_id, keys)).key(0) == ring.key(0)
 
 
-async def test_join_requests_left_open_are_handled_after_restart(tmp_path):
+async def test_join_requests_left_open_are_handled_after_restart(tmp_path, backend):
     async with running(tmp_path) as srv:
         alice = await user(srv, "alice")
         info, ring = await alice.create_space(name="general")
@@ -102,7 +102,7 @@ async def test_join_requests_left_open_are_handled_after_restart(tmp_path):
         assert (await bob.keyring(info.space_id, joined.keys)).key(0) == ring.key(0)
 
 
-async def test_data_dir_holds_no_plaintext_and_no_group_key(tmp_path):
+async def test_nothing_at_rest_holds_plaintext_or_a_group_key(tmp_path, backend):
     async with running(tmp_path) as srv:
         alice = await user(srv, "alice")
         info, ring = await alice.create_space(name="general")
@@ -116,8 +116,8 @@ async def test_data_dir_holds_no_plaintext_and_no_group_key(tmp_path):
             for i in range(20):
                 await alice.send(r, {"text": SECRET, "n": i})
         group_keys = [ring.key(0), rring.key(0), rring.key(1)]
-        scan(tmp_path, group_keys)  # while running: the WAL holds the recent writes
-    scan(tmp_path, group_keys)
+        scan(backend, group_keys)  # while running: the WAL holds the recent writes
+    scan(backend, group_keys)
 
 
 async def test_a_v1_data_dir_is_refused_untouched(tmp_path):
@@ -140,16 +140,18 @@ async def test_a_v1_data_dir_is_refused_untouched(tmp_path):
     assert after == before
 
 
-def scan(data_dir, group_keys: list[bytes]) -> None:
+def scan(backend, group_keys: list[bytes]) -> None:
     needles = [SECRET.encode()]
     for key in group_keys:
         needles += [key, key.hex().encode(), base64.urlsafe_b64encode(key).rstrip(b"=")]
-    files = [p for p in data_dir.rglob("*") if p.is_file()]
-    assert any(p.name.endswith("sqlite3") for p in files)
-    for path in files:
-        data = path.read_bytes()
+    places = set()
+    for where, data in backend.stored_bytes():
+        places.add(where.split()[0])
         for needle in needles:
-            assert needle not in data, f"{path.name} holds a secret"
+            assert needle not in data, f"{where} holds a secret"
+    assert (DB_FILENAME in places) == (backend.name == "sqlite")
+    assert ("table" in places) == (backend.name == "postgresql")
+    assert ("cluster" in places) == (backend.cluster is not None)  # its files, WAL included
 
 
 async def test_secret_files_are_private_and_checked(tmp_path):

@@ -15,15 +15,9 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import StateEvent
 from spacenb.server.handlers import HANDLERS
-from spacenb.server.storage import DB_FILENAME
 from tests.server.rawclient import RawClient, member, running, user
 
-
-def row_counts(data_dir) -> dict[str, int]:
-    """Rows per table, read through a second connection (the file is in WAL mode)."""
-    with sqlite3.connect(data_dir / DB_FILENAME) as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
 
 
 BAD_FRAMES = [
@@ -95,12 +89,12 @@ def bad_appends(space_id: str, event: StateEvent) -> list[tuple[str, str]]:
     return out
 
 
-async def test_malformed_frames_get_error_frames_and_change_nothing(tmp_path):
+async def test_malformed_frames_get_error_frames_and_change_nothing(tmp_path, backend):
     async with running(tmp_path) as srv:
         alice = await user(srv, "alice")
         info, ring = await alice.create_space(name="chat")
         await alice.send(ring, "before")
-        before = row_counts(tmp_path)
+        before = backend.row_counts()
         for text, code, rid, words in BAD_FRAMES:
             await alice.send_text(text)
             answer = await alice.next_frame()
@@ -122,12 +116,12 @@ async def test_malformed_frames_get_error_frames_and_change_nothing(tmp_path):
         with pytest.raises(PermissionDeniedError, match="not a member"):
             await bob.delete(info.space_id, 1, author="alice")
         assert await alice.call(frames.Ping) == frames.Ok()
-        assert row_counts(tmp_path) == {**before, "users": before["users"] + 1}
+        assert backend.row_counts() == {**before, "users": before["users"] + 1}
         # the well-formed event is still the one that follows the head
         assert await alice.append_event(event) == 1
 
 
-async def test_refused_events_change_nothing(tmp_path):
+async def test_refused_events_change_nothing(tmp_path, backend):
     async with running(tmp_path) as srv:
         alice = await user(srv, "alice")
         info, ring = await alice.create_space(name="chat", policy="rotate")
@@ -135,7 +129,7 @@ async def test_refused_events_change_nothing(tmp_path):
         bob = await user(srv, "bob")
         state = await bob.sync(sid)
         await alice.send(ring, "before")
-        before = row_counts(tmp_path)
+        before = backend.row_counts()
         role = {"member": "keeper", "role": "viewer"}
         refused = [
             (alice, frames.Append, {"event": alice.make(sid, "role", role, seq=5)}),
@@ -158,7 +152,7 @@ async def test_refused_events_change_nothing(tmp_path):
             codes.append(answer.code)
         assert codes == ["stale_state", "integrity", "forbidden", "forbidden", "bad_frame",
                          "forbidden", "forbidden"]  # fmt: skip
-        assert row_counts(tmp_path) == before
+        assert backend.row_counts() == before
         assert srv.relay.state(sid).head_seq == 0
         # the head did not move: an event built on it is taken
         assert (await bob.join(sid)).pending
@@ -278,7 +272,7 @@ async def test_a_failed_commit_fails_its_sends_and_nothing_else(tmp_path, monkey
         disk_broken = True
 
         def failing_commit() -> None:
-            if disk_broken and storage._db.in_transaction:
+            if disk_broken:
                 raise sqlite3.OperationalError("disk I/O error")
             real_commit()
 

@@ -26,6 +26,8 @@ from spacenb.protocol.tickets import verify_ticket
 from spacenb.server.handlers import HANDLERS
 from tests.server.rawclient import running, user
 
+pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
+
 
 async def test_create_channel_resolve_list(tmp_path):
     async with running(tmp_path) as srv:
@@ -308,10 +310,9 @@ async def test_shard_ticket_signed_by_the_relay(tmp_path):
         info, _ = await alice.create_space(name="files")
         result = await alice.call(frames.ShardTicket, space_id=info.space_id)
         assert result.stores == srv.shard_urls and result.shards_needed == 2
-        relay_key = IdentityKeys.from_text((tmp_path / "relay.key").read_text().strip())
         ticket = verify_ticket(
             result.ticket,
-            decode_public_key(relay_key.signing_key, "sig"),
+            decode_public_key(srv.relay.relay_keys.signing_key, "sig"),
             space_id=info.space_id,
             now_us=result.expires_at_us - 1,
         )

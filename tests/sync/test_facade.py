@@ -116,6 +116,25 @@ def test_empty_results_are_empty_frames_with_dtypes(make_client: MakeClient) -> 
     assert links.dtypes.to_dict() == schema_dtypes(INVITE_LINK_COLUMNS)
 
 
+def test_history_without_a_content_type_has_none_not_nan(make_client: MakeClient) -> None:
+    mine, _ = _channel(make_client, "types")
+    mine.send_message("plain")
+    mine.send_message({"a": 1}, content_type="application/json")
+    assert mine.history()["content_type"].tolist() == [None, "application/json"]
+
+
+def test_a_server_closes_like_a_client() -> None:
+    server = spacenb.serve(shards=0)
+    client = spacenb.connect(server.url, app_key=server.app_key, username="closer",
+                             keystore=":memory:", timeout=20)  # fmt: skip
+    client.close()
+    server.close()  # the same as stop()
+    with pytest.raises(spacenb.SpacenbError):
+        spacenb.connect(server.url, app_key=server.app_key, username="late",
+                        keystore=":memory:", timeout=5)  # fmt: skip
+    server.close()  # idempotent, like stop()
+
+
 def test_history_pages_with_the_cursor(make_client: MakeClient) -> None:
     mine, _ = _channel(make_client, "pages")
     handles = [mine.send_message(f"m{i}") for i in range(5)]

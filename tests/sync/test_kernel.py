@@ -2,9 +2,9 @@
 
 nbclient runs the notebook; a message from another client must reach a facade handler and
 the chat widget while the cell's thread only waits, and the widget state nbclient stores
-must hold it: trait updates made on spacenb's loop thread reached the comm. (nbclient
-files messages by cell, so only a browser shows updates that arrive while no cell runs:
-tests/widgets/test_browser.py.)
+must hold it: trait updates made on spacenb's loop thread reached the comm. The widget's
+saved output is a transcript of what it showed. (nbclient files messages by cell, so only
+a browser shows updates that arrive while no cell runs: tests/widgets/test_browser_lab.py.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ theirs.send_message("sent between cells")
 wait_until(lambda: inbox and chat.messages, what="the message")  # this thread idles, polling""",
     """\
 print(inbox, [row["body"] for row in chat.messages])
-print(space.history()[["sender", "body"]].to_dict("records"))""",
+print(space.history()[["sender", "body"]].to_dict("records"))
+chat  # displayed again: its saved transcript now holds the message""",
     "alice.close(); bob.close(); srv.stop()",
 ]
 
@@ -58,5 +59,11 @@ def test_facade_and_widget_in_a_kernel() -> None:
     assert "['sent between cells'] ['sent between cells']" in text
     assert "{'sender': 'bob', 'body': 'sent between cells'}" in text
     states = notebook.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
-    chats = [s["state"] for s in states.values() if "messages" in s["state"]]
-    assert [row["body"] for row in chats[0]["messages"]] == ["sent between cells"]
+    chats = [s["state"] for s in states.values() if "connection" in s["state"]]
+    # set on the loop thread: presence, then the closed state when alice signed out
+    assert chats[0]["online"] == ["alice", "bob"] and chats[0]["connection"] == "closed"
+    (first,) = notebook.cells[0].outputs
+    assert first["data"]["text/plain"] == "spacenb chat · kernel · 0 messages"
+    again = notebook.cells[2].outputs[-1]["data"]
+    assert again["text/plain"].splitlines()[1].endswith("bob: sent between cells")
+    assert "<td><p>sent between cells</p></td>" in again["text/html"]

@@ -1,17 +1,13 @@
 """End to end in headless Chromium: Voilà serves a notebook showing a channel's chat widget.
 
 Another client's messages must appear on the page (pushed from the kernel's spacenb loop
-while no cell runs), hostile bodies must show as text, and Enter in the composer must send.
-A screenshot is saved to ``test-artifacts/chat-widget.png``.
-
-Needs the Debian ``chromium`` package and the ``playwright`` and ``voila`` wheels;
-``playwright install`` is not used (its browser download does not work here).
+while no cell runs), hostile bodies must show as text, Enter in the composer must send and
+Shift+Enter add a newline. A screenshot is saved to ``test-artifacts/chat-widget.png``.
+JupyterLab and Notebook 7: test_browser_lab.py. Skips only without /usr/bin/chromium.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -22,19 +18,11 @@ import pytest
 import spacenb
 from spacenb.sync.testing import script_env, wait_until
 
+from .browser import ARTIFACTS, browser, free_port, listening, require_chromium
+
+require_chromium()
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 XSS = '<img src=x onerror="window.__xss = 1"><script>window.__xss = 1</script>'
 
 NOTEBOOK_CODE = """\
@@ -48,35 +36,6 @@ client = spacenb.connect(os.environ["SPACENB_URL"], app_key=os.environ["SPACENB_
 space = client.space.join_channel(os.environ["SPACENB_CHANNEL"])
 space.widget()
 """
-
-
-def _missing() -> str | None:
-    if not Path(CHROMIUM).exists():
-        return f"{CHROMIUM} not installed (apt-get install chromium)"
-    for module in ("playwright", "voila", "nbformat"):
-        if importlib.util.find_spec(module) is None:
-            return f"python package {module!r} not installed (pip install playwright voila)"
-    return None
-
-
-if (reason := _missing()) is not None:
-    pytest.skip(reason, allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    """True once something accepts connections on ``port`` (no HTTP request: with one
-    notebook, Voilà runs it for every page request)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -93,7 +52,7 @@ def voila(
     nbformat.write(
         nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(NOTEBOOK_CODE)]), notebook
     )
-    port = _free_port()
+    port = free_port()
     env = script_env(
         SPACENB_URL=local_server.url,
         SPACENB_APP_KEY=local_server.app_key,
@@ -107,7 +66,7 @@ def voila(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until(lambda: _listening(port) or process.poll() is not None, timeout=60, what="voila")
+        wait_until(lambda: listening(port) or process.poll() is not None, timeout=60, what="voila")
         if process.poll() is not None:
             pytest.fail(f"voila exited: {(tmp_path / 'voila.log').read_text()[-3000:]}")
         yield url, space
@@ -123,43 +82,40 @@ def voila(
 def test_messages_from_another_client_appear_in_the_page(
     voila: tuple[str, spacenb.Space],
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, space = voila
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 640})
-            page.goto(url, timeout=120_000)
-            chat = page.locator(".spacenb-chat")
-            failed = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-            expect(chat.or_(failed).first).to_be_visible(timeout=120_000)
-            assert not failed.count(), failed.first.inner_text()
-            bodies = chat.locator(".spacenb-body")
-            expect(bodies.first).to_contain_text("welcome to the browser test", timeout=30_000)
+    with browser() as chromium:
+        page = chromium.new_page(viewport={"width": 900, "height": 640})
+        page.goto(url, timeout=120_000)
+        chat = page.locator(".spacenb-chat")
+        failed = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+        expect(chat.or_(failed).first).to_be_visible(timeout=120_000)
+        assert not failed.count(), failed.first.inner_text()
+        bodies = chat.locator(".spacenb-body")
+        expect(bodies.first).to_contain_text("welcome to the browser test", timeout=30_000)
 
-            space.send_message("hello from alice, live")
-            space.send_message(XSS)
-            expect(bodies.filter(has_text="hello from alice, live")).to_have_count(
-                1, timeout=30_000
-            )
-            expect(bodies.last).to_contain_text(XSS, timeout=30_000)  # shown as text
-            assert page.evaluate("window.__xss") is None
-            assert chat.locator(".spacenb-list img, .spacenb-list script").count() == 0
-            expect(chat.get_by_role("log")).to_have_attribute("aria-live", "polite")
+        space.send_message("hello from alice, live")
+        space.send_message(XSS)
+        expect(bodies.filter(has_text="hello from alice, live")).to_have_count(1, timeout=30_000)
+        expect(bodies.last).to_contain_text(XSS, timeout=30_000)  # shown as text
+        assert page.evaluate("window.__xss") is None
+        assert chat.locator(".spacenb-list img, .spacenb-list script").count() == 0
+        expect(chat.get_by_role("log")).to_have_attribute("aria-live", "polite")
 
-            composer = chat.get_by_role("textbox", name="Message", exact=True)
-            composer.fill("typed in the browser")
-            composer.press("Enter")
-            wait_until(
-                lambda: "typed in the browser" in space.history()["body"].tolist(),
-                timeout=30,
-                what="the browser's message at the relay",
-            )
-            expect(bodies.filter(has_text="typed in the browser")).to_have_count(1, timeout=30_000)
+        composer = chat.get_by_role("textbox", name="Message", exact=True)
+        composer.click()
+        composer.press_sequentially("typed in the browser")
+        composer.press("Shift+Enter")
+        composer.press_sequentially("on two lines")
+        composer.press("Enter")
+        wait_until(
+            lambda: "typed in the browser\non two lines" in space.history()["body"].tolist(),
+            timeout=30,
+            what="the browser's message at the relay",
+        )
+        expect(bodies.filter(has_text="typed in the browser")).to_have_count(1, timeout=30_000)
 
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "chat-widget.png"), full_page=True)
-        finally:
-            browser.close()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat-widget.png"), full_page=True)
     assert (ARTIFACTS / "chat-widget.png").stat().st_size > 0

@@ -1,14 +1,18 @@
-"""The chat view's pure model: rows, grouping, avatars, typing expiry, the window."""
+"""The chat view's pure model: wire rows, pages, pending sends, typing, transcripts."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from spacenb.events import SpaceMessageEvent
 from spacenb.protocol.envelope import Message
-from spacenb.widgets.chat_state import GROUP_GAP_US, ChatState, avatar_color, initials, is_typing
+from spacenb.widgets.chat_state import ChatState, is_typing
+from spacenb.widgets.looks import AVATAR_COLORS
 
-T0 = 1_767_225_600_000_000
+T0 = 1_767_225_600_000_000  # 2026-01-01 00:00:00 UTC
+XSS = '<img src=x onerror="window.__xss = 1"><script>window.__xss = 1</script>'
 
 
 def msg(handle: int, sender: str = "bob", body: object = "hi") -> SpaceMessageEvent:
@@ -23,61 +27,52 @@ class FakeClock:
         return self.now
 
 
-def test_rows_carry_what_the_view_shows() -> None:
+def test_wire_rows_are_compact() -> None:
     state = ChatState("alice")
-    state.add(msg(T0 + 5_000, "alice", "me here"))
-    (row,) = state.view()
-    assert row == {
-        "handle": T0 + 5_000,
-        "ts": (T0 + 5_000) // 1000,
-        "sender": "alice",
-        "mine": True,
-        "body": "me here",
-        "content_type": "",
-        "edited": False,
-        "group_start": True,
-        "initials": "AL",
-        "color": avatar_color("alice"),
+    assert state.add(msg(T0, "bob", {"text": "hello, alice"})) == {
+        "h": T0,
+        "s": "bob",
+        "x": "hello, alice",
     }
+    assert state.add(msg(T0 + 1, "alice", "**me**")) == {
+        "h": T0 + 1,
+        "s": "alice",
+        "m": "<p><strong>me</strong></p>",
+        "src": "**me**",  # only your own messages carry the text an edit starts from
+    }
+    people = state.people(state.newest(2))
+    assert people == {"bob": ["BO", people["bob"][1]], "alice": ["AL", people["alice"][1]]}
+    assert people["bob"][1] != people["alice"][1] and people["bob"][1] in AVATAR_COLORS
 
 
-def test_consecutive_messages_of_one_sender_are_grouped() -> None:
+def test_readable_rows_for_code() -> None:
     state = ChatState("alice")
-    for handle, sender in [(1, "bob"), (2, "bob"), (3, "carol"), (4, "bob")]:
-        state.add(msg(T0 + handle, sender))
-    state.add(msg(T0 + 4 + GROUP_GAP_US + 1, "bob"))  # a long pause starts a new group
-    assert [r["group_start"] for r in state.view()] == [True, False, True, True, True]
+    state.add(msg(T0, "alice", {"text": "hello"}))
+    (row,) = state.view()
+    assert row["handle"] == T0 and row["sent_at"].isoformat() == "2026-01-01T00:00:00+00:00"
+    assert (row["sender"], row["mine"], row["kind"], row["body"]) == (
+        "alice",
+        True,
+        "text",
+        "hello",
+    )
+    assert row["html"] is None and not row["edited"] and row["file"] is None
 
 
 def test_rows_are_ordered_by_handle_whatever_the_arrival_order() -> None:
     state = ChatState("alice")
     for handle in (3, 1, 2):
         state.add(msg(T0 + handle))
-    assert [r["handle"] - T0 for r in state.view()] == [1, 2, 3]
-
-
-def test_avatars_are_stable_and_distinct() -> None:
-    assert initials("ada lovelace") == "AL"
-    assert initials("bob") == "BO"
-    assert initials("carol_smith-2") == "CS"
-    assert initials("") == "?"
-    assert avatar_color("bob") == avatar_color("bob")
-    assert len({avatar_color(n) for n in ("alice", "bob", "carol", "dave")}) > 1
-
-
-def test_non_text_bodies_are_shown_as_json() -> None:
-    state = ChatState("alice")
-    state.add(msg(T0, body={"k": [1, "é"]}))
-    assert state.view()[0]["body"] == '{"k":[1,"é"]}'
+    assert [r["h"] - T0 for r in state.newest(10)] == [1, 2, 3]
+    assert state.oldest == T0 + 1
 
 
 def test_edit_marks_edited_and_unknown_handles_are_ignored() -> None:
     state = ChatState("alice")
     state.add(msg(T0, body="draft"))
-    assert state.edit(msg(T0, body="final"))
-    assert not state.edit(msg(T0 + 1, body="never loaded"))
-    (row,) = state.view()
-    assert row["body"] == "final" and row["edited"]
+    assert state.edit(msg(T0, body="final")) == {"h": T0, "s": "bob", "x": "final", "e": 1}
+    assert state.edit(msg(T0 + 1, body="never loaded")) is None
+    assert state.add(msg(T0, body="final"))["e"] == 1  # a re-delivery keeps the mark
 
 
 def test_deleted_messages_vanish() -> None:
@@ -86,7 +81,86 @@ def test_deleted_messages_vanish() -> None:
     state.add(msg(T0 + 1))
     assert state.delete(T0)
     assert not state.delete(T0)
-    assert [r["handle"] for r in state.view()] == [T0 + 1]
+    assert [r["h"] for r in state.newest(10)] == [T0 + 1]
+    assert T0 not in state and T0 + 1 in state
+
+
+def test_pages_and_older_rows() -> None:
+    state = ChatState("alice")
+    assert state.more_on_relay  # nothing read yet
+    for handle in range(10, 15):
+        state.add(msg(T0 + handle))
+    assert [r["h"] - T0 for r in state.newest(3)] == [12, 13, 14]
+    rows, more = state.older(T0 + 12, 10)
+    assert [r["h"] - T0 for r in rows] == [10, 11] and more  # the relay may have more
+    assert state.add_page([msg(T0 + 1), msg(T0 + 2), msg(T0 + 10)], next_cursor=None) == 2
+    assert state.loaded_before(T0 + 12) == 4
+    rows, more = state.older(T0 + 10, 1)
+    assert [r["h"] - T0 for r in rows] == [2] and more  # one more loaded
+    rows, more = state.older(T0 + 2, 5)
+    assert [r["h"] - T0 for r in rows] == [1] and not more
+    assert state.newest(0) == []
+
+
+def test_pending_sends_fail_and_clear() -> None:
+    state = ChatState("alice")
+    one, two = state.pend("first"), state.pend("second")
+    assert state.pending_wire(one) == {"p": one.id, "s": "alice", "x": "first"}
+    state.fail(two.id, "ConnectionLostError")
+    assert state.all_pending()[1] == {
+        "p": two.id,
+        "s": "alice",
+        "x": "second",
+        "err": "ConnectionLostError",
+    }
+    assert state.unpend(one.id) and not state.unpend(one.id)
+    assert [p["p"] for p in state.all_pending()] == [two.id]
+
+
+def test_transcripts_show_what_the_view_shows_and_escape_it() -> None:
+    state = ChatState("alice")
+    state.add(msg(T0, "bob", {"text": "hello **alice**"}))
+    state.add(msg(T0 + 1_000_000, "mallory", XSS))
+    state.add(msg(T0 + 2_000_000, "alice", {"k": "<b>json</b>"}))
+    state.edit(msg(T0 + 2_000_000, "alice", ["edited"]))
+    state.fail(state.pend("a <i>draft</i>").id, "offline")
+    text = state.transcript_text("<general>")
+    assert text.splitlines() == [
+        "spacenb chat · <general> · 3 messages",
+        "[2026-01-01 00:00:00+00:00] bob: hello **alice**",
+        f"[2026-01-01 00:00:01+00:00] mallory: {XSS}",
+        '[2026-01-01 00:00:02+00:00] alice (me): ["edited"] (edited)',
+        "[not sent: offline] alice (me): a <i>draft</i>",
+    ]
+    markup = state.transcript_html("<general>")
+    assert "<strong>&lt;general&gt;</strong>" in markup
+    assert "<p>hello <strong>alice</strong></p>" in markup  # Markdown, as the view shows it
+    assert "&lt;img src=x" in markup and "<img" not in markup and "<script" not in markup
+    assert "<i>" not in markup and "&lt;i&gt;draft" in markup
+    assert "<em>(edited)</em>" in markup and "not sent: offline" in markup
+
+
+def test_an_empty_transcript() -> None:
+    state = ChatState("alice")
+    assert state.transcript_text("room") == "spacenb chat · room · 0 messages"
+    assert "No messages." in state.transcript_html("room")
+
+
+def test_multiline_text_is_indented_in_the_text_transcript() -> None:
+    state = ChatState("alice")
+    state.add(msg(T0, "bob", "one\ntwo"))
+    assert state.transcript_text("r").splitlines()[1:] == [
+        "[2026-01-01 00:00:00+00:00] bob: one",
+        "                                 two",
+    ]
+
+
+def test_wire_rows_are_json() -> None:
+    state = ChatState("alice")
+    state.add(msg(T0, "bob", {"file": {"name": "a.bin", "size": 3, "key": "k", "segments": []}}))
+    (row,) = state.newest(1)
+    assert row == {"h": T0, "s": "bob", "f": {"n": "a.bin", "l": "a.bin (3 B)"}}
+    assert json.loads(json.dumps(row)) == row
 
 
 def test_typing_shows_others_only_and_expires() -> None:
@@ -133,23 +207,3 @@ def test_a_message_ends_its_senders_typing() -> None:
     state.typing_signal("bob")
     state.add(msg(T0, "bob"))
     assert state.typing() == []
-
-
-def test_window_reveal_and_pages() -> None:
-    state = ChatState("alice", window=3)
-    assert state.can_load_older  # nothing read yet
-    for handle in range(10, 15):
-        state.add(msg(T0 + handle))
-    assert [r["handle"] - T0 for r in state.view()] == [12, 13, 14]
-    assert state.hidden == 2
-    assert state.reveal(1) == 1 and len(state.view()) == 4
-    assert state.reveal(5) == 1 and state.hidden == 0
-    added = state.add_page([msg(T0 + 1), msg(T0 + 2), msg(T0 + 10)], next_cursor=None)
-    assert added == 2  # the duplicate handle is merged
-    assert [r["handle"] - T0 for r in state.view()][:3] == [1, 2, 10]
-    assert not state.can_load_older
-
-
-def test_window_must_be_positive() -> None:
-    with pytest.raises(ValueError):
-        ChatState("alice", window=0)

@@ -18,6 +18,7 @@ from ...exceptions import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    StaleStateError,
 )
 from ...protocol import frames
 from ...protocol.statelog import SpaceState, StateEvent
@@ -82,6 +83,18 @@ def keys_page(
     return tuple(keys[:size]), (keys[size].epoch if len(keys) > size else None)
 
 
+def store_event(relay: Relay, state: SpaceState, event: StateEvent, **effects: object) -> None:
+    """Store a checked event with its effects and make it the head. If the log already has
+    an event at its seq (another relay on the same database stored one first), catch the
+    cached state up and raise :class:`StaleStateError`."""
+    try:
+        relay.storage.append_event(event, now_us=relay.now_us(), **effects)  # type: ignore[arg-type]
+    except StaleStateError:
+        relay.catch_up(state)
+        raise
+    relay.apply_state(state, event)
+
+
 def _check_identity(relay: Relay, user: str, signing_key: str, ecdh_key: str) -> None:
     """An ``add`` must carry the keys its member signed up with."""
     (registered,) = relay.storage.get_users([user])
@@ -119,8 +132,7 @@ def join(relay: Relay, session: Session, req: frames.Join) -> frames.JoinResult:
         if link.expires_at_us is not None and relay.now_us() >= link.expires_at_us:
             raise InviteError("this invite link has expired")
     pending = PendingJoin(state.space_id, user, body["role"])
-    storage.append_event(event, join=pending, now_us=relay.now_us())
-    relay.apply_state(state, event)
+    store_event(relay, state, event, join=pending)
     announce_join(relay, state, pending)
     return frames.JoinResult(relay.space_info(state), body["role"], (), True)
 
@@ -218,8 +230,7 @@ def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendR
             raise PermissionDeniedError("the delete event names another author")
         kwargs["delete_handle"] = body["handle"]
         freed = stored_size(relay, state.space_id, body["handle"])
-    storage.append_event(event, now_us=relay.now_us(), **kwargs)  # type: ignore[arg-type]
-    relay.apply_state(state, event)
+    store_event(relay, state, event, **kwargs)
     if event.kind == "delete":
         relay.charge_message(body["author"], -freed, count=-1)
     if event.kind == "epoch":

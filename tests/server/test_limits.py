@@ -39,7 +39,7 @@ async def raw_answer(client: RawClient, request: frames.Request) -> tuple[int, d
     """Send one request; the size of its answer frame as it travelled, and the frame."""
     await client.send_text(request.to_json())
     while True:
-        text = await asyncio.wait_for(client.ws.recv(), 10)
+        text = await asyncio.wait_for(client.ws.recv(), 120)  # a deadline, not a speed bound
         obj = json.loads(text)
         if obj.get("t") != "evt":
             return len(text.encode()), obj

@@ -187,7 +187,7 @@ def edit(relay: Relay, session: Session, req: frames.Edit) -> frames.HandleResul
 def ephemeral(relay: Relay, session: Session, req: frames.SendEphemeral) -> frames.Ok:
     """Relay a signal to the space's other connections; never stored."""
     space = checked_envelope(relay, session, req.envelope, "eph")
-    relay.push_space(frames.EphemeralPushed(req.envelope), space.space_id, exclude=session)
+    relay.push_signal(frames.EphemeralPushed(req.envelope), space.space_id, exclude=session)
     return frames.Ok()
 
 

@@ -8,9 +8,14 @@ which relay runs the keeper (PROTOCOL.md, "One service on several relays").
   relay reads the row and pushes it to its own subscribers. A relay ignores its own
   notifications (``origin`` is its storage's random id): it pushed those already.
 - **Catching up.** New messages are read by handle, from a per-space cursor (the newest
-  handle this relay has seen there), and state events by seq from the cached head; a
-  notification is only the cue to read. So when the listener comes back after losing its
-  connection, reading from the cursors and heads delivers what was missed, once.
+  handle this relay has pushed there), and state events by seq from the cached head; a
+  notification is only the cue to read. A relay pushes its own new messages the same way
+  (read back after its group commit), so that every subscriber gets a space's messages
+  in handle order, whichever relay stored them: within a space, commits happen in handle
+  order, so a read of what is committed never misses a smaller handle that commits later
+  (clients skip a pushed handle below one they were already given). So when the listener
+  comes back after losing its connection, reading from the cursors and heads delivers
+  what was missed, once.
 - **Presence** is one row per (space, user, relay) in ``spacenb_live.presence``; each
   relay heartbeats its row in ``spacenb_live.relays`` every ``heartbeat`` seconds, and a
   relay not seen for ``expiry`` seconds is removed, with its presence, by any other.
@@ -171,8 +176,7 @@ class Cluster:
         with self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             self._db.execute(_SCHEMA)
-        self._cursors: dict[str, int] = {}  # watched space → newest handle seen there
-        self._own: dict[str, set[int]] = {}  # watched space → handles stored here, unseen
+        self._cursors: dict[str, int] = {}  # watched space → newest handle pushed there
         self._remote: dict[str, dict[str, set[str]]] = {}  # space → user → relay ids
         self._dirty: set[str] = set()
         self._leases: dict[str, int] = {}  # username → tokens leased from the shared bucket
@@ -277,7 +281,7 @@ class Cluster:
         for state in list(relay._states.values()):
             relay.catch_up(state)
         for space_id in list(self._cursors):
-            self._pull(space_id)
+            self._dirty.add(space_id)  # read after the next commit
             self._reload_presence(space_id)
         for space_id, users in relay._online.items():
             for user in users:
@@ -298,9 +302,8 @@ class Cluster:
         relay = self.relay
         try:
             if kind == "m":
-                if space_id in self._cursors and space_id not in self._dirty:
-                    self._dirty.add(space_id)
-                    asyncio.get_running_loop().call_soon(self._pull_dirty)
+                if space_id in self._cursors:
+                    self._dirty.add(space_id)  # read by the next flush, after its commit
             elif kind == "e":
                 self._edited(space_id, int(arg))
             elif kind == "s":
@@ -334,46 +337,41 @@ class Cluster:
     def watch(self, space_id: str) -> None:
         """Start delivering other relays' messages in the space (its first subscriber)."""
         self._cursors[space_id] = self.storage.last_handle(space_id)
-        self._own[space_id] = set()
         self._reload_presence(space_id)
 
     def unwatch(self, space_id: str) -> None:
         """Its last subscriber left: stop delivering in the space."""
         self._cursors.pop(space_id, None)
-        self._own.pop(space_id, None)
         self._remote.pop(space_id, None)
         self._dirty.discard(space_id)
 
     def _stored(self, space_id: str, handle: int) -> None:
-        own = self._own.get(space_id)
-        if own is not None:
-            own.add(handle)
+        if space_id in self._cursors:
+            self._dirty.add(space_id)
 
-    def _pull_dirty(self) -> None:
+    def push_committed(self) -> None:
+        """Push the messages committed since each changed space's cursor, in handle order
+        (the relay calls this right after its group commit, with no transaction open)."""
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, set()
-        for space_id in dirty:
+        for space_id in sorted(dirty):
             try:
                 self._pull(space_id)
             except (psycopg.Error, ServerError) as exc:
+                self._dirty.add(space_id)  # again after the next commit
                 log.warning("could not read new messages of %s: %s", space_id, exc)
-        self.relay._schedule_flush()
 
     def _pull(self, space_id: str) -> None:
-        """Push the messages stored after the space's cursor by other relays."""
+        """Push the messages committed after the space's cursor, by any relay."""
         while space_id in self._cursors:
-            cursor = self._cursors[space_id]
-            items = self.storage.messages_after(space_id, cursor, _PAGE)
-            own = self._own[space_id]
+            items = self.storage.messages_after(space_id, self._cursors[space_id], _PAGE)
             for item in items:
-                if item.handle in own:
-                    own.discard(item.handle)
-                else:
-                    pushed = frames.MessagePushed(item.handle, item.envelope)
-                    self.relay.push_space(pushed, space_id)
+                pushed = frames.MessagePushed(item.handle, item.envelope)
+                self.relay.push_space(pushed, space_id)
             if not items:
                 return
             self._cursors[space_id] = items[-1].handle
-            own.difference_update([h for h in own if h <= items[-1].handle])
             if len(items) < _PAGE:
                 return
 

@@ -480,6 +480,12 @@ class Relay:
         if targets:
             self._outbox.append((targets, event.to_json()))
 
+    def push_message(self, event: frames.MessagePushed, space_id: str) -> None:
+        """Queue a message just stored for the space's subscribers. With several relays it
+        is read back after the commit instead, in handle order with the other relays'."""
+        if self.cluster is None:
+            self.push_space(event, space_id)
+
     def push_signal(self, event: Event, space_id: str, *, exclude: Session | None = None) -> None:
         """:meth:`push_space` for an ephemeral signal, which also reaches the subscribers
         of the other relays of the service (never stored)."""
@@ -522,6 +528,8 @@ class Relay:
         if self._closed:
             return
         self._commit()
+        if self.cluster is not None:
+            self.cluster.push_committed()
         outbox, self._outbox = self._outbox, []
         for targets, text in outbox:
             self._write(targets, text)

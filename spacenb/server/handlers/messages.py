@@ -165,7 +165,7 @@ def send(relay: Relay, session: Session, req: frames.Send) -> frames.HandleResul
     _current_epoch(space, envelope)
     relay.charge_message(user_of(session), len(envelope.ciphertext))
     handle = relay.storage.add_message(envelope, relay.now_us())
-    relay.push_space(frames.MessagePushed(handle, envelope), space.space_id)
+    relay.push_message(frames.MessagePushed(handle, envelope), space.space_id)
     return frames.HandleResult(handle)
 
 

@@ -217,6 +217,8 @@ class RunningServer:
         try:
             self._ws_server.close()
             await self._ws_server.wait_closed()
+            if self.relay.cluster is not None:
+                await self.relay.cluster.stop()
             await self.keeper.stop()
             for store in self._shard_stores:
                 await store.stop()
@@ -346,6 +348,12 @@ async def start_server(
         )
         keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
         relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
+        if database is not None:  # several relays: delivery, presence, limits, one keeper
+            from .cluster import Cluster
+
+            relay.cluster = Cluster(relay, database, keeper)
+            undo.push_async_callback(relay.cluster.stop)
+            await relay.cluster.start()  # it starts the keeper if this relay holds the lock
         ws_server = await serve(
             relay.serve_connection,
             host,
@@ -357,7 +365,8 @@ async def start_server(
         )
         undo.push_async_callback(ws_server.wait_closed)
         undo.callback(ws_server.close)
-        await keeper.start()
+        if relay.cluster is None:
+            await keeper.start()
         undo.pop_all()
     bound_port = ws_server.sockets[0].getsockname()[1]
     running = RunningServer(

@@ -17,6 +17,10 @@ on both), with what one shared database must add:
   :class:`StaleStateError` with none of its effects stored.
 - **The service's secrets** (app key, keeper and relay identities) are kept here only
   sealed (see :mod:`spacenb.server.service`).
+- **Notifications:** every write that a relay pushes to subscribers also sends a
+  ``NOTIFY`` on :data:`NOTIFY_CHANNEL` in the same transaction (so only on commit), which
+  the other relays' listeners turn into pushes (:mod:`spacenb.server.cluster`; PROTOCOL.md,
+  "One service on several relays", has the payloads).
 
 The schema is versioned as SQLite's is (``schema_version``; :func:`migrate` applies the
 missing steps of :data:`MIGRATIONS` in one transaction, under an advisory lock so two relays
@@ -38,8 +42,9 @@ long, where SQLite takes microseconds.
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import psycopg
@@ -60,6 +65,7 @@ from .storage import PendingJoin, SpaceRecord, Storage, unsupported_schema
 
 __all__ = [
     "MIGRATIONS",
+    "NOTIFY_CHANNEL",
     "SCHEMA_VERSION",
     "PostgresStorage",
     "check_database_url",
@@ -158,6 +164,10 @@ _MIGRATION_LOCK = 0x7370_6163_656E_6231  # pg_advisory_xact_lock key: "spacenb1"
 # stall each other (two relays on one event loop, say): fail that request instead.
 LOCK_TIMEOUT = "10s"
 
+# LISTEN/NOTIFY channel of the relays of one database; payloads are
+# "<origin> <kind> <space_id> <argument>" (PROTOCOL.md, "One service on several relays").
+NOTIFY_CHANNEL = "spacenb"
+
 _EVENT_COLUMNS = "space_id, seq, prev, kind, actor, at_us, body, signature"
 _MESSAGE_COLUMNS = (
     "handle, source, space_id, subject, epoch, content_type, head_seq, head, iv, ciphertext, "
@@ -171,13 +181,15 @@ WITH counter AS (
     UPDATE spaces SET last_handle = GREATEST(last_handle + 1, %(now_us)s)
     WHERE space_id = %(space_id)s {skip_locked}
     RETURNING last_handle
+), stored AS (
+    INSERT INTO messages (space_id, handle, source, subject, epoch, content_type, head_seq,
+                          head, iv, ciphertext, signature)
+    SELECT %(space_id)s, last_handle, %(source)s, %(subject)s, %(epoch)s, %(content_type)s,
+           %(head_seq)s, %(head)s, %(iv)s, %(ciphertext)s, %(signature)s
+    FROM counter
+    RETURNING handle
 )
-INSERT INTO messages (space_id, handle, source, subject, epoch, content_type, head_seq, head,
-                      iv, ciphertext, signature)
-SELECT %(space_id)s, last_handle, %(source)s, %(subject)s, %(epoch)s, %(content_type)s,
-       %(head_seq)s, %(head)s, %(iv)s, %(ciphertext)s, %(signature)s
-FROM counter
-RETURNING handle
+SELECT handle, pg_notify(%(channel)s, %(note)s || handle) FROM stored
 """
 _ADD_MESSAGE_WAITING = _ADD_MESSAGE.format(skip_locked="")
 _ADD_MESSAGE_UNLESS_LOCKED = _ADD_MESSAGE.format(
@@ -301,6 +313,31 @@ class PostgresStorage(Storage):
         self._batch = 0  # messages in the open, uncommitted batch
         self._lost: str | None = None  # why the batch was lost, until commit() reports it
         self._spaces: dict[str, SpaceRecord] = {}  # immutable once created: safe to cache
+        # Names this storage's writes in their notifications, so that its own relay can
+        # tell them from other relays' (it has pushed them already).
+        self.origin = os.urandom(6).hex()
+        self.on_stored: Callable[[str, int], None] | None = None  # (space_id, handle)
+
+    def notify(self, db: psycopg.Connection[Any], kind: str, space_id: str, arg: object) -> None:
+        """Send a notification to the other relays with the open transaction (on commit),
+        or at once outside one."""
+        payload = f"{self.origin} {kind} {space_id} {arg}"
+        db.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+
+    def publish(self, kind: str, space_id: str, arg: object) -> None:
+        """:meth:`notify` on this storage's connection: with the message batch if one is
+        open, else at once."""
+        self.notify(self._conn(), kind, space_id, arg)
+
+    def _notify_keys(self, db: psycopg.Connection[Any], keys: Sequence[WrappedKey]) -> None:
+        first: dict[tuple[str, str], int] = {}
+        for k in keys:
+            at = (k.space_id, k.recipient)
+            first[at] = min(first.get(at, k.epoch), k.epoch)
+        payloads = [f"{self.origin} k {s} {e} {r}" for (s, r), e in sorted(first.items())]
+        db.execute(
+            "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (NOTIFY_CHANNEL, payloads)
+        )
 
     def __repr__(self) -> str:
         return f"PostgresStorage({redacted_url(self._url)!r})"
@@ -558,6 +595,9 @@ class PostgresStorage(Storage):
                     "DELETE FROM messages WHERE space_id = %s AND handle = %s",
                     (event.space_id, delete_handle),
                 )
+            if keys:
+                self._notify_keys(db, keys)
+            self.notify(db, "s", event.space_id, event.seq)
 
     # -- join requests and wrapped keys
 
@@ -588,6 +628,7 @@ class PostgresStorage(Storage):
                     "DELETE FROM join_requests WHERE space_id = %s AND username = %s",
                     sorted({(k.space_id, admitted) for k in keys}),
                 )
+            self._notify_keys(db, keys)
 
     def keys_for(self, space_id: str, recipient: str) -> list[WrappedKey]:
         rows = self._all(
@@ -601,6 +642,8 @@ class PostgresStorage(Storage):
 
     def add_message(self, envelope: Envelope, now_us: int) -> int:
         params = _message_params(envelope, now_us)
+        params["channel"] = NOTIFY_CHANNEL
+        params["note"] = f"{self.origin} m {envelope.target} "
         row = None
         if self._batch:
             row = self._db.execute(_ADD_MESSAGE_UNLESS_LOCKED, params).fetchone()
@@ -620,7 +663,24 @@ class PostgresStorage(Storage):
                 self.rollback()
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
-        return int(row[0])
+        handle = int(row[0])
+        if self.on_stored is not None:
+            self.on_stored(envelope.target, handle)
+        return handle
+
+    def last_handle(self, space_id: str) -> int:
+        """The newest handle handed out in the space (0 for none)."""
+        row = self._one("SELECT last_handle FROM spaces WHERE space_id = %s", space_id)
+        return 0 if row is None else int(row[0])
+
+    def messages_after(self, space_id: str, after: int, limit: int) -> list[StoredMessage]:
+        """Up to ``limit`` stored messages with handles above ``after``, oldest first."""
+        rows = self._all(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE space_id = %s AND handle > %s "
+            "ORDER BY handle LIMIT %s",
+            space_id, after, limit,
+        )  # fmt: skip
+        return [_message(row) for row in rows]
 
     def message_usage(self, username: str) -> tuple[int, int]:
         row = self._one(
@@ -638,9 +698,10 @@ class PostgresStorage(Storage):
     def replace_message(self, handle: int, envelope: Envelope) -> bool:
         return bool(
             self._write(
-                "UPDATE messages SET source = %s, subject = %s, epoch = %s, content_type = %s, "
-                "head_seq = %s, head = %s, iv = %s, ciphertext = %s, signature = %s "
-                "WHERE space_id = %s AND handle = %s",
+                "WITH changed AS (UPDATE messages SET source = %s, subject = %s, epoch = %s, "
+                "content_type = %s, head_seq = %s, head = %s, iv = %s, ciphertext = %s, "
+                "signature = %s WHERE space_id = %s AND handle = %s RETURNING handle) "
+                "SELECT pg_notify(%s, %s) FROM changed",
                 envelope.source,
                 envelope.subject.encode(),
                 envelope.epoch,
@@ -652,6 +713,8 @@ class PostgresStorage(Storage):
                 envelope.signature,
                 envelope.target,
                 handle,
+                NOTIFY_CHANNEL,
+                f"{self.origin} e {envelope.target} {handle}",
             )
         )
 

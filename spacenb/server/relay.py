@@ -28,7 +28,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
@@ -63,8 +63,12 @@ from ..protocol.statelog import SpaceState, StateEvent
 from ..protocol.wrap import WrappedKey
 from .connections import ConnectionGuard
 from .handlers import HANDLERS
+from .handlers.membership import after_foreign_event
 from .limits import Limits, TokenBucket
 from .storage import Storage
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 __all__ = ["MAX_BUFFERED", "WS_MAX_SIZE", "LocalMember", "Relay", "Session"]
 
@@ -135,6 +139,9 @@ class Relay:
         self._usage: dict[str, list[int]] = {}  # username → [messages, ciphertext bytes]
         self.dropped_slow = 0  # connections dropped for not reading, for figures
         self.keeper_inbox: Callable[[JoinRequested], None] | None = None
+        # With several relays on one database: live delivery, presence, limits and the
+        # keeper across them (None on SQLite).
+        self.cluster: Cluster | None = None
         self._subscribers: dict[str, set[Session]] = {}
         self._online: dict[str, Counter[str]] = {}  # space → username → subscribed connections
         self._by_user: dict[str, set[Session]] = {}
@@ -302,6 +309,9 @@ class Relay:
         rate = self.limits.message_rate
         if rate is None or username is None:
             return
+        if self.cluster is not None:
+            self.cluster.take_token(username)
+            return
         now = asyncio.get_running_loop().time()
         bucket = self._buckets.get(username)
         if bucket is None:
@@ -326,6 +336,9 @@ class Relay:
         """Count ``count`` more stored messages and ``size`` more ciphertext bytes against
         ``username``'s quota; :class:`QuotaExceededError` (and nothing counted) if that
         goes over it. Negative values give back."""
+        if self.cluster is not None:
+            self.cluster.charge(username, size, count)
+            return
         usage = self._usage_of(username)
         most_messages = self.limits.max_messages_per_user
         most_bytes = self.limits.max_message_bytes_per_user
@@ -382,9 +395,10 @@ class Relay:
 
     def catch_up(self, state: SpaceState) -> None:
         """Apply (and push) the events stored after the cached head: another relay on the
-        same database appended them."""
+        same database appended them (their effects on this relay's connections follow)."""
         for event in self.storage.state_events(state.space_id, since=state.head_seq + 1):
             self.apply_state(state, event)
+            after_foreign_event(self, state, event)
 
     def space_info(self, state: SpaceState) -> SpaceInfo:
         """The relay's summary of a space (clients derive the same from the log)."""
@@ -397,12 +411,20 @@ class Relay:
     # ------------------------------------------------------------------ presence
 
     def online(self, space_id: str) -> tuple[str, ...]:
-        """Usernames with at least one connection subscribed to the space, sorted."""
-        return tuple(sorted(self._online.get(space_id, ())))
+        """Usernames with at least one connection subscribed to the space (through any
+        relay of the service), sorted."""
+        here = self._online.get(space_id, ())
+        if self.cluster is None:
+            return tuple(sorted(here))
+        return tuple(sorted(self.cluster.online_elsewhere(space_id).union(here)))
 
     def subscribe(self, session: Session, space_id: str) -> None:
         """Deliver the space's events to this connection; push presence if it changed."""
-        subscribers = self._subscribers.setdefault(space_id, set())
+        subscribers = self._subscribers.get(space_id)
+        if subscribers is None:
+            if self.cluster is not None:
+                self.cluster.watch(space_id)
+            subscribers = self._subscribers[space_id] = set()
         if session in subscribers:
             return
         subscribers.add(session)
@@ -411,7 +433,9 @@ class Relay:
         if user is not None:
             online = self._online.setdefault(space_id, Counter())
             online[user] += 1
-            if online[user] == 1:
+            if online[user] == 1 and (
+                self.cluster is None or self.cluster.went_online(space_id, user)
+            ):
                 self.push_space(Presence(space_id, (user,), ()), space_id)
 
     def unsubscribe(self, session: Session, space_id: str) -> None:
@@ -421,8 +445,6 @@ class Relay:
             session.spaces.discard(space_id)
             return
         subscribers.discard(session)
-        if not subscribers:
-            del self._subscribers[space_id]
         session.spaces.discard(space_id)
         user = session.username
         online = self._online.get(space_id)
@@ -432,7 +454,12 @@ class Relay:
                 del online[user]
                 if not online:
                     del self._online[space_id]
-                self.push_space(Presence(space_id, (), (user,)), space_id)
+                if self.cluster is None or self.cluster.went_offline(space_id, user):
+                    self.push_space(Presence(space_id, (), (user,)), space_id)
+        if not subscribers:
+            del self._subscribers[space_id]
+            if self.cluster is not None:
+                self.cluster.unwatch(space_id)
 
     def drop_member(self, space_id: str, username: str) -> None:
         """Unsubscribe every connection of a user who is no longer a member."""
@@ -453,13 +480,28 @@ class Relay:
         if targets:
             self._outbox.append((targets, event.to_json()))
 
+    def push_message(self, event: frames.MessagePushed, space_id: str) -> None:
+        """Queue a message just stored for the space's subscribers. With several relays it
+        is read back after the commit instead, in handle order with the other relays'."""
+        if self.cluster is None:
+            self.push_space(event, space_id)
+
+    def push_signal(self, event: Event, space_id: str, *, exclude: Session | None = None) -> None:
+        """:meth:`push_space` for an ephemeral signal, which also reaches the subscribers
+        of the other relays of the service (never stored)."""
+        self.push_space(event, space_id, exclude=exclude)
+        if self.cluster is not None:
+            self.cluster.publish_signal(space_id, event.to_json())
+
     def push_to(self, event: Event, session: Session) -> None:
         """Queue ``event`` for one connection."""
         self._outbox.append(([session], event.to_json()))
 
     def push_keeper(self, event: JoinRequested) -> None:
-        """Queue a join request for the keeper."""
-        if self.keeper_inbox is not None:
+        """Queue a join request for the keeper (on whichever relay runs it)."""
+        if self.cluster is not None and not self.cluster.keeper_active:
+            self.cluster.announce_join(event.space_id, event.member_id)
+        elif self.keeper_inbox is not None:
             self._keeper_outbox.append(event)
 
     def _schedule_flush(self) -> None:
@@ -486,6 +528,8 @@ class Relay:
         if self._closed:
             return
         self._commit()
+        if self.cluster is not None:
+            self.cluster.push_committed()
         outbox, self._outbox = self._outbox, []
         for targets, text in outbox:
             self._write(targets, text)

@@ -58,6 +58,22 @@ def announce_join(relay: Relay, state: SpaceState, pending: PendingJoin) -> None
         relay.push_space(event, pending.space_id)
 
 
+def after_foreign_event(relay: Relay, state: SpaceState, event: StateEvent) -> None:
+    """What an event another relay of the service appended (now applied to the cached
+    state) means for this relay's connections: a departed member's are unsubscribed, and
+    a join that waits for a member's admission is announced to the subscribers here (a
+    keeper's join is announced to the keeper's relay by the relay that stored it)."""
+    if event.kind in ("remove", "leave"):
+        relay.drop_member(state.space_id, event.fields()["member"])
+    elif event.kind == "add":
+        member = event.fields()["member"]
+        role = state.role_of(member)
+        keeper_admits = state.keeper_admits() and state.keeper == relay.keeper
+        if role is not None and not keeper_admits:
+            pending = PendingJoin(state.space_id, member, role)
+            relay.push_space(join_request_event(relay, state, pending), state.space_id)
+
+
 def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
     """Push newly stored wrapped keys to every connection of each recipient (in events of
     at most :data:`~spacenb.protocol.frames.MAX_KEYS_PAGE` keys)."""

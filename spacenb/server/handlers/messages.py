@@ -165,7 +165,7 @@ def send(relay: Relay, session: Session, req: frames.Send) -> frames.HandleResul
     _current_epoch(space, envelope)
     relay.charge_message(user_of(session), len(envelope.ciphertext))
     handle = relay.storage.add_message(envelope, relay.now_us())
-    relay.push_space(frames.MessagePushed(handle, envelope), space.space_id)
+    relay.push_message(frames.MessagePushed(handle, envelope), space.space_id)
     return frames.HandleResult(handle)
 
 
@@ -187,7 +187,7 @@ def edit(relay: Relay, session: Session, req: frames.Edit) -> frames.HandleResul
 def ephemeral(relay: Relay, session: Session, req: frames.SendEphemeral) -> frames.Ok:
     """Relay a signal to the space's other connections; never stored."""
     space = checked_envelope(relay, session, req.envelope, "eph")
-    relay.push_space(frames.EphemeralPushed(req.envelope), space.space_id, exclude=session)
+    relay.push_signal(frames.EphemeralPushed(req.envelope), space.space_id, exclude=session)
     return frames.Ok()
 
 

@@ -1,0 +1,593 @@
+"""Several relays on one PostgreSQL database, acting as one service: what each relay
+learns of the others' writes, who is online anywhere, shared rate limits and quotas, and
+which relay runs the keeper (PROTOCOL.md, "One service on several relays").
+
+- **Live delivery.** Every write a relay pushes to subscribers also sends a ``NOTIFY``
+  in its transaction (:class:`~spacenb.server.postgres.PostgresStorage`), so it is sent
+  only on commit. The payload is small (``origin kind space_id argument``); the receiving
+  relay reads the row and pushes it to its own subscribers. A relay ignores its own
+  notifications (``origin`` is its storage's random id): it pushed those already.
+- **Catching up.** New messages are read by handle, from a per-space cursor (the newest
+  handle this relay has pushed there), and state events by seq from the cached head; a
+  notification is only the cue to read. A relay pushes its own new messages the same way
+  (read back after its group commit), so that every subscriber gets a space's messages
+  in handle order, whichever relay stored them: within a space, commits happen in handle
+  order, so a read of what is committed never misses a smaller handle that commits later
+  (clients skip a pushed handle below one they were already given). So when the listener
+  comes back after losing its connection, reading from the cursors and heads delivers
+  what was missed, once.
+- **Presence** is one row per (space, user, relay) in ``spacenb_live.presence``; each
+  relay heartbeats its row in ``spacenb_live.relays`` every ``heartbeat`` seconds, and a
+  relay not seen for ``expiry`` seconds is removed, with its presence, by any other.
+- **Rate limits and quotas** are rows updated atomically (one statement each) on this
+  module's own connection, outside the message batch, so they never hold a lock across
+  the batch. A relay leases a few tokens at a time (at most 1/20 of the burst), so a
+  message usually costs no extra round trip.
+- **The keeper** runs on the relay that holds a session-level advisory lock
+  (:data:`KEEPER_LOCK`) on a connection of its own; the others try every ``retry``
+  seconds and take over when the holder's session ends (its relay died, or lost the
+  database). On taking over, the keeper works through the pending join requests.
+
+Why psycopg's async connection for the listener, not a thread over ``conn.notifies()``:
+everything a notification leads to (reading rows, pushing to connections) is relay state
+that lives on the relay's event loop and is not thread-safe. An async listener task runs
+on that loop and waits on the socket without blocking it; a thread would have to hand
+every notification over with ``call_soon_threadsafe`` and still do the work on the loop.
+The coordination tables are ``UNLOGGED`` in a schema of their own: they hold live state,
+not data (a crash empties them; usage is then counted again from the messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from ..exceptions import QuotaExceededError, RateLimitedError, ServerError
+from ..protocol import frames
+from .postgres import _MIGRATION_LOCK, NOTIFY_CHANNEL, PostgresStorage, redacted_url
+
+if TYPE_CHECKING:
+    from .keeper import Keeper
+    from .relay import Relay
+
+__all__ = ["KEEPER_LOCK", "Cluster"]
+
+log = logging.getLogger("spacenb.server.cluster")
+
+KEEPER_LOCK = 0x7370_6163_656E_6B70  # pg_advisory_lock key of the active keeper: "spacenkp"
+MAX_SIGNAL_PAYLOAD = 7900  # bytes of an ephemeral's notification (PostgreSQL's limit: 8000)
+_PAGE = 500
+
+_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS spacenb_live;
+CREATE UNLOGGED TABLE IF NOT EXISTS spacenb_live.relays (
+    relay_id TEXT COLLATE "C" PRIMARY KEY,
+    seen     TIMESTAMPTZ NOT NULL
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS spacenb_live.presence (
+    space_id TEXT COLLATE "C" NOT NULL,
+    username TEXT COLLATE "C" NOT NULL,
+    relay_id TEXT COLLATE "C" NOT NULL,
+    PRIMARY KEY (space_id, username, relay_id)
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS spacenb_live.buckets (
+    username TEXT COLLATE "C" PRIMARY KEY,
+    tokens   DOUBLE PRECISION NOT NULL,
+    stamp    TIMESTAMPTZ NOT NULL,
+    granted  INTEGER NOT NULL
+);
+CREATE UNLOGGED TABLE IF NOT EXISTS spacenb_live.usage (
+    username TEXT COLLATE "C" PRIMARY KEY,
+    messages BIGINT NOT NULL,
+    bytes    BIGINT NOT NULL
+);
+"""
+
+# Refill, then take up to %(want)s whole tokens; ``granted`` says how many were taken.
+_REFILLED = (
+    "LEAST(%(burst)s, b.tokens + %(rate)s * "
+    "GREATEST(extract(epoch FROM clock_timestamp() - b.stamp), 0))"
+)
+_TAKE_TOKENS = f"""
+INSERT INTO spacenb_live.buckets AS b (username, tokens, stamp, granted)
+VALUES (%(user)s, %(burst)s - LEAST(%(want)s, %(burst)s), clock_timestamp(),
+        LEAST(%(want)s, %(burst)s))
+ON CONFLICT (username) DO UPDATE SET
+    granted = LEAST(%(want)s, floor({_REFILLED})),
+    tokens = {_REFILLED} - LEAST(%(want)s, floor({_REFILLED})),
+    stamp = clock_timestamp()
+RETURNING granted, tokens
+"""
+_CHARGE = """
+UPDATE spacenb_live.usage SET messages = GREATEST(messages + %(count)s, 0),
+                              bytes = GREATEST(bytes + %(size)s, 0)
+WHERE username = %(user)s
+  AND (%(count)s <= 0 OR %(most_messages)s::bigint IS NULL
+       OR messages + %(count)s <= %(most_messages)s::bigint)
+  AND (%(size)s <= 0 OR %(most_bytes)s::bigint IS NULL
+       OR bytes + %(size)s <= %(most_bytes)s::bigint)
+RETURNING messages
+"""
+_COUNT_USAGE = """
+INSERT INTO spacenb_live.usage (username, messages, bytes)
+SELECT %(user)s, count(*), coalesce(sum(length(ciphertext)), 0) FROM messages
+WHERE source = %(user)s
+ON CONFLICT DO NOTHING
+"""
+_HEARTBEAT = """
+INSERT INTO spacenb_live.relays AS r VALUES (%s, clock_timestamp())
+ON CONFLICT (relay_id) DO UPDATE SET seen = clock_timestamp()
+RETURNING (xmax = 0) AS inserted
+"""
+_EXPIRE = """
+WITH gone AS (
+    DELETE FROM spacenb_live.relays
+    WHERE seen < clock_timestamp() - make_interval(secs => %(expiry)s) RETURNING relay_id
+), cleared AS (
+    DELETE FROM spacenb_live.presence WHERE relay_id IN (SELECT relay_id FROM gone)
+)
+SELECT relay_id, pg_notify(%(channel)s, %(origin)s || ' g - ' || relay_id) FROM gone
+"""
+_REMOTE_PRESENCE = """
+SELECT p.username, p.relay_id FROM spacenb_live.presence p
+JOIN spacenb_live.relays r USING (relay_id)
+WHERE p.space_id = %s AND p.relay_id <> %s
+  AND r.seen >= clock_timestamp() - make_interval(secs => %s)
+"""
+
+
+class Cluster:
+    """What makes a relay on PostgreSQL one of several serving one database.
+
+    Made by :func:`~spacenb.server.app.start_server` for ``database=``; runs between
+    :meth:`start` and :meth:`stop`. ``keeper`` is started only while this relay holds
+    :data:`KEEPER_LOCK`. Raises :class:`ServerError` if the database cannot be reached.
+    """
+
+    def __init__(
+        self,
+        relay: Relay,
+        url: str,
+        keeper: Keeper,
+        *,
+        heartbeat: float = 1.0,
+        expiry: float = 10.0,
+        retry: float = 1.0,
+    ) -> None:
+        storage = relay.storage
+        assert isinstance(storage, PostgresStorage)
+        self.relay = relay
+        self.storage = storage
+        self.keeper = keeper
+        self.origin = storage.origin
+        self.heartbeat = heartbeat
+        self.expiry = expiry
+        self.retry = retry
+        self.keeper_active = False
+        self.listening = asyncio.Event()  # set while the listener is connected
+        self.reconnects = 0  # times the listener came back (and caught up), for tests
+        self._url = url
+        self._db = self._connect()
+        with self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            self._db.execute(_SCHEMA)
+        self._cursors: dict[str, int] = {}  # watched space → newest handle pushed there
+        self._remote: dict[str, dict[str, set[str]]] = {}  # space → user → relay ids
+        self._dirty: set[str] = set()
+        self._leases: dict[str, int] = {}  # username → tokens leased from the shared bucket
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        storage.on_stored = self._stored
+
+    def __repr__(self) -> str:
+        return f"Cluster({redacted_url(self._url)!r}, origin={self.origin!r})"
+
+    # ------------------------------------------------------------------ running
+
+    async def start(self) -> None:
+        """Start the listener and the keeper lock's loop; return once listening."""
+        self._heartbeat_now()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="spacenb-listener"),
+            asyncio.create_task(self._hold_keeper_lock(), name="spacenb-keeper-lock"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listening.wait(), 30)
+
+    async def stop(self) -> None:
+        """Stop listening, let the keeper lock go and take this relay's presence away."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.keeper_active:
+            await self.keeper.stop()
+            self.keeper_active = False
+        with contextlib.suppress(psycopg.Error, ServerError):
+            db = self._conn()
+            db.execute("DELETE FROM spacenb_live.presence WHERE relay_id = %s", (self.origin,))
+            db.execute(
+                "WITH gone AS (DELETE FROM spacenb_live.relays WHERE relay_id = %s) "
+                "SELECT pg_notify(%s, %s)",
+                (self.origin, NOTIFY_CHANNEL, f"{self.origin} g - {self.origin}"),
+            )
+        self._db.close()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(
+                self._url, autocommit=True, connect_timeout=5, application_name="spacenb-cluster"
+            )
+        except psycopg.OperationalError as exc:
+            raise ServerError(f"cannot connect to {redacted_url(self._url)}: {exc}") from None
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        if self._db.broken or self._db.closed:
+            with contextlib.suppress(psycopg.Error):
+                self._db.close()
+            self._db = self._connect()
+        return self._db
+
+    def _execute(self, sql: str, params: Any = None) -> list[Any]:
+        """One autocommit statement on this module's connection; its rows."""
+        try:
+            cur = self._conn().execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
+        except psycopg.OperationalError as exc:
+            raise ServerError(f"the database is unreachable: {exc}") from None
+
+    # ------------------------------------------------------------------ the listener
+
+    async def _listen(self) -> None:
+        while not self._stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=5,
+                    application_name="spacenb-listener",
+                )  # fmt: skip
+            except psycopg.OperationalError as exc:
+                log.warning("listener cannot connect (retrying): %s", str(exc).strip())
+                await asyncio.sleep(self.retry)
+                continue
+            try:
+                await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                self._catch_up_everything()  # after LISTEN: nothing falls in between
+                self.listening.set()
+                while True:
+                    async for note in conn.notifies(timeout=5 * self.heartbeat):
+                        self._on_notification(note.payload)
+                    await conn.execute("SELECT 1")  # quiet: is the connection still there?
+            except (psycopg.Error, ServerError) as exc:
+                if not self._stopping:
+                    log.warning("listener lost the database (reconnecting): %s", exc)
+            finally:
+                self.listening.clear()
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+            self.reconnects += 1
+            await asyncio.sleep(self.retry / 4)
+
+    def _catch_up_everything(self) -> None:
+        """Read what may have been missed while not listening: state events of every
+        cached space, messages of every watched one, and the presence of others."""
+        relay = self.relay
+        for state in list(relay._states.values()):
+            relay.catch_up(state)
+        for space_id in list(self._cursors):
+            self._dirty.add(space_id)  # read after the next commit
+            self._reload_presence(space_id)
+        for space_id, users in relay._online.items():
+            for user in users:
+                self._publish_presence(space_id, user, "+")
+        if self.keeper_active:
+            for pending in self.storage.join_requests():
+                self.keeper.notify(pending.space_id, pending.username)
+        relay._schedule_flush()
+
+    def _on_notification(self, payload: str) -> None:
+        try:
+            origin, kind, space_id, arg = payload.split(" ", 3)
+        except ValueError:
+            log.warning("ignoring a notification of another form: %.80r", payload)
+            return
+        if origin == self.origin:
+            return
+        relay = self.relay
+        try:
+            if kind == "m":
+                if space_id in self._cursors:
+                    self._dirty.add(space_id)  # read by the next flush, after its commit
+            elif kind == "e":
+                self._edited(space_id, int(arg))
+            elif kind == "s":
+                state = relay._states.get(space_id)
+                if state is not None:
+                    relay.catch_up(state)
+            elif kind == "k":
+                epoch, recipient = arg.split(" ", 1)
+                self._keys(space_id, int(epoch), recipient)
+            elif kind == "j":
+                if self.keeper_active:
+                    state = relay.state(space_id)
+                    if state is not None:
+                        relay.catch_up(state)
+                    self.keeper.notify(space_id, arg)
+            elif kind == "x":
+                if space_id in self._cursors:
+                    targets = list(relay._subscribers.get(space_id, ()))
+                    relay._outbox.append((targets, arg))
+            elif kind == "p":
+                sign, user = arg.split(" ", 1)
+                self._remote_presence(space_id, user, origin, sign == "+")
+            elif kind == "g":
+                self._relay_gone(arg)
+        except (psycopg.Error, ServerError) as exc:
+            log.warning("could not act on a notification %.80r: %s", payload, exc)
+        relay._schedule_flush()
+
+    # ------------------------------------------------------------------ messages
+
+    def watch(self, space_id: str) -> None:
+        """Start delivering other relays' messages in the space (its first subscriber)."""
+        self._cursors[space_id] = self.storage.last_handle(space_id)
+        self._reload_presence(space_id)
+
+    def unwatch(self, space_id: str) -> None:
+        """Its last subscriber left: stop delivering in the space."""
+        self._cursors.pop(space_id, None)
+        self._remote.pop(space_id, None)
+        self._dirty.discard(space_id)
+
+    def _stored(self, space_id: str, handle: int) -> None:
+        if space_id in self._cursors:
+            self._dirty.add(space_id)
+
+    def push_committed(self) -> None:
+        """Push the messages committed since each changed space's cursor, in handle order
+        (the relay calls this right after its group commit, with no transaction open)."""
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        for space_id in sorted(dirty):
+            try:
+                self._pull(space_id)
+            except (psycopg.Error, ServerError) as exc:
+                self._dirty.add(space_id)  # again after the next commit
+                log.warning("could not read new messages of %s: %s", space_id, exc)
+
+    def _pull(self, space_id: str) -> None:
+        """Push the messages committed after the space's cursor, by any relay."""
+        while space_id in self._cursors:
+            items = self.storage.messages_after(space_id, self._cursors[space_id], _PAGE)
+            for item in items:
+                pushed = frames.MessagePushed(item.handle, item.envelope)
+                self.relay.push_space(pushed, space_id)
+            if not items:
+                return
+            self._cursors[space_id] = items[-1].handle
+            if len(items) < _PAGE:
+                return
+
+    def _edited(self, space_id: str, handle: int) -> None:
+        if space_id not in self._cursors:
+            return
+        items, _ = self.storage.history(space_id, handle + 1, 1)
+        if items and items[0].handle == handle:
+            self.relay.push_space(frames.MessageEdited(handle, items[0].envelope), space_id)
+
+    def _keys(self, space_id: str, epoch: int, recipient: str) -> None:
+        from .handlers.membership import push_keys
+
+        if recipient not in self.relay._by_user:
+            return
+        keys = [k for k in self.storage.keys_for(space_id, recipient) if k.epoch >= epoch]
+        push_keys(self.relay, space_id, keys)
+
+    # ------------------------------------------------------------------ signals, joins
+
+    def publish_signal(self, space_id: str, text: str) -> None:
+        """Hand an ephemeral event (its JSON) to the other relays' subscribers."""
+        if len(text.encode()) > MAX_SIGNAL_PAYLOAD:
+            log.info("an ephemeral of %d bytes reaches only this relay's subscribers", len(text))
+            return
+        self._execute(
+            "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{self.origin} x {space_id} {text}")
+        )
+
+    def announce_join(self, space_id: str, username: str) -> None:
+        """Tell the relay running the keeper that ``username`` waits for keys."""
+        self._execute(
+            "SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, f"{self.origin} j {space_id} {username}")
+        )
+
+    # ------------------------------------------------------------------ presence
+
+    def online_elsewhere(self, space_id: str) -> set[str]:
+        """Users online in the space through other relays."""
+        return {u for u, where in self._remote.get(space_id, {}).items() if where}
+
+    def went_online(self, space_id: str, username: str) -> bool:
+        """The user's first connection on this relay subscribed; True if the user was
+        online nowhere else (so the change is news)."""
+        self._publish_presence(space_id, username, "+")
+        return not self._remote.get(space_id, {}).get(username)
+
+    def went_offline(self, space_id: str, username: str) -> bool:
+        """The user's last connection here left; True if the user is online nowhere else."""
+        self._publish_presence(space_id, username, "-")
+        return not self._remote.get(space_id, {}).get(username)
+
+    def _publish_presence(self, space_id: str, username: str, sign: str) -> None:
+        change = (
+            "INSERT INTO spacenb_live.presence VALUES (%(s)s, %(u)s, %(r)s) ON CONFLICT DO NOTHING"
+            if sign == "+"
+            else "DELETE FROM spacenb_live.presence "
+            "WHERE space_id = %(s)s AND username = %(u)s AND relay_id = %(r)s"
+        )
+        note = f"{self.origin} p {space_id} {sign} {username}"
+        try:
+            self._execute(
+                f"WITH change AS ({change}) SELECT pg_notify(%(c)s, %(n)s)",
+                {"s": space_id, "u": username, "r": self.origin, "c": NOTIFY_CHANNEL, "n": note},
+            )
+        except ServerError as exc:  # written again when the listener is back
+            log.warning("could not publish presence: %s", exc)
+
+    def _reload_presence(self, space_id: str) -> None:
+        rows = self._execute(_REMOTE_PRESENCE, (space_id, self.origin, self.expiry))
+        before = self._remote.get(space_id, {})
+        now: dict[str, set[str]] = {}
+        for user, relay_id in rows:
+            now.setdefault(user, set()).add(relay_id)
+        self._remote[space_id] = now
+        for user in set(before) | set(now):
+            self._presence_changed(space_id, user, bool(before.get(user)), bool(now.get(user)))
+
+    def _remote_presence(self, space_id: str, user: str, relay_id: str, online: bool) -> None:
+        if space_id not in self._cursors:
+            return
+        where = self._remote.setdefault(space_id, {}).setdefault(user, set())
+        was = bool(where)
+        if online:
+            where.add(relay_id)
+        else:
+            where.discard(relay_id)
+            if not where:
+                del self._remote[space_id][user]
+        self._presence_changed(space_id, user, was, online or bool(where))
+
+    def _relay_gone(self, relay_id: str) -> None:
+        for space_id, users in self._remote.items():
+            for user in [u for u, where in users.items() if relay_id in where]:
+                users[user].discard(relay_id)
+                if not users[user]:
+                    del users[user]
+                    self._presence_changed(space_id, user, True, False)
+
+    def _presence_changed(self, space_id: str, user: str, was: bool, now: bool) -> None:
+        """Push a remote change unless this relay's own connections decide it."""
+        here = self.relay._online.get(space_id)
+        if was == now or (here is not None and here[user] > 0):
+            return
+        joined, left = ((user,), ()) if now else ((), (user,))
+        self.relay.push_space(frames.Presence(space_id, joined, left), space_id)
+
+    # ------------------------------------------------------------------ rates, quotas
+
+    def take_token(self, username: str) -> None:
+        """Take one of the user's tokens from the bucket all relays share;
+        :class:`RateLimitedError` if there is none."""
+        lease = self._leases.get(username, 0)
+        if lease > 0:
+            self._leases[username] = lease - 1
+            return
+        limits = self.relay.limits
+        rate = limits.message_rate
+        assert rate is not None
+        burst = max(limits.message_burst, 1)
+        want = max(1, burst // 20)
+        ((granted, tokens),) = self._execute(
+            _TAKE_TOKENS, {"user": username, "want": want, "burst": burst, "rate": rate}
+        )
+        if granted < 1:
+            wait = (1.0 - tokens) / rate if rate > 0 else math.inf
+            raise RateLimitedError(
+                f"rate limit: at most {rate:g} messages per second per user "
+                f"(bursts of {limits.message_burst}); try again in {wait:.2f} s"
+            )
+        if len(self._leases) > 10_000:
+            self._leases.clear()  # (gives back nothing: the service grants a little less)
+        self._leases[username] = int(granted) - 1
+
+    def charge(self, username: str, size: int, count: int) -> None:
+        """:meth:`Relay.charge_message` on the usage all relays share, in one statement."""
+        limits = self.relay.limits
+        params = {
+            "user": username, "size": size, "count": count,
+            "most_messages": limits.max_messages_per_user,
+            "most_bytes": limits.max_message_bytes_per_user,
+        }  # fmt: skip
+        if self._execute(_CHARGE, params):
+            return
+        self._execute(_COUNT_USAGE, params)  # first charge (or the table was emptied)
+        if self._execute(_CHARGE, params):
+            return
+        ((messages, stored),) = self._execute(
+            "SELECT messages, bytes FROM spacenb_live.usage WHERE username = %s", (username,)
+        )
+        most = limits.max_messages_per_user
+        if count > 0 and most is not None and messages + count > most:
+            raise QuotaExceededError(
+                f"{username!r} stores {messages} messages, the most a user may "
+                f"(max_messages_per_user = {limits.max_messages_per_user}): delete some"
+            )
+        raise QuotaExceededError(
+            f"{username!r} stores {stored} bytes of messages; this one would take it past "
+            f"the quota (max_message_bytes_per_user = {limits.max_message_bytes_per_user}): "
+            "delete some, or send files"
+        )
+
+    # ------------------------------------------------------------------ the keeper lock
+
+    def _heartbeat_now(self) -> None:
+        ((inserted,),) = self._execute(_HEARTBEAT, (self.origin,))
+        if inserted and self.relay._online:  # we were taken for dead: say who is here
+            for space_id, users in self.relay._online.items():
+                for user in users:
+                    self._publish_presence(space_id, user, "+")
+        rows = self._execute(
+            _EXPIRE, {"expiry": self.expiry, "channel": NOTIFY_CHANNEL, "origin": self.origin}
+        )
+        for relay_id, _ in rows:
+            log.info("relay %s stopped heartbeating: its presence is removed", relay_id)
+            self._relay_gone(relay_id)
+        if rows:
+            self.relay._schedule_flush()
+
+    async def _hold_keeper_lock(self) -> None:
+        """Hold :data:`KEEPER_LOCK` (and run the keeper) or try again every ``retry``
+        seconds; heartbeat meanwhile."""
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=5,
+                    application_name="spacenb-keeper-lock",
+                )  # fmt: skip
+            except psycopg.OperationalError as exc:
+                log.warning("keeper lock: cannot connect (retrying): %s", str(exc).strip())
+                await asyncio.sleep(self.retry)
+                continue
+            try:
+                beat = 0.0
+                while True:
+                    if not self.keeper_active:
+                        cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (KEEPER_LOCK,))
+                        row = await cur.fetchone()
+                        if row is not None and row[0]:
+                            log.info("this relay runs the keeper now")
+                            self.keeper_active = True
+                            await self.keeper.start()  # starts with the pending joins
+                    else:
+                        await conn.execute("SELECT 1")  # is the lock's session still there?
+                    if loop.time() - beat >= self.heartbeat:
+                        beat = loop.time()
+                        self._heartbeat_now()
+                    await asyncio.sleep(min(self.retry, self.heartbeat))
+            except (psycopg.Error, ServerError) as exc:
+                if not self._stopping:
+                    log.warning("keeper lock: lost the database (retrying): %s", exc)
+            finally:
+                if self.keeper_active:
+                    await self.keeper.stop()
+                    self.keeper_active = False
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+            await asyncio.sleep(self.retry)

@@ -1,0 +1,254 @@
+"""Several relays on one PostgreSQL database deliver as one service, seen from real
+clients (``spacenb.aio``) on loopback: what is stored through one relay reaches the
+subscribers of the other live (messages, edits, deletes, state events, join requests);
+a listener that lost its connection catches up with no gap and no duplicate; signals and
+presence cross relays; rate limits and quotas hold for the whole service; exactly one
+relay runs the keeper, and another takes over when it stops.
+
+The relays run in this process (one event loop); tests/reliability/test_relay_faults.py
+kills relay processes and restarts PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import spacenb.aio as aio
+from spacenb.exceptions import PermissionDeniedError, QuotaExceededError, RateLimitedError
+from spacenb.server import RunningServer
+from spacenb.server.app import start_server
+from spacenb.server.limits import Limits
+from tests.aio.conftest import Inbox, wait_until
+
+
+@contextlib.asynccontextmanager
+async def relays(
+    tmp_path: Path, database: str, count: int = 2, **options: Any
+) -> AsyncIterator[list[RunningServer]]:
+    """``count`` relays in this process on one database (the first runs the keeper)."""
+    options.setdefault("shards", 0)
+    started: list[RunningServer] = []
+    try:
+        for i in range(count):
+            key = started[0].service_key if started else None
+            started.append(
+                await start_server(
+                    tmp_path / f"relay{i}", database=database, service_key=key, **options
+                )
+            )
+        yield started
+    finally:
+        for srv in reversed(started):
+            await srv.stop()
+
+
+@contextlib.asynccontextmanager
+async def clients(
+    *where: tuple[RunningServer, str], keystores: Path | None = None
+) -> AsyncIterator[list[aio.AsyncClient]]:
+    """One signed-in client per ``(relay, username)``, closed afterwards; with
+    ``keystores``, a user's clients share the user's keys (one user on two relays)."""
+    opened: list[aio.AsyncClient] = []
+    try:
+        for srv, name in where:
+            keystore = ":memory:" if keystores is None else str(keystores / name)
+            opened.append(
+                await aio.connect(srv.url, app_key=srv.app_key, username=name, keystore=keystore)
+            )
+        yield opened
+    finally:
+        for client in opened:
+            await client.close()
+
+
+async def test_messages_edits_and_deletes_reach_the_other_relay_once(tmp_path, postgres_url):
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")  # admitted by the keeper (relay A)
+        to_bob, to_alice, edited, deleted = Inbox(), Inbox(), Inbox(), Inbox()
+        bobs.on_message(to_bob)
+        general.on_message(to_alice)
+        bobs.on_message_edited(edited)
+        bobs.on_message_deleted(deleted)
+        sent = [await general.send_message({"n": i}) for i in range(30)]
+        back = [await bobs.send_message({"m": i}) for i in range(10)]
+        await to_bob.wait(40, timeout=30)
+        await to_alice.wait(40, timeout=30)
+        for inbox in (to_bob, to_alice):
+            assert sorted(e.handle for e in inbox.items) == sorted(sent + back)  # each once
+        assert [e.message.body["n"] for e in to_bob.items if e.sender == "alice"] == list(range(30))
+        await general.edit_message(sent[0], {"n": "edited"})
+        await edited.wait(1, timeout=30)
+        assert edited.items[0].handle == sent[0] and edited.items[0].message.body == {"n": "edited"}
+        await general.delete_message(sent[1])
+        await deleted.wait(1, timeout=30)
+        assert deleted.items[0].handle == sent[1]
+        page = await bobs.history(limit=100)
+        assert [m.handle for m in page.messages] == sorted(h for h in sent + back if h != sent[1])
+        assert len(to_bob.items) == 40  # nothing delivered twice, late
+
+
+async def test_a_member_removed_through_one_relay_is_refused_by_the_other(tmp_path, postgres_url):
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "carol"), (b, "dave")) as (alice, carol, dave),
+    ):
+        club = await alice.space.create_channel("club")
+        carols = await carol.space.join_channel("club")
+        daves = await dave.space.join_channel("club")
+        await carols.send_message("before")
+        seen = Inbox()
+        daves.on_message(seen)
+        await alice.space.remove_member(club.id, "carol")
+        state = b.relay.state(club.id)
+        await wait_until(lambda: state is not None and "carol" not in state.members, 30)
+        with pytest.raises(PermissionDeniedError):
+            await carols.send_message("after")
+        assert "carol" not in b.relay.online(club.id)  # dropped from the space on relay B
+        await club.send_message("still here")
+        await seen.wait(1, timeout=30)
+        assert [e.sender for e in seen.items] == ["alice"]
+
+
+async def test_join_requests_reach_the_keeper_and_the_owner_across_relays(tmp_path, postgres_url):
+    async with relays(tmp_path, postgres_url) as (a, b):
+        assert a.relay.cluster is not None and b.relay.cluster is not None
+        await wait_until(lambda: a.relay.cluster.keeper_active, 30)  # type: ignore[union-attr]
+        assert not b.relay.cluster.keeper_active
+        async with clients((b, "owner"), (b, "newcomer"), (a, "asker")) as (owner, new, asker):
+            await owner.space.create_channel("open")
+            joined = await new.space.join_channel("open")  # the keeper runs on relay A
+            assert joined.keyring is not None
+            gated = await owner.space.create_channel("gated", auto_admit=False)
+            requests = Inbox()
+            gated.on_join_request(requests)
+
+            async def admit(request: Any) -> None:
+                await gated.admit(request.member_id, request.identity_ecdh_pub)
+
+            gated.on_join_request(admit)
+            joined = await asker.space.join_channel("gated", timeout=30)
+            assert [r.member_id for r in requests.items] == ["asker"]
+            assert joined.keyring is not None
+
+
+async def test_a_listener_that_lost_its_connection_catches_up_once(tmp_path, postgres_url):
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        received = Inbox()
+        bobs.on_message(received)
+        first = [await general.send_message(i) for i in range(5)]
+        await received.wait(5, timeout=30)
+        cluster = b.relay.cluster
+        assert cluster is not None
+        cluster.retry = 4.0  # the listener stays away for a second or so after the kill
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            killed = db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'spacenb-listener' AND datname = current_database()"
+            ).fetchall()
+        assert len(killed) == 2  # both relays' listeners
+        await wait_until(lambda: not cluster.listening.is_set(), 30)
+        during = [await general.send_message(i) for i in range(5, 25)]
+        await wait_until(cluster.listening.is_set, 30)
+        after = [await general.send_message(i) for i in range(25, 30)]
+        await received.wait(30, timeout=30)
+        assert [e.handle for e in received.items] == first + during + after
+        assert [e.message.body for e in received.items] == list(range(30))
+        assert cluster.reconnects >= 1
+
+
+async def test_signals_and_presence_cross_relays(tmp_path, postgres_url):
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (alice, bob),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        await wait_until(lambda: "alice" in bobs.peers() and "bob" in general.peers(), 30)
+        assert set(b.relay.online(general.id)) == {"alice", "bob"}
+        typing = Inbox()
+        bobs.on_ephemeral(typing)
+        await general.send_ephemeral("typing", {"who": "alice"})
+        await typing.wait(1, timeout=30)
+        assert typing.items[0].sender == "alice" and typing.items[0].data == {"who": "alice"}
+        page = await bobs.history(limit=10)
+        assert not page.messages  # never stored
+        await alice.close()
+        await wait_until(lambda: "alice" not in bobs.peers(), 30)
+        assert b.relay.online(general.id) == ("bob",)
+
+
+async def test_the_rate_limit_is_one_bucket_for_the_whole_service(tmp_path, postgres_url):
+    limits = Limits(message_rate=0.01, message_burst=10)  # 10 now, then one per 100 s
+    async with (
+        relays(tmp_path, postgres_url, limits=limits) as (a, b),
+        clients((a, "alice"), (b, "alice"), keystores=tmp_path) as (on_a, on_b),
+    ):
+        space = await on_a.space.create_channel("fast")
+        other = await on_b.space.join_channel("fast")
+        accepted = refused = 0
+        for i in range(12):
+            try:
+                await (space if i % 2 else other).send_message(i)
+                accepted += 1
+            except RateLimitedError:
+                refused += 1
+        assert (accepted, refused) == (10, 2)
+
+
+async def test_the_message_quota_is_counted_once_for_the_whole_service(tmp_path, postgres_url):
+    limits = Limits.unlimited().replace(max_messages_per_user=8)
+    async with (
+        relays(tmp_path, postgres_url, limits=limits) as (a, b),
+        clients((a, "alice"), (b, "alice"), keystores=tmp_path) as (on_a, on_b),
+    ):
+        space = await on_a.space.create_channel("quota")
+        other = await on_b.space.join_channel("quota")
+        handles = [await space.send_message(i) for i in range(5)]
+        handles += [await other.send_message(i) for i in range(3)]
+        with pytest.raises(QuotaExceededError, match="8 messages"):
+            await other.send_message("one too many")
+        with pytest.raises(QuotaExceededError):
+            await space.send_message("one too many")
+        await other.delete_message(handles[0])  # gives one back, service-wide
+        await space.send_message("fits again")
+
+
+async def test_exactly_one_relay_runs_the_keeper_and_another_takes_over(tmp_path, postgres_url):
+    async with relays(tmp_path, postgres_url, count=3) as servers:
+        a, b, c = servers
+
+        def active() -> list[RunningServer]:
+            return [s for s in servers if s.relay.cluster and s.relay.cluster.keeper_active]
+
+        await wait_until(lambda: len(active()) == 1, 30)
+        assert active() == [a]
+        async with clients((b, "owner")) as (owner,):
+            await owner.space.create_channel("lobby")
+        await a.stop()
+        servers.remove(a)
+        await wait_until(lambda: len(active()) == 1, 30)
+        async with clients((c, "late")) as (late,):
+            joined = await late.space.join_channel("lobby", timeout=30)
+            assert joined.keyring is not None
+        assert len(active()) == 1

@@ -95,24 +95,26 @@ async def _serve(args: argparse.Namespace) -> int:
         service_key=service_key,
         shard_stores=args.shard_store,
     )
+    stop = _stop_on_signals()
     try:
         described = _describe(
             server, temporary=args.data is None, key_from_env=service_key is not None
         )
         _print(*described, "Press Ctrl+C to stop.")
-        await _until_signalled()
+        await stop.wait()
         _print("stopping…")
     finally:
         await server.stop()
     return 0
 
 
-async def _until_signalled() -> None:
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (installed before the banner says we serve)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def _shard_store(args: argparse.Namespace) -> int:
@@ -125,6 +127,7 @@ async def _shard_store(args: argparse.Namespace) -> int:
         limits = limits.with_setting(setting)
     store = await start_shard_store(args.data, keys, host=args.host, port=args.port,
                                     limits=limits)  # fmt: skip
+    stop = _stop_on_signals()
     try:
         _print(
             f"spacenb shard store listening on {store.url}",
@@ -132,7 +135,7 @@ async def _shard_store(args: argparse.Namespace) -> int:
             f"  accepts tickets signed by: {', '.join(keys)}",
             "Press Ctrl+C to stop.",
         )
-        await _until_signalled()
+        await stop.wait()
         _print("stopping…")
     finally:
         await store.stop()

@@ -22,9 +22,18 @@ class RelayProcess:
     """``spacenb serve --data DIR`` in a child process; ``url`` and ``app_key`` once
     started. Use :meth:`kill` (SIGKILL: no clean-up at all) and :meth:`start` again."""
 
-    def __init__(self, data_dir: Path, *, shards: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        shards: int = 0,
+        database: str | None = None,
+        service_key: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.shards = shards
+        self.database = database  # serve this PostgreSQL database (with service_key)
+        self.service_key = service_key
         self.port = 0
         self.url = ""
         self.app_key = ""
@@ -44,6 +53,10 @@ class RelayProcess:
             "--shards-needed", str(min(self.shards, 1)),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if self.database is not None:
+            command += ["--database", self.database]
+        if self.service_key is not None:
+            env["SPACENB_SERVICE_KEY"] = self.service_key
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
         loop = asyncio.get_running_loop()

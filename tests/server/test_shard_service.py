@@ -179,3 +179,30 @@ async def test_serve_with_shard_store_processes(shared_stores, tmp_path):
     )  # fmt: skip
     assert both.returncode == 1
     assert both.stderr.count("\n") == 1 and "--shard-store" in both.stderr
+
+
+async def test_stores_accept_the_tickets_of_every_relay_of_a_service(tmp_path, postgres_url):
+    """The stores are given the ticket key the first relay of a PostgreSQL service prints;
+    another relay of that service, started later with ``shard_stores=``, signs tickets the
+    stores accept (every relay of a service signs with the same sealed identity)."""
+    first = await start_server(tmp_path / "first", database=postgres_url, shards=0)
+    stores: list[ShardStoreProcess] = []
+    try:
+        stores = store_processes(tmp_path, ["--relay-key", first.ticket_key], 2)
+        urls = [store.url for store in stores]
+        async with await start_server(
+            tmp_path / "second", database=postgres_url, service_key=first.service_key,
+            shard_stores=urls, shards_needed=1,
+        ) as second:  # fmt: skip
+            assert second.ticket_key == first.ticket_key
+            clients, a, b = await channel_pair(second)
+            try:
+                manifest, _ = await a.put_file(DATA, name="data.bin")
+                assert (await b.get_file(manifest))[0] == DATA
+            finally:
+                for client in clients:
+                    await client.close()
+    finally:
+        for store in stores:
+            store.kill()
+        await first.stop()

@@ -23,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .exceptions import SpacenbError
-from .server.app import RunningServer, start_server
+from .exceptions import SpacenbError, UsageError
+from .server.app import TICKET_KEY_FILE, RunningServer, check_port, start_server
 from .server.limits import Limits
+from .server.storeservice import STORE_LIMITS, read_ticket_keys, start_shard_store
 
 __all__ = ["main"]
 
 DEFAULT_PORT = 8765
+DEFAULT_STORE_PORT = 8766
 SERVICE_KEY_ENV = "SPACENB_SERVICE_KEY"
 DEMO_TIMEOUT = 15.0
 
@@ -60,10 +62,15 @@ def _describe(server: RunningServer, *, temporary: bool, key_from_env: bool) -> 
             )
     lines.append(f"  keeper:   {server.keeper_username}")
     if server.shard_urls:
+        where = "shard stores of their own" if not server.shard_stores else "stores"
         lines.append(
-            f"  shards:   {len(server.shard_urls)} stores, any {server.shards_needed} "
+            f"  shards:   {len(server.shard_urls)} {where}, any {server.shards_needed} "
             f"rebuild a file ({', '.join(server.shard_urls)})"
         )
+    lines.append(
+        f"  ticket key: {server.ticket_key} (give it to spacenb shard-store --relay-key; "
+        f"also in {server.data_dir / TICKET_KEY_FILE})"
+    )
     return lines
 
 
@@ -72,20 +79,23 @@ async def _serve(args: argparse.Namespace) -> int:
     for setting in args.limit:
         limits = limits.with_setting(setting)
     service_key = os.environ.get(SERVICE_KEY_ENV) if args.database else None
+    if args.shard_store and args.shards is not None:
+        raise UsageError(
+            "--shards counts local shard stores, and with --shard-store there are none: "
+            "give one or the other"
+        )
     server = await start_server(
         args.data,
         args.host,
         args.port,
-        shards=args.shards,
+        shards=5 if args.shards is None else args.shards,
         shards_needed=args.shards_needed,
         limits=limits,
         database=args.database,
         service_key=service_key,
+        shard_stores=args.shard_store,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    stop = _stop_on_signals()
     try:
         described = _describe(
             server, temporary=args.data is None, key_from_env=service_key is not None
@@ -95,6 +105,40 @@ async def _serve(args: argparse.Namespace) -> int:
         _print("stopping…")
     finally:
         await server.stop()
+    return 0
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (installed before the banner says we serve)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _shard_store(args: argparse.Namespace) -> int:
+    keys = read_ticket_keys(args.relay_key, args.relay_key_file)  # first: no key, no store
+    check_port(args.port)
+    limits = Limits()
+    for setting in args.limit:
+        if setting.partition("=")[0].strip().replace("-", "_") not in STORE_LIMITS:
+            raise UsageError(f"a shard store has only the limits {', '.join(STORE_LIMITS)}")
+        limits = limits.with_setting(setting)
+    store = await start_shard_store(args.data, keys, host=args.host, port=args.port,
+                                    limits=limits)  # fmt: skip
+    stop = _stop_on_signals()
+    try:
+        _print(
+            f"spacenb shard store listening on {store.url}",
+            f"  data:     {store.root}",
+            f"  accepts tickets signed by: {', '.join(keys)}",
+            "Press Ctrl+C to stop.",
+        )
+        await stop.wait()
+        _print("stopping…")
+    finally:
+        await store.stop()
     return 0
 
 
@@ -178,8 +222,13 @@ def _parser() -> argparse.ArgumentParser:
         help="port to listen on, 0 for any free one (default: %(default)s)",
     )  # fmt: skip
     serve.add_argument(
-        "--shards", type=int, default=5,
-        help="local shard stores, 0 for none (default: %(default)s)",
+        "--shards", type=int, default=None,
+        help="local shard stores, 0 for none (default: 5)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--shard-store", action="append", default=None, metavar="URL",
+        help="use this shard store, run with spacenb shard-store, instead of local ones "
+        "(repeatable: one per store; give each store this relay's ticket key)",
     )  # fmt: skip
     serve.add_argument(
         "--shards-needed", type=int, default=3,
@@ -191,6 +240,28 @@ def _parser() -> argparse.ArgumentParser:
         "PROTOCOL.md lists them)",
     )  # fmt: skip
     serve.set_defaults(run=_serve)
+    store = commands.add_parser("shard-store", help="run one shard store on its own until Ctrl+C")
+    store.add_argument("--data", type=Path, required=True, help="directory the shares are kept in")
+    store.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    store.add_argument(
+        "--port", type=int, default=DEFAULT_STORE_PORT,
+        help="port to listen on, 0 for any free one (default: %(default)s)",
+    )  # fmt: skip
+    store.add_argument(
+        "--relay-key", action="append", default=[], metavar="sig.…",
+        help="accept tickets signed with this relay ticket key (repeatable: one per service)",
+    )  # fmt: skip
+    store.add_argument(
+        "--relay-key-file", action="append", default=[], metavar="PATH",
+        help="accept the ticket keys in this file, one a line (such as a relay's relay.pub)",
+    )  # fmt: skip
+    store.add_argument(
+        "--limit", action="append", default=[], metavar="NAME=VALUE",
+        help=f"change a store quota: {', '.join(STORE_LIMITS)} (repeatable)",
+    )  # fmt: skip
+    store.set_defaults(run=_shard_store)
     demo = commands.add_parser("demo", help="two users exchange messages on an embedded relay")
     demo.set_defaults(run=_demo)
     return parser

@@ -42,7 +42,8 @@ __all__ = [
 
 async def serve(**kwargs: Any) -> RunningServer:
     """Start the embedded relay, keeper and shard stores (see ``spacenb.server.app``;
-    ``database="postgresql://..."`` keeps everything in PostgreSQL instead of SQLite)."""
+    ``database="postgresql://..."`` keeps everything in PostgreSQL instead of SQLite;
+    ``shard_stores=[url, ...]`` uses shard stores run on their own instead of local ones)."""
     from ..server.app import start_server
 
     return await start_server(**kwargs)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -53,8 +53,28 @@ def check_relay_url(url: object) -> str:
     return url
 
 
+def check_relay_urls(url: object) -> tuple[str, ...]:
+    """A relay URL, or a non-empty list of them (the relays of one service), as a tuple
+    of distinct ``ws://``/``wss://`` URLs; :class:`UsageError` otherwise."""
+    if isinstance(url, str):
+        return (check_relay_url(url),)
+    if not isinstance(url, list | tuple) or not url:
+        raise UsageError(
+            f"url is a relay URL or a non-empty list of the relay URLs of one service, got {url!r}",
+            field="url",
+        )
+    urls = tuple(check_relay_url(one) for one in url)
+    if len(set(urls)) != len(urls):
+        raise UsageError(f"url names a relay twice: {list(urls)}", field="url")
+    return urls
+
+
 class AsyncClient:
     """A signed-in user. Make one with :func:`connect`.
+
+    ``url`` is one relay URL or a list of the relays of one service: the client signs in
+    to the first it reaches and, when that relay is lost, moves to another, signs in
+    again and catches up (``url`` is the relay it is on now, ``urls`` all of them).
 
     ``allowed_stores``: shard store URLs to read files from besides the relay's own (the
     ones it names at sign-in); shares are never fetched from any other store, whatever a
@@ -63,7 +83,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         app_key: str,
         username: str,
@@ -72,7 +92,7 @@ class AsyncClient:
         request_timeout: float = 30.0,
         allowed_stores: Iterable[str] = (),
     ) -> None:
-        self.url = check_relay_url(url)
+        self.urls = check_relay_urls(url)
         self.allowed_stores = frozenset(allowed_stores)
         self.app_key = app_key
         self.username = username
@@ -89,7 +109,7 @@ class AsyncClient:
         self._queue: asyncio.Queue[frames.Event | _Resync | None] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
         self.connection = RelayConnection(
-            url,
+            self.urls,
             self._auth_request,
             self._queue.put_nowait,
             self._after_reconnect,
@@ -131,6 +151,11 @@ class AsyncClient:
     @property
     def fingerprint(self) -> str:
         return self.identity.fingerprint
+
+    @property
+    def url(self) -> str:
+        """The relay this client is on (with several ``urls``, the one it moved to)."""
+        return self.connection.url
 
     @property
     def keeper(self) -> str | None:
@@ -395,7 +420,7 @@ def _space_of(event: frames.Event) -> str | None:
 
 
 async def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     app_key: str,
     username: str,
@@ -405,11 +430,15 @@ async def connect(
 ) -> AsyncClient:
     """Sign up (first use of ``username``) or sign in, and return the client.
 
+    ``url`` may be a list of the relay URLs of one service (relays on one database): the
+    client signs in to the first that answers and, when its relay is lost, moves to the
+    others in turn, signs in again and catches up, with no gap and no duplicate.
+
     Raises :class:`UsageError` (a ``ValueError``) for a URL that is not ``ws://`` or
-    ``wss://``, :class:`AuthenticationError` for a wrong app key or a username bound to
-    another key, :class:`ConnectionLimitError` when the relay holds as many connections of
-    this user or address as it allows, :class:`ConnectionLostError` when the relay cannot
-    be reached.
+    ``wss://`` (or an empty list), :class:`AuthenticationError` for a wrong app key or a
+    username bound to another key, :class:`ConnectionLimitError` when the relay holds as
+    many connections of this user or address as it allows, :class:`ConnectionLostError`
+    when no relay can be reached.
     """
     if not isinstance(username, str) or not username:
         raise UsageError("username must be a non-empty string", field="username")

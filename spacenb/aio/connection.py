@@ -4,6 +4,11 @@ The connection knows frames, not spaces: it sends requests, matches answers by i
 pushed events to the client, and when the socket drops it reconnects with exponential
 backoff, signs in again and tells the client, which then catches up.
 
+Given several relay URLs (the relays of one service), it signs in to the first that
+answers, and when its socket drops it tries the others in turn (starting with the next
+one, a URL per attempt, with the same backoff), so it moves to another relay when its
+own dies; ``url`` is the relay it is on. The client's catch-up is the same either way.
+
 A request whose frame would be larger than the frame limit is refused before anything is
 sent (:class:`LimitExceededError`), and the connection stays up. If the relay sends a
 frame larger than the limit, the socket is closed (code 1009) and the requests waiting on
@@ -17,7 +22,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection
@@ -47,7 +52,8 @@ AuthFactory = Callable[[frames.Hello, int], frames.Auth]
 
 
 class RelayConnection:
-    """A self-healing connection to one relay.
+    """A self-healing connection to one relay of ``urls`` (one URL, or several relays
+    of one service to fail over between; ``url`` is the one in use).
 
     ``authenticate(hello, request_id)`` builds the ``auth`` request for a fresh socket;
     ``on_event(event)`` receives every pushed event, in order; ``on_raw(obj)`` every frame
@@ -56,7 +62,7 @@ class RelayConnection:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         authenticate: AuthFactory,
         on_event: Callable[[frames.Event], None],
         on_reconnected: Callable[[], Awaitable[None]],
@@ -65,7 +71,8 @@ class RelayConnection:
         request_timeout: float = 30.0,
         max_backoff: float = 5.0,
     ) -> None:
-        self.url = url
+        self.urls: tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
+        self.url = self.urls[0]
         self._authenticate = authenticate
         self._on_event = on_event
         self._on_reconnected = on_reconnected
@@ -88,28 +95,47 @@ class RelayConnection:
     # ------------------------------------------------------------------ opening
 
     async def open(self, timeout: float = 15.0) -> None:
-        """Connect and sign in; raise if that fails (no retry on the first attempt)."""
-        try:
-            await asyncio.wait_for(self._open_once(), timeout)
-        except TimeoutError:
-            raise SpacenbTimeoutError(
-                f"could not connect to {self.url} within {timeout} s: is the relay running?"
-            ) from None
+        """Connect and sign in; raise if that fails (no retry on the first attempt). With
+        several URLs, one that cannot be reached (or does not answer within ``timeout``)
+        is skipped for the next; a refusal (wrong app key, say) is raised at once, as every
+        relay of a service would refuse alike."""
+        failures: list[SpacenbError] = []
+        for url in self.urls:
+            try:
+                await asyncio.wait_for(self._open_once(url), timeout)
+                return
+            except TimeoutError:
+                failures.append(
+                    SpacenbTimeoutError(
+                        f"could not connect to {url} within {timeout} s: is the relay running?"
+                    )
+                )
+            except ConnectionLostError as exc:
+                failures.append(exc)
+            log.info("spacenb: %s", failures[-1])
+        if len(failures) == 1:
+            raise failures[0]
+        timed_out = all(isinstance(f, SpacenbTimeoutError) for f in failures)
+        error = SpacenbTimeoutError if timed_out else ConnectionLostError
+        raise error(
+            f"none of the relays {', '.join(self.urls)} could be reached: "
+            + "; ".join(str(f) for f in failures)
+        )
 
-    async def _open_once(self) -> None:
+    async def _open_once(self, url: str) -> None:
         try:
             ws = await ws_connect(
-                self.url, max_size=frames.MAX_FRAME_BYTES, open_timeout=10, compression=None
+                url, max_size=frames.MAX_FRAME_BYTES, open_timeout=10, compression=None
             )
         except (OSError, InvalidHandshake, InvalidURI) as exc:
-            raise ConnectionLostError(f"cannot connect to {self.url}: {exc}") from exc
+            raise ConnectionLostError(f"cannot connect to {url}: {exc}") from exc
         try:
             hello = frames.parse_server_frame(await ws.recv())
             if not isinstance(hello, frames.Hello):
                 raise RemoteProtocolError("the relay did not start with hello", field="ev")
             if hello.version != frames.PROTOCOL_VERSION:
                 raise UnsupportedVersionError(
-                    f"the relay at {self.url} speaks spacenb protocol v{hello.version}; this "
+                    f"the relay at {url} speaks spacenb protocol v{hello.version}; this "
                     f"client speaks v{frames.PROTOCOL_VERSION} only: upgrade the older side"
                 )
             request_id = next(self._ids)
@@ -130,6 +156,7 @@ class RelayConnection:
             await ws.close()
             raise
         self.hello = hello
+        self.url = url
         self._ws = ws
         self._connected.set()
         self._reader = asyncio.create_task(self._read(ws), name="spacenb-reader")
@@ -252,16 +279,20 @@ class RelayConnection:
 
     async def _reconnect(self) -> None:
         delay = 0.05
-        while not self._closing:
+        lost = self.urls.index(self.url) if self.url in self.urls else 0
+        for attempt in itertools.count(1):
             await asyncio.sleep(delay * (0.5 + random.random()))
             if self._closing:
                 return
+            url = self.urls[(lost + attempt) % len(self.urls)]  # the lost relay's last
             try:
-                await asyncio.wait_for(self._open_once(), 15)
+                await asyncio.wait_for(self._open_once(url), 15)
             except (SpacenbError, OSError, TimeoutError) as exc:
-                log.info("spacenb: reconnect to %s failed (%s); retrying", self.url, exc)
+                log.info("spacenb: reconnect to %s failed (%s); retrying", url, exc)
                 delay = min(delay * 2, self.max_backoff)
                 continue
+            if url != self.urls[lost]:
+                log.info("spacenb: moved from relay %s to %s", self.urls[lost], url)
             self.reconnects += 1
             try:
                 await self._on_reconnected()

@@ -9,6 +9,7 @@ Text form: ``base64url(canonical JSON payload) "." base64url(raw r||s signature)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,14 +42,28 @@ def issue_ticket(signer: _Signer, *, space_id: str, username: str, expires_at_us
 
 
 def verify_ticket(
-    ticket: object, relay_key: crypto.PublicKey, *, space_id: str, now_us: int
+    ticket: object,
+    relay_key: crypto.PublicKey | Sequence[crypto.PublicKey],
+    *,
+    space_id: str,
+    now_us: int,
 ) -> Ticket:
-    """Check a ticket's signature, space and expiry; :class:`IntegrityError` if any fails."""
+    """Check a ticket's signature (by ``relay_key``, or by any one of several keys),
+    space and expiry; :class:`IntegrityError` if any fails."""
     if not isinstance(ticket, str) or ticket.count(".") != 1:
         raise ProtocolError("a ticket is 'payload.signature'", field="ticket")
     body, sig = ticket.split(".")
     payload = b64d(body, field="ticket")
-    crypto.verify(relay_key, b64d(sig, field="ticket"), _signed_bytes(payload))
+    signature, signed = b64d(sig, field="ticket"), _signed_bytes(payload)
+    keys = tuple(relay_key) if isinstance(relay_key, Sequence) else (relay_key,)
+    for key in keys:
+        try:
+            crypto.verify(key, signature, signed)
+            break
+        except IntegrityError:
+            continue
+    else:
+        raise IntegrityError("ticket is not signed by a relay this store accepts")
     obj = json.loads(payload)
     parsed = Ticket(str(obj["space_id"]), str(obj["user"]), int(obj["exp"]))
     if parsed.space_id != space_id:

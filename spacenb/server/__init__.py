@@ -1,7 +1,8 @@
 """The relay server: storage, the relay, the keeper, and their wiring.
 
 Start one with :func:`start_server` (or ``spacenb serve`` from a shell). The relay routes
-and stores sealed envelopes and wrapped keys; it never sees a body or a group key.
+and stores sealed envelopes and wrapped keys; it never sees a body or a group key. A
+shard store runs on its own with :func:`start_shard_store` (``spacenb shard-store``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from .limits import Limits
 from .relay import Relay
 from .sqlite import SQLiteStorage
 from .storage import Storage
+from .storeservice import start_shard_store
 
 __all__ = [
     "KEEPER_USERNAME",
@@ -22,4 +24,5 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "start_server",
+    "start_shard_store",
 ]

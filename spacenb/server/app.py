@@ -7,12 +7,17 @@ A data directory holds everything that must survive a restart::
     app.json          the app key (0600)
     keeper.key        the keeper's identity keys (0600)
     relay.key         the key that signs shard tickets (0600)
+    relay.pub         its public half, the ticket key shard stores check (rewritten each start)
     shards/NNN/       one directory per local shard store
 
 With ``database=`` (a ``postgresql://`` URL) the relay keeps everything in that database
 instead, so that several relays can serve it as one service: the app key and the two
 identities are stored there sealed, and the data directory holds only ``service.key``,
 which opens them, and the shards (:mod:`spacenb.server.service`).
+
+With ``shard_stores=`` (URLs of ``spacenb shard-store`` processes) the relay starts no
+shard store of its own and names those to clients instead; each of them must be given this
+relay's ticket key (``relay.pub``, :attr:`RunningServer.ticket_key`).
 
 The data directory itself is made readable by its owner only (0700) when the relay starts.
 """
@@ -27,6 +32,7 @@ import secrets
 import tempfile
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, serve
 
@@ -56,6 +62,7 @@ log = logging.getLogger("spacenb.server")
 APP_FILE = "app.json"
 KEEPER_KEY_FILE = "keeper.key"
 RELAY_KEY_FILE = "relay.key"
+TICKET_KEY_FILE = "relay.pub"
 SHARDS_DIR = "shards"
 MAX_SHARDS = 255
 WS_MAX_QUEUE = 4  # frames a connection may have read ahead of the relay (each ≤ 2 MiB)
@@ -78,6 +85,34 @@ def check_port(port: object) -> int:
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
         raise UsageError(f"must be 0 to 65535 (0: any free port), got {port!r}", field="port")
     return port
+
+
+def check_store_urls(urls: object) -> tuple[str, ...]:
+    """``urls`` as a tuple if it is a non-empty list of distinct ``ws://``/``wss://`` URLs
+    of shard stores, else :class:`UsageError`."""
+    if isinstance(urls, str) or not isinstance(urls, list | tuple) or not urls:
+        raise UsageError(
+            f"shard_stores is a non-empty list of shard store URLs, got {urls!r}",
+            field="shard_stores",
+        )
+    for url in urls:
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("ws", "wss"):
+            raise UsageError(
+                f"a shard store URL starts with ws:// or wss:// (as spacenb shard-store "
+                f"prints it), got {url!r}",
+                field="shard_stores",
+            )
+    if len(set(urls)) != len(urls):
+        raise UsageError(f"shard_stores names a store twice: {list(urls)}", field="shard_stores")
+    return tuple(urls)
+
+
+def write_ticket_key(root: Path, ticket_key: str) -> None:
+    """Write the relay's ticket key (public) to ``relay.pub``, for shard stores to read."""
+    tmp = root / f"{TICKET_KEY_FILE}.tmp"
+    tmp.write_text(ticket_key + "\n", encoding="utf-8")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, root / TICKET_KEY_FILE)
 
 
 def make_private(root: Path) -> None:
@@ -160,6 +195,10 @@ class RunningServer:
     ``url`` and ``app_key`` are what a client needs; ``data_dir`` is where everything is
     kept (a temporary directory, removed on stop, when none was given). With a
     ``database``, ``service_key`` is what another relay needs to serve it too (a secret).
+    ``shard_urls`` are the shard stores it names to clients (its own, or the
+    ``shard_stores=`` it was given); ``ticket_key`` is the ``sig.…`` public key its
+    tickets are signed with, which a ``spacenb shard-store`` must be given (the same for
+    every relay of one service).
     """
 
     def __init__(
@@ -177,8 +216,11 @@ class RunningServer:
         tempdir: tempfile.TemporaryDirectory[str] | None,
         database: str | None = None,
         service_key: str | None = None,
+        ticket_key: str = "",
+        external_stores: tuple[str, ...] = (),
     ) -> None:
         self.url = url
+        self.ticket_key = ticket_key
         self.app_key = app_key
         self.data_dir = data_dir
         self.database = database
@@ -186,7 +228,9 @@ class RunningServer:
         self.relay = relay
         self.keeper = keeper
         self.keeper_username = keeper.username
-        self.shard_urls: tuple[str, ...] = tuple(str(store.url) for store in shard_stores)
+        self.shard_urls: tuple[str, ...] = external_stores or tuple(
+            str(store.url) for store in shard_stores
+        )
         self.shards_needed = shards_needed
         self._storage = storage
         self._ws_server = ws_server
@@ -204,8 +248,9 @@ class RunningServer:
 
     @property
     def shard_stores(self) -> tuple[ShardStore, ...]:
-        """The running :class:`~spacenb.server.shards.ShardStore` objects, in
-        ``shard_urls`` order (a test or benchmark may stop some to simulate outages)."""
+        """The running in-process :class:`~spacenb.server.shards.ShardStore` objects, in
+        ``shard_urls`` order (a test or benchmark may stop some to simulate outages);
+        empty when the relay uses ``shard_stores=`` of their own."""
         return tuple(self._shard_stores)
 
     async def stop(self) -> None:
@@ -280,6 +325,7 @@ async def start_server(
     limits: Limits | None = None,
     database: str | None = None,
     service_key: str | None = None,
+    shard_stores: list[str] | tuple[str, ...] | None = None,
 ) -> RunningServer:
     """Start a relay with its keeper, its storage and ``shards`` local shard stores.
 
@@ -293,13 +339,23 @@ async def start_server(
     ``data_dir``). ``limits`` sets the connection caps, rates and quotas (:class:`Limits`;
     PROTOCOL.md, "Limits", lists the defaults).
 
+    ``shard_stores``: URLs of shard stores running on their own (``spacenb shard-store``),
+    used instead of local ones: then no local store is started (``shards`` is not used)
+    and any ``shards_needed`` of them rebuild a file. Each store must accept this relay's
+    ticket key (``.ticket_key``, also written to ``relay.pub`` in ``data_dir``).
+
     Raises ``ValueError`` for bad shard counts or a database that is not a PostgreSQL URL,
     :class:`UsageError` (a ``ValueError``) for a port out of range,
     :class:`ServerError` for an unusable data directory or database (or a missing or wrong
     service key), :class:`UnsupportedVersionError` for another schema version, ``OSError``
     if the port cannot be bound.
     """
-    check_shard_counts(shards, shards_needed)
+    external = () if shard_stores is None else check_store_urls(shard_stores)
+    if external:
+        shards = 0
+        check_shard_counts(len(external), shards_needed)
+    else:
+        check_shard_counts(shards, shards_needed)
     _check_database(database, service_key)
     check_port(port)
     limits = limits or Limits()
@@ -333,17 +389,19 @@ async def start_server(
                 if database is None
                 else "the keeper registered in this database is not the one its sealed secrets hold"
             )
+        write_ticket_key(root, relay_keys.signing_key)
         stores = await _start_shard_stores(root, shards, relay_keys, host, clock, limits)
         for store in stores:
             undo.push_async_callback(store.stop)
+        store_urls = list(external) or [str(store.url) for store in stores]
         relay = Relay(
             storage,
             app_key=app_key,
             relay_keys=relay_keys,
             keeper=KEEPER_USERNAME,
             clock=clock,
-            shard_stores=[str(store.url) for store in stores],
-            shards_needed=shards_needed if stores else 0,
+            shard_stores=store_urls,
+            shards_needed=shards_needed if store_urls else 0,
             limits=limits,
         )
         keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
@@ -378,10 +436,12 @@ async def start_server(
         storage=storage,
         ws_server=ws_server,
         shard_stores=stores,
-        shards_needed=shards_needed if stores else 0,
+        shards_needed=shards_needed if store_urls else 0,
         tempdir=tempdir,
         database=database,
         service_key=service_key,
+        ticket_key=relay_keys.signing_key,
+        external_stores=external,
     )
     log.info("spacenb relay listening on %s (%r)", running.url, running)
     return running

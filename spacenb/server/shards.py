@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -36,6 +37,7 @@ from ..exceptions import (
     QuotaExceededError,
     ServerError,
     SpacenbError,
+    UsageError,
 )
 from ..protocol import shardwire
 from ..protocol.keys import decode_public_key
@@ -54,18 +56,21 @@ USAGE_FILE = "usage.json"
 
 class ShardStore:
     """Serves the shares under ``root`` to anyone who names them; accepts new ones from
-    holders of a ticket signed by ``relay_key`` (the relay's ``sig.…`` public key).
+    holders of a ticket signed by ``relay_key``: the ticket key (``sig.…`` public key) of
+    the relay, or a sequence of such keys (all the services it stores for; every relay of
+    one service signs with the same key).
 
     ``max_bytes_per_user`` caps what one ticket holder uploads, ``max_bytes`` what the
     store holds, ``min_free_bytes`` the disk space a put must leave free (None or 0: no
-    cap). Raises :class:`InvalidKeyError` if ``relay_key`` does not decode. Use as
-    ``await store.start()`` … ``await store.stop()``, or ``async with``.
+    cap). Raises :class:`InvalidKeyError` if a key does not decode, :class:`UsageError`
+    if none is given. Use as ``await store.start()`` … ``await store.stop()``, or
+    ``async with``.
     """
 
     def __init__(
         self,
         root: Path | str,
-        relay_key: str,
+        relay_key: str | Sequence[str],
         *,
         clock: Clock | None = None,
         max_share_size: int = MAX_SHARE_SIZE,
@@ -74,8 +79,15 @@ class ShardStore:
         min_free_bytes: int = 0,
     ) -> None:
         self.root = Path(root)
-        self.relay_key = relay_key
-        self._relay_key = decode_public_key(relay_key, "sig", field="relay_key")
+        keys = (relay_key,) if isinstance(relay_key, str) else tuple(dict.fromkeys(relay_key))
+        if not keys:
+            raise UsageError(
+                "a shard store needs the ticket key (sig.…) of the relays it stores for",
+                field="relay_key",
+            )
+        self.relay_keys: tuple[str, ...] = keys
+        self.relay_key = keys[0]
+        self._relay_keys = [decode_public_key(key, "sig", field="relay_key") for key in keys]
         self.clock: Clock = clock or SystemClock()
         self.max_share_size = max_share_size
         self.url: str | None = None
@@ -223,7 +235,7 @@ class ShardStore:
         now_us = self.clock.now_us()
         known = self._tickets.get((ticket, space_id))
         if known is None:
-            known = verify_ticket(ticket, self._relay_key, space_id=space_id, now_us=now_us)
+            known = verify_ticket(ticket, self._relay_keys, space_id=space_id, now_us=now_us)
             if len(self._tickets) >= _TICKET_CACHE:
                 del self._tickets[next(iter(self._tickets))]
             self._tickets[(ticket, space_id)] = known

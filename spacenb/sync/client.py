@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
@@ -69,7 +69,13 @@ class Client(LoopResource, Displayable):
 
     @property
     def url(self) -> str:
+        """The relay this client is on now (after a fail-over, the one it moved to)."""
         return self.aio.url
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every relay URL it was given (one, or the relays of one service)."""
+        return self.aio.urls
 
     @property
     def fingerprint(self) -> str:
@@ -248,7 +254,7 @@ class SpaceAPI:
 
 
 def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     app_key: str,
     username: str,
@@ -257,6 +263,10 @@ def connect(
     allowed_stores: Iterable[str] = (),
 ) -> Client:
     """Sign up (first use of ``username``) or sign in, and return a :class:`Client`.
+
+    ``url`` is a relay URL, or a list of the relay URLs of one service: the client uses
+    one and, when it is lost, moves to the others, catching up with no gap and no
+    duplicate (``client.url`` says which relay it is on).
 
     ``keystore`` is a directory for your keys (default under ``SPACENB_HOME`` or your
     home), or ``":memory:"``. Files are read only from the relay's shard stores and from

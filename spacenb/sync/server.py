@@ -63,6 +63,17 @@ class LocalServer(LoopResource, Displayable):
         """With a ``database``: what another relay needs to serve it too (a secret)."""
         return self.aio.service_key
 
+    @property
+    def ticket_key(self) -> str:
+        """The ``sig.…`` public key shard stores check this relay's upload tickets with
+        (``spacenb shard-store --relay-key``); the same for every relay of a service."""
+        return self.aio.ticket_key
+
+    @property
+    def shard_urls(self) -> tuple[str, ...]:
+        """The shard stores this relay names to clients (its own or ``shard_stores``)."""
+        return self.aio.shard_urls
+
     def _repr_fields(self) -> Mapping[str, Any]:
         fields = {"url": self.url, "app_key": secret(self.app_key), "data_dir": self.data_dir}
         if self.database is not None:
@@ -80,13 +91,17 @@ def serve(
     shards_needed: int = 3,
     database: str | None = None,
     service_key: str | None = None,
+    shard_stores: list[str] | tuple[str, ...] | None = None,
 ) -> LocalServer:
     """Start an embedded relay (+ keeper, SQLite, local shard stores) and return it.
 
     ``port=0`` picks a free port; ``data_dir=None`` uses a temporary directory (with it
     set, data persists across restarts). With ``database`` (a ``postgresql://`` URL) the
     relay keeps everything in that database instead, which other relays can serve too when
-    given this one's ``service_key``. Raises OSError when the port is taken.
+    given this one's ``service_key``. With ``shard_stores`` (URLs of ``spacenb
+    shard-store`` processes) the relay starts no local store and uses those (``shards``
+    is then not used); give each of them this relay's ``ticket_key``. Raises OSError
+    when the port is taken, UsageError for bad store URLs.
     """
     runner = get_runner()
     inner = runner.run(
@@ -98,6 +113,7 @@ def serve(
             shards_needed=shards_needed,
             database=database,
             service_key=service_key,
+            shard_stores=shard_stores,
         )
     )
     return LocalServer(inner, runner=runner)

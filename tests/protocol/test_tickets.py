@@ -96,3 +96,12 @@ def test_ticket_shape_errors_name_the_field(text: object) -> None:
     with pytest.raises(ProtocolError) as info:
         verify_ticket(text, RELAY_KEY, space_id=SPACE, now_us=0)
     assert info.value.field == "ticket"
+
+
+def test_a_ticket_signed_by_any_of_several_keys_verifies() -> None:
+    other = IdentityKeys.from_seed(b"another service").public("x").signing_public_key()
+    assert verify_ticket(ticket(), [other, RELAY_KEY], space_id=SPACE, now_us=0).username == "bob"
+    with pytest.raises(IntegrityError, match="not signed by a relay this store accepts"):
+        verify_ticket(ticket(), [other], space_id=SPACE, now_us=0)
+    with pytest.raises(IntegrityError):
+        verify_ticket(ticket(), [], space_id=SPACE, now_us=0)

@@ -49,8 +49,10 @@ async def test_relays_on_one_database_share_the_secrets_the_first_sealed(tmp_pat
         key_file = first_dir / SERVICE_KEY_FILE
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert key_file.read_text().strip() == first.service_key
-        # nothing else secret is kept beside it: the database holds the rest, sealed
-        assert sorted(p.name for p in first_dir.iterdir()) == [SERVICE_KEY_FILE]
+        # nothing else secret is kept beside it: the database holds the rest, sealed; the
+        # ticket key beside it is public (what shard stores check tickets with)
+        assert sorted(p.name for p in first_dir.iterdir()) == ["relay.pub", SERVICE_KEY_FILE]
+        assert (first_dir / "relay.pub").read_text().strip() == first.ticket_key
         with pytest.raises(ServerError, match=r"copy service\.key"):
             await start_server(second_dir, shards=0, database=postgres_url)
         wrong = base64.urlsafe_b64encode(b"w" * 32).rstrip(b"=").decode()

@@ -29,3 +29,25 @@ def test_two_embedded_relays_on_one_database(postgres_url: str) -> None:
             finally:
                 alice.close()
                 bob.close()
+
+
+def test_a_facade_client_fails_over_to_another_relay(postgres_url: str, tmp_path) -> None:
+    """``spacenb.connect([url_a, url_b])``: on A; A stops; the client moves to B, where its
+    channel, its history and sending carry on (``client.url`` says where it is)."""
+    first = spacenb.serve(shards=0, database=postgres_url)
+    with spacenb.serve(shards=0, database=postgres_url, service_key=first.service_key) as second:
+        urls = [first.url, second.url]
+        bob = spacenb.connect(urls, app_key=first.app_key, username="bob",
+                              keystore=tmp_path / "ks")  # fmt: skip
+        try:
+            assert (bob.url, bob.urls) == (first.url, tuple(urls))
+            notes = bob.space.create_channel("notes")
+            notes.send_message("on the first relay")
+            first.stop()
+            wait_until(lambda: bob.url == second.url, what="the move to the second relay")
+            notes.send_message("on the second relay")
+            wait_until(lambda: len(notes.history()) == 2, what="both messages")
+            assert notes.history()["body"].tolist() == ["on the first relay", "on the second relay"]
+        finally:
+            bob.close()
+            first.stop()

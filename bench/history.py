@@ -73,6 +73,12 @@ def read_history(space: Any, page: int = PAGE) -> tuple[int, Any]:
     return len(history), history
 
 
+def _workers_cpu(verify_pool: Any) -> float:
+    """CPU seconds the reader's verification workers have used so far."""
+    pids = [w.process.pid for pool in verify_pool._POOLS.values() for w in pool._workers]
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 async def reader_worker(link: Link, target: Target, username: str = "reader") -> None:
     """A sync-facade member; each ``("read", (n, page, pool))`` times a full history read
     in pages of ``page`` between two bare verify loops of ``n`` signatures (the baseline is
@@ -95,8 +101,10 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
         count, page, pool = options
         verify_pool.MIN_PAGE = min_page if pool else 1 << 30
         baseline_before, verify_cpu_before = verify_rate(min(count, 20_000))
+        workers_before = _workers_cpu(verify_pool)
         with usage() as used:
             rows, history = read_history(space, page)
+        workers_cpu = _workers_cpu(verify_pool) - workers_before
         ordered = bool(history["handle"].is_monotonic_increasing)
         del history
         baseline_after, verify_cpu_after = verify_rate(min(count, 20_000))
@@ -106,6 +114,7 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
                 "rows": rows,
                 "rate": rows / used.seconds,
                 "cpu_us": used.cpu * 1e6 / rows,
+                "workers_cpu_us": workers_cpu * 1e6 / rows,
                 "baseline": (baseline_before + baseline_after) / 2,
                 "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
                 "baseline_before": baseline_before,
@@ -151,6 +160,16 @@ def read_once(
             note="this process only (verify workers not counted)" if pool else "",
         )
     )
+    if pool:
+        report.add(
+            Metric(
+                f"reader + verify workers CPU per message, {where}",
+                "µs",
+                got["cpu_us"] + got["workers_cpu_us"],
+                got["baseline_cpu_us"],
+                better="lower",
+            )
+        )
     report.add(Metric(f"reader peak RSS, {where}", "MiB", got["peak"] / MIB))
     report.notes.append(
         f"{where}: seeded at {seed:,.0f} msg/s; bare verify "

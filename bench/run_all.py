@@ -21,6 +21,7 @@ from .common import Metric, machine_info
 BENCHMARKS = (
     "message_path",
     "latency_sweep",
+    "signup",
     "fanout",
     "history",
     "files",

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
     "message_path",
     "latency_sweep",
+    "signup",
     "fanout",
     "history",
     "files",

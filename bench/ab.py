@@ -7,7 +7,9 @@ is imported. Every metric is reported as the median over rounds for A and for B,
 B / A: a before/after figure measured side by side, as BENCHMARKS.md asks.
 
 ``python -m bench.ab --a ../spacenb-v1 --b . --bench message_path [--rounds 2] [-- ARGS...]``
-(arguments after ``--`` go to the benchmark, e.g. ``-- --count 5000``).
+(arguments after ``--`` go to the benchmark, e.g. ``-- --count 5000``). ``--a-path`` and
+``--b-path`` add import directories after a checkout: the same checkout with and without
+an optional dependency, say.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from typing import Any
 __all__ = ["compare", "main", "run_once"]
 
 
-def run_once(checkout: Path, bench: str, extra: list[str]) -> dict[str, Any]:
-    """One benchmark report (its JSON) from ``checkout``."""
-    env = dict(os.environ, PYTHONPATH=str(checkout))
+def run_once(
+    checkout: Path, bench: str, extra: list[str], path: str | None = None
+) -> dict[str, Any]:
+    """One benchmark report (its JSON) from ``checkout`` (``path``: more import
+    directories after it, e.g. one holding an optional dependency)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(checkout), *([path] if path else [])]))
     out = subprocess.run(
         [sys.executable, "-m", f"bench.{bench}", "--json", *extra],
         cwd=checkout,
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", type=Path, required=True, help="checkout A (before)")
     parser.add_argument("--b", type=Path, required=True, help="checkout B (after)")
     parser.add_argument("--bench", required=True, help="benchmark module under bench/")
+    parser.add_argument("--a-path", help="import directories added after checkout A")
+    parser.add_argument("--b-path", help="import directories added after checkout B")
     parser.add_argument("--rounds", type=int, default=2, help="runs per checkout")
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         order = ("a", "b") if i % 2 == 0 else ("b", "a")
         for side in order:
-            runs[side].append(run_once(getattr(args, side).resolve(), args.bench, extra))
+            checkout, path = getattr(args, side).resolve(), getattr(args, f"{side}_path")
+            runs[side].append(run_once(checkout, args.bench, extra, path))
     rows = compare(runs["a"], runs["b"])
     if args.json:
         print(json.dumps({"bench": args.bench, "rounds": args.rounds, "rows": rows}, indent=2))

@@ -56,14 +56,14 @@ def verify_rate(count: int) -> tuple[float, float]:
     return count / (now() - start), (cpu_seconds() - cpu) * 1e6 / count
 
 
-def read_history(space: Any) -> tuple[int, Any]:
+def read_history(space: Any, page: int = PAGE) -> tuple[int, Any]:
     """Every stored message of ``space`` (a sync facade ``Space``) as one DataFrame."""
     import pandas as pd
 
     frames = []
     cursor = None
     while True:
-        frame = space.history(before=cursor, limit=PAGE)
+        frame = space.history(before=cursor, limit=page)
         frames.append(frame)
         cursor = frame.attrs["next_cursor"]
         if cursor is None:
@@ -73,11 +73,21 @@ def read_history(space: Any) -> tuple[int, Any]:
     return len(history), history
 
 
+def _workers_cpu(verify_pool: Any) -> float:
+    """CPU seconds the reader's verification workers have used so far."""
+    pids = [w.process.pid for pool in verify_pool._POOLS.values() for w in pool._workers]
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 async def reader_worker(link: Link, target: Target, username: str = "reader") -> None:
-    """A sync-facade member; each ``("read", n)`` times a full history read between two
-    bare verify loops of ``n`` signatures (the baseline is their mean), and reports both
-    with the read's peak RSS."""
+    """A sync-facade member; each ``("read", (n, page, pool))`` times a full history read
+    in pages of ``page`` between two bare verify loops of ``n`` signatures (the baseline is
+    their mean), and reports both with the read's peak RSS. ``pool`` False keeps every
+    signature check in this process (``spacenb.aio.verify_pool`` off)."""
     import spacenb
+    from spacenb.aio import verify_pool
+
+    min_page = verify_pool.MIN_PAGE
 
     client = spacenb.connect(
         target.url, app_key=target.app_key, username=username, keystore=":memory:"
@@ -85,21 +95,26 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
     space = client.space.join_channel(target.channel)
     link.send("ready")
     while True:
-        kind, count = await link.recv()
+        kind, options = await link.recv()
         if kind != "read":
             break
-        baseline_before, verify_cpu_before = verify_rate(count)
+        count, page, pool = options
+        verify_pool.MIN_PAGE = min_page if pool else 1 << 30
+        baseline_before, verify_cpu_before = verify_rate(min(count, 20_000))
+        workers_before = _workers_cpu(verify_pool)
         with usage() as used:
-            rows, history = read_history(space)
+            rows, history = read_history(space, page)
+        workers_cpu = _workers_cpu(verify_pool) - workers_before
         ordered = bool(history["handle"].is_monotonic_increasing)
         del history
-        baseline_after, verify_cpu_after = verify_rate(count)
+        baseline_after, verify_cpu_after = verify_rate(min(count, 20_000))
         link.send(
             "done",
             {
                 "rows": rows,
                 "rate": rows / used.seconds,
                 "cpu_us": used.cpu * 1e6 / rows,
+                "workers_cpu_us": workers_cpu * 1e6 / rows,
                 "baseline": (baseline_before + baseline_after) / 2,
                 "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
                 "baseline_before": baseline_before,
@@ -110,6 +125,58 @@ async def reader_worker(link: Link, target: Target, username: str = "reader") ->
             },
         )
     client.close()
+
+
+def read_once(
+    report: Report, reader: Worker, topo: Topology, count: int, page: int, pool: bool, seed: float
+) -> None:
+    """One fresh read of ``count`` messages in pages of ``page``, its figures added."""
+    relay_cpu = CpuMeter({"relay": topo.relay.pid})
+    reader.send("read", (count, page, pool))
+    got = reader.expect("done", 3600)
+    relay_us = relay_cpu.per(count)["relay"]
+    if got["rows"] != count or not got["ordered"]:
+        raise RuntimeError(f"read {got['rows']} of {count} rows: {got}")
+    where = f"{count:,}, pages of {page:,}, {'verify pool' if pool else 'in-process'}"
+    target = {100: 9000.0}.get(page) if pool else None
+    target_ratio = 1.0 if pool and page >= 1000 else None
+    report.add(
+        Metric(
+            f"history of {where} → DataFrame",
+            "msg/s",
+            got["rate"],
+            got["baseline"],
+            target=target,
+            target_ratio=target_ratio,
+        )
+    )
+    report.add(
+        Metric(
+            f"reader CPU per message, {where}",
+            "µs",
+            got["cpu_us"],
+            got["baseline_cpu_us"],
+            better="lower",
+            note="this process only (verify workers not counted)" if pool else "",
+        )
+    )
+    if pool:
+        report.add(
+            Metric(
+                f"reader + verify workers CPU per message, {where}",
+                "µs",
+                got["cpu_us"] + got["workers_cpu_us"],
+                got["baseline_cpu_us"],
+                better="lower",
+            )
+        )
+    report.add(Metric(f"reader peak RSS, {where}", "MiB", got["peak"] / MIB))
+    report.notes.append(
+        f"{where}: seeded at {seed:,.0f} msg/s; bare verify "
+        f"{got['baseline_before']:,.0f}/s before the read, "
+        f"{got['baseline_after']:,.0f}/s after; relay CPU {relay_us:.0f} µs per "
+        f"message served; reader RSS {got['rss_before'] / MIB:.0f} MiB before the read"
+    )
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -125,37 +192,9 @@ def run(args: argparse.Namespace) -> Report:
             sent, _ = topo.phase(count - stored, in_flight=args.in_flight, first_seq=stored)
             seed_rate = (count - stored) / (sent["end"] - sent["start"])
             stored = count
-            relay_cpu = CpuMeter({"relay": topo.relay.pid})
-            reader.send("read", count)
-            got = reader.expect("done", 3600)
-            relay_us = relay_cpu.per(count)["relay"]
-            if got["rows"] != count or not got["ordered"]:
-                raise RuntimeError(f"read {got['rows']} of {count} rows: {got}")
-            report.add(
-                Metric(
-                    f"history of {count:,} → DataFrame",
-                    "msg/s",
-                    got["rate"],
-                    got["baseline"],
-                    target_ratio=0.70,
-                )
-            )
-            report.add(
-                Metric(
-                    f"reader CPU per message, {count:,}",
-                    "µs",
-                    got["cpu_us"],
-                    got["baseline_cpu_us"],
-                    better="lower",
-                )
-            )
-            report.add(Metric(f"reader peak RSS, {count:,}", "MiB", got["peak"] / MIB))
-            report.notes.append(
-                f"{count:,}: seeded at {seed_rate:,.0f} msg/s; bare verify "
-                f"{got['baseline_before']:,.0f}/s before the read, "
-                f"{got['baseline_after']:,.0f}/s after; relay CPU {relay_us:.0f} µs per "
-                f"message served; reader RSS {got['rss_before'] / MIB:.0f} MiB before the read"
-            )
+            for page in args.pages:
+                for pool in (False, True) if args.pool == "both" else (args.pool == "on",):
+                    read_once(report, reader, topo, count, page, pool, seed_rate)
     return report
 
 
@@ -164,7 +203,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--counts", type=int, nargs="+", default=[10_000, 100_000], help="history sizes"
     )
     parser.add_argument("--in-flight", type=int, default=64, help="concurrent sends, seeding")
+    parser.add_argument("--pages", type=int, nargs="+", default=[100, 1000], help="page sizes")
+    parser.add_argument(
+        "--pool", choices=["both", "on", "off"], default="both", help="verify workers"
+    )
 
 
 if __name__ == "__main__":
-    main(run, __doc__ or "", configure, smoke={"counts": [300, 1000]})
+    main(run, __doc__ or "", configure, smoke={"counts": [300, 1000], "pages": [100]})

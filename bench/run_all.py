@@ -18,7 +18,17 @@ from typing import Any
 
 from .common import Metric, machine_info
 
-BENCHMARKS = ("message_path", "fanout", "history", "files", "scale", "rotation", "hostile")
+BENCHMARKS = (
+    "message_path",
+    "latency_sweep",
+    "signup",
+    "fanout",
+    "history",
+    "files",
+    "scale",
+    "rotation",
+    "hostile",
+)
 
 
 def run_one(name: str, smoke: bool, out_dir: Path | None) -> dict[str, Any]:

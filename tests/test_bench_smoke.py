@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["message_path", "fanout", "history", "files", "scale", "rotation", "hostile"]
+BENCHMARKS = [
+    "message_path",
+    "latency_sweep",
+    "signup",
+    "fanout",
+    "history",
+    "files",
+    "scale",
+    "rotation",
+    "hostile",
+]
 
 
 def run_smoke(name: str) -> dict[str, Any]:

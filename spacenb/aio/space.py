@@ -53,6 +53,7 @@ from ..protocol.statelog import (
     make_event,
 )
 from ..protocol.wrap import WrappedKey
+from . import verify_pool
 from .handlers import Emitter, Unsubscribe
 from .keystore import SpaceSecrets
 
@@ -561,6 +562,8 @@ class AsyncSpace:
             raise UsageError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
         if self.core.state is None:
             await self.sync_log()
+        if limit >= verify_pool.MIN_PAGE:
+            verify_pool.shared().start()
         page = await self.client.request(
             frames.History, space_id=self.id, before=before, limit=limit
         )
@@ -571,11 +574,15 @@ class AsyncSpace:
             await self.sync_log()
             await self._fetch_keys()
         messages = []
-        for item in page.items:
-            event = await self._open(item.envelope, item.handle, live=False)
-            if event is not None:
-                messages.append(event)
-        return History(tuple(messages), page.next_cursor, len(page.items) - len(messages))
+        items = page.items
+        chunks = verify_pool.in_chunks(items, state) if len(items) >= verify_pool.MIN_PAGE else None
+        for start, end, checked in chunks or [(0, len(items), None)]:
+            verified = await verify_pool.wait(checked, end - start)
+            for item, key in zip(items[start:end], verified, strict=True):
+                event = await self._open(item.envelope, item.handle, live=False, verified=key)
+                if event is not None:
+                    messages.append(event)
+        return History(tuple(messages), page.next_cursor, len(items) - len(messages))
 
     # ------------------------------------------------------------------ verifying
 
@@ -592,20 +599,27 @@ class AsyncSpace:
         live: bool,
         now: bool,
         edit: bool = False,
+        verified: str | None = None,
     ) -> Opened | Rejected | None:
         """The core's decision, after fetching what it needs (None: not readable here).
 
         ``live``: fetch missing keys and report what cannot be read; ``now``: the envelope
         is being spoken now (a push, not a catch-up or history), so its sender must still
-        be a member.
+        be a member. ``verified``: see :meth:`MemberCore.open_message`.
         """
-        decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
+
+        def decide() -> Opened | Rejected | Need:
+            return self.core.open_message(
+                envelope, handle, kind=kind, live=now, edit=edit, verified=verified
+            )
+
+        decision = decide()
         if decision is Need.LOG:
             try:
                 await self.sync_log()
             except IntegrityError:
                 return None
-            decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
+            decision = decide()
             if decision is Need.LOG:
                 return Rejected(
                     "bound to a state event the relay does not serve (withheld or forked)",
@@ -615,7 +629,7 @@ class AsyncSpace:
         if decision is Need.KEYS:
             if live:
                 await self._fetch_keys()
-                decision = self.core.open_message(envelope, handle, kind=kind, live=now, edit=edit)
+                decision = decide()
             if decision is Need.KEYS:
                 if live:
                     return Rejected(f"no key for epoch {envelope.epoch}", envelope.source, handle)
@@ -624,10 +638,19 @@ class AsyncSpace:
         return decision
 
     async def _open(
-        self, envelope: Envelope, handle: int, *, live: bool, now: bool = False, edit: bool = False
+        self,
+        envelope: Envelope,
+        handle: int,
+        *,
+        live: bool,
+        now: bool = False,
+        edit: bool = False,
+        verified: str | None = None,
     ) -> SpaceMessageEvent | None:
         """Verify and decrypt a stored envelope; None (and a ``rejected`` event) if it fails."""
-        decision = await self._decide(envelope, handle, kind="msg", live=live, now=now, edit=edit)
+        decision = await self._decide(
+            envelope, handle, kind="msg", live=live, now=now, edit=edit, verified=verified
+        )
         if decision is None:
             return None
         if isinstance(decision, Rejected):

@@ -319,6 +319,7 @@ class MemberCore:
         kind: str = "msg",
         live: bool = False,
         edit: bool = False,
+        verified: str | None = None,
     ) -> Opened | Rejected | Need:
         """Decide about one envelope (a stored message, or a signal with ``handle`` None).
 
@@ -333,6 +334,11 @@ class MemberCore:
         author this member saw at that handle, and nothing is recorded before every check
         has passed (so a relay cannot spend a genuine message by showing it first as
         something it is not).
+
+        ``verified`` is the signing key (its text) under which a verification worker
+        found this envelope object's signature valid: the signature is not checked again
+        only if that is the key this member's log gives the sender at the envelope's
+        head. Every other check runs as without it.
         """
         source = envelope.source
         if envelope.kind != kind:
@@ -379,7 +385,12 @@ class MemberCore:
             if self.keyring is None or not self.keyring.has(envelope.epoch):
                 return Need.KEYS
             try:
-                message = open_envelope(envelope, self.keyring.key(envelope.epoch), signer)
+                checked = verified is not None and verified == state.signing_key_at(
+                    source, envelope.head_seq
+                )
+                message = open_envelope(
+                    envelope, self.keyring.key(envelope.epoch), signer, verified=checked
+                )
             except IntegrityError as exc:
                 return Rejected(str(exc), source, handle)
         if handle is None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import spacenb.aio as aio
+from spacenb.aio import verify_pool
 from spacenb.protocol import crypto, frames
 from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 from spacenb.server.app import RunningServer
@@ -190,11 +191,14 @@ async def test_a_forged_far_future_handle_does_not_silence_the_receiver(
 # --------------------------------------------------------------------------- history
 
 
+@pytest.mark.parametrize("min_page", [1 << 30, 1], ids=["in-process", "verify-pool"])
 async def test_history_drops_forged_tampered_and_replayed_items(
-    scene: Scene, figures: Figures
+    scene: Scene, figures: Figures, min_page: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The relay answers ``history`` with lies mixed into genuine items: bob's page holds
-    only the genuine messages and counts the rest as unreadable."""
+    only the genuine messages and counts the rest as unreadable, whether the signatures
+    are checked in bob's process or by verification workers (``verify_pool``)."""
+    monkeypatch.setattr(verify_pool, "MIN_PAGE", min_page)
     handles = [await scene.a.send_message(f"m{i}") for i in range(3)]
     await scene.a.send_ephemeral("typing", True)
     await scene.messages.wait(3)
@@ -225,6 +229,7 @@ async def test_history_drops_forged_tampered_and_replayed_items(
     scene.mitm.rewrite = rewrite
     page = await scene.b.history(limit=50)
     scene.mitm.rewrite = None
+    assert bool(verify_pool.shared()._workers) == (min_page == 1)
     assert [(m.handle, m.message.body) for m in page.messages] == [
         (h, f"m{i}") for i, h in enumerate(handles)
     ]

@@ -192,7 +192,8 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
         ),
     )
     running = await start_server(**options)
-    link.send("ready", {"url": running.url, "app_key": running.app_key})
+    link.send("ready", {"url": running.url, "app_key": running.app_key,
+                        "service_key": running.service_key})  # fmt: skip
     while True:
         command, count = await link.recv()
         if command != "stop_shard_stores":
@@ -214,6 +215,7 @@ class RelayProcess(Worker):
             self.stop()
             raise
         self.target = Target(kind, info["url"], info.get("app_key", ""), channel)
+        self.service_key: str | None = info.get("service_key")  # shared by its other relays
 
 
 # ---------------------------------------------------------------------- sending

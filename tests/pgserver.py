@@ -88,8 +88,10 @@ class PostgresServer:
         return cls.start()
 
     @classmethod
-    def start(cls) -> PostgresServer:
-        """initdb a cluster in a temporary directory and start it on a free port."""
+    def start(cls, *, durable: bool = False) -> PostgresServer:
+        """initdb a cluster in a temporary directory and start it on a free port; with
+        fsync off unless ``durable`` (tests need no durability across a power cut, and
+        benchmarks of a deployment do)."""
         bin_dir = find_bin_dir()
         assert bin_dir is not None
         root = Path(tempfile.mkdtemp(prefix="spacenb-pg-"))
@@ -102,8 +104,8 @@ class PostgresServer:
         for attempt in range(3):
             port = _free_port()
             options = (
-                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c full_page_writes=off -c max_connections=200"
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+                + ("" if durable else " -c fsync=off -c full_page_writes=off")
             )
             try:
                 _run(as_postgres, bin_dir / "pg_ctl", "-D", data, "-o", options,

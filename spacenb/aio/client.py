@@ -29,6 +29,7 @@ from ..protocol import frames
 from ..protocol.envelope import new_session_id
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.keys import fingerprint as _fingerprint
+from . import verify_pool
 from .connection import RelayConnection
 from .handlers import Emitter
 from .keystore import Keystore, Pin
@@ -141,6 +142,7 @@ class AsyncClient:
             self._dispatcher = None
         for emitter in [self.events, *(s.events for s in self._spaces.values())]:
             await emitter.cancel()
+        await verify_pool.close_shared()
 
     async def __aenter__(self) -> AsyncClient:
         return self

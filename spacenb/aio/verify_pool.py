@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-__all__ = ["MIN_PAGE", "VerifyPool", "in_chunks", "shared", "wait"]
+__all__ = ["MIN_PAGE", "VerifyPool", "close_shared", "in_chunks", "shared", "wait"]
 
 MIN_PAGE = 64  # smaller pages are checked in-process: the round trip would cost more
 CHUNKS_PER_WORKER = 4  # the member opens one chunk while the workers check the next
@@ -131,6 +131,14 @@ def shared() -> VerifyPool:
     if pool is None:
         pool = _POOLS[loop] = VerifyPool()
     return pool
+
+
+async def close_shared() -> None:
+    """Stop this event loop's workers, if it has any (``AsyncClient.close`` calls it; a
+    later large page on this loop starts new ones)."""
+    pool = _POOLS.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
 
 
 class _Signed(Protocol):

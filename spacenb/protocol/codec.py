@@ -23,13 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import orjson as _orjson  # 2-3x faster frames (BENCHMARKS.md, "JSON codec")
+
 from ..exceptions import LimitExceededError, ProtocolError, SpacenbError
 from .encoding import b64d, b64e
-
-try:  # orjson: 2-3x faster frames (BENCHMARKS.md, "JSON codec"); the stdlib otherwise
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - a platform without an orjson wheel
-    _orjson = None
 
 __all__ = [
     "MAX_BYTES_FIELD",
@@ -341,8 +338,6 @@ def _loads(text: str) -> Any:
     surrogate escapes, integers past 64 bits, nesting past 1,024) goes to the stdlib, so
     that what is accepted stays as with the stdlib alone, except ``NaN`` and ``Infinity``,
     which are not JSON (RFC 8259) and which no field takes: both refuse them."""
-    if _orjson is None:
-        return _loads_stdlib(text)
     try:
         return _orjson.loads(text)
     except _orjson.JSONDecodeError:
@@ -350,20 +345,17 @@ def _loads(text: str) -> Any:
 
 
 # What the stdlib refuses to write, orjson must refuse too (then the stdlib raises).
-_PASSTHROUGH = (
-    0 if _orjson is None else _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME
-)
+_PASSTHROUGH = _orjson.OPT_PASSTHROUGH_DATACLASS | _orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _dumps(obj: dict[str, Any]) -> str:
     """The same text as ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``;
     what orjson cannot write (lone surrogates, integers past 64 bits) the stdlib does."""
-    if _orjson is not None:
-        try:
-            text: str = _orjson.dumps(obj, option=_PASSTHROUGH).decode("utf-8")
-            return text
-        except TypeError:  # orjson.JSONEncodeError
-            pass
+    try:
+        text: str = _orjson.dumps(obj, option=_PASSTHROUGH).decode("utf-8")
+        return text
+    except TypeError:  # orjson.JSONEncodeError
+        pass
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -154,7 +154,10 @@ def run_all(page: Any) -> None:
     for attempt in range(3):
         menu(page, "Run", "Run All Cells")
         try:
-            chat(page).locator(".spacenb-status[data-state='connected']").wait_for(timeout=60_000)
+            # a deadline, not a speed bound: a kernel's start on a loaded 2-core machine
+            # has taken over a minute
+            connected = chat(page).locator(".spacenb-status[data-state='connected']")
+            connected.wait_for(timeout=150_000)
             return
         except Exception:
             if attempt == 2:

@@ -12,19 +12,10 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..events import (
-    EphemeralEvent,
-    JoinRequest,
-    MessageDeletedEvent,
-    PresenceEvent,
-    RejectedEnvelopeEvent,
-    SpaceMessageEvent,
-    StateLogEntry,
-)
 from ..exceptions import (
     ForkError,
     IdentityChangedError,
@@ -53,12 +44,24 @@ from ..protocol.statelog import (
     make_event,
 )
 from ..protocol.wrap import WrappedKey
+from ..typing import Handler, Progress, Unsubscribe
 from . import verify_pool
-from .handlers import Emitter, Unsubscribe
+from .events import (
+    EphemeralEvent,
+    JoinRequest,
+    MessageDeletedEvent,
+    PresenceEvent,
+    RejectedEnvelopeEvent,
+    SpaceMessageEvent,
+    StateLogEntry,
+)
+from .handlers import Emitter
 from .keystore import SpaceSecrets
 
 if TYPE_CHECKING:
+    from ..protocol.manifest import Manifest
     from .client import AsyncClient
+    from .files import FileSource, FileStat
 
 __all__ = ["AsyncSpace", "History"]
 
@@ -167,13 +170,13 @@ class AsyncSpace:
 
     # ------------------------------------------------------------------ handlers
 
-    def on(self, event: str, handler: Callable[[Any], Any]) -> Unsubscribe:
+    def on(self, event: str, handler: Handler) -> Unsubscribe:
         """Register ``handler`` for a named event (``"message"``, ``"message_edited"``,
         ``"message_deleted"``, ``"ephemeral"``, ``"presence"``, ``"join_request"``,
         ``"rejected"``, ``"epoch"``, ``"member"``, ``"state"``, ``"channel:raw_frame"``)."""
         return self.events.on(event, handler)
 
-    def off(self, event: str, handler: Callable[[Any], Any]) -> None:
+    def off(self, event: str, handler: Handler) -> None:
         self.events.off(event, handler)
 
     def on_message(self, handler: Callable[[SpaceMessageEvent], Any]) -> Unsubscribe:
@@ -828,13 +831,13 @@ class AsyncSpace:
 
     async def put_file(
         self,
-        file: Any,
+        file: FileSource,
         metadata: dict[str, Any] | None = None,
         *,
         name: str | None = None,
         content_type: str | None = None,
-        progress: Callable[[int, int], Any] | None = None,
-    ) -> tuple[Any, Any]:
+        progress: Progress | None = None,
+    ) -> tuple[Manifest, FileStat]:
         """Encrypt, erasure-code and upload a file to the space's shard stores.
 
         ``file`` is bytes, a path or a binary file object. Returns ``(manifest, stat)``;
@@ -856,8 +859,8 @@ class AsyncSpace:
         )
 
     async def get_file(
-        self, manifest: Any, *, progress: Callable[[int, int], Any] | None = None
-    ) -> tuple[bytes, Any]:
+        self, manifest: Manifest | Mapping[str, Any], *, progress: Progress | None = None
+    ) -> tuple[bytes, FileStat]:
         """Fetch shares from any k stores, check, decode and decrypt: ``(data, stat)``.
 
         Shares come only from the relay's shard stores and the client's

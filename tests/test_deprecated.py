@@ -41,3 +41,15 @@ def test_the_events_stay_at_the_top_level_without_a_warning(
     assert spacenb.SpaceMessageEvent is spacenb.aio.events.SpaceMessageEvent
     assert spacenb.TrustedIdentity is spacenb.aio.events.TrustedIdentity
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("History", "HistoryRequest"), ("Unsubscribe", "UnsubscribeRequest")]
+)
+def test_renamed_requests_keep_their_old_names(old: str, new: str) -> None:
+    from spacenb.protocol import frames
+
+    with pytest.warns(DeprecationWarning, match=f"frames.{old} is deprecated"):
+        cls = getattr(frames, old)
+    assert cls is getattr(frames, new)
+    assert frames.REQUESTS[cls.OP] is cls

@@ -391,7 +391,9 @@ class AsyncSpace:
             # What is stored now is history; what comes after is pushed. The mark is read
             # before subscribing: read after, it could already be past messages pushed to
             # us and still waiting in the dispatcher, which would then drop them.
-            page = await self.client.request(frames.History, space_id=self.id, before=None, limit=1)
+            page = await self.client.request(
+                frames.HistoryRequest, space_id=self.id, before=None, limit=1
+            )
             if page.items:
                 self.core.delivery.delivered(page.items[-1].handle)
         result = await self.client.request(frames.Subscribe, space_id=self.id)
@@ -407,7 +409,7 @@ class AsyncSpace:
         """Stop receiving live events (the client stays signed in)."""
         if self._subscribed and self.client.connection.is_open:
             try:
-                await self.client.request(frames.Unsubscribe, space_id=self.id)
+                await self.client.request(frames.UnsubscribeRequest, space_id=self.id)
             except SpacenbError as exc:
                 log.info("spacenb: unsubscribe failed: %s", exc)
         self._subscribed = False
@@ -568,7 +570,7 @@ class AsyncSpace:
         if limit >= verify_pool.MIN_PAGE:
             verify_pool.shared().start()
         page = await self.client.request(
-            frames.History, space_id=self.id, before=before, limit=limit
+            frames.HistoryRequest, space_id=self.id, before=before, limit=limit
         )
         state, me = self.core.require_state(), self.client.username
         missing = {i.envelope.epoch for i in page.items if not self.core_holds(i.envelope.epoch)}
@@ -1009,7 +1011,7 @@ class AsyncSpace:
         while True:
             try:
                 return await self.client.request(
-                    frames.History, space_id=self.id, before=before, limit=self._page_limit
+                    frames.HistoryRequest, space_id=self.id, before=before, limit=self._page_limit
                 )
             except LimitExceededError:
                 if self._page_limit == 1:

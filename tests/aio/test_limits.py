@@ -115,7 +115,7 @@ async def test_catch_up_asks_for_smaller_pages_when_refused(
     asked: list[int] = []
     history = HANDLERS["history"]
 
-    def picky(relay: Any, session: Any, request: frames.History) -> Any:
+    def picky(relay: Any, session: Any, request: frames.HistoryRequest) -> Any:
         asked.append(request.limit)
         if request.limit > 10:
             raise LimitExceededError("pages of at most 10 messages here")

@@ -24,6 +24,7 @@ CORE_MODULES = [
     "spacenb.clock",
     "spacenb.typing",
     "spacenb.units",
+    "spacenb.privatefile",
 ]
 FORBIDDEN = ("asyncio", "websockets", "socket", "selectors", "ssl")
 OTHER_LAYERS = ("spacenb.server", "spacenb.aio", "spacenb.sync", "spacenb.widgets")

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..exceptions import (
     ForkError,
@@ -70,6 +70,17 @@ _EPHEMERAL_MEMORY = 10_000
 _STALE_RETRIES = 8
 
 
+class KnownMessage(NamedTuple):
+    """What a member remembers of a message it saw, to check and sign its edits."""
+
+    author: str
+    channel: str
+    content_type: str | None
+    seq: int
+    sid: str
+    rev: int
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """One page of decrypted history, oldest first.
@@ -114,10 +125,9 @@ class AsyncSpace:
         self._peers: tuple[str, ...] = ()
         self._subscribed = False
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
-        # handle -> (author, channel, content type, seq, sid, rev) of messages seen
-        self._meta: dict[int, tuple[str, str, str | None, int, str, int]] = {}
+        self._known_messages: dict[int, KnownMessage] = {}  # by handle: to check edits
         self._key_waiters: list[asyncio.Future[None]] = []
-        self._minting: int | None = None  # the epoch this member is rotating to, if any
+        self._rotating_to: int | None = None  # the epoch this member is minting, if any
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
         self._log_lock = asyncio.Lock()
         self._marks_saved = 0.0
@@ -319,12 +329,12 @@ class AsyncSpace:
                     emitter.emit("member", entry)
             if event.kind == "epoch":
                 epoch = body["epoch"]
-                if epoch != self._minting and not self.core_holds(epoch):
+                if epoch != self._rotating_to and not self.core_holds(epoch):
                     refetch_keys = refetch_keys or self.client.username in body["recipients"]
                 self.events.emit("epoch", epoch)
             elif event.kind == "delete":
                 if self.core.deletion_applies(event):
-                    self._meta.pop(body["handle"], None)
+                    self._known_messages.pop(body["handle"], None)
                     self.events.emit("message_deleted", MessageDeletedEvent(body["handle"]))
                 else:
                     self._reject(body["handle"], event.actor, "a deletion naming another author")
@@ -338,7 +348,7 @@ class AsyncSpace:
             await self._fetch_keys()
 
     def _author_of(self, handle: int) -> str | None:
-        meta = self._meta.get(handle)
+        meta = self._known_messages.get(handle)
         return meta[0] if meta else None
 
     def core_holds(self, epoch: int) -> bool:
@@ -499,7 +509,7 @@ class AsyncSpace:
             lambda: self._seal("msg", channel, content_type, payload, seq=seq), frames.Send
         )
         handle: int = result.handle
-        self._meta[handle] = (
+        self._known_messages[handle] = KnownMessage(
             self.client.username,
             channel,
             content_type,
@@ -518,10 +528,10 @@ class AsyncSpace:
         content_type: str | None = None,
     ) -> None:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
-        meta = self._meta.get(handle)
+        meta = self._known_messages.get(handle)
         if meta is None:
             await self.history(before=handle + 1, limit=1)
-            meta = self._meta.get(handle)
+            meta = self._known_messages.get(handle)
         if meta is None:
             raise NotFoundError(f"no message at handle {handle} in this space")
         author, old_channel, old_type, seq, sid, rev = meta
@@ -536,7 +546,9 @@ class AsyncSpace:
             frames.Edit,
             handle=handle,
         )
-        self._meta[handle] = (author, channel or old_channel, ctype, seq, sid, new_rev)
+        self._known_messages[handle] = KnownMessage(
+            author, channel or old_channel, ctype, seq, sid, new_rev
+        )
 
     async def delete_message(self, handle: int) -> None:
         """Delete a stored message (yours, or anyone's as the owner): a signed ``delete``
@@ -665,7 +677,7 @@ class AsyncSpace:
             return None
         message = decision.message
         content_type = envelope.content_type or None
-        self._meta[handle] = (
+        self._known_messages[handle] = KnownMessage(
             envelope.source, envelope.subject, content_type, message.seq, message.sid,
             message.rev,
         )  # fmt: skip
@@ -691,7 +703,9 @@ class AsyncSpace:
         keys = [
             k
             for k in keys
-            if k.space_id == self.id and not self.core_holds(k.epoch) and k.epoch != self._minting
+            if k.space_id == self.id
+            and not self.core_holds(k.epoch)
+            and k.epoch != self._rotating_to
         ]
         if not keys:
             return
@@ -807,7 +821,7 @@ class AsyncSpace:
             first_ones = (self.client.username, state.keeper)
             keys.sort(key=lambda k: k.recipient not in first_ones)  # own key in the first frame
             first, _more = frames.fitting(keys, frames.PAGE_BYTES - json_size(event))
-            self._minting = epoch  # its state event may arrive before the request returns
+            self._rotating_to = epoch  # its state event may arrive before the request returns
             try:
                 await self.client.request(
                     frames.Append, space_id=self.id, event=event, keys=tuple(first)
@@ -816,7 +830,7 @@ class AsyncSpace:
                 await self.sync_log()
                 continue
             finally:
-                self._minting = None
+                self._rotating_to = None
             self._require_keys().add(epoch, new_key)
             assert self._secrets is not None
             self.client.keystore.save_space(self._secrets)

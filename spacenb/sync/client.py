@@ -1,7 +1,7 @@
 """``spacenb.connect`` and ``Client``: the blocking twins of the async client.
 
 ``client.space`` (:class:`SpaceAPI`) mirrors :class:`spacenb.aio.AsyncSpaceAPI` method for
-method; tabular results come back as DataFrames built by :mod:`spacenb.dataframes`.
+method; tabular results come back as DataFrames built by :mod:`spacenb.sync.dataframes`.
 """
 
 from __future__ import annotations

@@ -82,7 +82,9 @@ async def pages_worker(link: Link, url: str, app_key: str, pages: int) -> None:
         await link.recv()
         sizes = []
         for _ in range(pages):
-            page = await client.request(frames.History, space_id=space.id, before=None, limit=1000)
+            page = await client.request(
+                frames.HistoryRequest, space_id=space.id, before=None, limit=1000
+            )
             sizes.append(len(page.items))
         link.send("done", sizes[-1])
         await link.recv()

@@ -7,8 +7,10 @@ Two faces over one core (shared/reference/python-api.md):
   tabular results are pandas DataFrames; ``space.widget()`` is a live chat view.
 - ``spacenb.aio``: the async core (``await spacenb.aio.connect(...)``).
 
-The facade, ``aio`` and ``widgets`` are imported on first use, so that ``import spacenb``
-stays light for the relay and the command line.
+The facade, ``aio`` (with the events) and ``widgets`` are imported on first use, so that
+``import spacenb`` stays light for the relay and the command line. The package's own
+modules (``exceptions``, ``clock``, ``typing``, ``units``, ``privatefile``) are the bottom
+layer every other one shares; the README draws the tree.
 """
 
 from __future__ import annotations
@@ -17,16 +19,6 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .events import (
-    EphemeralEvent,
-    JoinRequest,
-    MessageDeletedEvent,
-    PresenceEvent,
-    RejectedEnvelopeEvent,
-    SpaceMessageEvent,
-    StateLogEntry,
-    TrustedIdentity,
-)
 from .exceptions import (
     AuthenticationError,
     ChannelExistsError,
@@ -58,6 +50,16 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from . import aio, widgets
+    from .aio.events import (
+        EphemeralEvent,
+        JoinRequest,
+        MessageDeletedEvent,
+        PresenceEvent,
+        RejectedEnvelopeEvent,
+        SpaceMessageEvent,
+        StateLogEntry,
+        TrustedIdentity,
+    )
     from .sync import (
         Client,
         FileManifest,
@@ -120,7 +122,18 @@ __all__ = [
     "widgets",
 ]
 
+_EVENTS = (
+    "EphemeralEvent",
+    "JoinRequest",
+    "MessageDeletedEvent",
+    "PresenceEvent",
+    "RejectedEnvelopeEvent",
+    "SpaceMessageEvent",
+    "StateLogEntry",
+    "TrustedIdentity",
+)
 _LAZY = {
+    **dict.fromkeys(_EVENTS, "aio.events"),
     "Client": "sync",
     "FileManifest": "sync",
     "InviteLink": "sync",

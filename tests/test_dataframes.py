@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 
-from spacenb import dataframes as d
 from spacenb.aio import History, InviteLink
-from spacenb.events import SpaceMessageEvent
+from spacenb.aio.events import SpaceMessageEvent
 from spacenb.protocol.envelope import Message
 from spacenb.protocol.frames import ChannelEntry, MemberEntry, RosterEntry
+from spacenb.sync import dataframes as d
 
 HANDLE = 1_767_225_600_123_456  # 2026-01-01 00:00:00.123456 UTC
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..events import (
+from .client import AsyncClient, connect
+from .events import (
     EphemeralEvent,
     JoinRequest,
     MessageDeletedEvent,
@@ -16,7 +17,6 @@ from ..events import (
     RejectedEnvelopeEvent,
     SpaceMessageEvent,
 )
-from .client import AsyncClient, connect
 from .space import AsyncSpace, History
 from .space_api import AsyncSpaceAPI, InviteLink
 
@@ -43,7 +43,12 @@ __all__ = [
 async def serve(**kwargs: Any) -> RunningServer:
     """Start the embedded relay, keeper and shard stores (see ``spacenb.server.app``;
     ``database="postgresql://..."`` keeps everything in PostgreSQL instead of SQLite;
-    ``shard_stores=[url, ...]`` uses shard stores run on their own instead of local ones)."""
+    ``shard_stores=[url, ...]`` uses shard stores run on their own instead of local ones).
+
+    The one bridge from the async face to the relay, kept for python-api.md's
+    ``await spacenb.aio.serve()``; nothing in the client imports it, and the relay is
+    loaded only when this is called (``tests/test_layers.py`` names this exception).
+    """
     from ..server.app import start_server
 
     return await start_server(**kwargs)

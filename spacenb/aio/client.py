@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from ..clock import Clock, SystemClock
-from ..events import TrustedIdentity
 from ..exceptions import (
     ConnectionLostError,
     IdentityChangedError,
@@ -31,6 +30,7 @@ from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.keys import fingerprint as _fingerprint
 from . import verify_pool
 from .connection import RelayConnection
+from .events import TrustedIdentity
 from .handlers import Emitter
 from .keystore import Keystore, Pin
 

@@ -22,6 +22,7 @@ import asyncio
 import itertools
 import logging
 import random
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -215,11 +216,6 @@ class RelayConnection:
                 f"the relay answered {cls.OP} with a malformed result: {exc}"
             ) from None
 
-    async def send_nowait(self, cls: type[frames.Request[Any]], **fields: Any) -> None:
-        """Fire a request without awaiting its answer (errors are logged)."""
-        task = asyncio.ensure_future(self.request(cls, **fields))
-        task.add_done_callback(_log_failure)
-
     # ------------------------------------------------------------------ reading
 
     async def _read(self, ws: ClientConnection) -> None:
@@ -322,7 +318,12 @@ class RelayConnection:
         self._pending.clear()
 
     async def drop(self) -> None:
-        """Close the socket as if the network failed (the connection will reconnect)."""
+        """Deprecated test hook (tests/faults.py ``drop_connection`` replaces it; gone in 0.3)."""
+        warnings.warn(
+            "RelayConnection.drop is deprecated; tests use tests.faults.drop_connection",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         if self._ws is not None:
             await self._ws.close()
 
@@ -337,8 +338,3 @@ def _too_big_error(op: str) -> LimitExceededError:
         f"the relay answered {op} with a frame over the frame limit "
         f"(MAX_FRAME_BYTES = {frames.MAX_FRAME_BYTES} bytes); ask for less (a smaller page)"
     )
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("spacenb: background request failed: %s", task.exception())

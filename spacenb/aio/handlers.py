@@ -9,30 +9,30 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Emitter", "Unsubscribe"]
+from ..typing import Handler, Unsubscribe
+
+__all__ = ["Emitter"]
 
 log = logging.getLogger("spacenb")
-Unsubscribe = Callable[[], None]
 
 
 class Emitter:
     """Handlers by event name."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, list[Callable[[Any], Any]]] = {}
+        self._handlers: dict[str, list[Handler]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def on(self, event: str, handler: Callable[[Any], Any]) -> Unsubscribe:
+    def on(self, event: str, handler: Handler) -> Unsubscribe:
         """Call ``handler(payload)`` for every ``event``; returns a function that undoes it."""
         if not callable(handler):
             raise TypeError("handler must be callable")
         self._handlers.setdefault(event, []).append(handler)
         return lambda: self.off(event, handler)
 
-    def off(self, event: str, handler: Callable[[Any], Any]) -> None:
+    def off(self, event: str, handler: Handler) -> None:
         """Stop calling ``handler`` for ``event`` (no error if it was not registered)."""
         handlers = self._handlers.get(event, [])
         if handler in handlers:

@@ -5,7 +5,7 @@ Layout under ``<root>/<username>/``: ``keystore.json`` (``{"version": 2}``),
 ``identity.key``, ``pins.json`` (the identity keys pinned for other users and the space id
 pinned for each channel name, on first sight) and ``spaces/<digest>.json`` (a space's
 keys, the newest state-log event verified, and the replay marks). Files are written
-atomically (temp file, fsync, rename) and readable by the owner only.
+atomically and readable by the owner only (:mod:`spacenb.privatefile`).
 
 A keystore written by protocol v1 (an ``identity.key`` with no ``keystore.json``) is
 refused with :class:`UnsupportedVersionError`, and nothing in it is changed.
@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..exceptions import ProtocolError, UnsupportedVersionError
+from ..privatefile import write_private
 from ..protocol.encoding import b64d, b64e
 from ..protocol.keyring import HistoryPolicy, Keyring
 from ..protocol.keys import IdentityKeys, SpaceKeyPair
@@ -88,21 +88,6 @@ class Pin:
     verified: bool = False
 
 
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Keystore:
     """One user's secrets, on disk or in memory."""
 
@@ -148,7 +133,7 @@ class Keystore:
         if self.root is None:
             self._memory[rel] = text
         else:
-            _write_private(self.root / rel, text)
+            write_private(self.root / rel, text)
 
     def load_or_create_identity(self) -> IdentityKeys:
         """The user's identity keys; created (and saved) on first use."""

@@ -12,19 +12,10 @@ import asyncio
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..events import (
-    EphemeralEvent,
-    JoinRequest,
-    MessageDeletedEvent,
-    PresenceEvent,
-    RejectedEnvelopeEvent,
-    SpaceMessageEvent,
-    StateLogEntry,
-)
 from ..exceptions import (
     ForkError,
     IdentityChangedError,
@@ -53,18 +44,41 @@ from ..protocol.statelog import (
     make_event,
 )
 from ..protocol.wrap import WrappedKey
+from ..typing import Handler, Progress, Unsubscribe
 from . import verify_pool
-from .handlers import Emitter, Unsubscribe
+from .events import (
+    EphemeralEvent,
+    JoinRequest,
+    MessageDeletedEvent,
+    PresenceEvent,
+    RejectedEnvelopeEvent,
+    SpaceMessageEvent,
+    StateLogEntry,
+)
+from .handlers import Emitter
 from .keystore import SpaceSecrets
 
 if TYPE_CHECKING:
+    from ..protocol.manifest import Manifest
     from .client import AsyncClient
+    from .files import FileSource, FileStat
 
 __all__ = ["AsyncSpace", "History"]
 
 log = logging.getLogger("spacenb")
 _EPHEMERAL_MEMORY = 10_000
 _STALE_RETRIES = 8
+
+
+class KnownMessage(NamedTuple):
+    """What a member remembers of a message it saw, to check and sign its edits."""
+
+    author: str
+    channel: str
+    content_type: str | None
+    seq: int
+    sid: str
+    rev: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +125,9 @@ class AsyncSpace:
         self._peers: tuple[str, ...] = ()
         self._subscribed = False
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
-        # handle -> (author, channel, content type, seq, sid, rev) of messages seen
-        self._meta: dict[int, tuple[str, str, str | None, int, str, int]] = {}
+        self._known_messages: dict[int, KnownMessage] = {}  # by handle: to check edits
         self._key_waiters: list[asyncio.Future[None]] = []
-        self._minting: int | None = None  # the epoch this member is rotating to, if any
+        self._rotating_to: int | None = None  # the epoch this member is minting, if any
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
         self._log_lock = asyncio.Lock()
         self._marks_saved = 0.0
@@ -167,13 +180,13 @@ class AsyncSpace:
 
     # ------------------------------------------------------------------ handlers
 
-    def on(self, event: str, handler: Callable[[Any], Any]) -> Unsubscribe:
+    def on(self, event: str, handler: Handler) -> Unsubscribe:
         """Register ``handler`` for a named event (``"message"``, ``"message_edited"``,
         ``"message_deleted"``, ``"ephemeral"``, ``"presence"``, ``"join_request"``,
         ``"rejected"``, ``"epoch"``, ``"member"``, ``"state"``, ``"channel:raw_frame"``)."""
         return self.events.on(event, handler)
 
-    def off(self, event: str, handler: Callable[[Any], Any]) -> None:
+    def off(self, event: str, handler: Handler) -> None:
         self.events.off(event, handler)
 
     def on_message(self, handler: Callable[[SpaceMessageEvent], Any]) -> Unsubscribe:
@@ -316,12 +329,12 @@ class AsyncSpace:
                     emitter.emit("member", entry)
             if event.kind == "epoch":
                 epoch = body["epoch"]
-                if epoch != self._minting and not self.core_holds(epoch):
+                if epoch != self._rotating_to and not self.core_holds(epoch):
                     refetch_keys = refetch_keys or self.client.username in body["recipients"]
                 self.events.emit("epoch", epoch)
             elif event.kind == "delete":
                 if self.core.deletion_applies(event):
-                    self._meta.pop(body["handle"], None)
+                    self._known_messages.pop(body["handle"], None)
                     self.events.emit("message_deleted", MessageDeletedEvent(body["handle"]))
                 else:
                     self._reject(body["handle"], event.actor, "a deletion naming another author")
@@ -335,7 +348,7 @@ class AsyncSpace:
             await self._fetch_keys()
 
     def _author_of(self, handle: int) -> str | None:
-        meta = self._meta.get(handle)
+        meta = self._known_messages.get(handle)
         return meta[0] if meta else None
 
     def core_holds(self, epoch: int) -> bool:
@@ -388,7 +401,9 @@ class AsyncSpace:
             # What is stored now is history; what comes after is pushed. The mark is read
             # before subscribing: read after, it could already be past messages pushed to
             # us and still waiting in the dispatcher, which would then drop them.
-            page = await self.client.request(frames.History, space_id=self.id, before=None, limit=1)
+            page = await self.client.request(
+                frames.HistoryRequest, space_id=self.id, before=None, limit=1
+            )
             if page.items:
                 self.core.delivery.delivered(page.items[-1].handle)
         result = await self.client.request(frames.Subscribe, space_id=self.id)
@@ -404,7 +419,7 @@ class AsyncSpace:
         """Stop receiving live events (the client stays signed in)."""
         if self._subscribed and self.client.connection.is_open:
             try:
-                await self.client.request(frames.Unsubscribe, space_id=self.id)
+                await self.client.request(frames.UnsubscribeRequest, space_id=self.id)
             except SpacenbError as exc:
                 log.info("spacenb: unsubscribe failed: %s", exc)
         self._subscribed = False
@@ -494,7 +509,7 @@ class AsyncSpace:
             lambda: self._seal("msg", channel, content_type, payload, seq=seq), frames.Send
         )
         handle: int = result.handle
-        self._meta[handle] = (
+        self._known_messages[handle] = KnownMessage(
             self.client.username,
             channel,
             content_type,
@@ -513,10 +528,10 @@ class AsyncSpace:
         content_type: str | None = None,
     ) -> None:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
-        meta = self._meta.get(handle)
+        meta = self._known_messages.get(handle)
         if meta is None:
             await self.history(before=handle + 1, limit=1)
-            meta = self._meta.get(handle)
+            meta = self._known_messages.get(handle)
         if meta is None:
             raise NotFoundError(f"no message at handle {handle} in this space")
         author, old_channel, old_type, seq, sid, rev = meta
@@ -531,7 +546,9 @@ class AsyncSpace:
             frames.Edit,
             handle=handle,
         )
-        self._meta[handle] = (author, channel or old_channel, ctype, seq, sid, new_rev)
+        self._known_messages[handle] = KnownMessage(
+            author, channel or old_channel, ctype, seq, sid, new_rev
+        )
 
     async def delete_message(self, handle: int) -> None:
         """Delete a stored message (yours, or anyone's as the owner): a signed ``delete``
@@ -565,7 +582,7 @@ class AsyncSpace:
         if limit >= verify_pool.MIN_PAGE:
             verify_pool.shared().start()
         page = await self.client.request(
-            frames.History, space_id=self.id, before=before, limit=limit
+            frames.HistoryRequest, space_id=self.id, before=before, limit=limit
         )
         state, me = self.core.require_state(), self.client.username
         missing = {i.envelope.epoch for i in page.items if not self.core_holds(i.envelope.epoch)}
@@ -660,7 +677,7 @@ class AsyncSpace:
             return None
         message = decision.message
         content_type = envelope.content_type or None
-        self._meta[handle] = (
+        self._known_messages[handle] = KnownMessage(
             envelope.source, envelope.subject, content_type, message.seq, message.sid,
             message.rev,
         )  # fmt: skip
@@ -686,7 +703,9 @@ class AsyncSpace:
         keys = [
             k
             for k in keys
-            if k.space_id == self.id and not self.core_holds(k.epoch) and k.epoch != self._minting
+            if k.space_id == self.id
+            and not self.core_holds(k.epoch)
+            and k.epoch != self._rotating_to
         ]
         if not keys:
             return
@@ -802,7 +821,7 @@ class AsyncSpace:
             first_ones = (self.client.username, state.keeper)
             keys.sort(key=lambda k: k.recipient not in first_ones)  # own key in the first frame
             first, _more = frames.fitting(keys, frames.PAGE_BYTES - json_size(event))
-            self._minting = epoch  # its state event may arrive before the request returns
+            self._rotating_to = epoch  # its state event may arrive before the request returns
             try:
                 await self.client.request(
                     frames.Append, space_id=self.id, event=event, keys=tuple(first)
@@ -811,7 +830,7 @@ class AsyncSpace:
                 await self.sync_log()
                 continue
             finally:
-                self._minting = None
+                self._rotating_to = None
             self._require_keys().add(epoch, new_key)
             assert self._secrets is not None
             self.client.keystore.save_space(self._secrets)
@@ -828,13 +847,13 @@ class AsyncSpace:
 
     async def put_file(
         self,
-        file: Any,
+        file: FileSource,
         metadata: dict[str, Any] | None = None,
         *,
         name: str | None = None,
         content_type: str | None = None,
-        progress: Callable[[int, int], Any] | None = None,
-    ) -> tuple[Any, Any]:
+        progress: Progress | None = None,
+    ) -> tuple[Manifest, FileStat]:
         """Encrypt, erasure-code and upload a file to the space's shard stores.
 
         ``file`` is bytes, a path or a binary file object. Returns ``(manifest, stat)``;
@@ -856,8 +875,8 @@ class AsyncSpace:
         )
 
     async def get_file(
-        self, manifest: Any, *, progress: Callable[[int, int], Any] | None = None
-    ) -> tuple[bytes, Any]:
+        self, manifest: Manifest | Mapping[str, Any], *, progress: Progress | None = None
+    ) -> tuple[bytes, FileStat]:
         """Fetch shares from any k stores, check, decode and decrypt: ``(data, stat)``.
 
         Shares come only from the relay's shard stores and the client's
@@ -1006,7 +1025,7 @@ class AsyncSpace:
         while True:
             try:
                 return await self.client.request(
-                    frames.History, space_id=self.id, before=before, limit=self._page_limit
+                    frames.HistoryRequest, space_id=self.id, before=before, limit=self._page_limit
                 )
             except LimitExceededError:
                 if self._page_limit == 1:

@@ -20,11 +20,11 @@ cursor to the rest (PROTOCOL.md, "Limits").
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, dataclass_transform
 
+from .._deprecated import renamed
 from ..exceptions import ProtocolError, SpacenbError
 from .codec import (
     MAX_BYTES_FIELD,
@@ -40,6 +40,7 @@ from .codec import (
 )
 from .encoding import lp_encode
 from .envelope import Envelope
+from .keyring import HistoryPolicy
 from .statelog import StateEvent
 from .wrap import WrappedKey
 
@@ -74,7 +75,7 @@ MAX_PEERS_PAGE = 1000  # usernames in a subscribe answer or a presence event
 MAX_USER_KEYS = 1000  # usernames per user_keys request
 PAGE_BYTES = MAX_FRAME_BYTES - 1024  # the items of one answer; the rest is its envelope
 
-_T = typing.TypeVar("_T")
+_T = TypeVar("_T")
 
 
 def fitting(items: Iterable[_T], budget: int = PAGE_BYTES) -> tuple[list[_T], bool]:
@@ -95,7 +96,6 @@ def fitting(items: Iterable[_T], budget: int = PAGE_BYTES) -> tuple[list[_T], bo
 
 
 Role = Literal["owner", "editor", "viewer"]
-Policy = Literal["static", "rotate"]
 
 
 # --------------------------------------------------------------------------- shared records
@@ -107,7 +107,7 @@ class SpaceInfo:
 
     space_id: str
     owner: str
-    policy: Policy
+    policy: HistoryPolicy
     private: bool
     manual_admit: bool
     name: str | None
@@ -256,11 +256,11 @@ class TicketResult:
 
 REQUESTS: dict[str, type[Request[Any]]] = {}
 
-ResultT = typing.TypeVar("ResultT")
+ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True, slots=True)
-class Request(typing.Generic[ResultT]):
+class Request(Generic[ResultT]):
     """Base of every client → relay request. ``id`` pairs it with its answer; the type
     parameter is the answer's record type (``RESULT`` at run time)."""
 
@@ -272,14 +272,14 @@ class Request(typing.Generic[ResultT]):
         return dumps_frame({"t": "req", "op": self.OP, **to_obj(self)})
 
 
-_R = typing.TypeVar("_R", bound="Request[Any]")
-_E = typing.TypeVar("_E", bound="Event")
+_R = TypeVar("_R", bound="Request[Any]")
+_E = TypeVar("_E", bound="Event")
 
 
 # dataclass_transform tells type checkers that the decorated classes are dataclasses, so
 # their fields are known to callers (``Auth(id=1, app_key=...)``).
-@typing.dataclass_transform(frozen_default=True)
-def _request(op: str, result: type = Ok) -> typing.Callable[[type[_R]], type[_R]]:
+@dataclass_transform(frozen_default=True)
+def _request(op: str, result: type = Ok) -> Callable[[type[_R]], type[_R]]:
     def wrap(cls: type[_R]) -> type[_R]:
         cls.OP = op
         cls.RESULT = result
@@ -393,7 +393,7 @@ class Subscribe(Request[SubscribeResult]):
 
 
 @_request("unsubscribe")
-class Unsubscribe(Request[Ok]):
+class UnsubscribeRequest(Request[Ok]):
     space_id: str
 
 
@@ -414,7 +414,7 @@ class SendEphemeral(Request[Ok]):
 
 
 @_request("history", HistoryPage)
-class History(Request[HistoryPage]):
+class HistoryRequest(Request[HistoryPage]):
     space_id: str
     before: int | None
     limit: int
@@ -480,8 +480,8 @@ class Event:
         return dumps_frame({"t": "evt", "ev": self.EV, **to_obj(self)})
 
 
-@typing.dataclass_transform(frozen_default=True)
-def _event(ev: str) -> typing.Callable[[type[_E]], type[_E]]:
+@dataclass_transform(frozen_default=True)
+def _event(ev: str) -> Callable[[type[_E]], type[_E]]:
     def wrap(cls: type[_E]) -> type[_E]:
         cls.EV = ev
         made: type[_E] = dataclass(frozen=True, slots=True)(cls)
@@ -629,3 +629,12 @@ def log_read_signed_bytes(space_id: str, username: str, nonce: bytes) -> bytes:
     """What a link holder signs with the link key to read a private space's log on one
     connection (``nonce`` is the connection's ``hello`` nonce)."""
     return lp_encode("spacenb/v2/link-read", space_id, username, nonce)
+
+
+# The requests' names before they said what they are (``History`` reads as a page of
+# messages, ``Unsubscribe`` as the callable that ``on(...)`` returns): deprecated, and
+# gone in 0.3.
+__getattr__ = renamed(
+    __name__,
+    {"History": (__name__, "HistoryRequest"), "Unsubscribe": (__name__, "UnsubscribeRequest")},
+)

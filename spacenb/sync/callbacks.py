@@ -13,14 +13,13 @@ import inspect
 import logging
 import queue
 import threading
-from collections.abc import Callable
 from typing import Any
+
+from ..typing import Handler
 
 __all__ = ["CallbackThread", "get_callback_thread"]
 
 log = logging.getLogger("spacenb")
-
-Handler = Callable[[Any], Any]
 
 
 class CallbackThread:
@@ -53,10 +52,6 @@ class CallbackThread:
             self.post(handler, payload)
 
         return forward
-
-    def is_current(self) -> bool:
-        """True when called from the callback thread."""
-        return threading.current_thread() is self._thread
 
     def _work(self) -> None:
         while True:

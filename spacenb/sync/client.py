@@ -1,7 +1,7 @@
 """``spacenb.connect`` and ``Client``: the blocking twins of the async client.
 
 ``client.space`` (:class:`SpaceAPI`) mirrors :class:`spacenb.aio.AsyncSpaceAPI` method for
-method; tabular results come back as DataFrames built by :mod:`spacenb.dataframes`.
+method; tabular results come back as DataFrames built by :mod:`spacenb.sync.dataframes`.
 """
 
 from __future__ import annotations
@@ -14,16 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from .. import aio
-from ..dataframes import (
+from ..aio.types import HistoryPolicy, PublicIdentity
+from .dataframes import (
     channels_frame,
     invite_links_frame,
     members_frame,
     roster_frame,
     trusted_identities_frame,
 )
-from ..display import Displayable
-from ..protocol.keyring import HistoryPolicy
-from ..protocol.keys import PublicIdentity
+from .display import Displayable
 from .records import InviteLink
 from .runner import LoopResource, Runner, get_runner
 from .space import Space

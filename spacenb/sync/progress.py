@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Progress", "progress_callback"]
+from ..typing import Progress
 
-Progress = Callable[[int, int], Any]
-"""Called as ``progress(done_bytes, total_bytes)`` on the event loop's thread."""
+__all__ = ["progress_callback"]
 
 
 @contextlib.contextmanager

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..aio import InviteLink as AsyncInviteLink
-from ..display import DisplayRecord, human_bytes, secret
-from ..protocol.manifest import Manifest
+from ..aio.types import Manifest
+from ..units import human_bytes
+from .display import DisplayRecord, secret
 
 __all__ = ["FileManifest", "InviteLink"]
 

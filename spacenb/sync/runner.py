@@ -214,6 +214,11 @@ class LoopResource:
         self._runner = runner
         runner.register(self)
 
+    @property
+    def runner(self) -> Runner:
+        """The loop thread this object lives on (a :class:`spacenb.widgets.LoopRunner`)."""
+        return self._runner
+
     async def _aclose(self) -> None:
         raise NotImplementedError
 

@@ -6,8 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import aio
-from ..display import Displayable, secret
+from .display import Displayable, secret
 from .runner import LoopResource, Runner, get_runner
 
 if TYPE_CHECKING:
@@ -103,9 +102,11 @@ def serve(
     is then not used); give each of them this relay's ``ticket_key``. Raises OSError
     when the port is taken, UsageError for bad store URLs.
     """
+    from ..server.app import start_server  # the relay loads only when one is started
+
     runner = get_runner()
     inner = runner.run(
-        aio.serve(
+        start_server(
             data_dir=data_dir,
             host=host,
             port=port,

@@ -13,9 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pandas as pd
 
 from ..aio import AsyncSpace
-from ..dataframes import history_frame, state_log_frame
-from ..display import Displayable
-from ..events import (
+from ..aio.events import (
     EphemeralEvent,
     JoinRequest,
     MessageDeletedEvent,
@@ -23,21 +21,23 @@ from ..events import (
     RejectedEnvelopeEvent,
     SpaceMessageEvent,
 )
-from ..protocol.keyring import Keyring
-from ..protocol.statelog import SpaceState
+from ..aio.types import Keyring, SpaceState
+from ..typing import Handler, Progress, Unsubscribe
 from .callbacks import get_callback_thread
-from .progress import Progress, progress_callback
+from .dataframes import history_frame, state_log_frame
+from .display import Displayable
+from .progress import progress_callback
 from .records import FileManifest
 
 if TYPE_CHECKING:
+    from ..aio.files import FileSource, FileStat
+    from ..aio.types import Manifest
     from ..widgets import ChatWidget
     from .client import Client
 
 __all__ = ["Space"]
 
 T = TypeVar("T")
-Handler = Callable[[Any], Any]
-Unsubscribe = Callable[[], None]
 
 
 class Space(Displayable):
@@ -148,17 +148,17 @@ class Space(Displayable):
         ``seq``, ``kind``, ``actor``, ``member``, ``role``, ``epoch``, ``at``, ``hash``.
         Members, roles, epochs and flags are derived from this log alone."""
         self._run(self.aio.sync_log())
-        return state_log_frame(self.client._runner.call(self.aio.state_log))
+        return state_log_frame(self.client.runner.call(self.aio.state_log))
 
     def put_file(
         self,
-        file: Any,
+        file: FileSource,
         metadata: dict[str, Any] | None = None,
         *,
         name: str | None = None,
         content_type: str | None = None,
         progress: Progress | bool | None = None,
-    ) -> tuple[FileManifest, Any]:
+    ) -> tuple[FileManifest, FileStat]:
         """Encrypt, erasure-code and upload ``file`` (bytes, path or binary file object).
 
         Returns ``(manifest, stat)``: send ``manifest.to_dict()`` in a message to share
@@ -176,8 +176,8 @@ class Space(Displayable):
         return FileManifest.of(manifest), stat
 
     def get_file(
-        self, manifest: Any, *, progress: Progress | bool | None = None
-    ) -> tuple[bytes, Any]:
+        self, manifest: Manifest | Mapping[str, Any], *, progress: Progress | bool | None = None
+    ) -> tuple[bytes, FileStat]:
         """Download, check and decrypt the file ``manifest`` (or its dict) describes.
 
         Returns ``(data, stat)``; ``progress`` as for :meth:`put_file`. Raises
@@ -227,14 +227,14 @@ class Space(Displayable):
         key = (event, handler)
         if key not in self._handlers:
             self._handlers[key] = get_callback_thread().wrap(handler)
-            self.client._runner.call(self.aio.on, event, self._handlers[key])
+            self.client.runner.call(self.aio.on, event, self._handlers[key])
         return lambda: self.off(event, handler)
 
     def off(self, event: str, handler: Handler) -> None:
         """Stop calling ``handler`` for ``event`` (no error if it was not registered)."""
         forward = self._handlers.pop((event, handler), None)
         if forward is not None:
-            self.client._runner.call(self.aio.off, event, forward)
+            self.client.runner.call(self.aio.off, event, forward)
 
     def on_message(self, handler: Callable[[SpaceMessageEvent], Any]) -> Unsubscribe:
         return self.on("message", handler)
@@ -268,6 +268,6 @@ class Space(Displayable):
         """
         from ..widgets import ChatWidget
 
-        chat = ChatWidget(self.aio, runner=self.client._runner, **options)
+        chat = ChatWidget(self.aio, runner=self.client.runner, **options)
         self.client._widgets.add(chat)
         return chat

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import nh3
 from markdown_it import MarkdownIt
 
-from ..display import human_bytes
+from ..units import human_bytes
 
 __all__ = ["FileChip", "Shown", "markdown_html", "show", "text_of"]
 

@@ -29,8 +29,8 @@ from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 import anywidget
 import traitlets
 
-from ..display import human_bytes
-from ..events import EphemeralEvent, MessageDeletedEvent, PresenceEvent, SpaceMessageEvent
+from ..aio.events import EphemeralEvent, MessageDeletedEvent, PresenceEvent, SpaceMessageEvent
+from ..units import human_bytes
 from .chat_state import ChatState, Row, is_typing
 
 if TYPE_CHECKING:

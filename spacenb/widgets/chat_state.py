@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..dataframes import handle_time
-from ..events import SpaceMessageEvent
+from ..aio.events import SpaceMessageEvent
+from ..units import handle_time
 from .bodies import Shown, show
 from .looks import AvatarColors, initials
 

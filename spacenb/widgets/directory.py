@@ -8,23 +8,42 @@ kernel like a cell would, so they use the blocking facade.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import ipywidgets as widgets
+import pandas as pd
 
 from ..exceptions import SpacenbError
 
-if TYPE_CHECKING:
-    from ..sync.client import SpaceAPI
-    from ..sync.space import Space
+__all__ = ["ChannelDirectory", "Channels", "Chat"]
 
-__all__ = ["ChannelDirectory"]
+
+class Chat(Protocol):
+    """A space the directory opened: it shows itself as a widget."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str | None: ...
+
+    def widget(self) -> Any: ...
+
+
+class Channels(Protocol):
+    """What the directory needs of ``client.space`` (the sync facade's ``SpaceAPI`` is one)."""
+
+    def list_channels(self) -> pd.DataFrame: ...
+
+    def join_channel(self, name: str) -> Chat: ...
+
+    def create_channel(self, name: str, *, private: bool = ...) -> Chat: ...
 
 
 class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
     """Public channels of the relay; join one (or create one) and its chat opens below."""
 
-    def __init__(self, api: SpaceAPI, **kwargs: Any) -> None:
+    def __init__(self, api: Channels, **kwargs: Any) -> None:
         self.api = api
         labels = {"description_width": "initial"}  # as wide as the label: never cut off
         self.channels = widgets.Select(
@@ -41,7 +60,7 @@ class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
         self.status = widgets.Label()
         # A block, not a flex row: the chat below takes the directory's whole width.
         self.chat = widgets.VBox(layout=widgets.Layout(width="100%"))
-        self.space: Space | None = None
+        self.space: Chat | None = None
         kwargs.setdefault("layout", widgets.Layout(width="100%"))
         super().__init__(
             [
@@ -90,7 +109,7 @@ class ChannelDirectory(widgets.VBox):  # type: ignore[misc]
         self.name.value = ""
         self.refresh()
 
-    def open_space(self, space: Space) -> None:
+    def open_space(self, space: Chat) -> None:
         """Show ``space``'s chat below the directory (closing the previous one)."""
         for child in self.chat.children:
             child.close()

@@ -34,6 +34,7 @@ from spacenb.protocol.filecodec import FileEncoder
 from spacenb.server import Limits, start_server
 from spacenb.server.handlers import HANDLERS
 from spacenb.server.shards import ShardStore
+from tests.faults import drop_connection
 from tests.server.crowd import add_members
 
 from .conftest import Inbox, wait_until
@@ -69,7 +70,7 @@ async def test_four_quarter_megabyte_messages_break_nothing(connect: Any) -> Non
     page = await room.history(limit=50)
     assert 1 <= len(page.messages) < 4 and page.next_cursor is not None
     assert [m.message.body["n"] for m in await all_history(room)] == [0, 1, 2, 3]
-    await alice.connection.drop()
+    await drop_connection(alice.connection)
     await bobs.send_message({"n": 4, "pad": QUARTER_MB})  # while alice is away, maybe
     await inbox.wait(5)
     await bobs.send_message({"n": 5})
@@ -115,7 +116,7 @@ async def test_catch_up_asks_for_smaller_pages_when_refused(
     asked: list[int] = []
     history = HANDLERS["history"]
 
-    def picky(relay: Any, session: Any, request: frames.History) -> Any:
+    def picky(relay: Any, session: Any, request: frames.HistoryRequest) -> Any:
         asked.append(request.limit)
         if request.limit > 10:
             raise LimitExceededError("pages of at most 10 messages here")
@@ -124,7 +125,7 @@ async def test_catch_up_asks_for_smaller_pages_when_refused(
     await bobs.send_message(0)
     await inbox.wait(1)
     monkeypatch.setitem(HANDLERS, "history", picky)
-    await alice.connection.drop()
+    await drop_connection(alice.connection)
     for i in range(1, 30):
         await bobs.send_message(i)
     await inbox.wait(30)
@@ -159,7 +160,7 @@ async def test_catch_up_asks_for_smaller_pages_after_an_oversized_frame(
             await bobs.send_message(i)
         await inbox.wait(100)
         proxy.rewrite = pad
-        await alice.connection.drop()
+        await drop_connection(alice.connection)
         await wait_until(lambda: room.core.delivery.behind is False and room.is_connected())
         await bobs.send_message(100)
         await inbox.wait(101)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import spacenb.aio as aio
 from spacenb.server.app import start_server
+from tests.faults import drop_connection
 
 from .conftest import Inbox, wait_until
 
@@ -17,7 +18,7 @@ async def test_dropped_socket_reconnects_and_catches_up(connect):
     b.on_message(inbox)
     await a.send_message(0)
     await inbox.wait(1)
-    await bob.connection.drop()
+    await drop_connection(bob.connection)
     for i in range(1, 6):
         await a.send_message(i)
     await inbox.wait(6)

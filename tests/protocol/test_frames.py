@@ -495,7 +495,7 @@ def test_missing_fields_are_named() -> None:
 
 def test_integer_bounds_accepted() -> None:
     request = parse_client_frame(_frame(limit=0, before=MAX_INT, id=MAX_INT))
-    assert request == frames.History(id=MAX_INT, space_id="s", before=MAX_INT, limit=0)
+    assert request == frames.HistoryRequest(id=MAX_INT, space_id="s", before=MAX_INT, limit=0)
 
 
 def test_only_state_log_link_fields_and_cursors_may_be_left_out() -> None:

@@ -19,9 +19,12 @@ import spacenb.protocol
 PACKAGE_DIR = Path(spacenb.protocol.__file__).resolve().parents[1]
 CORE_MODULES = [
     *sorted(f"spacenb.protocol.{m.name}" for m in pkgutil.iter_modules(spacenb.protocol.__path__)),
+    # the bottom modules every layer shares (tests/test_layers.py checks the directions)
     "spacenb.exceptions",
     "spacenb.clock",
-    "spacenb.events",
+    "spacenb.typing",
+    "spacenb.units",
+    "spacenb.privatefile",
 ]
 FORBIDDEN = ("asyncio", "websockets", "socket", "selectors", "ssl")
 OTHER_LAYERS = ("spacenb.server", "spacenb.aio", "spacenb.sync", "spacenb.widgets")

@@ -1,1 +1,1 @@
-from spacenb.sync.testing import local_server, make_client  # noqa: F401
+from tests.facade import local_server, make_client  # noqa: F401

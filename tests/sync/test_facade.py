@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 import spacenb
-from spacenb.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS, schema_dtypes
-from spacenb.sync.testing import run_script, wait_until
+from spacenb.sync.dataframes import HISTORY_COLUMNS, INVITE_LINK_COLUMNS, schema_dtypes
+from spacenb.sync.testing import wait_until
+from tests.facade import run_script
 
 T = TypeVar("T")
 MakeClient = Callable[[str], spacenb.Client]
@@ -322,7 +323,7 @@ def test_exit_without_closing_anything_is_clean_and_quick() -> None:
 
 
 def test_state_log_and_trusted_identities_are_dataframes(make_client: MakeClient) -> None:
-    from spacenb.dataframes import STATE_LOG_COLUMNS, TRUSTED_IDENTITY_COLUMNS
+    from spacenb.sync.dataframes import STATE_LOG_COLUMNS, TRUSTED_IDENTITY_COLUMNS
 
     alice, bob = make_client("alice"), make_client("bob")
     room = alice.space.create_channel(f"log-{alice.username}", history_policy="rotate")

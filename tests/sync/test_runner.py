@@ -20,7 +20,8 @@ import spacenb.exceptions
 from spacenb import SpacenbTimeoutError
 from spacenb.sync.callbacks import CallbackThread
 from spacenb.sync.runner import LoopThreadError, Runner
-from spacenb.sync.testing import run_script, wait_until
+from spacenb.sync.testing import wait_until
+from tests.facade import run_script
 
 
 @pytest.fixture

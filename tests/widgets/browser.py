@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from spacenb.sync.testing import script_env, wait_until
+from spacenb.sync.testing import wait_until
+from tests.facade import script_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import spacenb
-from spacenb.sync.testing import script_env, wait_until
+from spacenb.sync.testing import wait_until
+from tests.facade import script_env
 
 from .browser import ARTIFACTS, browser, free_port, listening, require_chromium
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from spacenb.events import SpaceMessageEvent
+from spacenb.aio.events import SpaceMessageEvent
 from spacenb.protocol.envelope import Message
 from spacenb.widgets.chat_state import ChatState, is_typing
 from spacenb.widgets.looks import AVATAR_COLORS

@@ -28,6 +28,7 @@ BENCHMARKS = (
     "scale",
     "rotation",
     "hostile",
+    "relays",
 )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ FUZZ = settings(
 )
 KNOWN_CODES = {
     "bad_frame", "bad_key", "integrity", "auth_failed", "forbidden", "channel_exists",
-    "not_found", "invite_invalid", "no_key", "stale_state", "too_large",
+    "not_found", "missing", "invite_invalid", "no_key", "stale_state", "too_large",
+    "rate_limited", "quota_exceeded", "too_many_connections",
 }  # fmt: skip  # every code of PROTOCOL.md's table but server_error and unsupported_version
 # The client world is stateful (what one example injects stays in the receiver), so a
 # failure is reported as it happened, not shrunk against a state that has moved on.
@@ -547,3 +549,12 @@ def test_raw_garbage_on_live_connections(
         figures.add("bad_input.chatter_messages", loop_thread.run(chatter.check(), 60))
     finally:
         loop_thread.run(server.stop(), timeout=30)
+
+
+def test_known_codes_are_the_protocol_table() -> None:
+    """KNOWN_CODES is PROTOCOL.md's error table but the two no request should get."""
+    text = (Path(__file__).resolve().parents[2] / "PROTOCOL.md").read_text()
+    table = text[text.index("| `bad_frame` |") :]
+    table = table[: table.index("\n\n")]
+    codes = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+    assert codes - {"server_error", "unsupported_version"} == KNOWN_CODES

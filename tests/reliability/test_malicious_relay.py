@@ -895,7 +895,7 @@ def _pretend_bob_is_back(
     his keys: the ones it still stores for him); returns those keys."""
     state = server.relay.state(space_id)
     assert state is not None
-    info = server.relay.space_info(state)
+    info = server.relay.core.space_info(state)
     keys = tuple(server.relay.storage.keys_for(space_id, "bob"))
     evil.agree(frames.Join, frames.JoinResult(info, "viewer", keys, False), user="bob")
     evil.agree(frames.Subscribe, frames.SubscribeResult((), info.epoch, info.head_seq), user="bob")

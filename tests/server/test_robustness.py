@@ -14,7 +14,7 @@ from spacenb.exceptions import PermissionDeniedError, ServerError
 from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import StateEvent
-from spacenb.server.handlers import HANDLERS
+from spacenb.server.handlers import with_handler
 from tests.server.rawclient import RawClient, member, running, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
@@ -193,13 +193,12 @@ async def test_oversized_message_closes_only_that_connection(tmp_path):
         assert (await user(srv, "bob")).username == "bob"
 
 
-async def test_unexpected_failure_is_a_server_error(tmp_path, monkeypatch, caplog):
-    def boom(relay, session, request):
+async def test_unexpected_failure_is_a_server_error(tmp_path, caplog):
+    def boom(core, session, request):
         raise RuntimeError("disk on fire")
 
-    async with running(tmp_path) as srv:
+    async with running(tmp_path, table=with_handler("list_channels", boom)) as srv:
         alice = await user(srv, "alice")
-        monkeypatch.setitem(HANDLERS, "list_channels", boom)
         with pytest.raises(ServerError, match="internal error"):
             await alice.call(frames.ListChannels)
         assert "disk on fire" in caplog.text

@@ -102,7 +102,7 @@ async def test_two_relays_serve_one_set_of_users_spaces_keys_and_messages(tmp_pa
         ticket = await bob.call(frames.ShardTicket, space_id=info.space_id)
         verify_ticket(
             ticket.ticket,
-            decode_public_key(a.relay.relay_keys.signing_key, "sig"),
+            decode_public_key(a.relay.core.relay_keys.signing_key, "sig"),
             space_id=info.space_id,
             now_us=ticket.expires_at_us - 1,
         )

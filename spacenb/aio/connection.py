@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import logging
 import random
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -316,16 +315,6 @@ class RelayConnection:
             if not future.done():
                 future.set_exception(ConnectionLostError("the client is closed"))
         self._pending.clear()
-
-    async def drop(self) -> None:
-        """Deprecated test hook (tests/faults.py ``drop_connection`` replaces it; gone in 0.3)."""
-        warnings.warn(
-            "RelayConnection.drop is deprecated; tests use tests.faults.drop_connection",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if self._ws is not None:
-            await self._ws.close()
 
 
 def _too_big(exc: ConnectionClosed) -> bool:

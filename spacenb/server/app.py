@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
@@ -41,6 +42,7 @@ from ..exceptions import ServerError, SpacenbError, UsageError
 from ..protocol.frames import UserEntry
 from ..protocol.keys import IdentityKeys
 from .connections import guarded_connection
+from .handlers import REQUEST_TABLE, Route
 from .keeper import KEEPER_USERNAME, Keeper
 from .limits import Limits, raise_open_file_limit
 from .relay import WS_MAX_SIZE, LocalMember, Relay
@@ -326,6 +328,7 @@ async def start_server(
     database: str | None = None,
     service_key: str | None = None,
     shard_stores: list[str] | tuple[str, ...] | None = None,
+    table: Mapping[str, Route] = REQUEST_TABLE,
 ) -> RunningServer:
     """Start a relay with its keeper, its storage and ``shards`` local shard stores.
 
@@ -343,6 +346,9 @@ async def start_server(
     used instead of local ones: then no local store is started (``shards`` is not used)
     and any ``shards_needed`` of them rebuild a file. Each store must accept this relay's
     ticket key (``.ticket_key``, also written to ``relay.pub`` in ``data_dir``).
+
+    ``table``: the request table (:data:`~spacenb.server.handlers.REQUEST_TABLE`, which
+    tests replace a row of with :func:`~spacenb.server.handlers.with_handler`).
 
     Raises ``ValueError`` for bad shard counts or a database that is not a PostgreSQL URL,
     :class:`UsageError` (a ``ValueError``) for a port out of range,
@@ -403,13 +409,14 @@ async def start_server(
             shard_stores=store_urls,
             shards_needed=shards_needed if store_urls else 0,
             limits=limits,
+            table=table,
         )
         keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
         relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
         if database is not None:  # several relays: delivery, presence, limits, one keeper
             from .cluster import Cluster
 
-            relay.cluster = Cluster(relay, database, keeper)
+            relay.cluster = Cluster(relay.core, database, keeper)
             undo.push_async_callback(relay.cluster.stop)
             await relay.cluster.start()  # it starts the keeper if this relay holds the lock
         ws_server = await serve(

@@ -47,13 +47,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..exceptions import QuotaExceededError, RateLimitedError, ServerError
+from ..exceptions import ServerError
 from ..protocol import frames
+from ..protocol.relayrules import bytes_quota_refusal, quota_refusal, rate_limited
 from .postgres import _MIGRATION_LOCK, NOTIFY_CHANNEL, PostgresStorage, redacted_url
 
 if TYPE_CHECKING:
+    from .core import RelayCore
     from .keeper import Keeper
-    from .relay import Relay
 
 __all__ = ["KEEPER_LOCK", "Cluster"]
 
@@ -151,7 +152,7 @@ class Cluster:
 
     def __init__(
         self,
-        relay: Relay,
+        relay: RelayCore,
         url: str,
         keeper: Keeper,
         *,
@@ -289,7 +290,7 @@ class Cluster:
         if self.keeper_active:
             for pending in self.storage.join_requests():
                 self.keeper.notify(pending.space_id, pending.username)
-        relay._schedule_flush()
+        relay.wake()
 
     def _on_notification(self, payload: str) -> None:
         try:
@@ -321,8 +322,7 @@ class Cluster:
                     self.keeper.notify(space_id, arg)
             elif kind == "x":
                 if space_id in self._cursors:
-                    targets = list(relay._subscribers.get(space_id, ()))
-                    relay._outbox.append((targets, arg))
+                    relay.push_space_text(arg, space_id)
             elif kind == "p":
                 sign, user = arg.split(" ", 1)
                 self._remote_presence(space_id, user, origin, sign == "+")
@@ -330,7 +330,7 @@ class Cluster:
                 self._relay_gone(arg)
         except (psycopg.Error, ServerError) as exc:
             log.warning("could not act on a notification %.80r: %s", payload, exc)
-        relay._schedule_flush()
+        relay.wake()
 
     # ------------------------------------------------------------------ messages
 
@@ -498,16 +498,13 @@ class Cluster:
         )
         if granted < 1:
             wait = (1.0 - tokens) / rate if rate > 0 else math.inf
-            raise RateLimitedError(
-                f"rate limit: at most {rate:g} messages per second per user "
-                f"(bursts of {limits.message_burst}); try again in {wait:.2f} s"
-            )
+            raise rate_limited(rate, limits.message_burst, wait)
         if len(self._leases) > 10_000:
             self._leases.clear()  # (gives back nothing: the service grants a little less)
         self._leases[username] = int(granted) - 1
 
     def charge(self, username: str, size: int, count: int) -> None:
-        """:meth:`Relay.charge_message` on the usage all relays share, in one statement."""
+        """:meth:`RelayCore.charge_message` on the usage all relays share, in one statement."""
         limits = self.relay.limits
         params = {
             "user": username, "size": size, "count": count,
@@ -522,17 +519,15 @@ class Cluster:
         ((messages, stored),) = self._execute(
             "SELECT messages, bytes FROM spacenb_live.usage WHERE username = %s", (username,)
         )
-        most = limits.max_messages_per_user
-        if count > 0 and most is not None and messages + count > most:
-            raise QuotaExceededError(
-                f"{username!r} stores {messages} messages, the most a user may "
-                f"(max_messages_per_user = {limits.max_messages_per_user}): delete some"
-            )
-        raise QuotaExceededError(
-            f"{username!r} stores {stored} bytes of messages; this one would take it past "
-            f"the quota (max_message_bytes_per_user = {limits.max_message_bytes_per_user}): "
-            "delete some, or send files"
+        refusal = quota_refusal(
+            username,
+            (messages, stored),
+            count=count,
+            size=0,  # the statement refused the bytes unless it refused the count
+            most_messages=limits.max_messages_per_user,
+            most_bytes=limits.max_message_bytes_per_user,
         )
+        raise refusal or bytes_quota_refusal(username, stored, limits.max_message_bytes_per_user)
 
     # ------------------------------------------------------------------ the keeper lock
 
@@ -549,7 +544,7 @@ class Cluster:
             log.info("relay %s stopped heartbeating: its presence is removed", relay_id)
             self._relay_gone(relay_id)
         if rows:
-            self.relay._schedule_flush()
+            self.relay.wake()
 
     async def _hold_keeper_lock(self) -> None:
         """Hold :data:`KEEPER_LOCK` (and run the keeper) or try again every ``retry``

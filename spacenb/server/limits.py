@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import UsageError
+from ..protocol.relayrules import TokenBucket
 
 __all__ = ["Limits", "TokenBucket", "raise_open_file_limit"]
 
@@ -89,31 +90,6 @@ class Limits:
             except ValueError:
                 raise UsageError(f"not a number: {text!r}", field=name) from None
         return self.replace(**{name: value})
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; one per request."""
-
-    __slots__ = ("burst", "rate", "stamp", "tokens")
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1)
-        self.tokens = float(self.burst)
-        self.stamp = now
-
-    def take(self, now: float) -> float:
-        """Take a token: 0.0 if there was one, else the seconds until there is."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
-
-    def full(self, now: float) -> bool:
-        """Whether it is as good as new (so it can be forgotten)."""
-        return self.tokens + (now - self.stamp) * self.rate >= self.burst
 
 
 def raise_open_file_limit(wanted: int | None) -> int:

@@ -18,6 +18,7 @@ from typing import Any, cast
 from ..exceptions import ChannelExistsError, StaleStateError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
+from ..protocol.relayrules import next_handle
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
 from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage, unsupported_schema
@@ -407,8 +408,7 @@ class SQLiteStorage(Storage):
         return last
 
     def add_message(self, envelope: Envelope, now_us: int) -> int:
-        last = self._newest_handle(envelope.target)
-        handle = now_us if now_us > last else last + 1
+        handle = next_handle(now_us, self._newest_handle(envelope.target))
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
         self._db.execute(

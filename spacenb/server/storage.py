@@ -9,8 +9,12 @@ stored here can open a message or a group key: bodies are sealed envelopes and k
 ECIES blobs (PROTOCOL.md, "Server operation").
 
 Storage holds no protocol rules: what may be appended to a log is decided by
-:class:`~spacenb.protocol.statelog.SpaceState` before anything is written, and members,
-roles, epochs, invitations and links are derived from the stored log, never kept beside it.
+:class:`~spacenb.protocol.statelog.SpaceState` and the relay core
+(:mod:`spacenb.server.core`, :mod:`spacenb.protocol.relayrules`) before anything is
+written, and members, roles, epochs, invitations, links and their uses are derived from
+the stored log, never kept beside it. A write is conditional only as it is told: an event
+is appended at the seq it names or not at all (:class:`StaleStateError`), which is what
+makes an invite link's uses atomic across relays.
 
 Methods are synchronous: SQLite answers in microseconds, so the relay calls them on its
 event-loop thread, from one connection.
@@ -183,8 +187,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def add_message(self, envelope: Envelope, now_us: int) -> int:
         """Add a message to the open message batch (opening one) and return its handle:
-        ``now_us``, or one more than the space's newest handle ever if that is not larger
-        (so handles strictly increase).
+        :func:`~spacenb.protocol.relayrules.next_handle` of ``now_us`` (the time the core
+        passes) and the space's newest handle ever, decided inside this one write so that
+        handles strictly increase even with several relays on one database.
 
         This is the one write that is not committed on return: consecutive messages share
         one commit (group commit), made by :meth:`commit` or by the next other write. The

@@ -7,8 +7,10 @@ task behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from spacenb.protocol import frames
 from spacenb.protocol.envelope import MAX_SEALED_BYTES
 from spacenb.protocol.filecodec import FileEncoder
 from spacenb.server import Limits, start_server
-from spacenb.server.handlers import HANDLERS
+from spacenb.server.handlers import REQUEST_TABLE, Route, with_handler
 from spacenb.server.shards import ShardStore
 from tests.faults import drop_connection
 from tests.server.crowd import add_members
@@ -41,6 +43,30 @@ from .conftest import Inbox, wait_until
 from .mitm import MitmRelay
 
 QUARTER_MB = "q" * 250_000
+
+
+@contextlib.asynccontextmanager
+async def relay_on(
+    tmp_path: Path, table: Mapping[str, Route]
+) -> AsyncIterator[Callable[[str], Awaitable[aio.AsyncClient]]]:
+    """A relay whose request table is ``table`` (a handler replaced to misbehave or to
+    watch), and ``connect(username)`` for it; both closed on exit."""
+    server = await start_server(tmp_path / "relay", shards=0, table=table)
+    clients: list[aio.AsyncClient] = []
+
+    async def connect(username: str) -> aio.AsyncClient:
+        client = await aio.connect(
+            server.url, app_key=server.app_key, username=username, keystore=":memory:"
+        )
+        clients.append(client)
+        return client
+
+    try:
+        yield connect
+    finally:
+        for client in clients:
+            await client.close()
+        await server.stop()
 
 
 async def all_history(space: aio.AsyncSpace) -> list[Any]:
@@ -103,36 +129,37 @@ async def test_oversized_content_is_refused_before_sending(connect: Any) -> None
     assert [m.message.body for m in (await room.history()).messages] == ["small"]
 
 
-async def test_catch_up_asks_for_smaller_pages_when_refused(
-    connect: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_catch_up_asks_for_smaller_pages_when_refused(tmp_path: Path) -> None:
     """A relay that refuses big pages (``too_large``): the catch-up halves its page until
     it is taken, delivers what was missed once, and does not reconnect again."""
-    alice, bob = await connect("alice"), await connect("bob")
-    room = await alice.space.create_channel("room")
-    bobs = await bob.space.join_channel("room")
-    inbox = Inbox()
-    room.on_message(inbox)
     asked: list[int] = []
-    history = HANDLERS["history"]
+    picky_now: list[bool] = []  # refuse big pages from the drop on
+    history = REQUEST_TABLE["history"].handler
 
-    def picky(relay: Any, session: Any, request: frames.HistoryRequest) -> Any:
-        asked.append(request.limit)
-        if request.limit > 10:
-            raise LimitExceededError("pages of at most 10 messages here")
-        return history(relay, session, request)
+    def picky(core: Any, session: Any, request: frames.HistoryRequest) -> Any:
+        if picky_now:
+            asked.append(request.limit)
+            if request.limit > 10:
+                raise LimitExceededError("pages of at most 10 messages here")
+        return history(core, session, request)
 
-    await bobs.send_message(0)
-    await inbox.wait(1)
-    monkeypatch.setitem(HANDLERS, "history", picky)
-    await drop_connection(alice.connection)
-    for i in range(1, 30):
-        await bobs.send_message(i)
-    await inbox.wait(30)
-    await asyncio.sleep(0.3)
-    assert [m.message.body for m in inbox.items] == list(range(30))
-    assert alice.connection.reconnects == 1
-    assert asked[:7] == [1000, 500, 250, 125, 62, 31, 15] and set(asked[7:]) == {7}
+    async with relay_on(tmp_path, with_handler("history", picky)) as connect:
+        alice, bob = await connect("alice"), await connect("bob")
+        room = await alice.space.create_channel("room")
+        bobs = await bob.space.join_channel("room")
+        inbox = Inbox()
+        room.on_message(inbox)
+        await bobs.send_message(0)
+        await inbox.wait(1)
+        picky_now.append(True)
+        await drop_connection(alice.connection)
+        for i in range(1, 30):
+            await bobs.send_message(i)
+        await inbox.wait(30)
+        await asyncio.sleep(0.3)
+        assert [m.message.body for m in inbox.items] == list(range(30))
+        assert alice.connection.reconnects == 1
+        assert asked[:7] == [1000, 500, 250, 125, 62, 31, 15] and set(asked[7:]) == {7}
 
 
 async def test_catch_up_asks_for_smaller_pages_after_an_oversized_frame(
@@ -219,7 +246,7 @@ async def test_shares_come_only_from_the_relays_stores(
     """A manifest naming a store the relay does not run: readers never dial it (and read
     from the others) unless they were told to trust it."""
     dialed: list[str] = []
-    foreign = ShardStore(tmp_path / "foreign", server.relay.relay_keys.signing_key)
+    foreign = ShardStore(tmp_path / "foreign", server.relay.core.relay_keys.signing_key)
     handle = foreign._handle
 
     async def counting(ws: Any) -> None:
@@ -280,7 +307,7 @@ async def test_rate_and_quota_errors_reach_the_caller(tmp_path: Path) -> None:
         with pytest.raises(RateLimitedError, match="try again in"):
             await room.send_message("fourth")
         bobs = await bob.space.join_channel("room")
-        server.relay._buckets.clear()  # a fresh bucket, the same quota
+        server.relay.core._buckets.clear()  # a fresh bucket, the same quota
         await room.send_message(3)
         with pytest.raises(QuotaExceededError, match="max_messages_per_user = 4"):
             await room.send_message(4)
@@ -292,31 +319,33 @@ async def test_rate_and_quota_errors_reach_the_caller(tmp_path: Path) -> None:
 
 
 async def test_rotation_keys_go_in_frames_that_fit(
-    server: Any, connect: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rotation's wrapped keys that do not fit in its ``append`` follow by ``add_keys``
     (pages made small here, as with thousands of members): every member gets the key."""
     added: list[int] = []
-    add_keys = HANDLERS["add_keys"]
+    add_keys = REQUEST_TABLE["add_keys"].handler
 
-    def spy(relay: Any, session: Any, request: frames.AddKeys) -> Any:
+    def spy(core: Any, session: Any, request: frames.AddKeys) -> Any:
         added.append(len(request.keys))
-        return add_keys(relay, session, request)
+        return add_keys(core, session, request)
 
-    monkeypatch.setitem(HANDLERS, "add_keys", spy)
-    alice = await connect("alice")
-    room = await alice.space.create_channel("room", history_policy="rotate")
-    others = [await connect(f"user{i}") for i in range(8)]
-    spaces = [await c.space.join_channel("room") for c in others]
-    monkeypatch.setattr(frames, "PAGE_BYTES", 2500)  # about five keys a frame
-    epoch = await room.rotate()
-    assert len(added) >= 1 and sum(added) <= 8
-    await wait_until(lambda: all(s.keyring is not None and s.keyring.has(epoch) for s in spaces))
-    inbox = Inbox()
-    spaces[-1].on_message(inbox)
-    await room.send_message("after the rotation")
-    (message,) = await inbox.wait(1)
-    assert message.epoch == epoch
+    async with relay_on(tmp_path, with_handler("add_keys", spy)) as connect:
+        alice = await connect("alice")
+        room = await alice.space.create_channel("room", history_policy="rotate")
+        others = [await connect(f"user{i}") for i in range(8)]
+        spaces = [await c.space.join_channel("room") for c in others]
+        monkeypatch.setattr(frames, "PAGE_BYTES", 2500)  # about five keys a frame
+        epoch = await room.rotate()
+        assert len(added) >= 1 and sum(added) <= 8
+        await wait_until(
+            lambda: all(s.keyring is not None and s.keyring.has(epoch) for s in spaces)
+        )
+        inbox = Inbox()
+        spaces[-1].on_message(inbox)
+        await room.send_message("after the rotation")
+        (message,) = await inbox.wait(1)
+        assert message.epoch == epoch
 
 
 async def test_a_space_of_six_thousand_members(server: Any, connect: Any) -> None:

@@ -1,4 +1,6 @@
 """The protocol core is sans-I/O: importing it never pulls in asyncio, sockets or websockets.
+The relay core (:mod:`spacenb.server.core`, its request table and handlers, the storage
+interface) is transport-free: it reaches storage, but never asyncio or websockets.
 
 Checked in a fresh interpreter, comparing ``sys.modules`` before and after the imports. The
 ``spacenb`` package itself is stubbed there (its ``__path__`` set, its ``__init__`` not
@@ -27,6 +29,16 @@ CORE_MODULES = [
     "spacenb.privatefile",
 ]
 FORBIDDEN = ("asyncio", "websockets", "socket", "selectors", "ssl")
+# The relay core over abstract storage: no transport, and nothing of the serving layer.
+RELAY_CORE_MODULES = [
+    "spacenb.server.core",
+    "spacenb.server.handlers",
+    "spacenb.server.storage",
+    "spacenb.server.limits",
+]
+RELAY_ADAPTERS = ("spacenb.server.relay", "spacenb.server.app", "spacenb.server.cluster",
+                  "spacenb.server.connections", "spacenb.server.postgres",
+                  "spacenb.server.sqlite")  # fmt: skip
 OTHER_LAYERS = ("spacenb.server", "spacenb.aio", "spacenb.sync", "spacenb.widgets")
 
 PROBE = """
@@ -34,6 +46,9 @@ import importlib, json, sys, types
 package = types.ModuleType("spacenb")
 package.__path__ = [sys.argv[1]]
 sys.modules["spacenb"] = package
+server = types.ModuleType("spacenb.server")  # its __init__ starts servers: not run
+server.__path__ = [sys.argv[1] + "/server"]
+sys.modules["spacenb.server"] = server
 before = set(sys.modules)
 for name in json.loads(sys.argv[2]):
     importlib.import_module(name)
@@ -41,9 +56,9 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
-def imported_by_core() -> list[str]:
+def imported_by_core(modules: list[str] = CORE_MODULES) -> list[str]:
     result = subprocess.run(
-        [sys.executable, "-I", "-c", PROBE, str(PACKAGE_DIR), json.dumps(CORE_MODULES)],
+        [sys.executable, "-I", "-c", PROBE, str(PACKAGE_DIR), json.dumps(modules)],
         capture_output=True,
         text=True,
         check=True,
@@ -54,7 +69,9 @@ def imported_by_core() -> list[str]:
 
 
 def test_core_module_list_is_complete() -> None:
-    for expected in ("crypto", "encoding", "envelope", "frames", "keyring", "keys", "wrap"):
+    for expected in (
+        "crypto", "encoding", "envelope", "frames", "keyring", "keys", "relayrules", "wrap",
+    ):  # fmt: skip
         assert f"spacenb.protocol.{expected}" in CORE_MODULES
 
 
@@ -64,4 +81,15 @@ def test_core_imports_no_io_layer() -> None:
     offending = [name for name in new if name.split(".")[0] in FORBIDDEN]
     assert offending == []
     reaching_up = [name for name in new if name.startswith(OTHER_LAYERS)]
+    assert reaching_up == []
+
+
+def test_relay_core_imports_no_transport() -> None:
+    new = imported_by_core(RELAY_CORE_MODULES)
+    assert set(RELAY_CORE_MODULES) <= set(new)
+    offending = [name for name in new if name.split(".")[0] in FORBIDDEN]
+    assert offending == []
+    serving = [name for name in new if name.startswith(RELAY_ADAPTERS)]
+    assert serving == []
+    reaching_up = [name for name in new if name.startswith(OTHER_LAYERS[1:])]
     assert reaching_up == []

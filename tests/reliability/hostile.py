@@ -216,7 +216,7 @@ async def non_reader(
     await client.call(frames.Subscribe, space_id=space_id)
     client.ws.transport.pause_reading()
     for i in range(requests):
-        request = frames.History(id=10_000 + i, space_id=space_id, before=None, limit=1000)
+        request = frames.HistoryRequest(id=10_000 + i, space_id=space_id, before=None, limit=1000)
         await client.send_text(request.to_json())
     return client
 

@@ -184,7 +184,7 @@ class Matrix:
         await client.call(frames.SendEphemeral, envelope=client.seal(ring, True, kind="eph"))
 
     async def history(self, client: RawClient, actor: str, room: Room) -> None:
-        await client.call(frames.History, space_id=room.id, before=None, limit=10)
+        await client.call(frames.HistoryRequest, space_id=room.id, before=None, limit=10)
 
     async def subscribe(self, client: RawClient, actor: str, room: Room) -> None:
         await client.call(frames.Subscribe, space_id=room.id)
@@ -426,9 +426,9 @@ async def test_a_removed_member_is_an_outsider_at_once(
         (frames.Send, {"envelope": bob.seal(bobs_ring, "still here?")}, "forbidden"),
         (frames.SendEphemeral, {"envelope": bob.seal(bobs_ring, 1, kind="eph")}, "forbidden"),
         (frames.Edit, {"handle": bobs_handle, "envelope": bob.seal(bobs_ring, "v2")}, "forbidden"),
-        (frames.History, {"space_id": space_id, "before": None, "limit": 10}, "forbidden"),
+        (frames.HistoryRequest, {"space_id": space_id, "before": None, "limit": 10}, "forbidden"),
         (frames.Subscribe, {"space_id": space_id}, "forbidden"),
-        (frames.Unsubscribe, {"space_id": space_id}, "forbidden"),
+        (frames.UnsubscribeRequest, {"space_id": space_id}, "forbidden"),
         (frames.FetchKeys, {"space_id": space_id}, "forbidden"),
         (frames.ShardTicket, {"space_id": space_id}, "forbidden"),
         (frames.GetSpaceInfo, {"space_id": space_id}, "not_found"),

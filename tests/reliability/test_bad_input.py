@@ -176,11 +176,11 @@ def request_bases(
         frames.FetchKeys(rid, space_id),
         frames.AddKeys(rid, space_id, (me.wrap(ring, 0, owner),)),
         frames.Subscribe(rid, space_id),
-        frames.Unsubscribe(rid, space_id),
+        frames.UnsubscribeRequest(rid, space_id),
         frames.Send(rid, me.seal(ring, "fuzz")),
         frames.Edit(rid, handle, me.seal(ring, "fuzz edit")),
         frames.SendEphemeral(rid, me.seal(ring, "fuzz signal", kind="eph")),
-        frames.History(rid, space_id, None, 10),
+        frames.HistoryRequest(rid, space_id, None, 10),
         frames.UserKeys(rid, (owner.username, me.me)),
         frames.ShardTicket(rid, space_id),
     ]

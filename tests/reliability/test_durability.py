@@ -18,6 +18,7 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import ConnectionLostError, SpacenbTimeoutError
+from tests.faults import drop_connection
 
 from .conftest import Connect, Figures, StartRelay
 from .helpers import Inbox, all_history, sign_in, wait_until
@@ -163,7 +164,7 @@ async def test_a_drop_during_catch_up_loses_nothing(
         return frame
 
     proxy.rewrite = rewrite
-    await bob.connection.drop()
+    await drop_connection(bob.connection)
     await wait_until(lambda: bool(held))
     for n in range(1, 6):
         await general.send_message(n)  # stored while bob is away
@@ -186,7 +187,7 @@ async def test_a_catch_up_refused_for_good_is_not_retried(
     general = await alice.space.create_channel("general")
     await bob.space.join_channel("general")
     caplog.set_level(logging.INFO, logger="spacenb")
-    await bob.connection.drop()
+    await drop_connection(bob.connection)
     await alice.space.remove_member(general.id, "bob")
     await wait_until(lambda: bob.connection.reconnects == 1 and bob.connection.is_open)
     await asyncio.sleep(2.5)  # a retry would come after 1 s

@@ -49,7 +49,7 @@ from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.manifest import share_name
 from spacenb.protocol.wrap import unwrap_group_key
 from spacenb.server.app import KEEPER_KEY_FILE, RunningServer, load_or_create_identity
-from spacenb.server.handlers import HANDLERS
+from spacenb.server.handlers import REQUEST_TABLE, with_handler
 from spacenb.server.sqlite import SQLiteStorage
 from tests.server.rawclient import user
 
@@ -212,7 +212,7 @@ async def test_removal_is_a_ban_in_every_space(
 
 
 async def test_keys_come_from_the_log_not_from_the_relay(
-    relay: RunningServer, connect: Connect, mitm: Any, monkeypatch: Any, figures: Figures
+    start_relay: StartRelay, connect: Connect, mitm: Any, figures: Figures
 ) -> None:
     """A member's keys are those of its own signed ``add`` event (or genesis), pinned on
     first sight; the relay's ``user_keys`` answers and ``join_request`` events are not
@@ -222,6 +222,16 @@ async def test_keys_come_from_the_log_not_from_the_relay(
     false key gets the group key wrapped to bob's real key only, and one for a user the
     log does not have gets nothing. (Version 1 trusted the relay's directory: a member
     wrapped the group key to whatever key a join request carried.)"""
+    admitted: list[frames.Admit] = []
+    spying: list[bool] = []  # the admits from the forged join requests on, not bob's own
+    admit = REQUEST_TABLE["admit"].handler
+
+    def spy(core: Any, session: Any, request: frames.Admit) -> Any:
+        if spying:
+            admitted.append(request)
+        return admit(core, session, request)
+
+    relay = await start_relay(table=with_handler("admit", spy))
     proxy = await mitm(relay.url)
     alice = await connect(relay, "alice", url=proxy.url)
     bob = await connect(relay, "bob")
@@ -255,14 +265,7 @@ async def test_keys_come_from_the_log_not_from_the_relay(
     (refused,) = await rejected.wait(1)
     assert refused.sender == "bob"
 
-    admitted: list[frames.Admit] = []
-    admit = HANDLERS["admit"]
-
-    def spy(relay_: Any, session: Any, request: frames.Admit) -> Any:
-        admitted.append(request)
-        return admit(relay_, session, request)
-
-    monkeypatch.setitem(HANDLERS, "admit", spy)
+    spying.append(True)
     for name in ("eve", "bob"):
         request = frames.JoinRequested(
             space.id, name, impostor.signing_key, impostor.ecdh_key, "viewer"

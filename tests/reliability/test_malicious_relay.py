@@ -765,7 +765,7 @@ async def test_a_false_signing_key_does_not_let_the_relay_speak_for_bob(
         return frames.HistoryPage((*page.items, frames.StoredMessage(last + 2,
                                    history_forgery)), page.next_cursor)  # fmt: skip
 
-    evil.rewrite_result(frames.History, add, user="carol")
+    evil.rewrite_result(frames.HistoryRequest, add, user="carol")
     page = await c.history()
     assert page.unreadable == 1 and [m.message.body for m in page.messages] == []
 
@@ -852,7 +852,7 @@ async def test_an_old_message_replayed_after_a_restart_is_refused(
     def alone(conn: Any, req: Any, page: frames.HistoryPage) -> frames.HistoryPage:
         return frames.HistoryPage((frames.StoredMessage(replay_at, original.envelope),), h2)
 
-    evil.rewrite_result(frames.History, alone, user="carol")
+    evil.rewrite_result(frames.HistoryRequest, alone, user="carol")
     only = await c.history(limit=1)  # a page holding just the replayed copy
     assert only.messages == () and only.unreadable == 1
     assert len([r for r in c_rej.items if r.handle == replay_at]) == 2
@@ -865,7 +865,7 @@ async def test_an_old_message_replayed_after_a_restart_is_refused(
             (*page.items, frames.StoredMessage(replay_at, original.envelope)), page.next_cursor
         )
 
-    evil.rewrite_result(frames.History, replay)
+    evil.rewrite_result(frames.HistoryRequest, replay)
     page = await c.history()
     assert [(m.handle, m.message.body) for m in page.messages] == [(h1, "first"), (h2, "second")]
     assert page.unreadable == 1
@@ -895,12 +895,12 @@ def _pretend_bob_is_back(
     his keys: the ones it still stores for him); returns those keys."""
     state = server.relay.state(space_id)
     assert state is not None
-    info = server.relay.space_info(state)
+    info = server.relay.core.space_info(state)
     keys = tuple(server.relay.storage.keys_for(space_id, "bob"))
     evil.agree(frames.Join, frames.JoinResult(info, "viewer", keys, False), user="bob")
     evil.agree(frames.Subscribe, frames.SubscribeResult((), info.epoch, info.head_seq), user="bob")
     evil.agree(frames.FetchKeys, frames.KeysResult(keys), user="bob")
-    evil.agree(frames.History, frames.HistoryPage((), None), user="bob")
+    evil.agree(frames.HistoryRequest, frames.HistoryPage((), None), user="bob")
     evil.agree(frames.GetSpaceInfo, info, user="bob")
     return keys
 

@@ -121,7 +121,7 @@ class ShardWorld:
         server = await start_server(root / "relay", shards=1, shards_needed=1)
         client = await sign_in(server.url, server.app_key, "alice")
         space = await client.space.create_channel("files")
-        relay_key = server.relay.relay_keys.signing_key
+        relay_key = server.relay.core.relay_keys.signing_key
         stores = [ShardStore(root / f"store{j}", relay_key) for j in range(N)]
         proxies = []
         for store in stores:

@@ -48,7 +48,7 @@ def add_members(server: RunningServer, space_id: str, count: int, *, signed: boo
                      event.signature))  # fmt: skip
     db = _db(server)
     db.executemany("INSERT INTO state_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    relay._states.pop(space_id, None)  # replayed from storage on next use
+    relay.core._states.pop(space_id, None)  # replayed from storage on next use
 
 
 def add_channels(server: RunningServer, count: int, *, prefix: str = "channel") -> None:

@@ -665,7 +665,7 @@ async def test_keys_and_subscriptions_need_membership(tmp_path):
         alice = await user(srv, "alice")
         info, _ = await alice.create_space(name="team")
         bob = await user(srv, "bob")
-        for cls in (frames.FetchKeys, frames.Subscribe, frames.Unsubscribe):
+        for cls in (frames.FetchKeys, frames.Subscribe, frames.UnsubscribeRequest):
             with pytest.raises(PermissionDeniedError, match="not a member"):
                 await bob.call(cls, space_id=info.space_id)
         with pytest.raises(PermissionDeniedError, match="not a member"):

@@ -58,10 +58,11 @@ async def test_four_large_messages_make_no_page_too_large(tmp_path):
         seen, before, sizes = [], None, []
         while True:
             size, obj = await raw_answer(
-                alice, frames.History(id=1, space_id=info.space_id, before=before, limit=1000)
+                alice,
+                frames.HistoryRequest(id=1, space_id=info.space_id, before=before, limit=1000),
             )
             sizes.append(size)
-            page = frames.parse_result(frames.History, obj["result"])
+            page = frames.parse_result(frames.HistoryRequest, obj["result"])
             seen[:0] = [item.handle for item in page.items]
             if page.next_cursor is None:
                 break
@@ -69,7 +70,7 @@ async def test_four_large_messages_make_no_page_too_large(tmp_path):
         assert seen == [*sent, small]
         assert max(sizes) <= frames.MAX_FRAME_BYTES and len(sizes) == 3, sizes  # 2 big a page
         # a count limit still applies below the byte limit
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=1)
+        page = await alice.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=1)
         assert [i.handle for i in page.items] == [small] and page.next_cursor == small
 
 
@@ -119,7 +120,7 @@ async def test_state_log_pages_are_cut_by_bytes(tmp_path):
             (e.space_id, e.seq, e.prev, e.kind, e.actor, e.at_us, e.body, e.signature)
             for e in events
         ])  # fmt: skip
-        srv.relay._states.pop(sid)
+        srv.relay.core._states.pop(sid)  # the core reads the log afresh
         size, obj = await raw_answer(
             alice, frames.GetStateLog(id=1, space_id=sid, since=2501, limit=1000)
         )
@@ -229,7 +230,7 @@ async def test_a_slow_reader_is_dropped_by_the_write_that_overfills_it(tmp_path)
         await alice.call(frames.Subscribe, space_id=info.space_id)
         bob.ws.transport.pause_reading()
         relay = srv.relay
-        connections = [s.connection for s in relay._by_user["bob"]]
+        connections = [s.connection for s in relay.core._by_user["bob"]]
         for _ in range(400):
             await alice.send(ring, BIG)
             await alice.event("message")
@@ -279,7 +280,7 @@ async def test_a_users_stored_messages_are_capped(tmp_path):
         assert await bob.send(bobs_ring, "bob has room") > 0
         await alice.delete(sid, handles[0])
         kept = await alice.send(ring, "room again")
-        page = await alice.call(frames.History, space_id=sid, before=None, limit=10)
+        page = await alice.call(frames.HistoryRequest, space_id=sid, before=None, limit=10)
         assert [m.handle for m in page.items][-1] == kept
     async with running(data, limits=limits) as srv:
         alice = await user(srv, "alice", identity=alice.identity)
@@ -353,7 +354,7 @@ async def test_the_relay_never_sends_a_frame_over_the_limit(tmp_path, monkeypatc
         for _ in range(5):
             await alice.send(ring, BIG)
         size, obj = await raw_answer(
-            alice, frames.History(id=1, space_id=info.space_id, before=None, limit=10)
+            alice, frames.HistoryRequest(id=1, space_id=info.space_id, before=None, limit=10)
         )
         assert obj["t"] == "err" and obj["code"] == "too_large" and size < 1000
         assert "MAX_FRAME_BYTES" in obj["message"]

@@ -59,7 +59,7 @@ async def test_send_is_stored_then_pushed_to_every_subscriber(tmp_path):
             message = opened(alice, ring, pushed.envelope)
             assert message.body == {"text": "hi"}
             assert (message.sid, message.rev) == (alice.sid, 0)
-        page = await bob.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=10)
         assert [(m.handle, m.envelope) for m in page.items] == [(handle, envelope)]
         assert page.next_cursor is None
 
@@ -71,7 +71,9 @@ async def test_envelopes_bound_to_an_older_head_still_count(tmp_path):
         await alice.invite(sid, "carol")  # the log moves on; bob did not look
         assert bob.logs[sid].head_seq == 1
         handle = await bob.send(ring, "from an older head")
-        (stored,) = (await alice.call(frames.History, space_id=sid, before=None, limit=5)).items
+        (stored,) = (
+            await alice.call(frames.HistoryRequest, space_id=sid, before=None, limit=5)
+        ).items
         assert (stored.handle, stored.envelope.head_seq) == (handle, 1)
         # even the genesis is a head a member may be bound to
         genesis = alice.logs[sid].hash_at(0)
@@ -104,7 +106,7 @@ async def test_envelope_bound_to_a_head_the_relay_does_not_have(tmp_path):
         moved = dataclasses.replace(good, head_seq=0, head=state.hash_at(0))
         with pytest.raises(IntegrityError):
             await alice.call(frames.Send, envelope=moved)
-        page = await alice.call(frames.History, space_id=sid, before=None, limit=10)
+        page = await alice.call(frames.HistoryRequest, space_id=sid, before=None, limit=10)
         assert [m.handle for m in page.items] == [handle]
         await bob.event("message", handle=handle)
         await bob.no_event("message")
@@ -141,7 +143,9 @@ async def test_send_refusals(tmp_path):
         await carol.sync(info.space_id)
         with pytest.raises(PermissionDeniedError, match="not a member"):
             await carol.call(frames.Send, envelope=carol.seal(ring, "x", key=b"\2" * 32))
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=10
+        )
         assert page.items == ()
 
 
@@ -177,7 +181,9 @@ async def test_history_pages_walk_everything_once(tmp_path):
         seen: list[int] = []
         before = None
         while True:
-            page = await bob.call(frames.History, space_id=info.space_id, before=before, limit=5)
+            page = await bob.call(
+                frames.HistoryRequest, space_id=info.space_id, before=before, limit=5
+            )
             handles = [m.handle for m in page.items]
             assert handles == sorted(handles)
             seen = handles + seen
@@ -186,15 +192,15 @@ async def test_history_pages_walk_everything_once(tmp_path):
             assert page.next_cursor == handles[0]
             before = page.next_cursor
         assert seen == sent
-        exact = await bob.call(frames.History, space_id=info.space_id, before=None, limit=23)
+        exact = await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=23)
         assert len(exact.items) == 23 and exact.next_cursor is None
         with pytest.raises(LimitExceededError):
-            await bob.call(frames.History, space_id=info.space_id, before=None, limit=1001)
+            await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=1001)
         with pytest.raises(ProtocolError, match="limit"):
-            await bob.call(frames.History, space_id=info.space_id, before=None, limit=0)
+            await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=0)
         carol = await user(srv, "carol")
         with pytest.raises(PermissionDeniedError):
-            await carol.call(frames.History, space_id=info.space_id, before=None, limit=5)
+            await carol.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=5)
 
 
 async def test_edit_by_author_only(tmp_path):
@@ -216,7 +222,9 @@ async def test_edit_by_author_only(tmp_path):
         assert edited.handle == handle and edited.envelope == fixed
         message = opened(alice, ring, edited.envelope)
         assert (message.body, message.seq, message.rev) == ("fixed", original.seq, 1)
-        (stored,) = (await bob.call(frames.History, space_id=sid, before=None, limit=5)).items
+        (stored,) = (
+            await bob.call(frames.HistoryRequest, space_id=sid, before=None, limit=5)
+        ).items
         assert body_of(alice, ring, stored.envelope) == "fixed"
 
 
@@ -252,7 +260,7 @@ async def test_delete_by_author_or_owner_only(tmp_path):
             event = await alice.state_event("delete", handle=handle)
             assert event.fields()["author"] == author
         assert (await alice.sync(sid)).head_seq == head + 2
-        page = await bob.call(frames.History, space_id=sid, before=None, limit=5)
+        page = await bob.call(frames.HistoryRequest, space_id=sid, before=None, limit=5)
         assert [m.handle for m in page.items] == [mine]
         with pytest.raises(ProtocolError, match="already deleted"):
             await alice.delete(sid, bobs, author="bob")
@@ -276,7 +284,7 @@ async def test_ephemeral_reaches_others_and_is_never_stored(tmp_path):
             await alice.call(frames.SendEphemeral, envelope=alice.seal(ring, "x"))
         with pytest.raises(PermissionDeniedError, match="source"):
             await bob.call(frames.SendEphemeral, envelope=signal)
-        page = await bob.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=10)
         assert page.items == ()
 
 
@@ -301,7 +309,7 @@ async def test_presence_follows_subscriptions_and_disconnects(tmp_path):
         # a second connection of bob does not change who is online
         bob2 = await user(srv, "bob", identity=bob.identity)
         await bob2.call(frames.Subscribe, space_id=sid)
-        await bob.call(frames.Unsubscribe, space_id=sid)
+        await bob.call(frames.UnsubscribeRequest, space_id=sid)
         await alice.no_event("presence")
         await bob2.close()
         gone = await alice.event("presence")

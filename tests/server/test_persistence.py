@@ -41,7 +41,9 @@ async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key
         await bob.event("keys")
         handles = [await alice.send(ring, f"message {i}") for i in range(3)]
         await alice.delete(info.space_id, handles[-1])
-        page_before = await alice.call(frames.History, space_id=info.space_id, before=None, limit=9)
+        page_before = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=9
+        )
         logs_before = {
             s: (await alice.read_log(s)).events for s in (info.space_id, secret.space_id)
         }
@@ -56,7 +58,7 @@ async def test_restart_keeps_users_spaces_logs_messages_links_keeper_and_app_key
             await user(srv, "bob")
         assert (await alice.call(frames.Resolve, name="general")).space_id == info.space_id
         assert [c.name for c in (await alice.call(frames.ListChannels)).channels] == ["general"]
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=9)
+        page = await alice.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=9)
         assert page == page_before
         # the state logs are served as they were signed, and verify from genesis
         for space_id, events in logs_before.items():

@@ -14,7 +14,7 @@ from spacenb.exceptions import PermissionDeniedError, ServerError
 from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import StateEvent
-from spacenb.server.handlers import HANDLERS
+from spacenb.server.handlers import with_handler
 from tests.server.rawclient import RawClient, member, running, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
@@ -193,13 +193,12 @@ async def test_oversized_message_closes_only_that_connection(tmp_path):
         assert (await user(srv, "bob")).username == "bob"
 
 
-async def test_unexpected_failure_is_a_server_error(tmp_path, monkeypatch, caplog):
-    def boom(relay, session, request):
+async def test_unexpected_failure_is_a_server_error(tmp_path, caplog):
+    def boom(core, session, request):
         raise RuntimeError("disk on fire")
 
-    async with running(tmp_path) as srv:
+    async with running(tmp_path, table=with_handler("list_channels", boom)) as srv:
         alice = await user(srv, "alice")
-        monkeypatch.setitem(HANDLERS, "list_channels", boom)
         with pytest.raises(ServerError, match="internal error"):
             await alice.call(frames.ListChannels)
         assert "disk on fire" in caplog.text
@@ -256,7 +255,9 @@ async def test_pipelined_sends_share_commits_and_are_all_answered(tmp_path):
         assert handles == sorted(set(handles))
         pushed = [(await alice.event("message")).handle for _ in range(50)]
         assert pushed == handles
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=100)
+        page = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=100
+        )
         assert [m.handle for m in page.items] == handles
 
 
@@ -284,6 +285,8 @@ async def test_a_failed_commit_fails_its_sends_and_nothing_else(tmp_path, monkey
         assert [(a.id, a.code) for a in answers] == [(500 + i, "server_error") for i in range(3)]
         assert "disk I/O error" in caplog.text
         await alice.no_event("message")
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=10
+        )
         assert [m.handle for m in page.items] == [kept]
         assert await alice.send(ring, "works again") > kept

@@ -70,7 +70,9 @@ async def test_relays_on_one_database_share_the_secrets_the_first_sealed(tmp_pat
             for other in (second, third):
                 assert other.app_key == first.app_key
                 assert other.keeper.identity.to_text() == first.keeper.identity.to_text()
-                assert other.relay.relay_keys.to_text() == first.relay.relay_keys.to_text()
+                assert (
+                    other.relay.core.relay_keys.to_text() == first.relay.core.relay_keys.to_text()
+                )
                 assert other.service_key == first.service_key
             assert not (second_dir / SERVICE_KEY_FILE).exists()  # given, not written
             # one service: a user signed up through one relay signs in through another
@@ -100,7 +102,7 @@ async def test_no_secret_of_the_service_is_in_the_database_in_the_clear(
         await alice.create_space(name="general")
         await alice.close()
         needles = {"app key": srv.app_key.encode()}
-        for name, keys in (("keeper", srv.keeper.identity), ("relay", srv.relay.relay_keys)):
+        for name, keys in (("keeper", srv.keeper.identity), ("relay", srv.relay.core.relay_keys)):
             raw = keys.to_bytes()
             needles |= {
                 f"{name} key text": keys.to_text().encode(),

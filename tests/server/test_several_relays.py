@@ -93,16 +93,18 @@ async def test_two_relays_serve_one_set_of_users_spaces_keys_and_messages(tmp_pa
         await bob.close()
         bob, bobs_ring = await member(b, alice, info.space_id, "bob", identity=bob.identity)
         assert bobs_ring.key(0) == ring.key(0)
-        page = await bob.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await bob.call(frames.HistoryRequest, space_id=info.space_id, before=None, limit=10)
         assert [m.handle for m in page.items] == sent
         later = await bob.send(bobs_ring, "through B")
-        page = await alice.call(frames.History, space_id=info.space_id, before=None, limit=10)
+        page = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=10
+        )
         assert [m.handle for m in page.items] == [*sent, later] and later > sent[-1]
         # a shard ticket from B verifies with the relay key A holds: one service identity
         ticket = await bob.call(frames.ShardTicket, space_id=info.space_id)
         verify_ticket(
             ticket.ticket,
-            decode_public_key(a.relay.relay_keys.signing_key, "sig"),
+            decode_public_key(a.relay.core.relay_keys.signing_key, "sig"),
             space_id=info.space_id,
             now_us=ticket.expires_at_us - 1,
         )
@@ -166,7 +168,7 @@ async def test_handles_strictly_increase_across_relay_processes(tmp_path, postgr
             assert len(set(everything)) == 2 * count
             for reader in (alice, bob):
                 page = await reader.call(
-                    frames.History, space_id=info.space_id, before=None, limit=1000
+                    frames.HistoryRequest, space_id=info.space_id, before=None, limit=1000
                 )
                 assert [m.handle for m in page.items] == everything
                 await reader.close()

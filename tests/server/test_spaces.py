@@ -23,7 +23,7 @@ from spacenb.protocol.keyring import Keyring
 from spacenb.protocol.keys import IdentityKeys, SpaceKeyPair, decode_public_key
 from spacenb.protocol.statelog import SpaceState, make_event
 from spacenb.protocol.tickets import verify_ticket
-from spacenb.server.handlers import HANDLERS
+from spacenb.server.handlers import REQUEST_TABLE
 from tests.server.rawclient import running, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
@@ -312,7 +312,7 @@ async def test_shard_ticket_signed_by_the_relay(tmp_path):
         assert result.stores == srv.shard_urls and result.shards_needed == 2
         ticket = verify_ticket(
             result.ticket,
-            decode_public_key(srv.relay.relay_keys.signing_key, "sig"),
+            decode_public_key(srv.relay.core.relay_keys.signing_key, "sig"),
             space_id=info.space_id,
             now_us=result.expires_at_us - 1,
         )
@@ -321,7 +321,7 @@ async def test_shard_ticket_signed_by_the_relay(tmp_path):
 
 
 def test_every_request_in_the_protocol_has_a_handler():
-    assert set(HANDLERS) == set(frames.REQUESTS)
+    assert set(REQUEST_TABLE) == set(frames.REQUESTS)
     for removed in ("rotate", "delete", "set_role", "invite", "remove_member", "leave",
                     "create_link", "list_links", "revoke_link", "members", "roster"):  # fmt: skip
         assert removed not in frames.REQUESTS
@@ -340,12 +340,12 @@ async def test_member_only_requests_refuse_outsiders(tmp_path):
             (frames.SendEphemeral, {"envelope": signal}),
             (frames.Send, {"envelope": zed.seal(ring, "hi")}),
             (frames.Edit, {"handle": handle, "envelope": zed.seal(ring, "hi")}),
-            (frames.History, {"space_id": sid, "before": None, "limit": 5}),
+            (frames.HistoryRequest, {"space_id": sid, "before": None, "limit": 5}),
             (frames.ShardTicket, {"space_id": sid}),
             (frames.Admit, {"space_id": sid, "member": "zed", "keys": ()}),
             (frames.FetchKeys, {"space_id": sid}),
             (frames.Subscribe, {"space_id": sid}),
-            (frames.Unsubscribe, {"space_id": sid}),
+            (frames.UnsubscribeRequest, {"space_id": sid}),
             (frames.Join, {"space_id": sid, "event": None}),
         ]
         for cls, fields in refused:

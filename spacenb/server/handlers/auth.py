@@ -8,14 +8,13 @@ from typing import TYPE_CHECKING
 from ...exceptions import AuthenticationError, IntegrityError, ProtocolError
 from ...protocol import crypto, frames
 from ...protocol.keys import decode_public_key
-from .base import check_username, handles
+from ...protocol.statelog import check_username
 
 if TYPE_CHECKING:
-    from ..relay import Relay, Session
+    from ..core import RelayCore, Session
 
 
-@handles(frames.Auth)
-def auth(relay: Relay, session: Session, req: frames.Auth) -> frames.AuthResult:
+def auth(core: RelayCore, session: Session, req: frames.Auth) -> frames.AuthResult:
     """Sign up (first use of a username binds it to these keys) or sign in.
 
     A wrong app key also closes the connection. Raises :class:`AuthenticationError` for a
@@ -25,11 +24,11 @@ def auth(relay: Relay, session: Session, req: frames.Auth) -> frames.AuthResult:
     """
     if session.username is not None:
         raise ProtocolError("this connection is already authenticated", field="op")
-    if not hmac.compare_digest(req.app_key.encode(), relay.app_key.encode()):
+    if not hmac.compare_digest(req.app_key.encode(), core.app_key.encode()):
         session.closing = True
         raise AuthenticationError("wrong app key")
     check_username(req.username)
-    if req.username == relay.keeper:
+    if req.username == core.keeper:
         raise AuthenticationError(f"the username {req.username!r} is reserved for the keeper")
     signer = decode_public_key(req.signing_key, "sig", field="signing_key")
     decode_public_key(req.ecdh_key, "dh", field="ecdh_key")
@@ -40,16 +39,15 @@ def auth(relay: Relay, session: Session, req: frames.Auth) -> frames.AuthResult:
         crypto.verify(signer, req.signature, signed)
     except IntegrityError:
         raise AuthenticationError("the auth signature does not verify") from None
-    relay.check_room(session, req.username)
+    core.check_room(session, req.username)
     user = frames.UserEntry(req.username, req.signing_key, req.ecdh_key)
-    stored, created = relay.storage.register_user(user, relay.now_us())
+    stored, created = core.storage.register_user(user, core.now_us())
     if stored != user:
         raise AuthenticationError(f"username {req.username!r} is taken by another key")
-    relay.bind(session, req.username)
-    return frames.AuthResult(req.username, created, relay.keeper, relay.shard_stores)
+    core.bind(session, req.username)
+    return frames.AuthResult(req.username, created, core.keeper, core.shard_stores)
 
 
-@handles(frames.Ping)
-def ping(relay: Relay, session: Session, req: frames.Ping) -> frames.Ok:
+def ping(core: RelayCore, session: Session, req: frames.Ping) -> frames.Ok:
     """Liveness check; allowed before authentication."""
     return frames.Ok()

@@ -14,19 +14,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ...exceptions import (
-    InviteError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
     StaleStateError,
 )
 from ...protocol import frames
+from ...protocol.relayrules import check_link_usable, check_wrapped_keys
+from ...protocol.relayrules import keys_page as page_of_keys
 from ...protocol.statelog import SpaceState, StateEvent
 from ...protocol.wrap import WrappedKey
 from ..storage import PendingJoin
 from .base import (
-    check_wrapped_keys,
-    handles,
     known_space,
     member_space,
     stored_size,
@@ -34,11 +33,11 @@ from .base import (
 )
 
 if TYPE_CHECKING:
-    from ..relay import Relay, Session
+    from ..core import RelayCore, Session
 
 
 def join_request_event(
-    relay: Relay, state: SpaceState, pending: PendingJoin
+    core: RelayCore, state: SpaceState, pending: PendingJoin
 ) -> frames.JoinRequested:
     """The ``join_request`` event of an open join request, with the keys the log records."""
     member = state.members[pending.username]
@@ -47,34 +46,34 @@ def join_request_event(
     )
 
 
-def announce_join(relay: Relay, state: SpaceState, pending: PendingJoin) -> None:
+def announce_join(core: RelayCore, state: SpaceState, pending: PendingJoin) -> None:
     """Tell the keeper that someone waits for keys, and the space's subscribers too unless
     the keeper admits there (a join into a channel of thousands would otherwise reach every
     one of them for nothing; members who come online later still get open requests)."""
-    event = join_request_event(relay, state, pending)
-    if state.keeper_admits() and state.keeper == relay.keeper:
-        relay.push_keeper(event)
+    event = join_request_event(core, state, pending)
+    if state.keeper_admits() and state.keeper == core.keeper:
+        core.push_keeper(event)
     else:
-        relay.push_space(event, pending.space_id)
+        core.push_space(event, pending.space_id)
 
 
-def after_foreign_event(relay: Relay, state: SpaceState, event: StateEvent) -> None:
+def after_foreign_event(core: RelayCore, state: SpaceState, event: StateEvent) -> None:
     """What an event another relay of the service appended (now applied to the cached
     state) means for this relay's connections: a departed member's are unsubscribed, and
     a join that waits for a member's admission is announced to the subscribers here (a
     keeper's join is announced to the keeper's relay by the relay that stored it)."""
     if event.kind in ("remove", "leave"):
-        relay.drop_member(state.space_id, event.fields()["member"])
+        core.drop_member(state.space_id, event.fields()["member"])
     elif event.kind == "add":
         member = event.fields()["member"]
         role = state.role_of(member)
-        keeper_admits = state.keeper_admits() and state.keeper == relay.keeper
+        keeper_admits = state.keeper_admits() and state.keeper == core.keeper
         if role is not None and not keeper_admits:
             pending = PendingJoin(state.space_id, member, role)
-            relay.push_space(join_request_event(relay, state, pending), state.space_id)
+            core.push_space(join_request_event(core, state, pending), state.space_id)
 
 
-def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
+def push_keys(core: RelayCore, space_id: str, keys: Sequence[WrappedKey]) -> None:
     """Push newly stored wrapped keys to every connection of each recipient (in events of
     at most :data:`~spacenb.protocol.frames.MAX_KEYS_PAGE` keys)."""
     by_recipient: dict[str, list[WrappedKey]] = defaultdict(list)
@@ -84,42 +83,37 @@ def push_keys(relay: Relay, space_id: str, keys: Sequence[WrappedKey]) -> None:
     for recipient, theirs in by_recipient.items():
         for start in range(0, len(theirs), size):
             chunk = tuple(theirs[start : start + size])
-            relay.push_user(frames.KeysPushed(space_id, chunk), recipient)
+            core.push_user(frames.KeysPushed(space_id, chunk), recipient)
 
 
 def keys_page(
-    relay: Relay, space_id: str, recipient: str, since_epoch: int | None = None
+    core: RelayCore, space_id: str, recipient: str, since_epoch: int | None = None
 ) -> tuple[tuple[WrappedKey, ...], int | None]:
     """The keys wrapped for ``recipient`` from ``since_epoch`` on, one page of them, and
     the epoch the next page starts at (None if this is the last)."""
-    keys = relay.storage.keys_for(space_id, recipient)
-    if since_epoch is not None:
-        keys = [k for k in keys if k.epoch >= since_epoch]
-    size = frames.MAX_KEYS_PAGE
-    return tuple(keys[:size]), (keys[size].epoch if len(keys) > size else None)
+    return page_of_keys(core.storage.keys_for(space_id, recipient), since_epoch)
 
 
-def store_event(relay: Relay, state: SpaceState, event: StateEvent, **effects: object) -> None:
+def store_event(core: RelayCore, state: SpaceState, event: StateEvent, **effects: object) -> None:
     """Store a checked event with its effects and make it the head. If the log already has
     an event at its seq (another relay on the same database stored one first), catch the
     cached state up and raise :class:`StaleStateError`."""
     try:
-        relay.storage.append_event(event, now_us=relay.now_us(), **effects)  # type: ignore[arg-type]
+        core.storage.append_event(event, now_us=core.now_us(), **effects)  # type: ignore[arg-type]
     except StaleStateError:
-        relay.catch_up(state)
+        core.catch_up(state)
         raise
-    relay.apply_state(state, event)
+    core.apply_state(state, event)
 
 
-def _check_identity(relay: Relay, user: str, signing_key: str, ecdh_key: str) -> None:
+def _check_identity(core: RelayCore, user: str, signing_key: str, ecdh_key: str) -> None:
     """An ``add`` must carry the keys its member signed up with."""
-    (registered,) = relay.storage.get_users([user])
+    (registered,) = core.storage.get_users([user])
     if (registered.signing_key, registered.ecdh_key) != (signing_key, ecdh_key):
         raise PermissionDeniedError("an add event carries the keys its member signed in with")
 
 
-@handles(frames.Join)
-def join(relay: Relay, session: Session, req: frames.Join) -> frames.JoinResult:
+def join(core: RelayCore, session: Session, req: frames.Join) -> frames.JoinResult:
     """Become a member by appending one's own signed ``add`` event (pending until a
     key-holder admits), or, already a member (no event), learn one's keys.
 
@@ -128,35 +122,34 @@ def join(relay: Relay, session: Session, req: frames.Join) -> frames.JoinResult:
     :class:`StaleStateError` if the event does not follow the log's head.
     """
     user = user_of(session)
-    state = known_space(relay, req.space_id)
-    storage = relay.storage
+    state = known_space(core, req.space_id)
+    storage = core.storage
     role = state.role_of(user)
     if req.event is None:
         if role is None:
             raise PermissionDeniedError("not a member of this space: join with an add event")
-        keys, _more = keys_page(relay, state.space_id, user)  # the rest: ask ``keys``
+        keys, _more = keys_page(core, state.space_id, user)  # the rest: ask ``keys``
         if not keys and storage.has_join_request(state.space_id, user):
-            announce_join(relay, state, PendingJoin(state.space_id, user, role))
-        return frames.JoinResult(relay.space_info(state), role, keys, not keys)
+            announce_join(core, state, PendingJoin(state.space_id, user, role))
+        return frames.JoinResult(core.space_info(state), role, keys, not keys)
     event = req.event
     if event.kind != "add" or event.actor != user:
         raise ProtocolError("join takes the caller's own 'add' event", field="event")
     body = state.check(event)
-    _check_identity(relay, user, body["signing_key"], body["ecdh_key"])
+    _check_identity(core, user, body["signing_key"], body["ecdh_key"])
     if body["via"] == "link":
-        link = state.links[body["link_id"]]
-        if link.expires_at_us is not None and relay.now_us() >= link.expires_at_us:
-            raise InviteError("this invite link has expired")
+        # SpaceState.check decided revocation, use and expiry at the event's signed time;
+        # the relay's own clock has the last word on expiry.
+        check_link_usable(state.links[body["link_id"]], core.now_us())
     pending = PendingJoin(state.space_id, user, body["role"])
-    store_event(relay, state, event, join=pending)
-    announce_join(relay, state, pending)
-    return frames.JoinResult(relay.space_info(state), body["role"], (), True)
+    store_event(core, state, event, join=pending)
+    announce_join(core, state, pending)
+    return frames.JoinResult(core.space_info(state), body["role"], (), True)
 
 
-@handles(frames.Admit)
-def admit(relay: Relay, session: Session, req: frames.Admit) -> frames.Ok:
+def admit(core: RelayCore, session: Session, req: frames.Admit) -> frames.Ok:
     """Store group keys a key-holder wrapped for a newcomer and close its join request."""
-    state, _ = member_space(relay, session, req.space_id)
+    state, _ = member_space(core, session, req.space_id)
     user = user_of(session)
     if req.member not in state.members:
         raise PermissionDeniedError(f"{req.member!r} is not a member: they must join first")
@@ -170,24 +163,22 @@ def admit(relay: Relay, session: Session, req: frames.Admit) -> frames.Ok:
             and state.may_hold(req.member, k.epoch)
         ),
     )
-    relay.storage.add_keys(req.keys, admitted=req.member)
-    push_keys(relay, state.space_id, relay.storage.keys_for(state.space_id, req.member))
+    core.storage.add_keys(req.keys, admitted=req.member)
+    push_keys(core, state.space_id, core.storage.keys_for(state.space_id, req.member))
     return frames.Ok()
 
 
-@handles(frames.FetchKeys)
-def keys(relay: Relay, session: Session, req: frames.FetchKeys) -> frames.KeysResult:
+def keys(core: RelayCore, session: Session, req: frames.FetchKeys) -> frames.KeysResult:
     """The group keys wrapped for the caller in this space, a page at a time."""
-    member_space(relay, session, req.space_id)
-    keys, next_epoch = keys_page(relay, req.space_id, user_of(session), req.since_epoch)
+    member_space(core, session, req.space_id)
+    keys, next_epoch = keys_page(core, req.space_id, user_of(session), req.since_epoch)
     return frames.KeysResult(keys, next_epoch)
 
 
-@handles(frames.AddKeys)
-def add_keys(relay: Relay, session: Session, req: frames.AddKeys) -> frames.Ok:
+def add_keys(core: RelayCore, session: Session, req: frames.AddKeys) -> frames.Ok:
     """Store keys the caller wrapped for members the log entitles to them, and push them:
     how a rotation hands out the keys that did not fit in its ``append``."""
-    state, _ = member_space(relay, session, req.space_id)
+    state, _ = member_space(core, session, req.space_id)
     user = user_of(session)
     check_wrapped_keys(
         state,
@@ -195,13 +186,12 @@ def add_keys(relay: Relay, session: Session, req: frames.AddKeys) -> frames.Ok:
         wrapper=user,
         allowed=lambda k: state.may_wrap(user, k.epoch) and state.may_hold(k.recipient, k.epoch),
     )
-    relay.storage.add_keys(req.keys)
-    push_keys(relay, state.space_id, req.keys)
+    core.storage.add_keys(req.keys)
+    push_keys(core, state.space_id, req.keys)
     return frames.Ok()
 
 
-@handles(frames.Append)
-def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendResult:
+def append(core: RelayCore, session: Session, req: frames.Append) -> frames.AppendResult:
     """Append the caller's signed state event (anything but genesis and add), with its
     effects: an ``epoch`` stores and pushes the new key's wraps, a ``remove`` or ``leave``
     unsubscribes the departed member, a ``delete`` removes the stored ciphertext.
@@ -210,7 +200,7 @@ def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendR
     unknown space or message.
     """
     user = user_of(session)
-    state = known_space(relay, req.space_id)
+    state = known_space(core, req.space_id)
     event: StateEvent = req.event
     if event.actor != user:
         raise PermissionDeniedError("a state event is signed by the caller")
@@ -221,7 +211,7 @@ def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendR
     if event.kind != "epoch" and req.keys:
         raise ProtocolError("only an 'epoch' event carries keys", field="keys")
     body = state.check(event)
-    storage = relay.storage
+    storage = core.storage
     kwargs: dict[str, object] = {}
     if event.kind == "epoch":
         recipients = set(body["recipients"])
@@ -245,12 +235,12 @@ def append(relay: Relay, session: Session, req: frames.Append) -> frames.AppendR
         if source != body["author"]:
             raise PermissionDeniedError("the delete event names another author")
         kwargs["delete_handle"] = body["handle"]
-        freed = stored_size(relay, state.space_id, body["handle"])
-    store_event(relay, state, event, **kwargs)
+        freed = stored_size(core, state.space_id, body["handle"])
+    store_event(core, state, event, **kwargs)
     if event.kind == "delete":
-        relay.charge_message(body["author"], -freed, count=-1)
+        core.charge_message(body["author"], -freed, count=-1)
     if event.kind == "epoch":
-        push_keys(relay, state.space_id, req.keys)
+        push_keys(core, state.space_id, req.keys)
     elif event.kind in ("remove", "leave"):
-        relay.drop_member(state.space_id, body["member"])
+        core.drop_member(state.space_id, body["member"])
     return frames.AppendResult(event.seq)

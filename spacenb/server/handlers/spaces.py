@@ -9,13 +9,11 @@ nothing about private channels, and only members and invited users find it by na
 
 from __future__ import annotations
 
-import unicodedata
 from typing import TYPE_CHECKING
 
 from ...exceptions import (
     ChannelExistsError,
     IntegrityError,
-    InviteError,
     LimitExceededError,
     PermissionDeniedError,
     ProtocolError,
@@ -23,48 +21,27 @@ from ...exceptions import (
 )
 from ...protocol import crypto, frames
 from ...protocol.keys import decode_public_key
+from ...protocol.relayrules import (
+    check_channel_name,
+    check_link_usable,
+    check_page_limit,
+    check_wrapped_keys,
+    may_see,
+    private_prefix,
+    registered_name,
+)
 from ...protocol.statelog import SpaceState
 from ...protocol.tickets import issue_ticket
 from ..storage import SpaceRecord
-from .base import (
-    check_wrapped_keys,
-    handles,
-    known_space,
-    may_see,
-    member_space,
-    user_of,
-    visible_space,
-)
+from .base import known_space, member_space, user_of, visible_space
 
 if TYPE_CHECKING:
-    from ..relay import Relay, Session
+    from ..core import RelayCore, Session
 
-MAX_CHANNEL_NAME = 100
 TICKET_LIFETIME_US = 10 * 60 * 1_000_000
-_PRIVATE = "\x1f"  # a control character, which no channel name may hold
 
 
-def registered_name(name: str, private: bool, owner: str) -> str:
-    """The key a channel is registered under: its name, or, for a private channel, its
-    name scoped to its owner."""
-    return f"{name}{_PRIVATE}{owner}" if private else name
-
-
-def check_channel_name(name: str) -> str:
-    """``name`` if it is a usable channel name (1 to 100 characters, no surrounding
-    spaces, no control characters), else :class:`ProtocolError`."""
-    if not name or len(name) > MAX_CHANNEL_NAME or name != name.strip():
-        raise ProtocolError(
-            f"a channel name has 1 to {MAX_CHANNEL_NAME} characters and no surrounding spaces",
-            field="name",
-        )
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise ProtocolError("control characters are not allowed", field="name")
-    return name
-
-
-@handles(frames.CreateSpace)
-def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> frames.SpaceInfo:
+def create_space(core: RelayCore, session: Session, req: frames.CreateSpace) -> frames.SpaceInfo:
     """Create a space from its genesis event, owned by the caller, and register its channel
     name when it has one.
 
@@ -77,7 +54,7 @@ def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> fra
     user = user_of(session)
     genesis = req.genesis
     state = SpaceState(genesis)  # verifies the space key's signature and the body
-    (owner,) = relay.storage.get_users([user])
+    (owner,) = core.storage.get_users([user])
     if state.owner != user or (
         state.members[user].signing_key,
         state.members[user].ecdh_key,
@@ -86,7 +63,7 @@ def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> fra
     if state.name is not None:
         check_channel_name(state.name)
     if state.keeper is not None:
-        keeper = relay.storage.get_users([state.keeper]) if state.keeper == relay.keeper else []
+        keeper = core.storage.get_users([state.keeper]) if state.keeper == core.keeper else []
         recorded = state.members[state.keeper]
         if not keeper or (keeper[0].signing_key, keeper[0].ecdh_key) != (
             recorded.signing_key,
@@ -106,45 +83,40 @@ def create_space(relay: Relay, session: Session, req: frames.CreateSpace) -> fra
             field="keys",
         )
     name = None if state.name is None else registered_name(state.name, state.private, user)
-    space = SpaceRecord(state.space_id, name, state.private, relay.now_us())
+    space = SpaceRecord(state.space_id, name, state.private, core.now_us())
     try:
-        relay.storage.create_space(space, genesis, req.keys)
+        core.storage.create_space(space, genesis, req.keys)
     except ChannelExistsError:
         if state.private and state.name is not None:
             raise ChannelExistsError(
                 f"you own a private channel named {state.name!r} already"
             ) from None
         raise
-    relay.remember_state(state)
-    return relay.space_info(state)
+    core.remember_state(state)
+    return core.space_info(state)
 
 
-@handles(frames.GetSpaceInfo)
-def space_info(relay: Relay, session: Session, req: frames.GetSpaceInfo) -> frames.SpaceInfo:
+def space_info(core: RelayCore, session: Session, req: frames.GetSpaceInfo) -> frames.SpaceInfo:
     """The space's public record; ``not_found`` for a private space the caller may not see."""
-    return relay.space_info(visible_space(relay, session, req.space_id))
+    return core.space_info(visible_space(core, session, req.space_id))
 
 
-@handles(frames.GetStateLog)
-def state_log(relay: Relay, session: Session, req: frames.GetStateLog) -> frames.StateLogPage:
+def state_log(core: RelayCore, session: Session, req: frames.GetStateLog) -> frames.StateLogPage:
     """Events ``since`` … of the space's log. A private space's log goes to its members,
     to invited users and to a link holder who proves it holds the link's token."""
-    state = known_space(relay, req.space_id)
+    state = known_space(core, req.space_id)
     user = user_of(session)
-    if not may_see(state, user) and not _proves_link(relay, state, session, req):
+    if not may_see(state, user) and not _proves_link(core, state, session, req):
         raise PermissionDeniedError(
             "this space is private: ask a member to invite you, or use an invite link"
         )
-    if req.limit < 1:
-        raise ProtocolError("must be at least 1", field="limit")
-    if req.limit > frames.MAX_LOG_PAGE:
-        raise LimitExceededError(f"limit is at most {frames.MAX_LOG_PAGE}")
+    check_page_limit(req.limit, frames.MAX_LOG_PAGE)
     events, _cut = frames.fitting(state.events[req.since : req.since + req.limit])
     return frames.StateLogPage(tuple(events), state.head_seq)
 
 
 def _proves_link(
-    relay: Relay, state: SpaceState, session: Session, req: frames.GetStateLog
+    core: RelayCore, state: SpaceState, session: Session, req: frames.GetStateLog
 ) -> bool:
     """Whether the request proves it holds a link's token. Raises :class:`InviteError`
     for a proven link that can no longer be used (revoked, expired, used up)."""
@@ -156,46 +128,40 @@ def _proves_link(
         crypto.verify(decode_public_key(link.link_key, "lnk"), req.proof, signed)
     except IntegrityError:
         return False
-    if link.revoked:
-        raise InviteError("this invite link has been revoked")
-    if link.max_uses is not None and link.uses >= link.max_uses:
-        raise InviteError(f"this invite link has been used {link.uses} of {link.max_uses} times")
-    if link.expires_at_us is not None and relay.now_us() >= link.expires_at_us:
-        raise InviteError("this invite link has expired")
+    check_link_usable(link, core.now_us())
     return True
 
 
-@handles(frames.Resolve)
-def resolve(relay: Relay, session: Session, req: frames.Resolve) -> frames.ResolveResult:
+def resolve(core: RelayCore, session: Session, req: frames.Resolve) -> frames.ResolveResult:
     """The space id of a channel name; None if unknown or private and not visible.
 
     A private channel the caller may see comes first (its members pinned it by name), then
     the public channel of that name.
     """
     user = user_of(session)
-    for scoped in relay.storage.channels_named_under(req.name + _PRIVATE):
-        state = relay.state(scoped)
+    for scoped in core.storage.channels_named_under(private_prefix(req.name)):
+        state = core.state(scoped)
         if state is not None and state.name == req.name and may_see(state, user):
             return frames.ResolveResult(state.space_id)
-    space_id = relay.storage.resolve_channel(req.name)
-    state = None if space_id is None else relay.state(space_id)
+    space_id = core.storage.resolve_channel(req.name)
+    state = None if space_id is None else core.state(space_id)
     if state is None or not may_see(state, user):
         return frames.ResolveResult(None)
     return frames.ResolveResult(state.space_id)
 
 
-@handles(frames.ListChannels)
-def list_channels(relay: Relay, session: Session, req: frames.ListChannels) -> frames.ChannelList:
+def list_channels(
+    core: RelayCore, session: Session, req: frames.ListChannels
+) -> frames.ChannelList:
     """Public channels by name, a page at a time (private channels are never listed)."""
     limit = frames.MAX_CHANNELS_PAGE
-    page = relay.storage.public_channels_page(req.after, limit + 1)
+    page = core.storage.public_channels_page(req.after, limit + 1)
     more = len(page) > limit
     page = page[:limit]
     return frames.ChannelList(tuple(page), page[-1].name if more else None)
 
 
-@handles(frames.UserKeys)
-def user_keys(relay: Relay, session: Session, req: frames.UserKeys) -> frames.UserKeysResult:
+def user_keys(core: RelayCore, session: Session, req: frames.UserKeys) -> frames.UserKeysResult:
     """The published keys of those of ``usernames`` that exist (at most 1000 asked).
 
     Raises :class:`LimitExceededError` for more.
@@ -205,23 +171,22 @@ def user_keys(relay: Relay, session: Session, req: frames.UserKeys) -> frames.Us
             f"user_keys takes at most {frames.MAX_USER_KEYS} usernames (MAX_USER_KEYS), "
             f"got {len(req.usernames)}"
         )
-    return frames.UserKeysResult(tuple(relay.storage.get_users(req.usernames)))
+    return frames.UserKeysResult(tuple(core.storage.get_users(req.usernames)))
 
 
-@handles(frames.ShardTicket)
-def shard_ticket(relay: Relay, session: Session, req: frames.ShardTicket) -> frames.TicketResult:
+def shard_ticket(core: RelayCore, session: Session, req: frames.ShardTicket) -> frames.TicketResult:
     """A ten-minute ticket letting a member upload shares of this space's files.
 
     Raises :class:`ServerError` if this relay runs no shard stores.
     """
-    member_space(relay, session, req.space_id)
-    if not relay.shard_stores:
+    member_space(core, session, req.space_id)
+    if not core.shard_stores:
         raise ServerError("this relay has no shard stores")
-    expires_at_us = relay.now_us() + TICKET_LIFETIME_US
+    expires_at_us = core.now_us() + TICKET_LIFETIME_US
     ticket = issue_ticket(
-        relay.relay_keys,
+        core.relay_keys,
         space_id=req.space_id,
         username=user_of(session),
         expires_at_us=expires_at_us,
     )
-    return frames.TicketResult(ticket, relay.shard_stores, relay.shards_needed, expires_at_us)
+    return frames.TicketResult(ticket, core.shard_stores, core.shards_needed, expires_at_us)

@@ -83,7 +83,7 @@ async def pages_worker(link: Link, url: str, app_key: str, pages: int) -> None:
         sizes = []
         for _ in range(pages):
             page = await client.request(
-                frames.HistoryRequest, space_id=space.id, before=None, limit=1000
+                frames.HistoryRequest(frames.UNSENT, space_id=space.id, before=None, limit=1000)
             )
             sizes.append(len(page.items))
         link.send("done", sizes[-1])

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from ..clock import Clock, SystemClock
@@ -26,6 +27,7 @@ from ..exceptions import (
 )
 from ..protocol import frames
 from ..protocol.envelope import new_session_id
+from ..protocol.frames import UNSENT
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.keys import fingerprint as _fingerprint
 from . import verify_pool
@@ -184,9 +186,39 @@ class AsyncClient:
             signature=ident.sign(signed),
         )
 
-    async def request(self, cls: type[frames.Request[R]], **fields: Any) -> R:
-        """Send one request to the relay and return its parsed result."""
-        return await self.connection.request(cls, **fields)
+    @overload
+    async def request(
+        self, request: frames.Request[R], /, *, timeout: float | None = None
+    ) -> R: ...
+
+    @overload
+    async def request(  # deprecated: build the request (gone in 0.3)
+        self, request: type[frames.Request[R]], /, *, timeout: float | None = None, **fields: Any
+    ) -> R: ...
+
+    async def request(
+        self,
+        request: frames.Request[R] | type[frames.Request[R]],
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> R:
+        """Send one request to the relay and return its parsed result: build it with the
+        placeholder id, ``client.request(frames.Resolve(frames.UNSENT, name="lobby"))``,
+        and the connection gives it its id. (The old form, ``request(frames.Resolve,
+        name="lobby")``, still works, deprecated, until 0.3.)"""
+        if isinstance(request, type):
+            warnings.warn(
+                "client.request(cls, **fields) is deprecated; build the request: "
+                "client.request(cls(frames.UNSENT, **fields))",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            request = request(frames.UNSENT, **fields)
+        elif fields:
+            raise TypeError(f"unexpected keyword arguments {sorted(fields)} with a request")
+        return await self.connection.request(request, timeout=timeout)
 
     def next_seq(self) -> int:
         """The next sequence number of this session: increasing, and also across restarts
@@ -311,7 +343,7 @@ class AsyncClient:
         user who really did reinstall). With ``fingerprint`` (learned out of band), accept
         them only if they match it, and mark them verified; otherwise raise
         :class:`IdentityChangedError`. Returns the new fingerprint."""
-        result = await self.request(frames.UserKeys, usernames=(username,))
+        result = await self.request(frames.UserKeys(UNSENT, usernames=(username,)))
         if not result.users:
             raise NotFoundError(f"no user named {username!r}")
         user = result.users[0]
@@ -344,9 +376,8 @@ class AsyncClient:
         missing = sorted({u for u in usernames if u not in self._directory})
         size = frames.MAX_USER_KEYS
         for start in range(0, len(missing), size):
-            result = await self.request(
-                frames.UserKeys, usernames=tuple(missing[start : start + size])
-            )
+            batch = tuple(missing[start : start + size])
+            result = await self.request(frames.UserKeys(UNSENT, usernames=batch))
             for user in result.users:
                 self.pin(user.username, user.signing_key, user.ecdh_key)
                 self._directory[user.username] = PublicIdentity(

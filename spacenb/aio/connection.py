@@ -167,10 +167,9 @@ class RelayConnection:
     def is_open(self) -> bool:
         return self._connected.is_set() and not self._closing
 
-    async def request(
-        self, cls: type[frames.Request[R]], *, timeout: float | None = None, **fields: Any
-    ) -> R:
-        """Send ``cls(**fields)`` and return its parsed result, or raise its error."""
+    async def request(self, request: frames.Request[R], *, timeout: float | None = None) -> R:
+        """Send ``request`` (built :data:`~spacenb.protocol.frames.UNSENT`: its id is this
+        connection's next) and return its parsed result, or raise its error."""
         timeout = self.request_timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -185,8 +184,9 @@ class RelayConnection:
                 ) from None
         ws = self._ws
         assert ws is not None
+        cls = type(request)
         request_id = next(self._ids)
-        text = cls(id=request_id, **fields).to_json()  # LimitExceededError: never sent
+        text = request.stamped(request_id).to_json()  # LimitExceededError: never sent
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, cls)
         try:

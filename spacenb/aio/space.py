@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..exceptions import (
     ForkError,
@@ -33,6 +33,7 @@ from ..exceptions import (
 from ..protocol import frames
 from ..protocol.codec import json_size
 from ..protocol.envelope import Envelope, seal_envelope
+from ..protocol.frames import UNSENT
 from ..protocol.keyring import HistoryPolicy, Keyring
 from ..protocol.keys import LinkKeyPair, decode_public_key
 from ..protocol.member import MemberCore, Need, Opened, Rejected, new_group_key
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncSpace", "History"]
 
 log = logging.getLogger("spacenb")
+R = TypeVar("R")
 _EPHEMERAL_MEMORY = 10_000
 _STALE_RETRIES = 8
 
@@ -234,12 +236,14 @@ class AsyncSpace:
                         )
                     )
                 page = await self.client.request(
-                    frames.GetStateLog,
-                    space_id=self.id,
-                    since=since,
-                    limit=frames.MAX_LOG_PAGE,
-                    link_id=link_id,
-                    proof=proof,
+                    frames.GetStateLog(
+                        UNSENT,
+                        space_id=self.id,
+                        since=since,
+                        limit=frames.MAX_LOG_PAGE,
+                        link_id=link_id,
+                        proof=proof,
+                    )
                 )
                 try:
                     new.extend(self.core.extend_log(page.events))
@@ -355,9 +359,12 @@ class AsyncSpace:
         keyring = self.core.keyring
         return keyring is not None and keyring.has(epoch)
 
-    async def append_event(self, build: Callable[[SpaceState], StateEvent], **extra: Any) -> int:
-        """Sign and append a state event built on the current head; if another event came
-        first, fetch the log and build again. Returns the event's seq."""
+    async def append_event(
+        self, build: Callable[[SpaceState], StateEvent], *, keys: tuple[WrappedKey, ...] = ()
+    ) -> int:
+        """Sign and append a state event built on the current head (with ``keys``, wrapped
+        keys it hands over); if another event came first, fetch the log and build again.
+        Returns the event's seq."""
         for _attempt in range(_STALE_RETRIES):
             state = self.core.state
             if state is None:
@@ -366,7 +373,7 @@ class AsyncSpace:
             event = build(state)
             try:
                 result = await self.client.request(
-                    frames.Append, space_id=self.id, event=event, keys=extra.get("keys", ())
+                    frames.Append(UNSENT, space_id=self.id, event=event, keys=keys)
                 )
             except StaleStateError:
                 await self.sync_log()
@@ -402,11 +409,11 @@ class AsyncSpace:
             # before subscribing: read after, it could already be past messages pushed to
             # us and still waiting in the dispatcher, which would then drop them.
             page = await self.client.request(
-                frames.HistoryRequest, space_id=self.id, before=None, limit=1
+                frames.HistoryRequest(UNSENT, space_id=self.id, before=None, limit=1)
             )
             if page.items:
                 self.core.delivery.delivered(page.items[-1].handle)
-        result = await self.client.request(frames.Subscribe, space_id=self.id)
+        result = await self.client.request(frames.Subscribe(UNSENT, space_id=self.id))
         self._subscribed = True
         self.core.delivery.behind = False
         self._set_peers(result.peers)
@@ -419,7 +426,7 @@ class AsyncSpace:
         """Stop receiving live events (the client stays signed in)."""
         if self._subscribed and self.client.connection.is_open:
             try:
-                await self.client.request(frames.UnsubscribeRequest, space_id=self.id)
+                await self.client.request(frames.UnsubscribeRequest(UNSENT, space_id=self.id))
             except SpacenbError as exc:
                 log.info("spacenb: unsubscribe failed: %s", exc)
         self._subscribed = False
@@ -483,18 +490,21 @@ class AsyncSpace:
             self.core.remember_sent(envelope, message)
         return envelope
 
-    async def _send_sealed(self, make: Callable[[], Envelope], cls: Any, **fields: Any) -> Any:
-        """Send an envelope; after a rotation or a state change the relay refuses it as
-        stale: catch up on the log and keys, seal again, once."""
+    async def _send_sealed(
+        self, make: Callable[[], Envelope], request: Callable[[Envelope], frames.Request[R]]
+    ) -> R:
+        """Send ``request(envelope)`` for an envelope ``make`` seals; after a rotation or a
+        state change the relay refuses it as stale: catch up on the log and keys, seal
+        again, once."""
         if self.core.state is None:
             await self.sync_log()
         envelope = make()
         try:
-            return await self.client.request(cls, envelope=envelope, **fields)
+            return await self.client.request(request(envelope))
         except (KeyUnavailableError, StaleStateError):
             await self.sync_log()
             await self._fetch_keys()
-            return await self.client.request(cls, envelope=make(), **fields)
+            return await self.client.request(request(make()))
 
     async def send_message(
         self, payload: Any, *, channel: str = "default", content_type: str | None = None
@@ -506,9 +516,10 @@ class AsyncSpace:
         """
         seq = self.client.next_seq()
         result = await self._send_sealed(
-            lambda: self._seal("msg", channel, content_type, payload, seq=seq), frames.Send
+            lambda: self._seal("msg", channel, content_type, payload, seq=seq),
+            lambda envelope: frames.Send(UNSENT, envelope=envelope),
         )
-        handle: int = result.handle
+        handle = result.handle
         self._known_messages[handle] = KnownMessage(
             self.client.username,
             channel,
@@ -543,8 +554,7 @@ class AsyncSpace:
             lambda: self._seal(
                 "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev
             ),
-            frames.Edit,
-            handle=handle,
+            lambda envelope: frames.Edit(UNSENT, handle=handle, envelope=envelope),
         )
         self._known_messages[handle] = KnownMessage(
             author, channel or old_channel, ctype, seq, sid, new_rev
@@ -566,7 +576,8 @@ class AsyncSpace:
         if not self.is_connected() or self.keyring is None or self.core.state is None:
             return
         await self._send_sealed(
-            lambda: self._seal("eph", subject, None, data), frames.SendEphemeral
+            lambda: self._seal("eph", subject, None, data),
+            lambda envelope: frames.SendEphemeral(UNSENT, envelope=envelope),
         )
 
     # ------------------------------------------------------------------ history
@@ -582,7 +593,7 @@ class AsyncSpace:
         if limit >= verify_pool.MIN_PAGE:
             verify_pool.shared().start()
         page = await self.client.request(
-            frames.HistoryRequest, space_id=self.id, before=before, limit=limit
+            frames.HistoryRequest(UNSENT, space_id=self.id, before=before, limit=limit)
         )
         state, me = self.core.require_state(), self.client.username
         missing = {i.envelope.epoch for i in page.items if not self.core_holds(i.envelope.epoch)}
@@ -691,7 +702,7 @@ class AsyncSpace:
         since: int | None = None
         while True:
             result = await self.client.request(
-                frames.FetchKeys, space_id=self.id, since_epoch=since
+                frames.FetchKeys(UNSENT, space_id=self.id, since_epoch=since)
             )
             await self.ingest_keys(result.keys)
             if result.next_epoch is None:
@@ -771,8 +782,10 @@ class AsyncSpace:
         epochs = self.core.epochs_to_wrap(member_id)
         if not epochs:
             raise KeyUnavailableError(f"this member holds no key it may hand to {member_id!r}")
-        keys = self.core.wrap_for(member_id, epochs)
-        await self.client.request(frames.Admit, space_id=self.id, member=member_id, keys=keys)
+        keys = tuple(self.core.wrap_for(member_id, epochs))
+        await self.client.request(
+            frames.Admit(UNSENT, space_id=self.id, member=member_id, keys=keys)
+        )
 
     async def invite(self, username: str, *, role: str = "viewer") -> None:
         """Let ``username`` join this space (a private one admits only the invited): a
@@ -824,7 +837,7 @@ class AsyncSpace:
             self._rotating_to = epoch  # its state event may arrive before the request returns
             try:
                 await self.client.request(
-                    frames.Append, space_id=self.id, event=event, keys=tuple(first)
+                    frames.Append(UNSENT, space_id=self.id, event=event, keys=tuple(first))
                 )
             except StaleStateError:
                 await self.sync_log()
@@ -837,7 +850,9 @@ class AsyncSpace:
             rest = keys[len(first) :]
             while rest:
                 chunk, _more = frames.fitting(rest, frames.PAGE_BYTES)
-                await self.client.request(frames.AddKeys, space_id=self.id, keys=tuple(chunk))
+                await self.client.request(
+                    frames.AddKeys(UNSENT, space_id=self.id, keys=tuple(chunk))
+                )
                 rest = rest[len(chunk) :]
             await self.extend_with([event])
             return epoch
@@ -861,7 +876,7 @@ class AsyncSpace:
         """
         from . import files
 
-        ticket = await self.client.request(frames.ShardTicket, space_id=self.id)
+        ticket = await self.client.request(frames.ShardTicket(UNSENT, space_id=self.id))
         return await files.upload(
             file,
             ticket=ticket.ticket,
@@ -981,9 +996,9 @@ class AsyncSpace:
         epochs = self.core.admission(member.name)
         if self.auto_admit and epochs:
             try:
-                keys = self.core.wrap_for(member.name, epochs)
+                keys = tuple(self.core.wrap_for(member.name, epochs))
                 await self.client.request(
-                    frames.Admit, space_id=self.id, member=member.name, keys=keys
+                    frames.Admit(UNSENT, space_id=self.id, member=member.name, keys=keys)
                 )
             except SpacenbError as exc:
                 log.info("spacenb: auto-admit of %s failed: %s", member.name, exc)
@@ -1000,7 +1015,7 @@ class AsyncSpace:
             return
         delivery = self.core.delivery
         delivery.behind = True
-        result = await self.client.request(frames.Subscribe, space_id=self.id)
+        result = await self.client.request(frames.Subscribe(UNSENT, space_id=self.id))
         self._set_peers(result.peers)
         await self.sync_log()
         await self._fetch_keys()
@@ -1025,7 +1040,9 @@ class AsyncSpace:
         while True:
             try:
                 return await self.client.request(
-                    frames.HistoryRequest, space_id=self.id, before=before, limit=self._page_limit
+                    frames.HistoryRequest(
+                        UNSENT, space_id=self.id, before=before, limit=self._page_limit
+                    )
                 )
             except LimitExceededError:
                 if self._page_limit == 1:

@@ -22,6 +22,7 @@ from ..exceptions import (
     UsageError,
 )
 from ..protocol import frames
+from ..protocol.frames import UNSENT
 from ..protocol.keyring import HistoryPolicy, Keyring, check_policy
 from ..protocol.keys import SpaceKeyPair, decode_public_key
 from ..protocol.statelog import (
@@ -146,7 +147,7 @@ class AsyncSpaceAPI:
         ]
         secrets = SpaceSecrets(keyring, space_key)
         client.keystore.save_space(secrets)
-        info = await client.request(frames.CreateSpace, genesis=genesis, keys=tuple(keys))
+        info = await client.request(frames.CreateSpace(UNSENT, genesis=genesis, keys=tuple(keys)))
         if name is not None:
             client.pin_channel(name, space_key.space_id)
         space = AsyncSpace(client, info.space_id, secrets=secrets, info=info, auto_admit=auto_admit)
@@ -236,7 +237,9 @@ class AsyncSpaceAPI:
                 if client.username not in state.members:
                     event = self._add_event(state, link_keys)
                 try:
-                    result = await client.request(frames.Join, space_id=space_id, event=event)
+                    result = await client.request(
+                        frames.Join(UNSENT, space_id=space_id, event=event)
+                    )
                     break
                 except StaleStateError:
                     await space.sync_log()
@@ -333,7 +336,7 @@ class AsyncSpaceAPI:
         channels: list[frames.ChannelEntry] = []
         after: str | None = None
         while True:
-            page = await self._client.request(frames.ListChannels, after=after)
+            page = await self._client.request(frames.ListChannels(UNSENT, after=after))
             channels.extend(page.channels)
             if page.next_after is None or not page.channels:
                 return channels
@@ -343,7 +346,7 @@ class AsyncSpaceAPI:
         """The space id of channel ``name``, or None. The first id seen for a name is
         pinned: a relay that later points the name elsewhere raises
         :class:`IdentityChangedError`."""
-        space_id = (await self._client.request(frames.Resolve, name=name)).space_id
+        space_id = (await self._client.request(frames.Resolve(UNSENT, name=name))).space_id
         if space_id is not None:
             self._client.pin_channel(name, space_id)
         return space_id

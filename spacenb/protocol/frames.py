@@ -21,8 +21,17 @@ cursor to the rest (PROTOCOL.md, "Limits").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, dataclass_transform
+from dataclasses import dataclass, field, replace
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    Self,
+    TypeVar,
+    dataclass_transform,
+)
 
 from .._deprecated import renamed
 from ..exceptions import ProtocolError, SpacenbError
@@ -56,6 +65,7 @@ __all__ = [
     "MAX_USER_KEYS",
     "PAGE_BYTES",
     "REQUESTS",
+    "UNSENT",
     "ErrorFrame",
     "Event",
     "Request",
@@ -256,17 +266,27 @@ class TicketResult:
 
 REQUESTS: dict[str, type[Request[Any]]] = {}
 
+# The id of a request built before it is sent: the client builds ``Subscribe(UNSENT,
+# space_id=...)`` and its connection stamps the real id (:meth:`Request.stamped`). No
+# request on the wire has it: the connection's ids start at 1.
+UNSENT = 0
+
 ResultT = TypeVar("ResultT")
 
 
 @dataclass(frozen=True, slots=True)
 class Request(Generic[ResultT]):
-    """Base of every client → relay request. ``id`` pairs it with its answer; the type
-    parameter is the answer's record type (``RESULT`` at run time)."""
+    """Base of every client → relay request. ``id`` pairs it with its answer (a client
+    builds it :data:`UNSENT` and its connection stamps it); the type parameter is the
+    answer's record type (``RESULT`` at run time)."""
 
     OP: ClassVar[str] = ""
     RESULT: ClassVar[type] = Ok
     id: int
+
+    def stamped(self, request_id: int) -> Self:
+        """This request with id ``request_id`` (the connection's, as it sends it)."""
+        return replace(self, id=request_id)
 
     def to_json(self) -> str:
         return dumps_frame({"t": "req", "op": self.OP, **to_obj(self)})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 
@@ -9,6 +10,7 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import AuthenticationError, ConnectionLostError
+from spacenb.protocol import frames
 
 
 async def test_sign_up_then_sign_in_with_the_same_keystore(server, tmp_path):
@@ -62,3 +64,23 @@ async def test_member_directory_returns_published_keys(connect):
     assert set(found) == {"bob"}
     assert found["bob"].signing_key == bob.identity.signing_key
     assert found["bob"].fingerprint == bob.fingerprint
+
+
+async def test_requests_are_built_unsent_and_the_connection_numbers_them(connect):
+    alice = await connect("alice")
+    room = await alice.space.create_channel("room")
+    ask = frames.Resolve(frames.UNSENT, name="room")
+    # The same request object twice: each send gets its own id, and its own answer.
+    first, second = await asyncio.gather(alice.request(ask), alice.request(ask))
+    assert first == second == frames.ResolveResult(space_id=room.id)
+    assert ask.id == frames.UNSENT  # frozen: the connection stamps a copy
+    with pytest.raises(TypeError, match="keyword"):
+        await alice.request(ask, name="other")  # type: ignore[call-overload]
+
+
+async def test_the_old_request_form_still_works_deprecated(connect):
+    alice = await connect("alice")
+    room = await alice.space.create_channel("room")
+    with pytest.warns(DeprecationWarning, match="build the request"):
+        found = await alice.request(frames.Resolve, name="room")
+    assert found == frames.ResolveResult(space_id=room.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spacenb.exceptions import IntegrityError, KeyUnavailableError, PermissionDeniedError
+from spacenb.protocol import frames
 from spacenb.protocol.envelope import open_envelope
 
 from .conftest import Inbox, wait_until
@@ -73,10 +74,7 @@ async def test_removed_member_cannot_read_later_epochs(connect):
         await b.history()
     # Even given the stored envelope, bob's keys do not open it.
     page = await a.client.request(
-        __import__("spacenb.protocol.frames", fromlist=["History"]).History,
-        space_id=a.id,
-        before=None,
-        limit=10,
+        frames.HistoryRequest(frames.UNSENT, space_id=a.id, before=None, limit=10)
     )
     latest = page.items[-1].envelope
     with pytest.raises(KeyUnavailableError):

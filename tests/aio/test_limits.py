@@ -259,7 +259,7 @@ async def test_shares_come_only_from_the_relays_stores(
         alice, bob = await connect("alice"), await connect("bob")
         room = await alice.space.create_channel("room")
         bobs = await bob.space.join_channel("room")
-        ticket = await alice.request(frames.ShardTicket, space_id=room.id)
+        ticket = await alice.request(frames.ShardTicket(frames.UNSENT, space_id=room.id))
         assert foreign.url is not None
         mixed = [foreign.url, *ticket.stores[:2]]
         manifest, _ = await files.upload(

@@ -117,6 +117,21 @@ def test_request_round_trip(cls: type[Request[Any]], data: st.DataObject) -> Non
     assert request_id_of(text) == request.id
 
 
+@pytest.mark.parametrize("cls", REQUEST_CLASSES, ids=list(REQUESTS))
+@given(data=st.data(), request_id=st.integers(1, MAX_INT))
+def test_a_request_built_unsent_and_stamped_is_the_same_frame(
+    cls: type[Request[Any]], data: st.DataObject, request_id: int
+) -> None:
+    # The client builds requests with the placeholder id; its connection stamps the real
+    # one as it sends. The frame is byte for byte the one built with that id.
+    request = data.draw(valid(cls))
+    unsent = dataclasses.replace(request, id=frames.UNSENT)
+    stamped = unsent.stamped(request_id)
+    assert type(stamped) is cls and unsent.id == frames.UNSENT  # frozen: a new request
+    assert stamped.to_json() == dataclasses.replace(request, id=request_id).to_json()
+    assert parse_client_frame(stamped.to_json()) == stamped
+
+
 @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=list(EVENTS))
 @given(data=st.data())
 def test_event_round_trip(cls: type[Event], data: st.DataObject) -> None:

@@ -133,5 +133,7 @@ async def test_nothing_secret_reaches_the_relays_disk(
 
 async def one_stored_ciphertext(client: AsyncClient, space: AsyncSpace) -> bytes:
     """The ciphertext of a message as the relay stores it (the positive control)."""
-    page = await client.request(frames.HistoryRequest, space_id=space.id, before=None, limit=1)
+    page = await client.request(
+        frames.HistoryRequest(frames.UNSENT, space_id=space.id, before=None, limit=1)
+    )
     return bytes(page.items[0].envelope.ciphertext)

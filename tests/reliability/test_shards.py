@@ -130,7 +130,7 @@ class ShardWorld:
             proxy = ShardProxy(store.url)
             await proxy.start()
             proxies.append(proxy)
-        ticket = await client.request(frames.ShardTicket, space_id=space.id)
+        ticket = await client.request(frames.ShardTicket(frames.UNSENT, space_id=space.id))
         data = crypto.random_bytes(SIZE)
         manifest, _stat = await files.upload(
             data, ticket=ticket.ticket, space_id=space.id, stores=[p.url for p in proxies],

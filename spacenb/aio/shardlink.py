@@ -57,7 +57,7 @@ class ShardLink:
             raise ConnectionLostError(f"cannot connect to shard store {url}: {exc}") from None
         return cls(url, ws, timeout)
 
-    async def put(self, *, space_id: str, ticket: str, name: str, data: bytes) -> None:
+    async def put(self, *, space_id: str, ticket: str, name: str, data: bytes | memoryview) -> None:
         """Store one share; raises the store's refusal (e.g. :class:`PermissionDeniedError`)."""
         rid, answer = self._expect()
         await self._send(rid, shardwire.PutShare(rid, space_id, ticket, name, data).to_bytes())

@@ -53,10 +53,13 @@ def segment_aad(file_id: bytes, index: int, count: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EncodedSegment:
-    """The ``n`` shares of one segment (share ``j`` goes to store ``j``) and their names."""
+    """The ``n`` shares of one segment (share ``j`` goes to store ``j``) and their names.
+
+    The first ``k`` shares are read-only views of the sealed, padded segment (they hold
+    it in memory until all of them are dropped); the parity shares are bytes."""
 
     index: int
-    shares: tuple[bytes, ...]
+    shares: tuple[bytes | memoryview, ...]
     entry: SegmentEntry
 
     @property
@@ -126,9 +129,13 @@ class FileEncoder:
         padded = b"".join((nonce, ciphertext, bytes(padding)))
         del ciphertext
         size = layout.share_size(index)
-        blocks = tuple(padded[j * size : (j + 1) * size] for j in range(layout.k))
-        del padded
-        shares = tuple(bytes(share) for share in self._fec.encode(blocks))
+        # The k primary shares are views of the padded segment (no copy); zfec computes
+        # only the n - k parity shares from them.
+        view = memoryview(padded)
+        blocks = tuple(view[j * size : (j + 1) * size] for j in range(layout.k))
+        del padded, view
+        parity = self._fec.encode(blocks, tuple(range(layout.k, layout.n)))
+        shares = blocks + tuple(bytes(share) for share in parity)
         entry = SegmentEntry(padding, tuple(share_name(share) for share in shares))
         self._entries[index] = entry
         return EncodedSegment(index, shares, entry)

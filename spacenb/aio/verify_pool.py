@@ -32,7 +32,7 @@ __all__ = ["MIN_PAGE", "VerifyPool", "close_shared", "in_chunks", "shared", "wai
 MIN_PAGE = 64  # smaller pages are checked in-process: the round trip would cost more
 CHUNKS_PER_WORKER = 4  # the member opens one chunk while the workers check the next
 # Each chunk costs the member a pipe round trip (~0.2 ms of its CPU): a page of 100 goes
-# as two chunks of 50, not seven of 16 (BENCHMARKS.md, "History in-process").
+# as two chunks of 50, not seven of 16 (BENCHMARKS.md, "Issue 16: files and history").
 _MIN_CHUNK = 50
 _LEN = struct.Struct(">I")
 

@@ -64,8 +64,9 @@ class ShardLink:
         del data  # sent: do not hold the share while the store writes it
         await self._wait(rid, answer)
 
-    async def get(self, name: str) -> bytes:
-        """Fetch one share's bytes (unverified: the caller checks its hash)."""
+    async def get(self, name: str) -> bytes | memoryview:
+        """Fetch one share's bytes (unverified: the caller checks its hash), as a view
+        into the store's message (not copied)."""
         rid, answer = self._expect()
         await self._send(rid, shardwire.GetShare(rid, name).to_bytes())
         return (await self._wait(rid, answer)).payload

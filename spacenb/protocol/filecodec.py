@@ -159,7 +159,7 @@ class FileDecoder:
         self._aead_key = segment_key(manifest.key, manifest.file_id)
         self._fec = zfec.Decoder(manifest.k, manifest.n)
 
-    def invalid_shares(self, index: int, shares: Mapping[int, bytes]) -> list[int]:
+    def invalid_shares(self, index: int, shares: Mapping[int, bytes | memoryview]) -> list[int]:
         """The numbers among ``shares`` (share number → bytes) of segment ``index`` that are
         out of range or whose length or SHA-256 does not match the manifest."""
         names = self.manifest.segments[index].shares
@@ -170,7 +170,7 @@ class FileDecoder:
             if not 0 <= num < self.layout.n or len(data) != size or share_name(data) != names[num]
         ]
 
-    def decode_segment(self, index: int, shares: Mapping[int, bytes]) -> bytes:
+    def decode_segment(self, index: int, shares: Mapping[int, bytes | memoryview]) -> bytes:
         """Rebuild segment ``index``'s plaintext from at least ``k`` shares (number → bytes).
 
         Every share given is checked against its name before any is used. Raises
@@ -194,7 +194,7 @@ class FileDecoder:
         sealed = memoryview(padded)[: layout.sealed_length(index)]
         iv = bytes(sealed[: crypto.GCM_IV_SIZE])
         aad = segment_aad(self.manifest.file_id, index, layout.segment_count)
-        ciphertext = bytes(sealed[crypto.GCM_IV_SIZE :])
+        ciphertext = sealed[crypto.GCM_IV_SIZE :]  # AES-GCM reads the view: no copy
         plaintext = crypto.aead_open(self._aead_key, iv, ciphertext, aad)
         if len(plaintext) != layout.plaintext_length(index):
             raise IntegrityError(f"segment {index} has the wrong length")

@@ -46,20 +46,33 @@ def run_once(
 
 
 def compare(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per metric: the median spacenb value of A's and B's reports, and B / A."""
+    """Per metric: the median spacenb value of A's and B's reports, and B / A; where the
+    metric has a baseline, also the median ratio to it (each run's own) on either side,
+    and every run's ratio, so the spread on a shared machine shows."""
     rows = []
     for metric in runs_a[0]["metrics"]:
         name = metric["name"]
         a = statistics.median(_value(r, name) for r in runs_a)
         b = statistics.median(_value(r, name) for r in runs_b)
-        rows.append({"metric": name, "unit": metric["unit"], "a": a, "b": b, "b_over_a": b / a})
+        row = {"metric": name, "unit": metric["unit"], "a": a, "b": b, "b_over_a": b / a}
+        ratios_a = [x for x in (_value(r, name, "ratio") for r in runs_a) if x is not None]
+        ratios_b = [x for x in (_value(r, name, "ratio") for r in runs_b) if x is not None]
+        if ratios_a and ratios_b:
+            row.update(
+                ratio_a=statistics.median(ratios_a),
+                ratio_b=statistics.median(ratios_b),
+                ratios_a=ratios_a,
+                ratios_b=ratios_b,
+            )
+        rows.append(row)
     return rows
 
 
-def _value(report: dict[str, Any], name: str) -> float:
+def _value(report: dict[str, Any], name: str, key: str = "value") -> Any:
     for metric in report["metrics"]:
         if metric["name"] == name:
-            return float(metric["value"])
+            value = metric.get(key)
+            return None if value is None else float(value)
     raise KeyError(f"{report['benchmark']} reported no metric {name!r}")
 
 
@@ -90,10 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{args.bench}: A = {args.a}, B = {args.b}, median of {args.rounds} rounds each")
         for row in rows:
-            print(
+            line = (
                 f"  {row['metric']} ({row['unit']}): A {row['a']:,.1f}  B {row['b']:,.1f}  "
                 f"B/A {row['b_over_a']:.2f}"
             )
+            if "ratio_a" in row:
+                spread = "; ".join(
+                    ", ".join(f"{x:.2f}" for x in row[f"ratios_{side}"]) for side in "ab"
+                )
+                line += (
+                    f"  | to baseline: A {row['ratio_a']:.2f}  B {row['ratio_b']:.2f}"
+                    f"  (runs: {spread})"
+                )
+            print(line)
+        for side in "ab":
+            for i, report in enumerate(runs[side]):
+                for note in report.get("notes", []):
+                    print(f"  {side.upper()} run {i + 1}: {note}")
     return 0
 
 

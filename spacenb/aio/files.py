@@ -497,8 +497,8 @@ class _SegmentFetcher:
         k, stores = self.manifest.k, self.manifest.stores
         size = self.manifest.layout.plaintext_length(index)
         candidates = iter(self._candidates())
-        running: dict[asyncio.Task[bytes | None], int] = {}
-        shares: dict[int, bytes] = {}
+        running: dict[asyncio.Task[bytes | memoryview | None], int] = {}
+        shares: dict[int, bytes | memoryview] = {}
         problems: list[str] = [
             f"{url}: not a shard store of this relay nor an allowed one (not dialed)"
             for url in sorted(self._refused)
@@ -551,7 +551,9 @@ class _SegmentFetcher:
     def _failed(self, url: str) -> None:
         self.tally.failed[url] = None
 
-    async def _fetch_share(self, index: int, j: int, problems: list[str]) -> bytes | None:
+    async def _fetch_share(
+        self, index: int, j: int, problems: list[str]
+    ) -> bytes | memoryview | None:
         """Share ``j`` of segment ``index`` (unverified), or None with the reason noted."""
         url = self.manifest.stores[j]
         try:

@@ -57,15 +57,16 @@ class ShardLink:
             raise ConnectionLostError(f"cannot connect to shard store {url}: {exc}") from None
         return cls(url, ws, timeout)
 
-    async def put(self, *, space_id: str, ticket: str, name: str, data: bytes) -> None:
+    async def put(self, *, space_id: str, ticket: str, name: str, data: bytes | memoryview) -> None:
         """Store one share; raises the store's refusal (e.g. :class:`PermissionDeniedError`)."""
         rid, answer = self._expect()
         await self._send(rid, shardwire.PutShare(rid, space_id, ticket, name, data).to_bytes())
         del data  # sent: do not hold the share while the store writes it
         await self._wait(rid, answer)
 
-    async def get(self, name: str) -> bytes:
-        """Fetch one share's bytes (unverified: the caller checks its hash)."""
+    async def get(self, name: str) -> bytes | memoryview:
+        """Fetch one share's bytes (unverified: the caller checks its hash), as a view
+        into the store's message (not copied)."""
         rid, answer = self._expect()
         await self._send(rid, shardwire.GetShare(rid, name).to_bytes())
         return (await self._wait(rid, answer)).payload

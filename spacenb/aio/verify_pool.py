@@ -31,6 +31,9 @@ __all__ = ["MIN_PAGE", "VerifyPool", "close_shared", "in_chunks", "shared", "wai
 
 MIN_PAGE = 64  # smaller pages are checked in-process: the round trip would cost more
 CHUNKS_PER_WORKER = 4  # the member opens one chunk while the workers check the next
+# Each chunk costs the member a pipe round trip (~0.2 ms of its CPU): a page of 100 goes
+# as two chunks of 50, not seven of 16 (BENCHMARKS.md, "Issue 16: files and history").
+_MIN_CHUNK = 50
 _LEN = struct.Struct(">I")
 
 Triple = tuple[str, bytes, bytes]  # signing key text, signature, signed bytes
@@ -158,7 +161,7 @@ def in_chunks(items: Sequence[_Signed], state: _KeyLookup) -> list[Chunk]:
     ``(start, end, task)``, the task giving per envelope the signing key (text) under which
     its signature verified, or None (not verified there: the member checks it itself)."""
     pool = shared()
-    size = max(16, -(-len(items) // (pool.size * CHUNKS_PER_WORKER)))
+    size = max(_MIN_CHUNK, -(-len(items) // (pool.size * CHUNKS_PER_WORKER)))
     chunks: list[Chunk] = []
     for start in range(0, len(items), size):
         part = items[start : start + size]

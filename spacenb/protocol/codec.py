@@ -286,16 +286,60 @@ def from_obj(
         unknown = set(obj) - plan.names - set(skip)
         if unknown:
             raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
-    kwargs = {}
-    for fname, decode, optional in plan.decoders:
-        if fname in obj:
-            kwargs[fname] = decode(obj[fname], prefix + fname)
-        elif not optional:
-            raise ProtocolError("missing", field=prefix + fname)
-    try:
-        return cls(**kwargs)
-    except SpacenbError as exc:
-        raise ProtocolError(str(exc), field=prefix.rstrip(".") or None) from None
+    read = _READERS.get(cls)
+    if read is None:
+        read = _READERS[cls] = _compile_reader(cls, plan)
+    return read(obj, prefix)
+
+
+_READERS: dict[type, Callable[[dict[str, Any], str], Any]] = {}
+_MISSING = object()
+# Values these converters take as they are, tested inline; anything else is handed to
+# the converter itself, which accepts it or raises the error it always did.
+_INLINE: dict[Decoder, str] = {
+    _decode_int: "type(v) is int and 0 <= v <= MAX_INT",
+    _decode_str: "type(v) is str and len(v) <= MAX_STR and v.isascii()",
+    _decode_bool: "type(v) is bool",
+}
+
+
+def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], Any]:
+    """One function per record type that checks and converts its fields in order, then
+    builds it: the loop over the plan's converters unrolled (as ``dataclasses`` builds
+    ``__init__``), with the commonest checks inline. It accepts and refuses exactly what
+    the converters do, with the same errors."""
+    env: dict[str, Any] = {
+        "cls": cls,
+        "ProtocolError": ProtocolError,
+        "SpacenbError": SpacenbError,
+        "MISSING": _MISSING,
+        "MAX_INT": MAX_INT,
+        "MAX_STR": MAX_STR,
+    }
+    lines = ["def read(obj, prefix):", "    get = obj.get", "    kw = {}"]
+    for i, (fname, decode, optional) in enumerate(plan.decoders):
+        env[f"d{i}"] = decode
+        lines.append(f"    v = get({fname!r}, MISSING)")
+        if optional:
+            lines.append("    if v is not MISSING:")
+        else:
+            lines.append("    if v is MISSING:")
+            lines.append(f"        raise ProtocolError('missing', field=prefix + {fname!r})")
+            lines.append("    if True:")
+        test = _INLINE.get(decode)
+        if test is not None:
+            lines.append(f"        kw[{fname!r}] = v if {test} else d{i}(v, prefix + {fname!r})")
+        else:
+            lines.append(f"        kw[{fname!r}] = d{i}(v, prefix + {fname!r})")
+    lines += [
+        "    try:",
+        "        return cls(**kw)",
+        "    except SpacenbError as exc:",
+        "        raise ProtocolError(str(exc), field=prefix.rstrip('.') or None) from None",
+    ]
+    exec("\n".join(lines), env)  # the source is built here, from field names only
+    reader: Callable[[dict[str, Any], str], Any] = env["read"]
+    return reader
 
 
 def to_obj(value: Any) -> dict[str, Any]:

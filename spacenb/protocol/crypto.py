@@ -169,7 +169,7 @@ def hkdf_sha256(secret: bytes, *, salt: bytes, info: bytes, length: int = 32) ->
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
 
-def _aead_arguments(key: bytes, iv: bytes, data: bytes, aad: bytes) -> None:
+def _aead_arguments(key: bytes, iv: bytes, data: bytes | memoryview, aad: bytes) -> None:
     _need_size(key, AES_KEY_SIZE, "key")
     _need_bytes(iv, "iv")
     _need_bytes(data, "data")
@@ -186,7 +186,7 @@ def aead_seal(key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
     return AESGCM(key).encrypt(iv, plaintext, aad)
 
 
-def aead_open(key: bytes, iv: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+def aead_open(key: bytes, iv: bytes, ciphertext: bytes | memoryview, aad: bytes) -> bytes:
     """Undo :func:`aead_seal`; a wrong key, IV, AAD or tag raises :class:`IntegrityError`
     (an IV or ciphertext of the wrong size too: they come from the wire), a key that is
     not 32 bytes :class:`UsageError`."""

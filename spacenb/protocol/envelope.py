@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import orjson
+
 from ..clock import Clock, SystemClock
 from ..exceptions import IntegrityError, LimitExceededError, ProtocolError, UsageError
 from . import crypto
@@ -52,6 +54,23 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+def _plaintext_json(data: bytes) -> Any:
+    """The sealed plaintext's JSON value, refusing a key that repeats anywhere in it.
+
+    Fast path: senders write canonical JSON, and text that orjson writes back byte for
+    byte (sorted keys, no spaces) cannot repeat a key, since the re-encoding of an object
+    that did would be shorter. Anything else (another writer's spacing or float format,
+    integers past 64 bits, lone surrogates, deep nesting) takes the stdlib parser with its
+    repeated-key check, as all plaintexts did before."""
+    try:
+        obj = orjson.loads(data)
+        if orjson.dumps(obj, option=orjson.OPT_SORT_KEYS) == data:
+            return obj
+    except (orjson.JSONDecodeError, TypeError):
+        pass
+    return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """The sealed plaintext.
@@ -85,7 +104,7 @@ class Message:
     @classmethod
     def from_bytes(cls, data: bytes) -> Message:
         try:
-            obj = json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+            obj = _plaintext_json(data)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ProtocolError("sealed plaintext is not JSON", field="message") from exc
         if not isinstance(obj, dict) or set(obj) != _PLAINTEXT_FIELDS:

@@ -53,10 +53,13 @@ def segment_aad(file_id: bytes, index: int, count: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class EncodedSegment:
-    """The ``n`` shares of one segment (share ``j`` goes to store ``j``) and their names."""
+    """The ``n`` shares of one segment (share ``j`` goes to store ``j``) and their names.
+
+    The first ``k`` shares are read-only views of the sealed, padded segment (they hold
+    it in memory until all of them are dropped); the parity shares are bytes."""
 
     index: int
-    shares: tuple[bytes, ...]
+    shares: tuple[bytes | memoryview, ...]
     entry: SegmentEntry
 
     @property
@@ -126,9 +129,13 @@ class FileEncoder:
         padded = b"".join((nonce, ciphertext, bytes(padding)))
         del ciphertext
         size = layout.share_size(index)
-        blocks = tuple(padded[j * size : (j + 1) * size] for j in range(layout.k))
-        del padded
-        shares = tuple(bytes(share) for share in self._fec.encode(blocks))
+        # The k primary shares are views of the padded segment (no copy); zfec computes
+        # only the n - k parity shares from them.
+        view = memoryview(padded)
+        blocks = tuple(view[j * size : (j + 1) * size] for j in range(layout.k))
+        del padded, view
+        parity = self._fec.encode(blocks, tuple(range(layout.k, layout.n)))
+        shares = blocks + tuple(bytes(share) for share in parity)
         entry = SegmentEntry(padding, tuple(share_name(share) for share in shares))
         self._entries[index] = entry
         return EncodedSegment(index, shares, entry)
@@ -152,7 +159,7 @@ class FileDecoder:
         self._aead_key = segment_key(manifest.key, manifest.file_id)
         self._fec = zfec.Decoder(manifest.k, manifest.n)
 
-    def invalid_shares(self, index: int, shares: Mapping[int, bytes]) -> list[int]:
+    def invalid_shares(self, index: int, shares: Mapping[int, bytes | memoryview]) -> list[int]:
         """The numbers among ``shares`` (share number → bytes) of segment ``index`` that are
         out of range or whose length or SHA-256 does not match the manifest."""
         names = self.manifest.segments[index].shares
@@ -163,7 +170,7 @@ class FileDecoder:
             if not 0 <= num < self.layout.n or len(data) != size or share_name(data) != names[num]
         ]
 
-    def decode_segment(self, index: int, shares: Mapping[int, bytes]) -> bytes:
+    def decode_segment(self, index: int, shares: Mapping[int, bytes | memoryview]) -> bytes:
         """Rebuild segment ``index``'s plaintext from at least ``k`` shares (number → bytes).
 
         Every share given is checked against its name before any is used. Raises
@@ -187,7 +194,7 @@ class FileDecoder:
         sealed = memoryview(padded)[: layout.sealed_length(index)]
         iv = bytes(sealed[: crypto.GCM_IV_SIZE])
         aad = segment_aad(self.manifest.file_id, index, layout.segment_count)
-        ciphertext = bytes(sealed[crypto.GCM_IV_SIZE :])
+        ciphertext = sealed[crypto.GCM_IV_SIZE :]  # AES-GCM reads the view: no copy
         plaintext = crypto.aead_open(self._aead_key, iv, ciphertext, aad)
         if len(plaintext) != layout.plaintext_length(index):
             raise IntegrityError(f"segment {index} has the wrong length")

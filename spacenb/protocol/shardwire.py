@@ -178,14 +178,13 @@ class Reply:
 
     id: int | None
     fields: dict[str, Any]
-    payload: bytes
+    payload: bytes | memoryview  # a view into the message: a share is not copied
     error: SpacenbError | None
 
 
 def parse_reply(message: bytes | str) -> Reply:
     """Parse one store message; :class:`ProtocolError` if it is malformed."""
-    header, view = _unpack(message)
-    payload = bytes(view)
+    header, payload = _unpack(message)
     request_id = None if header.get("id") is None else _id_of(header)
     ok = header.pop("ok", None)
     header.pop("id", None)

@@ -52,6 +52,7 @@ MAX_SHARE_SIZE = MAX_SEGMENT_SIZE + SEGMENT_OVERHEAD  # the largest share a mani
 _IN_FLIGHT = 8  # requests handled at once per connection
 _TICKET_CACHE = 256  # verified tickets remembered
 USAGE_FILE = "usage.json"
+USAGE_SAVE_DELAY = 0.5  # seconds: usage.json is rewritten at most this often (and at stop)
 
 
 class ShardStore:
@@ -100,6 +101,8 @@ class ShardStore:
         self.stored_bytes = 0  # bytes of shares held (and reserved for puts in flight)
         self.usage: dict[str, int] = {}  # username → bytes of shares it uploaded here
         self._usage_lock = threading.Lock()
+        self._usage_timer: asyncio.TimerHandle | None = None
+        self._usage_saves: set[asyncio.Future[None]] = set()
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Create ``root`` if needed and listen; sets :attr:`url` to ``ws://host:port``."""
@@ -124,6 +127,12 @@ class ShardStore:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._usage_saves:
+            await asyncio.gather(*self._usage_saves, return_exceptions=True)
+        if self._usage_timer is not None:
+            self._usage_timer.cancel()
+            self._usage_timer = None
+            await asyncio.to_thread(self._save_usage)
 
     async def __aenter__(self) -> ShardStore:
         if self._server is None:
@@ -194,10 +203,26 @@ class ShardStore:
         self._reserve(user, size)  # on the loop thread: concurrent puts cannot both pass
         new = False
         try:
-            new = await asyncio.to_thread(self._write, request.name, request.data, user)
+            new = await asyncio.to_thread(self._write, request.name, request.data)
         finally:
             if not new:
                 self._release(user, size)
+        if new:
+            self._usage_changed()
+
+    def _usage_changed(self) -> None:
+        """Save ``usage.json`` soon: one rewrite for all the puts of the next
+        :data:`USAGE_SAVE_DELAY` seconds, not one per share (a file of 1 MB segments over
+        five stores would rewrite it five times per MB)."""
+        if self._usage_timer is None:
+            loop = asyncio.get_running_loop()
+            self._usage_timer = loop.call_later(USAGE_SAVE_DELAY, self._start_usage_save)
+
+    def _start_usage_save(self) -> None:
+        self._usage_timer = None
+        save = asyncio.ensure_future(asyncio.to_thread(self._save_usage))
+        self._usage_saves.add(save)
+        save.add_done_callback(self._usage_saves.discard)
 
     def _reserve(self, user: str, size: int) -> None:
         """Count ``size`` bytes against ``user`` and the store, or raise
@@ -245,7 +270,7 @@ class ShardStore:
 
     # ------------------------------------------------------------------ disk (worker threads)
 
-    def _write(self, name: str, data: bytes | memoryview, user: str | None = None) -> bool:
+    def _write(self, name: str, data: bytes | memoryview) -> bool:
         """Store a share; whether it is new (a share stored again, which also repairs a
         damaged copy, is not counted twice)."""
         if share_name(data) != name:
@@ -262,11 +287,7 @@ class ShardStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        if existed:
-            return False
-        if user is not None:
-            self._save_usage()
-        return True
+        return not existed
 
     def _load_usage(self) -> tuple[int, dict[str, int]]:
         """The bytes of shares on disk, and what each user uploaded (``usage.json``)."""

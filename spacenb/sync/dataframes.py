@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..units import handle_time
@@ -160,8 +161,31 @@ def history_frame(history: Any) -> pd.DataFrame:
     ``history`` is the async core's ``History(messages, next_cursor)``; the cursor for the
     next (older) page is kept in ``df.attrs["next_cursor"]`` (None at the start), and the
     number of stored messages this member could not read in ``df.attrs["unreadable"]``.
+    Built a column at a time from arrays (``sent_at`` from the handles in one step): the
+    same frame as :func:`to_frame` with :func:`_history_row` makes, for a fraction of the
+    time (pandas aligns no Series, converts no datetime one by one).
     """
-    df = to_frame(history.messages, HISTORY_COLUMNS, row=_history_row)
+    events = history.messages
+    count = len(events)
+
+    def objects(values: Iterable[Any]) -> Any:
+        # items kept as they are (a list body stays one cell), and no dtype inferred
+        return pd.Series(np.fromiter(values, dtype=object, count=count), dtype=object)
+
+    handles = np.fromiter((e.handle for e in events), dtype=np.int64, count=count)
+    df = pd.DataFrame(
+        {
+            "handle": handles,
+            # handles are at most 2**53 µs (year 2255): no overflow in nanoseconds
+            "sent_at": pd.DatetimeIndex((handles * 1000).view("M8[ns]"), tz="UTC"),
+            "sender": pd.array([e.sender for e in events], dtype="str"),
+            "channel": pd.array([e.channel for e in events], dtype="str"),
+            "epoch": np.fromiter((e.epoch for e in events), dtype=np.int64, count=count),
+            "content_type": objects(e.content_type for e in events),
+            "body": objects(e.message.body for e in events),
+        },
+        copy=False,
+    )
     df.attrs["next_cursor"] = history.next_cursor
     df.attrs["unreadable"] = history.unreadable
     return df

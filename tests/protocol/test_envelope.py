@@ -7,6 +7,7 @@ revision and session id (``seq``, ``rev``, ``sid``)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from typing import Any
@@ -449,3 +450,28 @@ def test_a_plaintext_with_a_repeated_key_is_refused(text: bytes) -> None:
     """Parsers disagree on which value a repeated key means: refused, at any depth."""
     with pytest.raises(ProtocolError, match="not JSON"):
         Message.from_bytes(text)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"x":1,"x":1}',  # the same value twice: still refused
+        '{"b":1,"a":2,"a":2}',  # unsorted too
+        '[{"k":[{"z":0,"z":0}]}]',  # deep inside a list
+        '{"x" : 1, "x" : 2}',  # spaced: not canonical, the stdlib path decides
+    ],
+)
+def test_a_repeated_key_is_refused_off_the_canonical_fast_path(body: str) -> None:
+    """Canonical plaintexts are read by orjson; anything it would not write back byte
+    for byte goes to the checking stdlib parser, so no repeated key slips through."""
+    with pytest.raises(ProtocolError, match="not JSON"):
+        Message.from_bytes(_plain(_GOOD.replace('"body":1', '"body":' + body)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['{"b": 1, "a": 2}', "1e+16", "-0", r'"\u00e9\ud83d\ude00"', "1234567890123456789012345678"],
+)
+def test_non_canonical_plaintexts_read_as_the_stdlib_reads_them(body: str) -> None:
+    message = Message.from_bytes(_plain(_GOOD.replace('"body":1', '"body":' + body)))
+    assert message.body == json.loads(body)

@@ -248,3 +248,34 @@ async def test_quotas_refuse_a_share_and_keep_everything_stored(
             assert low is not None and "shard_min_free_bytes" in str(low)
     finally:
         await again.stop()
+
+
+async def test_usage_is_saved_once_for_many_puts_and_at_stop(
+    tmp_path: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """usage.json is rewritten once for a burst of puts, not once per share, and what
+    is still unsaved when the store stops is saved then (a restart reads it)."""
+    monkeypatch.setattr("spacenb.server.shards.USAGE_SAVE_DELAY", 3600.0)
+    root = tmp_path / "store"
+    store = ShardStore(root, RELAY.signing_key, clock=clock)
+    saves = []
+    save = store._save_usage
+    monkeypatch.setattr(store, "_save_usage", lambda: (saves.append(1), save())[1])
+    await store.start()
+    try:
+        assert store.url is not None
+        async with connect(store.url, compression=None) as conn:
+            for i in range(20):
+                assert (
+                    await ask(conn, put(bytes([i]) * 10, ticket_for(clock), rid=i))
+                ).error is None
+        assert saves == [] and not (root / "usage.json").exists()
+    finally:
+        await store.stop()
+    assert saves == [1]
+    again = ShardStore(root, RELAY.signing_key, clock=clock)
+    await again.start()
+    try:
+        assert again.usage == {"alice": 200} and again.stored_bytes == 200
+    finally:
+        await again.stop()

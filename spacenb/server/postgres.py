@@ -316,7 +316,9 @@ class PostgresStorage(Storage):
         # Names this storage's writes in their notifications, so that its own relay can
         # tell them from other relays' (it has pushed them already).
         self.origin = os.urandom(6).hex()
-        self.on_stored: Callable[[str, int], None] | None = None  # (space_id, handle)
+        # Set by the cluster: messages are then staged for its commit thread
+        # (:mod:`spacenb.server.pgcommit`) instead of stored on this connection.
+        self.stage: Callable[[Envelope, int], None] | None = None
 
     def notify(self, db: psycopg.Connection[Any], kind: str, space_id: str, arg: object) -> None:
         """Send a notification to the other relays with the open transaction (on commit),
@@ -641,6 +643,11 @@ class PostgresStorage(Storage):
     # -- messages
 
     def add_message(self, envelope: Envelope, now_us: int) -> int:
+        if self.stage is not None:
+            # Staged for the commit thread, which decides the handle (and the quota) in
+            # the batch's transaction; the core answers with it after the commit.
+            self.stage(envelope, now_us)
+            return 0
         params = _message_params(envelope, now_us)
         params["channel"] = NOTIFY_CHANNEL
         params["note"] = f"{self.origin} m {envelope.target} "
@@ -663,10 +670,7 @@ class PostgresStorage(Storage):
                 self.rollback()
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
-        handle = int(row[0])
-        if self.on_stored is not None:
-            self.on_stored(envelope.target, handle)
-        return handle
+        return int(row[0])
 
     def last_handle(self, space_id: str) -> int:
         """The newest handle handed out in the space (0 for none)."""

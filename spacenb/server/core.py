@@ -502,6 +502,11 @@ class RelayCore:
                 error = ErrorFrame(request_id, "server_error", "could not store the message")
                 self._outbox[start:end] = [(self._outbox[start][0], error.to_json())]
 
+    @property
+    def committing(self) -> bool:
+        """Whether a group commit is in flight off the loop (several relays)."""
+        return self._job is not None
+
     def settle(self) -> None:
         """With several relays: wait for the commit in flight, then commit what is staged,
         so that nothing is left uncommitted (before another write, and on stopping)."""

@@ -63,7 +63,8 @@ _LOCK_SPACES = (
     "ORDER BY space_id FOR NO KEY UPDATE"
 )
 # A user's first message (or the UNLOGGED table was emptied by a crash): count what is
-# stored. Done after the locks above: the transaction then waits for nothing else.
+# stored, in a statement of its own before the batch's transaction, so that the
+# transaction takes its locks in one order only (usage rows, then counters).
 _COUNT_USAGE = """
 INSERT INTO spacenb_live.usage (username, messages, bytes)
 SELECT u.username, count(m.source), coalesce(sum(length(m.ciphertext)), 0)
@@ -135,6 +136,7 @@ class Committer:
         self._most_messages = most_messages
         self._most_bytes = most_bytes
         self._staged: list[tuple[Envelope, int]] = []
+        self._counted: set[str] = set()  # users whose usage row exists (the thread's)
         self._db: psycopg.Connection[Any] | None = None  # the thread's own
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spacenb-commit")
         self._closed = False
@@ -215,17 +217,23 @@ class Committer:
     ) -> list[Outcome]:
         users = sorted({envelope.source for envelope, _ in batch})
         spaces = sorted({envelope.target for envelope, _ in batch})
-        with db.pipeline():
-            db.execute("BEGIN")
-            usage_rows = db.execute(_LOCK_USAGE, (users,))
-            space_rows = db.execute(_LOCK_SPACES, (spaces,))
-            usage = {u: [int(m), int(b)] for u, m, b in usage_rows.fetchall()}
-            last = {s: int(h) for s, h in space_rows.fetchall()}
-        missing = [u for u in users if u not in usage]
-        if missing:
-            db.execute(_COUNT_USAGE, (missing,))
-            rows = db.execute(_LOCK_USAGE, (missing,)).fetchall()
-            usage.update({u: [int(m), int(b)] for u, m, b in rows})
+        for _attempt in range(3):
+            missing = [u for u in users if u not in self._counted]
+            if missing:
+                db.execute(_COUNT_USAGE, (missing,))  # (autocommit, before BEGIN)
+                self._counted.update(missing)
+            with db.pipeline():
+                db.execute("BEGIN")
+                usage_rows = db.execute(_LOCK_USAGE, (users,))
+                space_rows = db.execute(_LOCK_SPACES, (spaces,))
+                usage = {u: [int(m), int(b)] for u, m, b in usage_rows.fetchall()}
+                last = {s: int(h) for s, h in space_rows.fetchall()}
+            if len(usage) == len(users):
+                break
+            db.execute("ROLLBACK")  # the usage table was emptied (a crash): count again
+            self._counted.difference_update(users)
+        else:
+            raise psycopg.OperationalError("the usage rows of the batch's authors are missing")
         outcomes: list[Outcome] = []
         stored: list[tuple[Envelope, int]] = []
         charged: dict[str, list[int]] = {}
@@ -234,7 +242,7 @@ class Committer:
             if space_id not in last:
                 outcomes.append(ChannelNotFoundError("no such space"))
                 continue
-            counted = usage.setdefault(user, [0, 0])
+            counted = usage[user]
             size = len(envelope.ciphertext)
             refusal = quota_refusal(
                 user, (counted[0], counted[1]), count=1, size=size,

@@ -19,10 +19,15 @@ which relay runs the keeper (PROTOCOL.md, "One service on several relays").
 - **Presence** is one row per (space, user, relay) in ``spacenb_live.presence``; each
   relay heartbeats its row in ``spacenb_live.relays`` every ``heartbeat`` seconds, and a
   relay not seen for ``expiry`` seconds is removed, with its presence, by any other.
-- **Rate limits and quotas** are rows updated atomically (one statement each) on this
-  module's own connection, outside the message batch, so they never hold a lock across
-  the batch. A relay leases a few tokens at a time (at most 1/20 of the burst), so a
-  message usually costs no extra round trip.
+- **Group commit and read-back** run on the commit thread (:mod:`.pgcommit`): the core
+  starts a job when it drains (:meth:`Cluster.begin_commit`: the staged messages, and
+  the changed spaces this relay has subscribers in, from their cursors) and collects it
+  when the thread wakes it (:meth:`Cluster.end_commit`, :meth:`Cluster.push_committed`).
+- **Rate limits** are rows updated atomically (one statement each) on this module's own
+  connection, outside the message batch. A relay leases a few tokens at a time (at most
+  1/20 of the burst), so a message usually costs no round trip. **Quotas** are charged
+  in the batch's own transaction (:mod:`.pgcommit` says why); an edit's or a deletion's
+  change is one statement here.
 - **The keeper** runs on the relay that holds a session-level advisory lock
   (:data:`KEEPER_LOCK`) on a connection of its own; the others try every ``retry``
   seconds and take over when the holder's session ends (its relay died, or lost the

@@ -233,6 +233,12 @@ class Cluster:
         except Exception:
             log.exception("committing the last messages failed")
         self.committer.close()
+        if self.committer.commits:
+            log.info(
+                "stored %d messages in %d group commits (%.1f a commit)",
+                self.committer.committed, self.committer.commits,
+                self.committer.committed / self.committer.commits,
+            )  # fmt: skip
         with contextlib.suppress(psycopg.Error, ServerError):
             db = self._conn()
             db.execute("DELETE FROM spacenb_live.presence WHERE relay_id = %s", (self.origin,))

@@ -19,10 +19,15 @@ which relay runs the keeper (PROTOCOL.md, "One service on several relays").
 - **Presence** is one row per (space, user, relay) in ``spacenb_live.presence``; each
   relay heartbeats its row in ``spacenb_live.relays`` every ``heartbeat`` seconds, and a
   relay not seen for ``expiry`` seconds is removed, with its presence, by any other.
-- **Rate limits and quotas** are rows updated atomically (one statement each) on this
-  module's own connection, outside the message batch, so they never hold a lock across
-  the batch. A relay leases a few tokens at a time (at most 1/20 of the burst), so a
-  message usually costs no extra round trip.
+- **Group commit and read-back** run on the commit thread (:mod:`.pgcommit`): the core
+  starts a job when it drains (:meth:`Cluster.begin_commit`: the staged messages, and
+  the changed spaces this relay has subscribers in, from their cursors) and collects it
+  when the thread wakes it (:meth:`Cluster.end_commit`, :meth:`Cluster.push_committed`).
+- **Rate limits** are rows updated atomically (one statement each) on this module's own
+  connection, outside the message batch. A relay leases a few tokens at a time (at most
+  1/20 of the burst), so a message usually costs no round trip. **Quotas** are charged
+  in the batch's own transaction (:mod:`.pgcommit` says why); an edit's or a deletion's
+  change is one statement here.
 - **The keeper** runs on the relay that holds a session-level advisory lock
   (:data:`KEEPER_LOCK`) on a connection of its own; the others try every ``retry``
   seconds and take over when the holder's session ends (its relay died, or lost the
@@ -40,20 +45,23 @@ not data (a crash empties them; usage is then counted again from the messages).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from ..exceptions import ServerError
+from ..exceptions import ServerError, SpacenbError
 from ..protocol import frames
 from ..protocol.relayrules import bytes_quota_refusal, quota_refusal, rate_limited
+from .pgcommit import READ_PAGE, Committed, Committer
 from .postgres import _MIGRATION_LOCK, NOTIFY_CHANNEL, PostgresStorage, redacted_url
 
 if TYPE_CHECKING:
-    from .core import RelayCore
+    from .core import CommitJob, RelayCore
     from .keeper import Keeper
 
 __all__ = ["KEEPER_LOCK", "Cluster"]
@@ -62,7 +70,6 @@ log = logging.getLogger("spacenb.server.cluster")
 
 KEEPER_LOCK = 0x7370_6163_656E_6B70  # pg_advisory_lock key of the active keeper: "spacenkp"
 MAX_SIGNAL_PAYLOAD = 7900  # bytes of an ephemeral's notification (PostgreSQL's limit: 8000)
-_PAGE = 500
 
 _SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS spacenb_live;
@@ -183,7 +190,16 @@ class Cluster:
         self._leases: dict[str, int] = {}  # username → tokens leased from the shared bucket
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        storage.on_stored = self._stored
+        limits = relay.limits
+        self.committer = Committer(
+            storage._connect, self.origin,
+            most_messages=limits.max_messages_per_user,
+            most_bytes=limits.max_message_bytes_per_user,
+        )  # fmt: skip
+        storage.stage = self.committer.stage
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     def __repr__(self) -> str:
         return f"Cluster({redacted_url(self._url)!r}, origin={self.origin!r})"
@@ -192,6 +208,7 @@ class Cluster:
 
     async def start(self) -> None:
         """Start the listener and the keeper lock's loop; return once listening."""
+        self._loop = asyncio.get_running_loop()
         self._heartbeat_now()
         self._tasks = [
             asyncio.create_task(self._listen(), name="spacenb-listener"),
@@ -211,6 +228,17 @@ class Cluster:
         if self.keeper_active:
             await self.keeper.stop()
             self.keeper_active = False
+        try:
+            self.relay.settle()  # what was staged is committed before the thread stops
+        except Exception:
+            log.exception("committing the last messages failed")
+        self.committer.close()
+        if self.committer.commits:
+            log.info(
+                "stored %d messages in %d group commits (%.1f a commit)",
+                self.committer.committed, self.committer.commits,
+                self.committer.committed / self.committer.commits,
+            )  # fmt: skip
         with contextlib.suppress(psycopg.Error, ServerError):
             db = self._conn()
             db.execute("DELETE FROM spacenb_live.presence WHERE relay_id = %s", (self.origin,))
@@ -345,35 +373,76 @@ class Cluster:
         self._remote.pop(space_id, None)
         self._dirty.discard(space_id)
 
-    def _stored(self, space_id: str, handle: int) -> None:
-        if space_id in self._cursors:
-            self._dirty.add(space_id)
+    # The group commit runs on the committer's thread (spacenb.server.pgcommit); the core
+    # starts a job when it drains, and collects it when the job wakes it.
 
-    def push_committed(self) -> None:
-        """Push the messages committed since each changed space's cursor, in handle order
-        (the relay calls this right after its group commit, with no transaction open)."""
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        for space_id in sorted(dirty):
-            try:
-                self._pull(space_id)
-            except (psycopg.Error, ServerError) as exc:
-                self._dirty.add(space_id)  # again after the next commit
-                log.warning("could not read new messages of %s: %s", space_id, exc)
+    def staged(self) -> int:
+        """Messages staged for the next batch."""
+        return self.committer.staged
 
-    def _pull(self, space_id: str) -> None:
-        """Push the messages committed after the space's cursor, by any relay."""
-        while space_id in self._cursors:
-            items = self.storage.messages_after(space_id, self._cursors[space_id], _PAGE)
+    def begin_commit(self) -> _Job | None:
+        """Hand the staged messages, and the spaces with subscribers here that changed
+        (by this relay's batch or by others', from their notifications), to the commit
+        thread: one transaction, then one read-back query. None if there is nothing to do."""
+        committer = self.committer
+        if not committer.staged and not self._dirty:
+            return None
+        spaces = self._dirty | committer.staged_spaces()
+        self._dirty = set()
+        reads = {s: self._cursors[s] for s in spaces if s in self._cursors}
+        if not committer.staged and not reads:
+            return None
+        future = committer.submit(reads)
+        if future is None:  # stopped
+            return None
+        future.add_done_callback(self._job_done)
+        return _Job(future, reads)
+
+    def _job_done(self, future: concurrent.futures.Future[Committed]) -> None:
+        """(On the commit thread.) Wake the core on its loop to collect the job."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody to answer
+                loop.call_soon_threadsafe(self.relay.wake)
+
+    def end_commit(self, job: CommitJob) -> Sequence[int | SpacenbError] | None:
+        """Each staged message's handle or refusal (None: the batch failed)."""
+        assert isinstance(job, _Job)
+        result = job.result()
+        if result.error is not None:
+            log.warning("%s", result.error)
+        if not result.read and job.reads:
+            self._read_again(set(job.reads))
+        return result.outcomes
+
+    def _read_again(self, spaces: set[str]) -> None:
+        """The read-back failed (the database is away): try again a little later."""
+
+        def again() -> None:
+            self._dirty.update(s for s in spaces if s in self._cursors)
+            self.relay.wake()
+
+        if self._loop is not None and not self._stopping:
+            self._loop.call_later(self.retry / 4, again)
+
+    def push_committed(self, job: CommitJob) -> None:
+        """Push the messages the job read back, after each space's cursor, in handle order
+        (committed by any relay; within a space commits happen in handle order, so what
+        was read has no gaps)."""
+        assert isinstance(job, _Job)
+        for space_id, items in job.result().rows.items():
+            cursor = self._cursors.get(space_id)
+            if cursor is None:
+                continue  # its last subscriber left meanwhile
             for item in items:
-                pushed = frames.MessagePushed(item.handle, item.envelope)
-                self.relay.push_space(pushed, space_id)
-            if not items:
-                return
-            self._cursors[space_id] = items[-1].handle
-            if len(items) < _PAGE:
-                return
+                if item.handle > cursor:
+                    self.relay.push_space(
+                        frames.MessagePushed(item.handle, item.envelope), space_id
+                    )
+                    cursor = item.handle
+            self._cursors[space_id] = cursor
+            if len(items) >= READ_PAGE:
+                self._dirty.add(space_id)  # more: read on with the next job
 
     def _edited(self, space_id: str, handle: int) -> None:
         if space_id not in self._cursors:
@@ -504,7 +573,11 @@ class Cluster:
         self._leases[username] = int(granted) - 1
 
     def charge(self, username: str, size: int, count: int) -> None:
-        """:meth:`RelayCore.charge_message` on the usage all relays share, in one statement."""
+        """:meth:`RelayCore.charge_message` on the usage all relays share, in one statement;
+        a message being sent (``count > 0``) is charged in its batch's transaction instead
+        (:mod:`spacenb.server.pgcommit`)."""
+        if count > 0:
+            return
         limits = self.relay.limits
         params = {
             "user": username, "size": size, "count": count,
@@ -586,3 +659,26 @@ class Cluster:
                 with contextlib.suppress(psycopg.Error):
                     await conn.close()
             await asyncio.sleep(self.retry)
+
+
+class _Job:
+    """A job of the commit thread, as the core sees it (:class:`~.core.CommitJob`)."""
+
+    __slots__ = ("future", "reads")
+
+    def __init__(self, future: concurrent.futures.Future[Committed], reads: dict[str, int]):
+        self.future = future
+        self.reads = reads
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def wait(self) -> None:
+        concurrent.futures.wait([self.future])
+
+    def result(self) -> Committed:
+        try:
+            return self.future.result()
+        except Exception as exc:  # (the job catches the database's errors itself)
+            log.exception("the commit thread failed")
+            return Committed(None, f"the commit thread failed: {exc}", read=False)

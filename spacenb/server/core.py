@@ -93,11 +93,30 @@ class Admission(Protocol):
     def signed_in(self, connection: Any) -> None: ...
 
 
+class CommitJob(Protocol):
+    """A group commit (and read-back) in flight off the event loop."""
+
+    def done(self) -> bool: ...
+    def wait(self) -> None: ...
+
+
 class Peers(Protocol):
     """The other relays on the same database (:class:`~spacenb.server.cluster.Cluster`):
-    limits, presence, signals and the keeper they share."""
+    limits, presence, signals and the keeper they share, and the group commit, which
+    they run off the event loop.
+
+    A ``send`` only stages its message (``staged`` counts them); :meth:`begin_commit`
+    hands the staged batch and the spaces to read back to the commit thread (None if
+    there is nothing to do); once the job is done, :meth:`end_commit` gives each staged
+    message's handle or refusal (None: the batch failed), and :meth:`push_committed`
+    queues the messages read back. ``charge`` with ``count > 0`` is a message being
+    sent: its quota is charged in the batch's transaction instead."""
 
     keeper_active: bool
+
+    def staged(self) -> int: ...
+    def begin_commit(self) -> CommitJob | None: ...
+    def end_commit(self, job: CommitJob) -> Sequence[int | SpacenbError] | None: ...
 
     def take_token(self, username: str) -> None: ...
     def charge(self, username: str, size: int, count: int) -> None: ...
@@ -108,7 +127,7 @@ class Peers(Protocol):
     def went_offline(self, space_id: str, username: str) -> bool: ...
     def publish_signal(self, space_id: str, text: str) -> None: ...
     def announce_join(self, space_id: str, username: str) -> None: ...
-    def push_committed(self) -> None: ...
+    def push_committed(self, job: CommitJob) -> None: ...
 
 
 class RelayCore:
@@ -163,7 +182,17 @@ class RelayCore:
         # per event-loop iteration under load), then are handed over in order.
         self._outbox: list[Outgoing] = []
         self._keeper_outbox: list[JoinRequested] = []
-        self._batch: list[tuple[int, int, int]] = []  # outbox spans of uncommitted sends
+        # Outbox spans of uncommitted sends: (start, end, request id, staged index). With
+        # several relays the answer at ``start`` is a placeholder until the commit gives
+        # the handle (staged index: the message's place in the batch the peers commit).
+        self._batch: list[tuple[int, int, int, int]] = []
+        # With several relays: the job committing off the loop, the outbox it holds back
+        # (its senders' answers wait for it, and what was queued after them) and its
+        # spans; and the frames that are ready to go, ahead of the outbox.
+        self._job: CommitJob | None = None
+        self._job_frames: list[Outgoing] = []
+        self._job_spans: list[tuple[int, int, int, int]] = []
+        self._ready: list[Outgoing] = []
 
     def now_us(self) -> int:
         return self.clock.now_us()
@@ -199,6 +228,7 @@ class RelayCore:
         if not batched:
             self._commit()  # before ``mark``: a failed commit reshapes the outbox
         mark = len(self._outbox)
+        staged = self.peers.staged() if batched and self.peers is not None else -1
         try:
             reply = Response.of(request.id, self.call(session, request)).to_json()
         except SpacenbError as exc:
@@ -208,7 +238,10 @@ class RelayCore:
             reply = ErrorFrame(request.id, "server_error", "internal error (logged)").to_json()
         else:
             if batched:
-                self._batch.append((mark, len(self._outbox) + 1, request.id))
+                index = -1
+                if staged >= 0 and self.peers is not None and self.peers.staged() > staged:
+                    index, reply = staged, ""  # answered with the handle once committed
+                self._batch.append((mark, len(self._outbox) + 1, request.id, index))
         self._outbox.insert(mark, ([session], reply))
         self.wake()
 
@@ -453,24 +486,119 @@ class RelayCore:
     # ------------------------------------------------------------------ committing
 
     def _commit(self) -> None:
-        """Commit the message batch. If that fails, its sends are answered ``server_error``
-        instead and their events are dropped."""
+        """Commit the message batch now (a request that is not a send needs it committed
+        first). If that fails, its sends are answered ``server_error`` instead and their
+        events are dropped. With several relays this waits for the commit thread."""
+        if self.peers is not None:
+            self.settle()
+            return
         batch, self._batch = self._batch, []
         try:
             self.storage.commit()
         except Exception:
             log.exception("committing %d messages failed; their senders are told", len(batch))
             self.storage.rollback()
-            for start, end, request_id in reversed(batch):
+            for start, end, request_id, _ in reversed(batch):
                 error = ErrorFrame(request_id, "server_error", "could not store the message")
                 self._outbox[start:end] = [(self._outbox[start][0], error.to_json())]
 
+    @property
+    def committing(self) -> bool:
+        """Whether a group commit is in flight off the loop (several relays)."""
+        return self._job is not None
+
+    def settle(self) -> None:
+        """With several relays: wait for the commit in flight, then commit what is staged,
+        so that nothing is left uncommitted (before another write, and on stopping)."""
+        if self._job is not None:
+            self._job.wait()
+            self._finish_job()
+        if self._batch:
+            self._start_job()
+            if self._job is not None:
+                self._job.wait()
+                self._finish_job()
+
+    def _advance(self) -> None:
+        """With several relays: collect the commit in flight if it is done, and start the
+        next one with what was staged (and read back) meanwhile; never waits."""
+        if self._job is not None:
+            if not self._job.done():
+                return
+            self._finish_job()
+        self._start_job()
+
+    def _start_job(self) -> None:
+        assert self.peers is not None and self._job is None
+        spans, self._batch = self._batch, []
+        first = spans[0][0] if spans else len(self._outbox)
+        self._ready.extend(self._outbox[:first])  # queued ahead of every waiting answer
+        held, self._outbox = self._outbox[first:], []
+        job = self.peers.begin_commit()
+        self._job, self._job_frames = job, held
+        self._job_spans = [(a - first, b - first, rid, i) for a, b, rid, i in spans]
+        if job is None:  # nothing to commit or read (or the peers stopped)
+            self._job = None
+            self._resolve(None if spans else [], held, self._job_spans)
+            self._ready.extend(held)
+
+    def _finish_job(self) -> None:
+        assert self.peers is not None and self._job is not None
+        job, held, spans = self._job, self._job_frames, self._job_spans
+        self._job, self._job_frames, self._job_spans = None, [], []
+        self._resolve(self.peers.end_commit(job), held, spans)
+        # The messages read back go right after the answers of the batch that stored them.
+        saved, self._outbox = self._outbox, held
+        try:
+            self.peers.push_committed(job)
+        except Exception:
+            log.exception("pushing the messages read back failed")
+        finally:
+            held, self._outbox = self._outbox, saved
+        self._ready.extend(held)
+
+    def _resolve(
+        self,
+        outcomes: Sequence[int | SpacenbError] | None,
+        held: list[Outgoing],
+        spans: Sequence[tuple[int, int, int, int]],
+    ) -> None:
+        """Put each committed send's answer in place: its handle, its refusal, or (the
+        batch failed) ``server_error`` in place of its answer and events."""
+        for start, end, request_id, index in reversed(spans):
+            targets = held[start][0]
+            if index < 0:
+                continue  # answered already (not staged)
+            outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
+            if isinstance(outcome, int):
+                held[start] = (
+                    targets,
+                    Response.of(request_id, frames.HandleResult(outcome)).to_json(),
+                )
+                continue
+            if isinstance(outcome, SpacenbError):
+                error = ErrorFrame.of(request_id, outcome).to_json()
+            else:
+                error = ErrorFrame(
+                    request_id, "server_error", "could not store the message"
+                ).to_json()
+            held[start:end] = [(targets, error)]
+
     def drain(self) -> tuple[list[Outgoing], list[JoinRequested]]:
         """Commit the message batch, then hand over every queued frame, in order, and the
-        join requests for the keeper."""
-        self._commit()
-        if self.peers is not None:
-            self.peers.push_committed()
-        outbox, self._outbox = self._outbox, []
+        join requests for the keeper.
+
+        With several relays the commit runs off the loop: this starts it (or collects the
+        one in flight) and hands over what does not wait for it; the rest comes with a
+        later call (the peers wake the core when the commit is done)."""
         keeper_outbox, self._keeper_outbox = self._keeper_outbox, []
+        if self.peers is None:
+            self._commit()
+            outbox, self._outbox = self._outbox, []
+            return outbox, keeper_outbox
+        self._advance()
+        outbox, self._ready = self._ready, []
+        if self._job is None:
+            outbox.extend(self._outbox)
+            self._outbox = []
         return outbox, keeper_outbox

@@ -8,9 +8,11 @@ on both), with what one shared database must add:
   holds ``last_handle``, and a message takes ``max(now, last_handle + 1)`` in the same
   statement that stores it. That row stays locked until the message's batch commits, so
   within a space commits happen in handle order (a reader that has seen handle ``h``
-  never later finds a smaller one). A batch already holding other spaces does not wait
-  for a row another relay holds (``SKIP LOCKED``): it commits first, then waits, so two
-  relays never wait on each other.
+  never later finds a smaller one). Used alone, a batch already holding other spaces
+  does not wait for a row another relay holds (``SKIP LOCKED``): it commits first, then
+  waits, so two relays never wait on each other. A relay's cluster sets :attr:`stage`:
+  its messages are then committed by :mod:`spacenb.server.pgcommit` on a thread of its
+  own, a batch in one statement, locking in sorted order.
 - **State-log appends** are refused atomically: ``(space_id, seq)`` is the primary key of
   ``state_events``, so of two relays appending at one seq (two joiners redeeming the last
   use of an invite link, say) exactly one commits and the other raises
@@ -35,8 +37,11 @@ as they are and both backends share every rule. asyncpg is async-only: using it 
 mean making every storage call and every handler a coroutine: a rework of the relay
 core, not a storage backend. psycopg 3 also has an async
 connection with ``LISTEN``/``NOTIFY`` (for delivery across relays) in the same package.
-A query costs a loopback round trip (~0.1 ms here): the relay blocks its loop for that
-long, where SQLite takes microseconds.
+A query costs a loopback round trip (~0.1 ms here, 1-5 ms for a commit that waits for
+the disk), where SQLite takes microseconds: so the message path (the group commit and
+the read-back after it) does not run here but on the commit thread of
+:mod:`spacenb.server.pgcommit`, and the loop keeps reading while a batch commits; the
+other requests, which are rarer, still make their round trips on the loop.
 """
 
 from __future__ import annotations
@@ -316,7 +321,9 @@ class PostgresStorage(Storage):
         # Names this storage's writes in their notifications, so that its own relay can
         # tell them from other relays' (it has pushed them already).
         self.origin = os.urandom(6).hex()
-        self.on_stored: Callable[[str, int], None] | None = None  # (space_id, handle)
+        # Set by the cluster: messages are then staged for its commit thread
+        # (:mod:`spacenb.server.pgcommit`) instead of stored on this connection.
+        self.stage: Callable[[Envelope, int], None] | None = None
 
     def notify(self, db: psycopg.Connection[Any], kind: str, space_id: str, arg: object) -> None:
         """Send a notification to the other relays with the open transaction (on commit),
@@ -641,6 +648,11 @@ class PostgresStorage(Storage):
     # -- messages
 
     def add_message(self, envelope: Envelope, now_us: int) -> int:
+        if self.stage is not None:
+            # Staged for the commit thread, which decides the handle (and the quota) in
+            # the batch's transaction; the core answers with it after the commit.
+            self.stage(envelope, now_us)
+            return 0
         params = _message_params(envelope, now_us)
         params["channel"] = NOTIFY_CHANNEL
         params["note"] = f"{self.origin} m {envelope.target} "
@@ -663,10 +675,7 @@ class PostgresStorage(Storage):
                 self.rollback()
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
-        handle = int(row[0])
-        if self.on_stored is not None:
-            self.on_stored(envelope.target, handle)
-        return handle
+        return int(row[0])
 
     def last_handle(self, space_id: str) -> int:
         """The newest handle handed out in the space (0 for none)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
@@ -268,16 +269,24 @@ async def test_a_failed_commit_fails_its_sends_and_nothing_else(tmp_path, monkey
         await alice.call(frames.Subscribe, space_id=info.space_id)
         kept = await alice.send(ring, "kept")
         await alice.event("message")
-        storage = srv.relay.storage
-        real_commit = storage.commit
+        # SQLite commits on the loop (storage.commit); PostgreSQL on the commit thread
+        # (cluster.committer), whose connection raises psycopg's errors
+        cluster = srv.relay.cluster
+        owner: Any = srv.relay.storage if cluster is None else cluster.committer
+        name = "commit" if cluster is None else "_commit"
+        real_commit = getattr(owner, name)
         disk_broken = True
 
-        def failing_commit() -> None:
+        def failing_commit(*args: Any) -> Any:
             if disk_broken:
-                raise sqlite3.OperationalError("disk I/O error")
-            real_commit()
+                if cluster is not None:
+                    import psycopg  # (an optional dependency: PostgreSQL runs only)
 
-        monkeypatch.setattr(storage, "commit", failing_commit)
+                    raise psycopg.OperationalError("disk I/O error")
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_commit(*args)
+
+        monkeypatch.setattr(owner, name, failing_commit)
         for i in range(3):
             await alice.send_text(frames.Send(id=500 + i, envelope=alice.seal(ring, i)).to_json())
         answers = [await alice.next_frame() for _ in range(3)]

@@ -53,3 +53,11 @@ def test_renamed_requests_keep_their_old_names(old: str, new: str) -> None:
         cls = getattr(frames, old)
     assert cls is getattr(frames, new)
     assert frames.REQUESTS[cls.OP] is cls
+
+
+def test_the_relays_request_handler_type_keeps_its_old_name() -> None:
+    from spacenb.server import handlers
+
+    with pytest.warns(DeprecationWarning, match="handlers.Handler is deprecated"):
+        old = handlers.Handler
+    assert old is handlers.RequestHandler

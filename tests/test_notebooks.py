@@ -146,11 +146,11 @@ def test_starts_its_relay_with_open_server(notebook: tuple[Path, Notebook]) -> N
     path, nb = notebook
     sources = [_source(cell) for cell in _code_cells(nb)]
     assert any("open_server(" in src for src in sources), (
-        f"{path.name}: start the relay with spacenb.tutorial.open_server(), so the notebook "
+        f"{path.name}: start the relay with spacenb.sync.tutorial.open_server(), so the notebook "
         "runs on its own and on Binder"
     )
     assert not any(re.search(r"spacenb\.(aio\.)?serve\(", src) for src in sources), (
-        f"{path.name}: use spacenb.tutorial.open_server(), not spacenb.serve()"
+        f"{path.name}: use spacenb.sync.tutorial.open_server(), not spacenb.serve()"
     )
 
 

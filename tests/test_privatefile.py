@@ -51,3 +51,31 @@ def test_a_stream_commits_when_the_block_ends(tmp_path: Path) -> None:
         assert not target.exists()  # nothing shows before the commit
     assert target.read_bytes() == b"abc"
     assert mode(target) == 0o600
+
+
+def test_exclusive_creates_but_never_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "service.key"
+    write_private(target, "first", exclusive=True)
+    assert (target.read_text(), mode(target)) == ("first", 0o600)
+    with pytest.raises(FileExistsError):
+        write_private(target, "second", exclusive=True)
+    assert target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["service.key"]
+
+
+def test_a_public_file_keeps_the_mode_asked_for(tmp_path: Path) -> None:
+    target = tmp_path / "relay.pub"
+    write_private(target, "sig.key\n", mode=0o644)
+    assert (target.read_text(), mode(target)) == ("sig.key\n", 0o644)
+
+
+def test_the_partial_file_is_made_in_tmp_dir(tmp_path: Path) -> None:
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    target = tmp_path / "ab" / "abcdef"
+    with open_private(target, tmp_dir=staging) as out:
+        out.write(b"share")
+        assert [p.suffix for p in staging.iterdir()] == [".part"]
+        assert not target.parent.exists() or list(target.parent.iterdir()) == []
+    assert target.read_bytes() == b"share"
+    assert list(staging.iterdir()) == []

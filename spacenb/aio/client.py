@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import urlsplit
 
+from .._deprecated import warn_deprecated
 from ..clock import Clock, SystemClock
 from ..exceptions import (
     ConnectionLostError,
@@ -209,11 +209,9 @@ class AsyncClient:
         and the connection gives it its id. (The old form, ``request(frames.Resolve,
         name="lobby")``, still works, deprecated, until 0.3.)"""
         if isinstance(request, type):
-            warnings.warn(
+            warn_deprecated(
                 "client.request(cls, **fields) is deprecated; build the request: "
-                "client.request(cls(frames.UNSENT, **fields))",
-                DeprecationWarning,
-                stacklevel=2,
+                "client.request(cls(frames.UNSENT, **fields))"
             )
             request = request(frames.UNSENT, **fields)
         elif fields:

@@ -47,6 +47,7 @@ from ..exceptions import (
     ProtocolError,
     SpacenbError,
 )
+from ..privatefile import open_private
 from ..protocol.filecodec import EncodedSegment, FileDecoder, FileEncoder
 from ..protocol.manifest import DEFAULT_SEGMENT_SIZE, FileLayout, Manifest
 from .shardlink import ShardLink, ShardLinks
@@ -394,8 +395,9 @@ async def download_to(
     allowed_stores: Collection[str] | None = None,
 ) -> FileStat:
     """Like :func:`download`, but stream the file into ``target`` (a path or a binary file
-    object) a segment at a time. A path is written as ``<path>.part`` and renamed into place
-    only once the whole file has been verified.
+    object) a segment at a time. A path is written beside it as ``.<name>.*.part`` (mode
+    0600, :mod:`spacenb.privatefile`) and renamed into place only once the whole file has
+    been verified.
     """
     manifest = _as_manifest(manifest)
 
@@ -407,21 +409,19 @@ async def download_to(
 
         return await _download(manifest, write, progress, timeout, allowed_stores)
 
-    path = Path(target)
-    partial = path.with_name(path.name + ".part")
-    out = await asyncio.to_thread(open, partial, "wb")
+    private = open_private(target)  # entered and left in a thread: they fsync
+    out = await asyncio.to_thread(private.__enter__)
     try:
 
         async def write_file(data: bytes) -> None:
             await _cpu(len(data), out.write, data)
 
         stat = await _download(manifest, write_file, progress, timeout, allowed_stores)
-        await asyncio.to_thread(out.close)
-        await asyncio.to_thread(os.replace, partial, path)
-        return stat
-    finally:
-        out.close()
-        partial.unlink(missing_ok=True)
+    except BaseException as exc:
+        await asyncio.to_thread(private.__exit__, type(exc), exc, exc.__traceback__)
+        raise
+    await asyncio.to_thread(private.__exit__, None, None, None)
+    return stat
 
 
 async def _download(

@@ -137,13 +137,11 @@ class Keystore:
 
     def load_or_create_identity(self) -> IdentityKeys:
         """The user's identity keys; created (and saved) on first use."""
-        text = self._read("identity.key")
-        if text is not None:
-            return IdentityKeys.from_text(text.strip())
-        identity = IdentityKeys.generate()
+        return IdentityKeys.load_or_create(lambda: self._read("identity.key"), self._create)
+
+    def _create(self, identity_text: str) -> None:
         self._write("keystore.json", json.dumps({"version": KEYSTORE_VERSION}) + "\n")
-        self._write("identity.key", identity.to_text() + "\n")
-        return identity
+        self._write("identity.key", identity_text)
 
     # -- pins
 

@@ -8,6 +8,7 @@ key pair too; its id is its encoded public key. Every public key has one binary 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..exceptions import InvalidKeyError, ProtocolError
@@ -163,6 +164,24 @@ class IdentityKeys:
         if not isinstance(text, str) or not text.startswith(_IDENTITY_PREFIX):
             raise InvalidKeyError(f"expected text starting with {_IDENTITY_PREFIX!r}")
         return cls.from_bytes(b64d(text[len(_IDENTITY_PREFIX) :], field="identity"))
+
+    @classmethod
+    def load_or_create(
+        cls, read: Callable[[], str | None], write: Callable[[str], None]
+    ) -> IdentityKeys:
+        """The identity keys whose text (:meth:`to_text`) ``read`` returns, or, when it
+        returns None (first use), new ones, whose text is handed to ``write`` to keep. The
+        one identity loader: the keystore and the relay give it their own storage.
+
+        Raises :class:`InvalidKeyError` if the text read is not identity keys; whatever
+        ``read`` and ``write`` raise passes through.
+        """
+        text = read()
+        if text is not None:
+            return cls.from_text(text.strip())
+        identity = cls.generate()
+        write(identity.to_text() + "\n")
+        return identity
 
     def public(self, username: str) -> PublicIdentity:
         return PublicIdentity(username, self.signing_key, self.ecdh_key)

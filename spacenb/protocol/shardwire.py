@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,9 +163,15 @@ def request_id_of(message: bytes | str) -> int | None:
         return None
 
 
-def ok_reply(request_id: int, payload: bytes = b"", **fields: Any) -> bytes:
-    """A success reply, with result ``fields`` and an optional payload."""
-    return _pack({"id": request_id, "ok": True, **fields}, payload)
+def ok_reply(
+    request_id: int, payload: bytes = b"", *, present: Sequence[bool] | None = None
+) -> bytes:
+    """A success reply: to a ``put`` (nothing), a ``get`` (the share as ``payload``) or a
+    ``has`` (``present``, one bool per name asked)."""
+    header: dict[str, Any] = {"id": request_id, "ok": True}
+    if present is not None:
+        header["present"] = list(present)
+    return _pack(header, payload)
 
 
 def error_reply(request_id: int | None, error: SpacenbError) -> bytes:

@@ -39,6 +39,7 @@ from websockets.asyncio.server import Server, serve
 
 from ..clock import Clock, SystemClock
 from ..exceptions import ServerError, SpacenbError, UsageError
+from ..privatefile import write_private
 from ..protocol.frames import UserEntry
 from ..protocol.keys import IdentityKeys
 from .connections import guarded_connection
@@ -46,7 +47,7 @@ from .handlers import REQUEST_TABLE, Route
 from .keeper import KEEPER_USERNAME, Keeper
 from .limits import Limits, raise_open_file_limit
 from .relay import WS_MAX_SIZE, LocalMember, Relay
-from .service import ServiceSecrets, open_service, write_private
+from .service import ServiceSecrets, open_service
 from .shards import ShardStore
 from .sqlite import SQLiteStorage
 from .storage import Storage
@@ -110,11 +111,8 @@ def check_store_urls(urls: object) -> tuple[str, ...]:
 
 
 def write_ticket_key(root: Path, ticket_key: str) -> None:
-    """Write the relay's ticket key (public) to ``relay.pub``, for shard stores to read."""
-    tmp = root / f"{TICKET_KEY_FILE}.tmp"
-    tmp.write_text(ticket_key + "\n", encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, root / TICKET_KEY_FILE)
+    """Write the relay's ticket key (public, 0644) to ``relay.pub``, for shard stores."""
+    write_private(root / TICKET_KEY_FILE, ticket_key + "\n", mode=0o644)
 
 
 def make_private(root: Path) -> None:
@@ -137,10 +135,15 @@ def make_private(root: Path) -> None:
 def load_or_create_identity(path: Path) -> IdentityKeys:
     """The identity keys stored at ``path`` (``IdentityKeys.to_text()``), made on first
     use with mode 0600. Raises :class:`ServerError` if the file is unreadable."""
-    if not path.exists():
-        write_private(path, IdentityKeys.generate().to_text() + "\n")
+
+    def read() -> str | None:
+        return path.read_text(encoding="utf-8") if path.exists() else None
+
+    def write(text: str) -> None:
+        write_private(path, text, exclusive=True)
+
     try:
-        return IdentityKeys.from_text(path.read_text(encoding="utf-8").strip())
+        return IdentityKeys.load_or_create(read, write)
     except SpacenbError as exc:
         raise ServerError(f"{path} does not hold identity keys: {exc}") from None
 
@@ -148,7 +151,9 @@ def load_or_create_identity(path: Path) -> IdentityKeys:
 def _load_or_create_app_key(data_dir: Path) -> str:
     path = data_dir / APP_FILE
     if not path.exists():
-        write_private(path, json.dumps({"app_key": secrets.token_urlsafe(24)}) + "\n")
+        write_private(
+            path, json.dumps({"app_key": secrets.token_urlsafe(24)}) + "\n", exclusive=True
+        )
     try:
         app_key = json.loads(path.read_text(encoding="utf-8"))["app_key"]
     except (ValueError, KeyError, TypeError):

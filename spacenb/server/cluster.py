@@ -307,12 +307,12 @@ class Cluster:
         """Read what may have been missed while not listening: state events of every
         cached space, messages of every watched one, and the presence of others."""
         relay = self.relay
-        for state in list(relay._states.values()):
+        for state in relay.cached_states():
             relay.catch_up(state)
         for space_id in list(self._cursors):
             self._dirty.add(space_id)  # read after the next commit
             self._reload_presence(space_id)
-        for space_id, users in relay._online.items():
+        for space_id, users in relay.online_here().items():
             for user in users:
                 self._publish_presence(space_id, user, "+")
         if self.keeper_active:
@@ -336,7 +336,7 @@ class Cluster:
             elif kind == "e":
                 self._edited(space_id, int(arg))
             elif kind == "s":
-                state = relay._states.get(space_id)
+                state = relay.cached_state(space_id)
                 if state is not None:
                     relay.catch_up(state)
             elif kind == "k":
@@ -454,7 +454,7 @@ class Cluster:
     def _keys(self, space_id: str, epoch: int, recipient: str) -> None:
         from .handlers.membership import push_keys
 
-        if recipient not in self.relay._by_user:
+        if not self.relay.is_connected(recipient):
             return
         keys = [k for k in self.storage.keys_for(space_id, recipient) if k.epoch >= epoch]
         push_keys(self.relay, space_id, keys)
@@ -542,8 +542,7 @@ class Cluster:
 
     def _presence_changed(self, space_id: str, user: str, was: bool, now: bool) -> None:
         """Push a remote change unless this relay's own connections decide it."""
-        here = self.relay._online.get(space_id)
-        if was == now or (here is not None and here[user] > 0):
+        if was == now or self.relay.is_online_here(space_id, user):
             return
         joined, left = ((user,), ()) if now else ((), (user,))
         self.relay.push_space(frames.Presence(space_id, joined, left), space_id)
@@ -606,8 +605,8 @@ class Cluster:
 
     def _heartbeat_now(self) -> None:
         ((inserted,),) = self._execute(_HEARTBEAT, (self.origin,))
-        if inserted and self.relay._online:  # we were taken for dead: say who is here
-            for space_id, users in self.relay._online.items():
+        if inserted:  # we were taken for dead: say who is here
+            for space_id, users in self.relay.online_here().items():
                 for user in users:
                     self._publish_presence(space_id, user, "+")
         rows = self._execute(

@@ -53,9 +53,6 @@ class ConnectionGuard:
         """Connections that have not signed in."""
         return len(self._waiting)
 
-    def signed_in_from(self, address: str) -> int:
-        return self._signed_in_at[address]
-
     def opened(self, connection: ServerConnection) -> None:
         """A TCP connection was accepted: count it as waiting, start its deadline, and
         close the oldest waiting ones beyond the caps."""

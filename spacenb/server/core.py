@@ -360,6 +360,14 @@ class RelayCore:
             self._states[space_id] = state
         return state
 
+    def cached_state(self, space_id: str) -> SpaceState | None:
+        """The space's state if it is in memory (never reads storage)."""
+        return self._states.get(space_id)
+
+    def cached_states(self) -> list[SpaceState]:
+        """Every space state in memory."""
+        return list(self._states.values())
+
     def remember_state(self, state: SpaceState) -> None:
         """Cache the state of a space just created."""
         self._states[state.space_id] = state
@@ -393,6 +401,19 @@ class RelayCore:
         if self.peers is None:
             return tuple(sorted(here))
         return tuple(sorted(self.peers.online_elsewhere(space_id).union(here)))
+
+    def online_here(self) -> dict[str, tuple[str, ...]]:
+        """Space → the usernames subscribed to it through this relay's own connections."""
+        return {space_id: tuple(users) for space_id, users in self._online.items()}
+
+    def is_connected(self, username: str) -> bool:
+        """Whether ``username`` has a signed-in connection to this relay."""
+        return bool(self._by_user.get(username))
+
+    def is_online_here(self, space_id: str, username: str) -> bool:
+        """Whether ``username`` is subscribed to the space through this relay."""
+        online = self._online.get(space_id)
+        return online is not None and online[username] > 0
 
     def subscribe(self, session: Session, space_id: str) -> None:
         """Deliver the space's events to this connection; push presence if it changed."""

@@ -19,12 +19,12 @@ act as the keeper or sign a shard ticket.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..exceptions import IntegrityError, ServerError, SpacenbError
+from ..privatefile import write_private
 from ..protocol import crypto
 from ..protocol.encoding import b64d, b64e, lp_encode
 from ..protocol.keys import IdentityKeys
@@ -38,7 +38,6 @@ __all__ = [
     "open_service",
     "seal_secrets",
     "unseal_secrets",
-    "write_private",
 ]
 
 SERVICE_KEY_FILE = "service.key"
@@ -107,13 +106,6 @@ def _decode_service_key(text: str, where: str) -> bytes:
     return key
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create ``path`` readable by its owner only; fails if it already exists."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
 def open_service(
     storage: PostgresStorage, data_dir: Path, service_key: str | None, new_app_key: str
 ) -> tuple[ServiceSecrets, str]:
@@ -136,7 +128,7 @@ def open_service(
     if sealed is None:
         if not key:
             key = crypto.random_bytes(32)
-            write_private(path, b64e(key) + "\n")
+            write_private(path, b64e(key) + "\n", exclusive=True)
         sealed = storage.store_service_secrets(
             seal_secrets(ServiceSecrets.generate(new_app_key), key)
         )  # another relay starting at the same moment may have won: open what is stored

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from ..exceptions import (
     SpacenbError,
     UsageError,
 )
+from ..privatefile import write_private
 from ..protocol import shardwire
 from ..protocol.keys import decode_public_key
 from ..protocol.manifest import MAX_SEGMENT_SIZE, SEGMENT_OVERHEAD, share_name
@@ -278,15 +278,7 @@ class ShardStore:
         path = self.share_path(name)
         existed = path.is_file()
         path.parent.mkdir(exist_ok=True)
-        tmp = self._tmp / f"{name}.{secrets.token_hex(8)}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_private(path, data, tmp_dir=self._tmp)
         return not existed
 
     def _load_usage(self) -> tuple[int, dict[str, int]]:
@@ -309,9 +301,7 @@ class ShardStore:
     def _save_usage(self) -> None:
         with self._usage_lock:
             text = json.dumps(dict(self.usage), sort_keys=True)
-            tmp = self._tmp / f"{USAGE_FILE}.{secrets.token_hex(8)}"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.root / USAGE_FILE)
+            write_private(self.root / USAGE_FILE, text, tmp_dir=self._tmp)
 
     def _has(self, names: tuple[str, ...]) -> list[bool]:
         return [self.share_path(name).is_file() for name in names]

@@ -56,8 +56,10 @@ def unsupported_schema(found: int, supported: int, fresh: str) -> UnsupportedVer
 
 @dataclass(frozen=True, slots=True)
 class SpaceRecord:
-    """What the relay indexes of a space beside its log: its channel name (None for an
-    unnamed space) and whether it is private (private channels are never listed)."""
+    """What the relay indexes of a space beside its log: its channel name as registered
+    (None for an unnamed space), whether it is private (private channels are never
+    listed) and when this relay stored it. Not the wire record: ``frames.SpaceInfo`` is
+    derived from the space's log alone (:meth:`RelayCore.space_info`), never from this."""
 
     space_id: str
     name: str | None

@@ -285,3 +285,13 @@ def test_space_key_pair() -> None:
     assert SpaceKeyPair.generate().space_id != SpaceKeyPair.generate().space_id
     with pytest.raises(InvalidKeyError):
         SpaceKeyPair.from_bytes(bytes(32))
+
+
+def test_load_or_create_makes_keys_once_then_reads_them() -> None:
+    kept: list[str] = []
+    made = IdentityKeys.load_or_create(lambda: kept[0] if kept else None, kept.append)
+    assert len(kept) == 1 and kept[0].endswith("\n")
+    again = IdentityKeys.load_or_create(lambda: kept[0], kept.append)
+    assert (again.to_text(), len(kept)) == (made.to_text(), 1)
+    with pytest.raises(InvalidKeyError):
+        IdentityKeys.load_or_create(lambda: "not identity keys", kept.append)

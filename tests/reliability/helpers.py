@@ -20,7 +20,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 
 import spacenb.aio as aio
-from spacenb.events import SpaceMessageEvent
+from spacenb.aio.events import SpaceMessageEvent
 from spacenb.protocol import frames
 from spacenb.protocol.envelope import new_session_id, seal_envelope
 from spacenb.protocol.keys import IdentityKeys

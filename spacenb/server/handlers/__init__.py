@@ -25,22 +25,25 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ..._deprecated import renamed
 from ...protocol import frames
 from . import auth, membership, messages, spaces
 
 if TYPE_CHECKING:
     from ..core import RelayCore, Session
 
-__all__ = ["REQUEST_TABLE", "Handler", "Route", "with_handler"]
+__all__ = ["REQUEST_TABLE", "RequestHandler", "Route", "with_handler"]
 
-Handler = Callable[["RelayCore", "Session", Any], Any]
+# ``handler(core, session, request) -> result`` (see :mod:`.base`); not the client's
+# ``spacenb.typing.Handler``, an event callback.
+RequestHandler = Callable[["RelayCore", "Session", Any], Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """One row of the request table."""
 
-    handler: Handler
+    handler: RequestHandler
     before_auth: bool = False
     metered: bool = False
     batched: bool = False
@@ -76,10 +79,14 @@ REQUEST_TABLE: Mapping[str, Route] = MappingProxyType({
 
 
 def with_handler(
-    op: str, handler: Handler, table: Mapping[str, Route] = REQUEST_TABLE
+    op: str, handler: RequestHandler, table: Mapping[str, Route] = REQUEST_TABLE
 ) -> Mapping[str, Route]:
     """A copy of ``table`` whose ``op`` is answered by ``handler`` (the row's other
     columns kept)."""
     rows = dict(table)
     rows[op] = replace(rows[op], handler=handler)
     return MappingProxyType(rows)
+
+
+# The name before it said which handler it is: deprecated, and gone in 0.3.
+__getattr__ = renamed(__name__, {"Handler": (__name__, "RequestHandler")})

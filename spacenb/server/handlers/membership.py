@@ -94,12 +94,29 @@ def keys_page(
     return page_of_keys(core.storage.keys_for(space_id, recipient), since_epoch)
 
 
-def store_event(core: RelayCore, state: SpaceState, event: StateEvent, **effects: object) -> None:
-    """Store a checked event with its effects and make it the head. If the log already has
-    an event at its seq (another relay on the same database stored one first), catch the
-    cached state up and raise :class:`StaleStateError`."""
+def store_event(
+    core: RelayCore,
+    state: SpaceState,
+    event: StateEvent,
+    *,
+    keys: Sequence[WrappedKey] = (),
+    join: PendingJoin | None = None,
+    close_join: str | None = None,
+    delete_handle: int | None = None,
+) -> None:
+    """Store a checked event with its effects (those of :meth:`Storage.append_event`) and
+    make it the head. If the log already has an event at its seq (another relay on the
+    same database stored one first), catch the cached state up and raise
+    :class:`StaleStateError`."""
     try:
-        core.storage.append_event(event, now_us=core.now_us(), **effects)  # type: ignore[arg-type]
+        core.storage.append_event(
+            event,
+            keys=keys,
+            join=join,
+            close_join=close_join,
+            delete_handle=delete_handle,
+            now_us=core.now_us(),
+        )
     except StaleStateError:
         core.catch_up(state)
         raise
@@ -212,7 +229,8 @@ def append(core: RelayCore, session: Session, req: frames.Append) -> frames.Appe
         raise ProtocolError("only an 'epoch' event carries keys", field="keys")
     body = state.check(event)
     storage = core.storage
-    kwargs: dict[str, object] = {}
+    close_join = body["member"] if event.kind in ("remove", "leave") else None
+    delete_handle: int | None = None
     if event.kind == "epoch":
         recipients = set(body["recipients"])
         check_wrapped_keys(
@@ -225,18 +243,18 @@ def append(core: RelayCore, session: Session, req: frames.Append) -> frames.Appe
         # own among the first, the rest to follow with add_keys.
         if user not in {k.recipient for k in req.keys}:
             raise ProtocolError("the keys of an epoch event include the caller's own", field="keys")
-        kwargs["keys"] = req.keys
-    elif event.kind in ("remove", "leave"):
-        kwargs["close_join"] = body["member"]
     elif event.kind == "delete":
         source = storage.message_source(state.space_id, body["handle"])
         if source is None:
             raise NotFoundError(f"no message at handle {body['handle']}")
         if source != body["author"]:
             raise PermissionDeniedError("the delete event names another author")
-        kwargs["delete_handle"] = body["handle"]
+        delete_handle = body["handle"]
         freed = stored_size(core, state.space_id, body["handle"])
-    store_event(core, state, event, **kwargs)
+    # keys: an epoch's wraps (no other event carries any, checked above)
+    store_event(
+        core, state, event, keys=req.keys, close_join=close_join, delete_handle=delete_handle
+    )
     if event.kind == "delete":
         core.charge_message(body["author"], -freed, count=-1)
     if event.kind == "epoch":

@@ -331,11 +331,6 @@ class PostgresStorage(Storage):
         payload = f"{self.origin} {kind} {space_id} {arg}"
         db.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
 
-    def publish(self, kind: str, space_id: str, arg: object) -> None:
-        """:meth:`notify` on this storage's connection: with the message batch if one is
-        open, else at once."""
-        self.notify(self._conn(), kind, space_id, arg)
-
     def _notify_keys(self, db: psycopg.Connection[Any], keys: Sequence[WrappedKey]) -> None:
         first: dict[tuple[str, str], int] = {}
         for k in keys:

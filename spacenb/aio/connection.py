@@ -187,7 +187,7 @@ class RelayConnection:
         assert ws is not None
         cls = type(request)
         request_id = next(self._ids)
-        text = request.stamped(request_id).to_json()  # LimitExceededError: never sent
+        text = request.to_json(request_id)  # LimitExceededError: never sent
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, cls)
         timer = loop.call_at(deadline, _time_out, future)

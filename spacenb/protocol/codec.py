@@ -278,18 +278,32 @@ def _plan(cls: type) -> _Plan:
     return plan
 
 
+_MISSING = object()
+_ALLOWED: dict[tuple[type, tuple[str, ...]], frozenset[str]] = {}
+
+
+def _allowed(cls: type, plan: _Plan, skip: tuple[str, ...]) -> frozenset[str]:
+    """The keys a ``cls`` object may hold besides its fields: the frame's own (``t``...)."""
+    allowed = _ALLOWED.get((cls, skip))
+    if allowed is None:
+        allowed = _ALLOWED[cls, skip] = plan.names.union(skip)
+    return allowed
+
+
 def from_obj(
     cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
 ) -> Any:
     plan = _plan(cls)
-    if not plan.names.issuperset(obj):
-        unknown = set(obj) - plan.names - set(skip)
-        if unknown:
-            raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    allowed = plan.names if not skip else _allowed(cls, plan, skip)
+    if not allowed.issuperset(obj):
+        unknown = set(obj) - allowed
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
     kwargs = {}
+    get = obj.get
     for fname, decode, optional in plan.decoders:
-        if fname in obj:
-            kwargs[fname] = decode(obj[fname], prefix + fname)
+        value = get(fname, _MISSING)
+        if value is not _MISSING:
+            kwargs[fname] = decode(value, prefix + fname)
         elif not optional:
             raise ProtocolError("missing", field=prefix + fname)
     try:

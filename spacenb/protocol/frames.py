@@ -288,8 +288,12 @@ class Request(Generic[ResultT]):
         """This request with id ``request_id`` (the connection's, as it sends it)."""
         return replace(self, id=request_id)
 
-    def to_json(self) -> str:
-        return dumps_frame({"t": "req", "op": self.OP, **to_obj(self)})
+    def to_json(self, request_id: int | None = None) -> str:
+        """The frame's text; with ``request_id``, that of :meth:`stamped` (cheaper)."""
+        obj = to_obj(self)
+        if request_id is not None:
+            obj["id"] = request_id  # (the key keeps its place: the same text)
+        return dumps_frame({"t": "req", "op": self.OP, **obj})
 
 
 _R = TypeVar("_R", bound="Request[Any]")

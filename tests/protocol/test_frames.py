@@ -130,6 +130,7 @@ def test_a_request_built_unsent_and_stamped_is_the_same_frame(
     assert type(stamped) is cls and unsent.id == frames.UNSENT  # frozen: a new request
     assert stamped.to_json() == dataclasses.replace(request, id=request_id).to_json()
     assert parse_client_frame(stamped.to_json()) == stamped
+    assert unsent.to_json(request_id) == stamped.to_json()  # how the connection writes it
 
 
 @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=list(EVENTS))

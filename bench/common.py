@@ -216,8 +216,20 @@ WorkerFn = Callable[..., Coroutine[Any, Any, None]]
 
 
 def _worker_entry(conn: Connection, fn: WorkerFn, args: tuple[Any, ...]) -> None:
+    profile_dir = os.environ.get("SPACENB_BENCH_PROFILE")  # a cProfile of each worker
     try:
-        asyncio.run(fn(Link(conn), *args))
+        if profile_dir:
+            import cProfile
+
+            name = f"{mp.current_process().name}-{os.getpid()}.prof"
+            cProfile.runctx(
+                "asyncio.run(fn(Link(conn), *args))",
+                globals(),
+                {"fn": fn, "conn": conn, "args": args},
+                os.path.join(profile_dir, name),
+            )
+        else:
+            asyncio.run(fn(Link(conn), *args))
     except BaseException:
         with contextlib.suppress(OSError):
             conn.send(("error", traceback.format_exc()))

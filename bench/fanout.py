@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from .common import PAYLOAD_BYTES, CpuMeter, Metric, Report, alternate, main, partition
+from .history import verify_rate
 from .peers import KINDS, Kind, Topology
 
 
@@ -54,6 +55,34 @@ def run(args: argparse.Namespace) -> Report:
             better="lower",
         )
     )
+    relay = {kind: res[kind]["cpu"]["relay"] for kind in KINDS}
+    report.add(
+        Metric(
+            "relay CPU per delivery",
+            "µs",
+            relay["spacenb"],
+            relay["bare"],
+            better="lower",
+            target_ratio=3.0,
+        )
+    )
+    # What receivers spend, against the one ECDSA verify each delivery needs (measured
+    # here, in this process, by the bare verify loop of bench.history).
+    _, verify_us = verify_rate(3000)
+    receivers = {
+        kind: sum(v for k, v in res[kind]["cpu"].items() if k.startswith("receivers"))
+        for kind in KINDS
+    }
+    report.add(
+        Metric(
+            "receivers' CPU per delivery, against one bare verify",
+            "µs",
+            receivers["spacenb"],
+            verify_us,
+            better="lower",
+        )
+    )
+    report.add(Metric("bare relay's receivers' CPU per delivery", "µs", receivers["bare"]))
     for kind in KINDS:
         report.notes.append(f"{kind} CPU µs per delivery: {res[kind]['cpu']}")
     return report

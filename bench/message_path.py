@@ -26,13 +26,14 @@ MS = 1000.0
 def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
     """Both phases on a fresh relay of ``kind``."""
     with Topology(kind, [1]) as topo:
-        topo.phase(args.warmup, in_flight=args.in_flight)
+        size = args.body_bytes
+        topo.phase(args.warmup, in_flight=args.in_flight, size=size)
         meter = CpuMeter(topo.pids)
-        sent, (got,) = topo.phase(args.count, in_flight=args.in_flight)
+        sent, (got,) = topo.phase(args.count, in_flight=args.in_flight, size=size)
         cpu = meter.per(args.count)
         if got["count"] < args.count:
             raise RuntimeError(f"{kind}: {got['count']} of {args.count} messages arrived")
-        _, (paced,) = topo.phase(args.paced, rate=args.rate)
+        _, (paced,) = topo.phase(args.paced, rate=args.rate, size=size)
         latencies = paced["latencies"]
     return {
         "throughput": got["count"] / (got["last"] - sent["start"]),
@@ -44,7 +45,7 @@ def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> Report:
-    report = Report.of("message_path", args, payload_bytes=PAYLOAD_BYTES)
+    report = Report.of("message_path", args)
     res = alternate(lambda kind: measure(kind, args), KINDS, args.repeat)
     spacenb, bare = res["spacenb"], res["bare"]
     report.add(
@@ -89,6 +90,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="paced messages per second")
     parser.add_argument("--paced", type=int, default=2_000, help="messages, latency phase")
     parser.add_argument("--repeat", type=int, default=2, help="rounds per kind (median)")
+    parser.add_argument(
+        "--body-bytes",
+        type=int,
+        default=PAYLOAD_BYTES,
+        help="JSON size of each body (issue 16's peer-shaped run: 200, with --in-flight 16)",
+    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import CloseCode
+from websockets.protocol import OPEN
 
 from ..exceptions import (
     AuthenticationError,
@@ -186,12 +187,14 @@ class RelayConnection:
         assert ws is not None
         cls = type(request)
         request_id = next(self._ids)
-        text = request.stamped(request_id).to_json()  # LimitExceededError: never sent
+        text = request.to_json(request_id)  # LimitExceededError: never sent
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending[request_id] = (future, cls)
+        timer = loop.call_at(deadline, _time_out, future)
         try:
-            await ws.send(text)
-            result = await asyncio.wait_for(future, max(0.0, deadline - loop.time()))
+            if not _write_now(ws, text):
+                await ws.send(text)
+            result = await future
         except ConnectionClosed as exc:
             if _too_big(exc):
                 raise _too_big_error(cls.OP) from None
@@ -203,6 +206,7 @@ class RelayConnection:
                 f"the relay did not answer {cls.OP} within {timeout} s"
             ) from None
         finally:
+            timer.cancel()
             self._pending.pop(request_id, None)
             if future.done() and not future.cancelled():
                 # The socket may have failed the future while send() was raising: read its
@@ -315,6 +319,34 @@ class RelayConnection:
             if not future.done():
                 future.set_exception(ConnectionLostError("the client is closed"))
         self._pending.clear()
+
+
+# Past this many bytes waiting in the socket's buffer, a request goes through websockets'
+# ``send``, which waits for the buffer to drain (its default high-water mark).
+_WRITE_NOW_LIMIT = 64 * 1024
+
+
+def _write_now(ws: ClientConnection, text: str) -> bool:
+    """Frame ``text`` and hand it to the socket at once, without the coroutine and the
+    flow-control wait of ``ws.send`` (the costliest part of sending a small request),
+    when the connection is open and its buffer nearly empty; else False, and nothing is
+    written. The connection never sends fragmented messages, so nothing can interleave."""
+    transport = ws.transport
+    if (
+        ws.protocol.state is not OPEN
+        or transport.is_closing()
+        or transport.get_write_buffer_size() > _WRITE_NOW_LIMIT
+    ):
+        return False
+    protocol = ws.protocol
+    protocol.send_text(text.encode())
+    transport.writelines(protocol.data_to_send())
+    return True
+
+
+def _time_out(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _too_big(exc: ConnectionClosed) -> bool:

@@ -366,18 +366,23 @@ def loads_frame(text: str | bytes) -> dict[str, Any]:
     return obj
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _loads(text: str) -> Any:
     """The frame's JSON value. orjson reads every valid frame; what it refuses (lone
-    surrogate escapes, integers past 64 bits, nesting past 1,024, ``NaN`` and
-    ``Infinity``) goes to the stdlib, so that what is accepted is exactly what the stdlib
-    accepts, and a frame whose field is wrong is refused by the field check, naming the
-    request (``NaN`` and ``Infinity`` become floats there, which no field takes)."""
+    surrogate escapes, integers past 64 bits, nesting past 1,024) goes to the stdlib, so
+    that what is accepted stays as with the stdlib alone, except ``NaN`` and ``Infinity``,
+    which are not JSON (RFC 8259) and which no field takes: both refuse them
+    (:func:`~spacenb.protocol.frames.request_id_of` still finds such a frame's id, so
+    that its error names the request)."""
     try:
         return _orjson.loads(text)
     except _orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         raise ProtocolError("not valid JSON", field="frame") from None
 

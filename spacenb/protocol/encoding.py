@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import string
 import struct
 from typing import Any
 
@@ -22,15 +23,18 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _PAD = (b"", b"", b"==", b"=")
+# The value of each base64url character, and which of the last character's bits carry
+# nothing (must be zero) when the text ends with a partial group of 2 or 3 characters.
+_VALUE = {
+    c: i
+    for i, c in enumerate(string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_")
+}
+_SPARE_BITS = (0, 0, 0x0F, 0x03)
 
 
 def b64e(data: bytes) -> str:
     """Encode bytes as unpadded base64url text."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_UNUSED_BITS = (0, 0, 0x0F, 0x03)  # by length % 4: bits of the last character left over
 
 
 def b64d(text: object, *, field: str = "value") -> bytes:
@@ -52,8 +56,8 @@ def b64d(text: object, *, field: str = "value") -> bytes:
         data = binascii.a2b_base64(standard + _PAD[tail], strict_mode=True)
     except binascii.Error:
         raise ProtocolError("not unpadded base64url", field=field) from None
-    # Only the last, partial group can carry stray bits: they must be zero.
-    if tail and _ALPHABET.index(text[-1]) & _UNUSED_BITS[tail]:
+    # Only the last, partial group can carry stray bits: those of its last character.
+    if tail and _VALUE[text[-1]] & _SPARE_BITS[tail]:
         raise ProtocolError("non-canonical base64url", field=field)
     return data
 

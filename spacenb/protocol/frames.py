@@ -20,6 +20,7 @@ cursor to the rest (PROTOCOL.md, "Limits").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import (
@@ -34,7 +35,7 @@ from typing import (
 )
 
 from .._deprecated import renamed
-from ..exceptions import ProtocolError, SpacenbError
+from ..exceptions import LimitExceededError, ProtocolError, SpacenbError
 from .codec import (
     MAX_BYTES_FIELD,
     MAX_FRAME_BYTES,
@@ -288,8 +289,12 @@ class Request(Generic[ResultT]):
         """This request with id ``request_id`` (the connection's, as it sends it)."""
         return replace(self, id=request_id)
 
-    def to_json(self) -> str:
-        return dumps_frame({"t": "req", "op": self.OP, **to_obj(self)})
+    def to_json(self, request_id: int | None = None) -> str:
+        """The frame's text; with ``request_id``, that of :meth:`stamped` (cheaper)."""
+        obj = to_obj(self)
+        if request_id is not None:
+            obj["id"] = request_id  # (the key keeps its place: the same text)
+        return dumps_frame({"t": "req", "op": self.OP, **obj})
 
 
 _R = TypeVar("_R", bound="Request[Any]")
@@ -597,9 +602,23 @@ def parse_client_frame(text: str | bytes) -> Request[Any]:
 
 
 def request_id_of(text: str | bytes) -> int | None:
-    """Best effort: the ``id`` of a frame that failed to parse, to address the error."""
+    """Best effort: the ``id`` of a frame that failed to parse, to address the error
+    (also of a frame that is refused only for holding ``NaN`` or ``Infinity``)."""
+    if not isinstance(text, str):
+        return None  # frames are text: a binary one is not read
     try:
-        return _frame_id(loads_frame(text))
+        obj = loads_frame(text)
+    except LimitExceededError:
+        return None  # not read at all
+    except SpacenbError:
+        try:
+            obj = json.loads(text)  # lenient: NaN and Infinity are read here
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+    try:
+        return _frame_id(obj)
     except SpacenbError:
         return None
 

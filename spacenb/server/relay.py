@@ -31,9 +31,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import OPEN
 
 from ..clock import Clock
 from ..protocol import frames
@@ -219,34 +220,86 @@ class Relay:
         if self._closed:
             return
         outbox, joins = self.core.drain()
-        for targets, text in outbox:
-            self._write(targets, text)
+        if outbox:
+            self._write_outbox(outbox)
         inbox = self.core.keeper_inbox
         if inbox is not None:
             for event in joins:
                 inbox(event)
 
     def _write(self, sessions: Iterable[Session], text: str) -> None:
-        """Put ``text`` in each session's send buffer without waiting; drop a connection
-        whose buffer this write took past ``max_buffered`` (its memory is freed at once)."""
-        connections = [
-            s.connection
-            for s in sessions
-            if s.connection is not None and not s.connection.transport.is_closing()
-        ]  # (a lost connection is skipped before its handler has caught up with the loss)
-        if not connections:
-            return
-        broadcast(connections, text)
-        for connection in connections:
-            transport = connection.transport
-            if transport.get_write_buffer_size() > self.max_buffered and not transport.is_closing():
-                log.warning(
-                    "dropping %s: more than %d bytes wait to be written to it",
-                    getattr(connection, "remote_address", None),
-                    self.max_buffered,
-                )
-                self.dropped_slow += 1
-                transport.abort()
+        """Write ``text`` to each session now (see :meth:`_write_outbox`)."""
+        self._write_outbox([(list(sessions), text)])
+
+    def _write_outbox(self, outbox: Iterable[tuple[Iterable[Session], str]]) -> None:
+        """Put every frame in its sessions' send buffers without waiting, in order, with
+        one transport write per connection (BENCHMARKS.md, P5). A frame is framed once,
+        whatever its number of recipients: the relay's websockets have no extension, so
+        a server frame's bytes are the same for every connection (one with an extension
+        would have its frames made by its protocol). A lost connection is
+        skipped (before its handler has caught up with the loss)."""
+        queued: dict[ServerConnection, list[bytes] | None] = {}
+        for sessions, text in outbox:
+            wire: bytes | None = None
+            for session in sessions:
+                connection = session.connection
+                if connection is None:
+                    continue
+                if connection in queued:
+                    chunks = queued[connection]
+                else:
+                    chunks = queued[connection] = self._open_chunks(connection)
+                if chunks is None:
+                    continue
+                protocol = connection.protocol
+                if protocol.extensions:  # pragma: no cover - the relay serves without any
+                    protocol.send_text(text.encode())
+                    chunks.extend(protocol.data_to_send())
+                    continue
+                if wire is None:
+                    wire = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+                chunks.append(wire)
+        for connection, chunks in queued.items():
+            if chunks:
+                self._send(connection, chunks)
+
+    @staticmethod
+    def _open_chunks(connection: ServerConnection) -> list[bytes] | None:
+        """A connection's list of frames to write, or None if it cannot be written to."""
+        protocol = connection.protocol
+        if protocol.state is not OPEN or connection.transport.is_closing():
+            return None
+        return protocol.data_to_send()  # (empty: websockets writes after each operation)
+
+    def _send(self, connection: ServerConnection, chunks: list[bytes]) -> None:
+        """Write ``chunks`` to the connection; drop it at the write that takes its buffer
+        past ``max_buffered`` bytes (its memory is freed at once), as if every frame were
+        written on its own: the chunks are written together up to the one that would pass
+        the cap, that write is checked, and the rest follow only if it did not."""
+        transport = connection.transport
+        cap = self.max_buffered
+        size = transport.get_write_buffer_size()
+        start = 0
+        for i, chunk in enumerate(chunks):
+            size += len(chunk)
+            if size > cap:
+                transport.writelines(chunks[start : i + 1])
+                size = transport.get_write_buffer_size()
+                if size > cap:
+                    self._drop_slow(connection)
+                    return
+                start = i + 1
+        if start < len(chunks):
+            transport.writelines(chunks[start:] if start else chunks)
+
+    def _drop_slow(self, connection: ServerConnection) -> None:
+        log.warning(
+            "dropping %s: more than %d bytes wait to be written to it",
+            getattr(connection, "remote_address", None),
+            self.max_buffered,
+        )
+        self.dropped_slow += 1
+        connection.transport.abort()
 
 
 class LocalMember:

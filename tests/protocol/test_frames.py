@@ -130,6 +130,7 @@ def test_a_request_built_unsent_and_stamped_is_the_same_frame(
     assert type(stamped) is cls and unsent.id == frames.UNSENT  # frozen: a new request
     assert stamped.to_json() == dataclasses.replace(request, id=request_id).to_json()
     assert parse_client_frame(stamped.to_json()) == stamped
+    assert unsent.to_json(request_id) == stamped.to_json()  # how the connection writes it
 
 
 @pytest.mark.parametrize("cls", EVENT_CLASSES, ids=list(EVENTS))
@@ -638,6 +639,10 @@ def test_request_id_of_broken_frames() -> None:
     assert request_id_of('{"id":-1}') is None
     assert request_id_of("not json") is None
     assert request_id_of(b'{"id":1}') is None
+    # refused for a non-JSON constant, yet the error can still name the request
+    assert request_id_of('{"t":"req","id":4,"op":"space_info","space_id":Infinity}') == 4
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        frames.loads_frame('{"t":"req","id":4,"op":"space_info","space_id":NaN}')
 
 
 def test_parse_result_rejects_a_wrong_shape() -> None:

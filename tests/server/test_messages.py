@@ -21,6 +21,7 @@ from spacenb.exceptions import (
 from spacenb.protocol import frames
 from spacenb.protocol.envelope import Message, open_envelope
 from spacenb.protocol.keys import decode_public_key
+from spacenb.server.limits import Limits
 from tests.server.rawclient import RawClient, member, running, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
@@ -110,6 +111,43 @@ async def test_envelope_bound_to_a_head_the_relay_does_not_have(tmp_path):
         assert [m.handle for m in page.items] == [handle]
         await bob.event("message", handle=handle)
         await bob.no_event("message")
+        await bob.no_event("ephemeral")
+
+
+async def test_a_signature_that_does_not_verify_is_neither_stored_nor_pushed_nor_charged(
+    tmp_path,
+):
+    """The relay verifies every envelope itself (RELIABILITY.md, "Why the relay verifies
+    every message"): a member's garbage never reaches storage, history, other members or
+    its quota, and an edit with a bad signature leaves the stored message as it was."""
+    limits = Limits.unlimited().replace(max_messages_per_user=2)
+    async with running(tmp_path, limits=limits) as srv:
+        alice, bob, info, ring = await two_members(srv)
+        good = alice.seal(ring, "kept")
+        garbage = dataclasses.replace(alice.seal(ring, "junk"), signature=b"\1" * 64)
+        for _ in range(5):  # more than the quota: none of it is counted
+            with pytest.raises(IntegrityError):
+                await alice.call(frames.Send, envelope=garbage)
+        handle = (await alice.call(frames.Send, envelope=good)).handle
+        with pytest.raises(IntegrityError):
+            await alice.call(frames.Edit, handle=handle, envelope=garbage)
+        with pytest.raises(IntegrityError):
+            bad_signal = alice.seal(ring, "psst", kind="eph")
+            await alice.call(
+                frames.SendEphemeral,
+                envelope=dataclasses.replace(bad_signal, signature=garbage.signature),
+            )
+        await alice.send(ring, "second, within the quota")
+        page = await alice.call(
+            frames.HistoryRequest, space_id=info.space_id, before=None, limit=10
+        )
+        first, second = page.items  # what the relay stores: the two good messages
+        assert first.handle == handle and first.envelope.signature == good.signature
+        assert second.envelope.signature != garbage.signature
+        await bob.event("message", handle=handle)
+        await bob.event("message")
+        await bob.no_event("message")
+        await bob.no_event("edited")
         await bob.no_event("ephemeral")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -69,7 +70,16 @@ __all__ = ["AsyncSpace", "History"]
 log = logging.getLogger("spacenb")
 R = TypeVar("R")
 _EPHEMERAL_MEMORY = 10_000
-_STALE_RETRIES = 8
+_STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
+_BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
+_BACKOFF_CAP = 0.25
+
+
+async def stale_backoff(attempt: int) -> None:
+    """Wait before signing again on a head another member got first: a random time up to
+    a bound that doubles per attempt (so that many members joining or appending at once,
+    a class arriving together, do not retry in lock step and each get their turn)."""
+    await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**attempt)))
 
 
 class KnownMessage(NamedTuple):
@@ -365,7 +375,7 @@ class AsyncSpace:
         """Sign and append a state event built on the current head (with ``keys``, wrapped
         keys it hands over); if another event came first, fetch the log and build again.
         Returns the event's seq."""
-        for _attempt in range(_STALE_RETRIES):
+        for attempt in range(_STALE_RETRIES):
             state = self.core.state
             if state is None:
                 await self.sync_log()
@@ -376,6 +386,7 @@ class AsyncSpace:
                     frames.Append(UNSENT, space_id=self.id, event=event, keys=keys)
                 )
             except StaleStateError:
+                await stale_backoff(attempt)
                 await self.sync_log()
                 continue
             await self.extend_with([event])
@@ -817,7 +828,7 @@ class AsyncSpace:
             raise UsageError("only spaces with history_policy='rotate' can rotate")
         wanted = None if roster is None else list(roster)
         new_key = new_group_key()  # held only once the relay agrees
-        for _attempt in range(_STALE_RETRIES):
+        for attempt in range(_STALE_RETRIES):
             state = self.core.require_state()
             recipients = state.rotation_recipients(self.client.username, wanted)
             epoch = state.epoch + 1
@@ -840,6 +851,7 @@ class AsyncSpace:
                     frames.Append(UNSENT, space_id=self.id, event=event, keys=tuple(first))
                 )
             except StaleStateError:
+                await stale_backoff(attempt)
                 await self.sync_log()
                 continue
             finally:

@@ -38,7 +38,7 @@ from ..protocol.statelog import (
 )
 from ..protocol.wrap import wrap_group_key
 from .keystore import SpaceSecrets
-from .space import AsyncSpace
+from .space import AsyncSpace, stale_backoff
 
 if TYPE_CHECKING:
     from .client import AsyncClient
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncSpaceAPI", "InviteLink"]
 
 _LINK_ID_LENGTH = 16
-_JOIN_RETRIES = 8
+_JOIN_RETRIES = 40  # with stale_backoff between tries (see AsyncSpace.append_event)
 
 
 def _require_member(state: SpaceState, username: str) -> None:
@@ -231,7 +231,7 @@ class AsyncSpaceAPI:
                     f"it {state.name!r}"
                 )
             result = None
-            for _attempt in range(_JOIN_RETRIES):
+            for attempt in range(_JOIN_RETRIES):
                 state = space.core.require_state()
                 event = None
                 if client.username not in state.members:
@@ -242,6 +242,7 @@ class AsyncSpaceAPI:
                     )
                     break
                 except StaleStateError:
+                    await stale_backoff(attempt)
                     await space.sync_log()
             if result is None:
                 raise StaleStateError(f"the log of {space_id} kept moving: try joining again")

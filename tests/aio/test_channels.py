@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from spacenb.exceptions import (
@@ -139,3 +141,19 @@ async def test_bad_space_id_is_refused(connect):
     alice = await connect("alice")
     with pytest.raises(ProtocolError):
         await alice.space.join_space("spc.not-a-key")
+
+
+async def test_a_class_joining_at_once_all_get_in(connect):
+    """Thirty members join one channel in the same moment: each signs its add on the head
+    it saw, all but one are refused as stale in each round, and each signs again after a
+    random backoff until it is in (no one is told the log "kept moving")."""
+    owner = await connect("teacher")
+    room = await owner.space.create_channel("lecture")
+    students = [await connect(f"student{i}") for i in range(30)]
+    joined = await asyncio.gather(*(s.space.join_channel("lecture") for s in students))
+    assert all(space.id == room.id for space in joined)
+    await room.sync_log()
+    state = room.state
+    assert state is not None
+    assert {f"student{i}" for i in range(30)} <= set(state.members)
+    assert state.head_seq == 30  # the genesis, then one add each: none twice, none lost

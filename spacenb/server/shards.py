@@ -132,7 +132,7 @@ class ShardStore:
         if self._usage_timer is not None:
             self._usage_timer.cancel()
             self._usage_timer = None
-            await asyncio.to_thread(self._save_usage)
+            await self._save_usage_in_background()
 
     async def __aenter__(self) -> ShardStore:
         if self._server is None:
@@ -220,9 +220,18 @@ class ShardStore:
 
     def _start_usage_save(self) -> None:
         self._usage_timer = None
-        save = asyncio.ensure_future(asyncio.to_thread(self._save_usage))
+        save = asyncio.ensure_future(self._save_usage_in_background())
         self._usage_saves.add(save)
         save.add_done_callback(self._usage_saves.discard)
+
+    async def _save_usage_in_background(self) -> None:
+        """Save ``usage.json``; a failure (the disk full, the directory gone) is logged and
+        the counts stay in memory, saved again at the next change or at stop."""
+        try:
+            await asyncio.to_thread(self._save_usage)
+        except OSError as exc:
+            log.warning("shard store %s: could not save %s (%s); kept in memory",
+                        self.root, USAGE_FILE, exc)  # fmt: skip
 
     def _reserve(self, user: str, size: int) -> None:
         """Count ``size`` bytes against ``user`` and the store, or raise

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -279,3 +282,28 @@ async def test_usage_is_saved_once_for_many_puts_and_at_stop(
         assert again.usage == {"alice": 200} and again.stored_bytes == 200
     finally:
         await again.stop()
+
+
+async def test_a_usage_save_that_fails_is_a_warning_and_is_tried_again(
+    tmp_path: Path, clock: FixedClock, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The store's directory gone while a save of usage.json is due (a disk pulled, an
+    operator's mistake): the save is logged as a warning, nothing escapes as an
+    unretrieved task error, and the counts kept in memory are saved once it is back."""
+    monkeypatch.setattr("spacenb.server.shards.USAGE_SAVE_DELAY", 0.05)
+    root = tmp_path / "store"
+    store = ShardStore(root, RELAY.signing_key, clock=clock)
+    await store.start()
+    try:
+        assert store.url is not None
+        async with connect(store.url, compression=None) as conn:
+            assert (await ask(conn, put(b"a" * 10, ticket_for(clock)))).error is None
+            root.rename(tmp_path / "away")
+            await asyncio.sleep(0.3)
+            assert "could not save usage.json" in caplog.text
+            (tmp_path / "away").rename(root)
+            assert (await ask(conn, put(b"b" * 10, ticket_for(clock), rid=2))).error is None
+    finally:
+        await store.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert json.loads((root / "usage.json").read_text()) == {"alice": 20}

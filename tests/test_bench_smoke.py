@@ -16,19 +16,9 @@ from typing import Any
 
 import pytest
 
+from bench.run_all import BENCHMARKS
+
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = [
-    "message_path",
-    "latency_sweep",
-    "signup",
-    "fanout",
-    "history",
-    "files",
-    "scale",
-    "rotation",
-    "hostile",
-    "relays",
-]
 
 
 def run_smoke(name: str) -> dict[str, Any]:

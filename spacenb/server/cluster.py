@@ -272,18 +272,26 @@ class Cluster:
         except psycopg.OperationalError as exc:
             raise ServerError(f"the database is unreachable: {exc}") from None
 
+    async def _connect_async(
+        self, application: str, who: str
+    ) -> psycopg.AsyncConnection[Any] | None:
+        """An autocommit connection of the listener's or the keeper lock's own, or None
+        (logged, after waiting ``retry`` seconds) if the database cannot be reached."""
+        try:
+            return await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, connect_timeout=5, application_name=application
+            )
+        except psycopg.OperationalError as exc:
+            log.warning("%s cannot connect (retrying): %s", who, str(exc).strip())
+            await asyncio.sleep(self.retry)
+            return None
+
     # ------------------------------------------------------------------ the listener
 
     async def _listen(self) -> None:
         while not self._stopping:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=5,
-                    application_name="spacenb-listener",
-                )  # fmt: skip
-            except psycopg.OperationalError as exc:
-                log.warning("listener cannot connect (retrying): %s", str(exc).strip())
-                await asyncio.sleep(self.retry)
+            conn = await self._connect_async("spacenb-listener", "listener")
+            if conn is None:
                 continue
             try:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
@@ -633,14 +641,8 @@ class Cluster:
         seconds; heartbeat meanwhile."""
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=5,
-                    application_name="spacenb-keeper-lock",
-                )  # fmt: skip
-            except psycopg.OperationalError as exc:
-                log.warning("keeper lock: cannot connect (retrying): %s", str(exc).strip())
-                await asyncio.sleep(self.retry)
+            conn = await self._connect_async("spacenb-keeper-lock", "keeper lock:")
+            if conn is None:
                 continue
             try:
                 beat = 0.0

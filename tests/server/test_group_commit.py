@@ -10,20 +10,17 @@ row, so the relay's commit waits for it as it would for a busy disk or another r
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from spacenb.protocol import frames
-from spacenb.server import RunningServer
-from spacenb.server.app import start_server
 from spacenb.server.limits import Limits
 from spacenb.server.postgres import PostgresStorage
 from tests.server.rawclient import RawClient, user
+from tests.server.relays import relays
 
 DEADLINE = 60.0  # "it must eventually happen", never a speed bound
 
@@ -34,26 +31,6 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert loop.time() < end, f"never happened: {what}"
         await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def relays(
-    tmp_path: Path, database: str, count: int, **options: Any
-) -> AsyncIterator[list[RunningServer]]:
-    started: list[RunningServer] = []
-    try:
-        for i in range(count):
-            key = started[0].service_key if started else None
-            started.append(
-                await start_server(
-                    tmp_path / f"relay{i}", database=database, service_key=key, shards=0,
-                    **options,
-                )
-            )  # fmt: skip
-        yield started
-    finally:
-        for srv in reversed(started):
-            await srv.stop()
 
 
 async def send_all(client: RawClient, envelopes: list[Any]) -> list[int]:

@@ -22,30 +22,9 @@ import pytest
 import spacenb.aio as aio
 from spacenb.exceptions import PermissionDeniedError, QuotaExceededError, RateLimitedError
 from spacenb.server import RunningServer
-from spacenb.server.app import start_server
 from spacenb.server.limits import Limits
 from tests.aio.conftest import Inbox, wait_until
-
-
-@contextlib.asynccontextmanager
-async def relays(
-    tmp_path: Path, database: str, count: int = 2, **options: Any
-) -> AsyncIterator[list[RunningServer]]:
-    """``count`` relays in this process on one database (the first runs the keeper)."""
-    options.setdefault("shards", 0)
-    started: list[RunningServer] = []
-    try:
-        for i in range(count):
-            key = started[0].service_key if started else None
-            started.append(
-                await start_server(
-                    tmp_path / f"relay{i}", database=database, service_key=key, **options
-                )
-            )
-        yield started
-    finally:
-        for srv in reversed(started):
-            await srv.stop()
+from tests.server.relays import relays
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,33 +30,12 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import decode_public_key
 from spacenb.protocol.statelog import link_keys_from_token
 from spacenb.protocol.tickets import verify_ticket
-from spacenb.server import RunningServer
 from spacenb.server.app import start_server
 from spacenb.server.postgres import PostgresStorage
 from tests.server.rawclient import RawClient, member, user
+from tests.server.relays import relays
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextlib.asynccontextmanager
-async def relays(
-    tmp_path: Path, database: str, count: int, **options: Any
-) -> AsyncIterator[list[RunningServer]]:
-    """``count`` relays in this process on one database, the first one's service key
-    handed to the others."""
-    options.setdefault("shards", 0)
-    started: list[RunningServer] = []
-    try:
-        for i in range(count):
-            key = started[0].service_key if started else None
-            started.append(
-                await start_server(tmp_path / f"relay{i}", database=database, service_key=key,
-                                   **options)
-            )  # fmt: skip
-        yield started
-    finally:
-        for srv in reversed(started):
-            await srv.stop()
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +30,10 @@ class RelayProcess:
         shards: int = 0,
         database: str | None = None,
         service_key: str | None = None,
+        limits: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.limits = tuple(limits)  # ``NAME=VALUE`` settings, each as ``--limit``
         self.shards = shards
         self.database = database  # serve this PostgreSQL database (with service_key)
         self.service_key = service_key
@@ -57,6 +60,8 @@ class RelayProcess:
             command += ["--database", self.database]
         if self.service_key is not None:
             env["SPACENB_SERVICE_KEY"] = self.service_key
+        for setting in self.limits:
+            command += ["--limit", setting]
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
         loop = asyncio.get_running_loop()

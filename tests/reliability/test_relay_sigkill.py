@@ -18,10 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import re
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,40 +26,12 @@ from spacenb import aio
 from spacenb.exceptions import ConnectionLostError
 from spacenb.server.app import start_server
 
-ROOT = Path(__file__).resolve().parents[2]
+from .relayproc import RelayProcess
+
 TOTAL = 5_000
 SENDERS = 3
 IN_FLIGHT = 4
 LIMITS = ("message_rate=100000", "message_burst=100000", "max_connections_per_address=10000")
-
-
-class ServiceRelay:
-    """``spacenb serve --database URL`` in a process of its own, output to files."""
-
-    def __init__(self, database: str, service_key: str, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True)
-        self.out = data_dir.parent / f"{data_dir.name}.out"
-        command = [sys.executable, "-m", "spacenb", "serve", "--database", database,
-                   "--data", str(data_dir), "--port", "0", "--shards", "0",
-                   *(a for limit in LIMITS for a in ("--limit", limit))]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "SPACENB_SERVICE_KEY": service_key}
-        with open(self.out, "wb") as out, open(f"{self.out}.err", "wb") as err:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=ROOT)
-        self.url = ""
-
-    async def started(self, timeout: float = 120.0) -> str:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (found := re.search(r"listening on (ws://\S+)", self.out.read_text())):
-            assert self.proc.poll() is None, Path(f"{self.out}.err").read_text()
-            assert loop.time() < deadline, "relay did not start"
-            await asyncio.sleep(0.05)
-        self.url = found.group(1)
-        return self.url
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(30)
 
 
 async def eventually(check: Any, timeout: float, what: str) -> None:
@@ -83,11 +51,16 @@ async def test_sigkill_one_relay_of_three_mid_burst(tmp_path: Path, postgres_url
     first = await start_server(tmp_path / "relay0", shards=0, database=postgres_url,
                                limits=limits)  # fmt: skip
     assert first.service_key is not None
-    procs = [ServiceRelay(postgres_url, first.service_key, tmp_path / f"relay{i}")
-             for i in (1, 2)]  # fmt: skip
+    procs = [
+        RelayProcess(tmp_path / f"relay{i}", database=postgres_url,
+                     service_key=first.service_key, limits=LIMITS)
+        for i in (1, 2)
+    ]  # fmt: skip
     clients: list[aio.AsyncClient] = []
     try:
-        urls = [first.url, *[await p.started() for p in procs]]
+        for proc in procs:
+            await proc.start(timeout=120.0)
+        urls = [first.url, *[p.url for p in procs]]
         app_key = first.app_key
         owner = await aio.connect(urls, app_key=app_key, username="owner", keystore=":memory:")
         clients.append(owner)
@@ -167,8 +140,5 @@ async def test_sigkill_one_relay_of_three_mid_burst(tmp_path: Path, postgres_url
             with contextlib.suppress(Exception):
                 await client.close()
         for proc in procs:
-            if proc.proc.poll() is None:
-                proc.proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.proc.wait(30)
+            proc.stop()
         await first.stop()

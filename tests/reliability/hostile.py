@@ -1,4 +1,5 @@
-"""Attackers for the hostile-load tests, and a relay in a subprocess to aim them at.
+"""Attackers for the hostile-load tests (aimed at a relay in a subprocess,
+``relayproc.RelayProcess``), and a sampler of that relay's memory.
 
 Each attacker is a coroutine that runs until a deadline and returns what it did. They
 speak the wire protocol directly (``tests.server.rawclient``) or through the async client;
@@ -17,10 +18,7 @@ import contextlib
 import json
 import os
 import random
-import re
 import resource
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,99 +32,15 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from tests.server.rawclient import RawClient
 
-ROOT = Path(__file__).resolve().parents[2]
+from .relayproc import RelayProcess
+
 _SOCKET_ERRORS = (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, EOFError)
-
-
-class RelayUnderTest:
-    """``spacenb serve`` in a child process, with ``--limit`` settings and, optionally, a
-    low soft RLIMIT_NOFILE to start from (the relay raises it itself)."""
-
-    def __init__(self, data_dir: Path, *, limits: tuple[str, ...] = (), nofile: int | None = None):
-        self.data_dir = data_dir
-        self.limits = limits
-        self.nofile = nofile
-        self.url = ""
-        self.app_key = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    async def start(self, timeout: float = 60.0) -> RelayUnderTest:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        out = self.data_dir.parent / f"{self.data_dir.name}.out"
-        err = self.err_path = self.data_dir.parent / f"{self.data_dir.name}.err"
-        command = [sys.executable, "-m", "spacenb", "serve", "--data", str(self.data_dir),
-                   "--port", "0", "--shards", "0"]  # fmt: skip
-        for setting in self.limits:
-            command += ["--limit", setting]
-        nofile = self.nofile
-
-        def lower_nofile() -> None:
-            if nofile is not None:
-                _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env,
-                                          cwd=ROOT, preexec_fn=lower_nofile)  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while True:
-            text = out.read_text(errors="replace")
-            url = re.search(r"listening on (ws://\S+)", text)
-            key = re.search(r"app key:\s+(\S+)", text)
-            if url and key:
-                self.url, self.app_key = url.group(1), key.group(1)
-                return self
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the relay did not start: {err.read_text(errors='replace')}")
-            await asyncio.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
-    def status(self, field: str) -> int:
-        """A number from ``/proc/PID/status`` (``VmRSS``, ``VmHWM`` in bytes, ...)."""
-        text = Path(f"/proc/{self.pid}/status").read_text()
-        match = re.search(rf"^{field}:\s+(\d+)", text, re.MULTILINE)
-        assert match is not None, field
-        return int(match.group(1)) * (1024 if field.startswith("Vm") else 1)
-
-    def rss(self) -> int:
-        return self.status("VmRSS")
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the relay has used."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def open_files(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def soft_nofile(self) -> int:
-        text = Path(f"/proc/{self.pid}/limits").read_text()
-        match = re.search(r"^Max open files\s+(\d+)", text, re.MULTILINE)
-        assert match is not None
-        return int(match.group(1))
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self._proc is None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(30)
-        self._proc = None
 
 
 class RssSampler:
     """Samples a relay's resident memory every ``every`` seconds while it runs."""
 
-    def __init__(self, relay: RelayUnderTest, every: float = 0.25) -> None:
+    def __init__(self, relay: RelayProcess, every: float = 0.25) -> None:
         self.relay = relay
         self.every = every
         self.samples: list[int] = []
@@ -142,7 +56,7 @@ class RssSampler:
 
     async def _run(self) -> None:
         while True:
-            self.samples.append(self.relay.rss())
+            self.samples.append(self.relay.rss_bytes())
             await asyncio.sleep(self.every)
 
     @property

@@ -1,5 +1,5 @@
 """A relay in a subprocess (``python -m spacenb serve``), to kill it for real and to
-measure its memory.
+read its memory, CPU time and file descriptors from /proc.
 
 Its output goes to files, not pipes, so a chatty relay can never block on a full pipe.
 It listens on 127.0.0.1; the first start picks a free port, every restart reuses it.
@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class RelayProcess:
     """``spacenb serve --data DIR`` in a child process; ``url`` and ``app_key`` once
-    started. Use :meth:`kill` (SIGKILL: no clean-up at all) and :meth:`start` again."""
+    started. Use :meth:`kill` (SIGKILL: no clean-up at all) and :meth:`start` again.
+
+    ``limits`` are ``NAME=VALUE`` settings, each given as ``--limit``; ``nofile`` is a low
+    soft RLIMIT_NOFILE for the relay to start from (it raises the limit itself)."""
 
     def __init__(
         self,
@@ -31,9 +35,11 @@ class RelayProcess:
         database: str | None = None,
         service_key: str | None = None,
         limits: Sequence[str] = (),
+        nofile: int | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.limits = tuple(limits)  # ``NAME=VALUE`` settings, each as ``--limit``
+        self.limits = tuple(limits)
+        self.nofile = nofile
         self.shards = shards
         self.database = database  # serve this PostgreSQL database (with service_key)
         self.service_key = service_key
@@ -62,8 +68,10 @@ class RelayProcess:
             env["SPACENB_SERVICE_KEY"] = self.service_key
         for setting in self.limits:
             command += ["--limit", setting]
+        preexec = None if self.nofile is None else _soft_nofile_of(self.nofile)
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+            self._proc = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=ROOT,
+                                          preexec_fn=preexec)  # fmt: skip
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -91,6 +99,22 @@ class RelayProcess:
         assert match is not None
         return int(match.group(1)) * 1024
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the relay has used."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def open_files(self) -> int:
+        """How many file descriptors the relay has open."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def soft_nofile(self) -> int:
+        """The relay's soft open-file limit now."""
+        text = Path(f"/proc/{self.pid}/limits").read_text()
+        match = re.search(r"^Max open files\s+(\d+)", text, re.MULTILINE)
+        assert match is not None
+        return int(match.group(1))
+
     def kill(self) -> None:
         """SIGKILL, as a crash or the OOM killer would: no flush, no clean shutdown."""
         if self._proc is not None:
@@ -109,3 +133,13 @@ class RelayProcess:
             self._proc.kill()
             self._proc.wait(30)
         self._proc = None
+
+
+def _soft_nofile_of(nofile: int) -> Callable[[], None]:
+    """What a child runs before ``exec``: set its soft RLIMIT_NOFILE to ``nofile``."""
+
+    def lower_nofile() -> None:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+
+    return lower_nofile

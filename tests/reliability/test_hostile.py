@@ -17,7 +17,8 @@ from spacenb.server import Limits
 
 from .conftest import Figures
 from .helpers import Inbox
-from .hostile import RelayUnderTest, RssSampler, idle_socket, mib, non_reader
+from .hostile import RssSampler, idle_socket, mib, non_reader
+from .relayproc import RelayProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,7 +33,8 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
     relay reads no further from a connection with more than a frame waiting, and drops one
     at the write that takes it past ``max_buffered``, so it holds at most
     50 × (4 MiB + 1 MiB) for them; a real member reads on."""
-    relay = await RelayUnderTest(tmp_path / "relay").start()
+    relay = RelayProcess(tmp_path / "relay")
+    await relay.start()
     readers = []
     try:
         owner = await aio.connect(relay.url, app_key=relay.app_key, username="owner",
@@ -41,7 +43,7 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
         for _ in range(30):
             await room.send_message(BIG)
         await asyncio.sleep(0.5)
-        baseline, files = relay.rss(), relay.open_files()
+        baseline, files = relay.rss_bytes(), relay.open_files()
         with RssSampler(relay, every=0.05) as sampler:
             for i in range(50):
                 readers.append(
@@ -56,7 +58,7 @@ async def test_fifty_members_that_never_read_cost_bounded_memory(
         figures.set("hostile.non_readers", {
             "clients": 50, "history_requests_each": 20, "dropped": dropped,
             "relay_rss_baseline_mib": mib(baseline), "relay_rss_peak_mib": mib(sampler.peak),
-            "relay_rss_after_mib": mib(relay.rss()), "bound_mib": mib(bound),
+            "relay_rss_after_mib": mib(relay.rss_bytes()), "bound_mib": mib(bound),
         })  # fmt: skip
         assert sampler.peak - baseline < bound, (mib(baseline), mib(sampler.peak))
         assert len(page.messages) == 2 and page.next_cursor is not None
@@ -73,7 +75,8 @@ async def test_two_thousand_sockets_that_never_sign_in_under_a_1024_file_limit(
     """Started with a soft RLIMIT_NOFILE of 1024 (a common default), the relay raises it;
     2,000 websockets that never sign in (from 40 addresses) are held to the caps, and a
     real user signs in, creates a channel, sends and receives."""
-    relay = await RelayUnderTest(tmp_path / "relay", nofile=1024).start()
+    relay = RelayProcess(tmp_path / "relay", nofile=1024)
+    await relay.start()
     crowd = []
     try:
         assert relay.soft_nofile() > 1024
@@ -94,7 +97,7 @@ async def test_two_thousand_sockets_that_never_sign_in_under_a_1024_file_limit(
         (message,) = await inbox.wait(1)
         figures.set("hostile.idle_sockets", {
             "opened": 2000, "relay_soft_nofile": relay.soft_nofile(),
-            "relay_open_files_after": open_files, "relay_rss_mib": mib(relay.rss()),
+            "relay_open_files_after": open_files, "relay_rss_mib": mib(relay.rss_bytes()),
         })  # fmt: skip
         assert message.message.body.startswith("signed in")
         limits = Limits()

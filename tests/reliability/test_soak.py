@@ -32,7 +32,8 @@ import pytest
 import spacenb.aio as aio
 
 from .conftest import Figures
-from .hostile import ROOT, RelayUnderTest, RssSampler, mib
+from .hostile import RssSampler, mib
+from .relayproc import ROOT, RelayProcess
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,7 +48,8 @@ RSS_BOUND = 20 * (4 << 20) + (160 << 20)  # 20 non-readers' buffers, plus room f
 
 
 async def test_soak(tmp_path: Path, figures: Figures) -> None:
-    relay = await RelayUnderTest(tmp_path / "relay", limits=LIMITS).start()
+    relay = RelayProcess(tmp_path / "relay", limits=LIMITS)
+    await relay.start()
     attackers: subprocess.Popen[bytes] | None = None
     clients: list[aio.AsyncClient] = []
     try:
@@ -84,7 +86,7 @@ async def test_soak(tmp_path: Path, figures: Figures) -> None:
         for i, space in enumerate(members):
             space.on_message(listener(f"honest{i}"))
             space.on_rejected(rejected.append)
-        baseline, cpu_before, started = relay.rss(), relay.cpu_seconds(), time.monotonic()
+        baseline, cpu_before, started = relay.rss_bytes(), relay.cpu_seconds(), time.monotonic()
         out = tmp_path / "attackers.json"
         attackers = subprocess.Popen(
             [sys.executable, "-m", "tests.reliability.hostile", relay.url, relay.app_key,
@@ -143,7 +145,7 @@ async def test_soak(tmp_path: Path, figures: Figures) -> None:
             "latency_ms": {"p50": round(statistics.median(latencies) * 1000, 1),
                            "p99": round(p99 * 1000, 1), "max": round(latencies[-1] * 1000, 1)},
             "relay_rss_mib": {"before": mib(baseline), "peak": mib(sampler.peak),
-                              "after": mib(relay.rss())},
+                              "after": mib(relay.rss_bytes())},
             "relay_cpu_share": round(relay_cpu, 2),
             "attackers": attack,
             "test_process_stalls": lags[:10],

@@ -122,17 +122,24 @@ class RelayProcess:
             self._proc.wait(30)
             self._proc = None
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM and wait (SIGKILL if it does not exit in time)."""
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL if it does not exit in time); the exit status (0 for
+        a clean shutdown), or None if it was not running."""
         if self._proc is None:
-            return
+            return None
         self._proc.send_signal(signal.SIGTERM)
         try:
-            self._proc.wait(timeout)
+            status = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            self._proc.wait(30)
+            status = self._proc.wait(30)
         self._proc = None
+        return status
+
+    def error_output(self) -> str:
+        """What the latest start wrote to stderr (for an assertion's message)."""
+        err = self.data_dir.parent / f"{self.data_dir.name}.err{self.starts - 1}"
+        return err.read_text(errors="replace") if err.exists() else ""
 
 
 def _soft_nofile_of(nofile: int) -> Callable[[], None]:

@@ -11,15 +11,6 @@ test runs the second relay as its own ``spacenb serve`` process, as a deployment
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,31 +23,9 @@ from spacenb.protocol.statelog import link_keys_from_token
 from spacenb.protocol.tickets import verify_ticket
 from spacenb.server.app import start_server
 from spacenb.server.postgres import PostgresStorage
+from tests.reliability.relayproc import RelayProcess
 from tests.server.rawclient import RawClient, member, user
 from tests.server.relays import relays
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextlib.contextmanager
-def relay_process(database: str, service_key: str, data_dir: Path) -> Iterator[SimpleNamespace]:
-    """``spacenb serve --database`` in a process of its own: its ``url`` and ``app_key``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPACENB_SERVICE_KEY": service_key}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spacenb.cli", "serve", "--database", database, "--data",
-         str(data_dir), "--port", "0", "--shards", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        banner = [proc.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
-        found = re.search(r"ws://\S+", banner[0])
-        assert found, (banner, proc.stderr.read() if proc.poll() is not None else "")  # type: ignore[union-attr]
-        app_key = re.search(r"app key:\s+(\S+)", banner[1]).group(1)  # type: ignore[union-attr]
-        yield SimpleNamespace(url=found.group(0), app_key=app_key)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0, err
 
 
 async def test_two_relays_serve_one_set_of_users_spaces_keys_and_messages(tmp_path, postgres_url):
@@ -125,7 +94,9 @@ async def test_a_one_use_link_raced_through_two_relays_is_redeemed_once(tmp_path
 async def test_handles_strictly_increase_across_relay_processes(tmp_path, postgres_url):
     a = await start_server(tmp_path / "a", shards=0, database=postgres_url, clock=FixedClock())
     try:
-        with relay_process(postgres_url, a.service_key, tmp_path / "b") as b:
+        b = RelayProcess(tmp_path / "b", database=postgres_url, service_key=a.service_key)
+        await b.start()
+        try:
             alice = await user(a, "alice")
             info, ring = await alice.create_space(name="burst")
             bob, bobs_ring = await member(b, alice, info.space_id, "bob")  # type: ignore[arg-type]
@@ -151,5 +122,7 @@ async def test_handles_strictly_increase_across_relay_processes(tmp_path, postgr
                 )
                 assert [m.handle for m in page.items] == everything
                 await reader.close()
+        finally:
+            assert b.stop() == 0, b.error_output()
     finally:
         await a.stop()

@@ -157,6 +157,48 @@ async def test_a_listener_that_lost_its_connection_catches_up_once(tmp_path, pos
         assert cluster.reconnects >= 1
 
 
+async def test_a_message_read_in_history_before_its_push_still_reaches_the_handlers(
+    tmp_path, postgres_url
+):
+    """The PostgreSQL restart's lost push (RELIABILITY.md): relay B learns of a message
+    late (its notification missed), the member reads it in history first, then the push
+    comes. Reading history records the message in the replay guard; the push must still
+    be delivered, once, and not taken for a duplicate."""
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        received = Inbox()
+        bobs.on_message(received)
+        first = await general.send_message("before")
+        await received.wait(1, timeout=30)
+        cluster = b.relay.cluster
+        assert cluster is not None
+        held: list[str] = []
+        hear = cluster._on_notification
+        sweep = cluster._sweep
+        cluster._on_notification = held.append  # type: ignore[method-assign]
+        cluster._sweep = lambda: None  # type: ignore[method-assign]
+        late = await general.send_message("late")
+        await wait_until(lambda: any(f" m {general.id} " in note for note in held), 30)
+        page = await bobs.history(limit=10)
+        assert [m.handle for m in page.messages] == [first, late]  # read before pushed
+        assert [e.handle for e in received.items] == [first]
+        cluster._on_notification = hear  # type: ignore[method-assign]
+        cluster._sweep = sweep  # type: ignore[method-assign]
+        for note in held:
+            hear(note)
+        after = await general.send_message("after")
+        await received.wait(3, timeout=30)
+        assert [e.handle for e in received.items] == [first, late, after]
+        assert [e.message.body for e in received.items] == ["before", "late", "after"]
+
+
 async def test_signals_and_presence_cross_relays(tmp_path, postgres_url):
     async with (
         relays(tmp_path, postgres_url) as (a, b),

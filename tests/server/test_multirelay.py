@@ -11,7 +11,9 @@ kills relay processes and restarts PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,12 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import PermissionDeniedError, QuotaExceededError, RateLimitedError
-from spacenb.server import RunningServer
+from spacenb.server import RunningServer, pgcommit
 from spacenb.server.limits import Limits
 from tests.aio.conftest import Inbox, wait_until
 from tests.server.relays import relays
+
+DEADLINE = 60.0  # "it must eventually happen", never a speed bound
 
 
 @contextlib.asynccontextmanager
@@ -197,6 +201,59 @@ async def test_a_message_read_in_history_before_its_push_still_reaches_the_handl
         await received.wait(3, timeout=30)
         assert [e.handle for e in received.items] == [first, late, after]
         assert [e.message.body for e in received.items] == ["before", "late", "after"]
+
+
+async def test_a_later_handle_never_commits_before_an_earlier_one(
+    tmp_path, postgres_url, monkeypatch
+):
+    """The read-back's cursor relies on it: within a space, commits happen in handle order.
+    Relay A's batch is held after it took its handle (it holds the space's counter row);
+    a message sent through relay B meanwhile waits for that row, so it gets the later
+    handle and commits second, and B's subscribers get both, live, in handle order."""
+    holding, release = threading.Event(), threading.Event()
+    columns = pgcommit._columns
+
+    def held_columns(stored: Any) -> Any:
+        if any(envelope.source == "alice" for envelope, _ in stored) and not release.is_set():
+            holding.set()
+            release.wait(DEADLINE)  # (on relay A's commit thread; the loops run on)
+        return columns(stored)
+
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        to_bob, to_alice = Inbox(), Inbox()
+        bobs.on_message(to_bob)
+        general.on_message(to_alice)
+        monkeypatch.setattr(pgcommit, "_columns", held_columns)
+        first = asyncio.create_task(general.send_message("first"))
+        assert await asyncio.to_thread(holding.wait, DEADLINE)
+        second = asyncio.create_task(bobs.send_message("second"))
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+
+            def waiting() -> bool:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()  # type: ignore[misc]
+                return bool(count)
+
+            await wait_until(waiting, DEADLINE)  # relay B's batch waits for the counter row
+        assert not second.done()
+        release.set()
+        handles = [await first, await second]
+        assert handles[0] < handles[1]
+        for inbox in (to_bob, to_alice):
+            await inbox.wait(2, timeout=DEADLINE)
+            assert [e.handle for e in inbox.items] == handles
+        page = await bobs.history(limit=10)
+        assert [m.handle for m in page.messages] == handles
 
 
 async def test_signals_and_presence_cross_relays(tmp_path, postgres_url):

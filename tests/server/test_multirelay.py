@@ -1,7 +1,9 @@
 """Several relays on one PostgreSQL database deliver as one service, seen from real
 clients (``spacenb.aio``) on loopback: what is stored through one relay reaches the
 subscribers of the other live (messages, edits, deletes, state events, join requests);
-a listener that lost its connection catches up with no gap and no duplicate; signals and
+a listener that lost its connection catches up with no gap and no duplicate; a later
+handle never commits before an earlier one; a push that comes after the member read its
+message in history is still delivered, once; signals and
 presence cross relays; rate limits and quotas hold for the whole service; exactly one
 relay runs the keeper, and another takes over when it stops.
 

@@ -695,8 +695,8 @@ class AsyncSpace:
         if isinstance(decision, Rejected):
             self._reject(decision.handle, decision.sender, decision.reason)
             return None
-        if decision.duplicate and live:
-            return None
+        if decision.duplicate and live and edit:
+            return None  # an edit pushed again (a new message's once is the delivery mark)
         message = decision.message
         content_type = envelope.content_type or None
         self._known_messages[handle] = KnownMessage(
@@ -926,7 +926,13 @@ class AsyncSpace:
 
     async def _deliver(self, handle: int, envelope: Envelope, *, now: bool = True) -> None:
         """Verify, open and hand a stored message to the handlers, once, in handle order
-        (``now`` False for one missed while disconnected)."""
+        (``now`` False for one missed while disconnected).
+
+        Once is the delivery mark's to decide, not the replay guard's: the guard also
+        records what :meth:`history` opened, and a push can arrive after a history read
+        that already held its message (another relay learnt of it late). Such a message is
+        a "duplicate" to the guard (same handle, same revision: no replay), but it was never
+        handed to the handlers, so it is delivered."""
         if not self.core.delivery.is_new(handle):
             return  # already delivered (catch-up and live overlap)
         opened = await self._open(envelope, handle, live=True, now=now)

@@ -63,7 +63,7 @@ class Opened:
     message: Message
     handle: int
     edit: bool = False
-    duplicate: bool = False  # seen before at the same handle and revision: do not re-deliver
+    duplicate: bool = False  # seen before at the same handle and revision (history, a push)
 
 
 @dataclass(frozen=True, slots=True)

@@ -419,10 +419,23 @@ class PostgresStorage(Storage):
         return self._conn().execute(sql, args).rowcount
 
     def _one(self, sql: str, *args: Any) -> Any:
-        return self._conn().execute(sql, args).fetchone()
+        return self._read(sql, args).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[Any]:
-        return self._conn().execute(sql, args).fetchall()
+        return self._read(sql, args).fetchall()
+
+    def _read(self, sql: str, args: tuple[Any, ...]) -> psycopg.Cursor[Any]:
+        """A read statement. A connection idle since the server restarted only learns it
+        is gone when used (the first request after a restart failed with an internal
+        error): if it broke while idle, read once more on a new one (a read repeats)."""
+        db = self._conn()
+        idle = db.info.transaction_status == pq.TransactionStatus.IDLE
+        try:
+            return db.execute(sql, args)
+        except psycopg.OperationalError:
+            if not (idle and db.broken):
+                raise
+            return self._conn().execute(sql, args)
 
     # -- users
 

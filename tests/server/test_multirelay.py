@@ -1,7 +1,9 @@
 """Several relays on one PostgreSQL database deliver as one service, seen from real
 clients (``spacenb.aio``) on loopback: what is stored through one relay reaches the
 subscribers of the other live (messages, edits, deletes, state events, join requests);
-a listener that lost its connection catches up with no gap and no duplicate; signals and
+a listener that lost its connection catches up with no gap and no duplicate; a later
+handle never commits before an earlier one; a push that comes after the member read its
+message in history is still delivered, once; signals and
 presence cross relays; rate limits and quotas hold for the whole service; exactly one
 relay runs the keeper, and another takes over when it stops.
 
@@ -11,7 +13,9 @@ kills relay processes and restarts PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,12 @@ import pytest
 
 import spacenb.aio as aio
 from spacenb.exceptions import PermissionDeniedError, QuotaExceededError, RateLimitedError
-from spacenb.server import RunningServer
+from spacenb.server import RunningServer, pgcommit
 from spacenb.server.limits import Limits
 from tests.aio.conftest import Inbox, wait_until
 from tests.server.relays import relays
+
+DEADLINE = 60.0  # "it must eventually happen", never a speed bound
 
 
 @contextlib.asynccontextmanager
@@ -155,6 +161,101 @@ async def test_a_listener_that_lost_its_connection_catches_up_once(tmp_path, pos
         assert [e.handle for e in received.items] == first + during + after
         assert [e.message.body for e in received.items] == list(range(30))
         assert cluster.reconnects >= 1
+
+
+async def test_a_message_read_in_history_before_its_push_still_reaches_the_handlers(
+    tmp_path, postgres_url
+):
+    """The PostgreSQL restart's lost push (RELIABILITY.md): relay B learns of a message
+    late (its notification missed), the member reads it in history first, then the push
+    comes. Reading history records the message in the replay guard; the push must still
+    be delivered, once, and not taken for a duplicate."""
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        received = Inbox()
+        bobs.on_message(received)
+        first = await general.send_message("before")
+        await received.wait(1, timeout=30)
+        cluster = b.relay.cluster
+        assert cluster is not None
+        held: list[str] = []
+        hear = cluster._on_notification
+        sweep = cluster._sweep
+        cluster._on_notification = held.append  # type: ignore[method-assign]
+        cluster._sweep = lambda: None  # type: ignore[method-assign]
+        late = await general.send_message("late")
+        await wait_until(lambda: any(f" m {general.id} " in note for note in held), 30)
+        page = await bobs.history(limit=10)
+        assert [m.handle for m in page.messages] == [first, late]  # read before pushed
+        assert [e.handle for e in received.items] == [first]
+        cluster._on_notification = hear  # type: ignore[method-assign]
+        cluster._sweep = sweep  # type: ignore[method-assign]
+        for note in held:
+            hear(note)
+        after = await general.send_message("after")
+        await received.wait(3, timeout=30)
+        assert [e.handle for e in received.items] == [first, late, after]
+        assert [e.message.body for e in received.items] == ["before", "late", "after"]
+
+
+async def test_a_later_handle_never_commits_before_an_earlier_one(
+    tmp_path, postgres_url, monkeypatch
+):
+    """The read-back's cursor relies on it: within a space, commits happen in handle order.
+    Relay A's batch is held after it took its handle (it holds the space's counter row);
+    a message sent through relay B meanwhile waits for that row, so it gets the later
+    handle and commits second, and B's subscribers get both, live, in handle order."""
+    holding, release = threading.Event(), threading.Event()
+    columns = pgcommit._columns
+
+    def held_columns(stored: Any) -> Any:
+        if any(envelope.source == "alice" for envelope, _ in stored) and not release.is_set():
+            holding.set()
+            release.wait(DEADLINE)  # (on relay A's commit thread; the loops run on)
+        return columns(stored)
+
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        to_bob, to_alice = Inbox(), Inbox()
+        bobs.on_message(to_bob)
+        general.on_message(to_alice)
+        monkeypatch.setattr(pgcommit, "_columns", held_columns)
+        first = asyncio.create_task(general.send_message("first"))
+        assert await asyncio.to_thread(holding.wait, DEADLINE)
+        second = asyncio.create_task(bobs.send_message("second"))
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+
+            def waiting() -> bool:
+                (count,) = db.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()  # type: ignore[misc]
+                return bool(count)
+
+            await wait_until(waiting, DEADLINE)  # relay B's batch waits for the counter row
+        assert not second.done()
+        release.set()
+        handles = [await first, await second]
+        assert handles[0] < handles[1]
+        for inbox in (to_bob, to_alice):
+            await inbox.wait(2, timeout=DEADLINE)
+            assert [e.handle for e in inbox.items] == handles
+        page = await bobs.history(limit=10)
+        assert [m.handle for m in page.messages] == handles
 
 
 async def test_signals_and_presence_cross_relays(tmp_path, postgres_url):

@@ -270,6 +270,22 @@ def test_a_broken_connection_is_reopened_and_its_lost_batch_reported(postgres_ur
     assert [m.handle for m in storage.history(space.id, None, 10)[0]] == [kept]
 
 
+def test_a_read_on_a_connection_that_broke_while_idle_is_made_on_a_new_one(postgres_url):
+    """After a PostgreSQL restart the relay's idle connection is gone, and it learns so only
+    when next used: that request (a history read, in the restart fault test) must not fail."""
+    (storage,) = opened(postgres_url)
+    space = created(storage)
+    kept = storage.add_message(envelope(space.id), 10)
+    storage.commit()
+    sql(
+        postgres_url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'spacenb-relay' AND datname = current_database()",
+    )
+    assert [m.handle for m in storage.history(space.id, None, 10)[0]] == [kept]
+    assert storage.last_handle(space.id) == kept
+
+
 def test_service_secrets_are_stored_once(postgres_url):
     relays = opened(postgres_url, 2)
     assert relays[0].sealed_service_secrets() is None

@@ -314,8 +314,9 @@ class Cluster:
 
     def _sweep(self) -> None:
         """A quiet spell on the listener: read every watched space again from its cursor.
-        A notification is only a cue to read; should one be missed (seen once in a few
-        runs after a PostgreSQL restart, the cause not yet found), this bounds the delay
+        A notification is only a cue to read, and one sent while the listener was
+        reconnecting (a PostgreSQL restart) is never delivered: the catch-up at reconnect
+        reads what was committed before it, and this bounds the delay of anything else
         to a few heartbeats. Costs one read-back query per quiet spell."""
         if self._cursors:
             self._dirty.update(self._cursors)

@@ -138,6 +138,9 @@ class AsyncSpace:
         self._subscribed = False
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
         self._known_messages: dict[int, KnownMessage] = {}  # by handle: to check edits
+        # by handle, the newest revision handed to on_message_edited: an edit pushed twice
+        # (by two relays) is delivered once, one history() already opened still once
+        self._edits_delivered: dict[int, int] = {}
         self._key_waiters: list[asyncio.Future[None]] = []
         self._rotating_to: int | None = None  # the epoch this member is minting, if any
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
@@ -695,9 +698,13 @@ class AsyncSpace:
         if isinstance(decision, Rejected):
             self._reject(decision.handle, decision.sender, decision.reason)
             return None
-        if decision.duplicate and live and edit:
-            return None  # an edit pushed again (a new message's once is the delivery mark)
         message = decision.message
+        if live and edit:
+            # once is the edit's delivery mark, not the replay guard's "duplicate" (which
+            # history() may have set): as for a new message, see _deliver
+            if self._edits_delivered.get(handle, -1) >= message.rev:
+                return None
+            self._edits_delivered[handle] = message.rev
         content_type = envelope.content_type or None
         self._known_messages[handle] = KnownMessage(
             envelope.source, envelope.subject, content_type, message.seq, message.sid,

@@ -205,6 +205,49 @@ async def test_a_message_read_in_history_before_its_push_still_reaches_the_handl
         assert [e.message.body for e in received.items] == ["before", "late", "after"]
 
 
+async def test_an_edit_read_in_history_before_its_push_reaches_the_handlers_once(
+    tmp_path, postgres_url
+):
+    """As for a new message: relay B learns of an edit late, the member reads the new
+    revision in history first, then the push comes (twice: the notification is heard
+    again). ``on_message_edited`` fires exactly once, with the new body."""
+    async with (
+        relays(tmp_path, postgres_url) as (a, b),
+        clients((a, "alice"), (b, "bob")) as (
+            alice,
+            bob,
+        ),
+    ):
+        general = await alice.space.create_channel("general")
+        bobs = await bob.space.join_channel("general")
+        received, edited = Inbox(), Inbox()
+        bobs.on_message(received)
+        bobs.on_message_edited(edited)
+        handle = await general.send_message("first draft")
+        await received.wait(1, timeout=30)
+        cluster = b.relay.cluster
+        assert cluster is not None
+        held: list[str] = []
+        hear = cluster._on_notification
+        sweep = cluster._sweep
+        cluster._on_notification = held.append  # type: ignore[method-assign]
+        cluster._sweep = lambda: None  # type: ignore[method-assign]
+        await general.edit_message(handle, "second draft")
+        await wait_until(lambda: any(f" e {general.id} {handle}" in n for n in held), 30)
+        page = await bobs.history(limit=10)
+        assert [m.message.body for m in page.messages] == ["second draft"]  # read before pushed
+        assert edited.items == []
+        cluster._on_notification = hear  # type: ignore[method-assign]
+        cluster._sweep = sweep  # type: ignore[method-assign]
+        for note in held + held:  # heard twice: pushed twice
+            hear(note)
+        await edited.wait(1, timeout=30)
+        after = await general.send_message("after")  # pushed behind the edits
+        await received.wait(2, timeout=30)
+        assert [e.handle for e in received.items] == [handle, after]
+        assert [(e.handle, e.message.body) for e in edited.items] == [(handle, "second draft")]
+
+
 async def test_a_later_handle_never_commits_before_an_earlier_one(
     tmp_path, postgres_url, monkeypatch
 ):

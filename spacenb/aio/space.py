@@ -137,7 +137,9 @@ class AsyncSpace:
         self._peers: tuple[str, ...] = ()
         self._subscribed = False
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
-        self._known_messages: dict[int, KnownMessage] = {}  # by handle: to check edits
+        # by handle, this member's own messages only (to edit them); others' authors are
+        # the core's (author_of): a history of 100,000 would keep 100,000 of these
+        self._known_messages: dict[int, KnownMessage] = {}
         self._key_waiters: list[asyncio.Future[None]] = []
         self._rotating_to: int | None = None  # the epoch this member is minting, if any
         self._link: tuple[str, Callable[[bytes], bytes]] | None = None  # to read a private log
@@ -363,7 +365,12 @@ class AsyncSpace:
 
     def _author_of(self, handle: int) -> str | None:
         meta = self._known_messages.get(handle)
-        return meta[0] if meta else None
+        if meta is not None:
+            return meta.author
+        state = self.core.state
+        if state is not None and handle in state.deleted:
+            return None
+        return self.core.author_of(handle)
 
     def core_holds(self, epoch: int) -> bool:
         keyring = self.core.keyring
@@ -551,11 +558,13 @@ class AsyncSpace:
     ) -> None:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
         meta = self._known_messages.get(handle)
-        if meta is None:
+        if meta is None and self._author_of(handle) is None:
             await self.history(before=handle + 1, limit=1)
             meta = self._known_messages.get(handle)
         if meta is None:
-            raise NotFoundError(f"no message at handle {handle} in this space")
+            if self._author_of(handle) is None:
+                raise NotFoundError(f"no message at handle {handle} in this space")
+            raise PermissionDeniedError("only the message's author may change it")
         author, old_channel, old_type, seq, sid, rev = meta
         if author != self.client.username:
             raise PermissionDeniedError("only the message's author may change it")
@@ -699,13 +708,12 @@ class AsyncSpace:
             return None
         message = decision.message
         content_type = envelope.content_type or None
-        self._known_messages[handle] = KnownMessage(
-            envelope.source, envelope.subject, content_type, message.seq, message.sid,
-            message.rev,
-        )  # fmt: skip
-        return SpaceMessageEvent(
-            envelope.source, envelope.subject, envelope.epoch, content_type, handle, message
-        )
+        sender, channel = self.core.shared(envelope.source), self.core.shared(envelope.subject)
+        if sender == self.client.username:
+            self._known_messages[handle] = KnownMessage(
+                sender, channel, content_type, message.seq, message.sid, message.rev
+            )
+        return SpaceMessageEvent(sender, channel, envelope.epoch, content_type, handle, message)
 
     # ------------------------------------------------------------------ keys
 

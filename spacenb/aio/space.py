@@ -662,6 +662,8 @@ class AsyncSpace:
             )
 
         decision = decide()
+        if not isinstance(decision, Need):
+            return decision
         if decision is Need.LOG:
             try:
                 await self.sync_log()

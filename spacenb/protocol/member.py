@@ -107,6 +107,11 @@ class ReplayGuard:
 
         A message seen before at the same handle and revision returns ``"duplicate"``.
         """
+        return self.check_revision(sender, message, handle)[0]
+
+    def check_revision(self, sender: str, message: Message, handle: int) -> tuple[str | None, bool]:
+        """:meth:`check`, and whether a message of this session was recorded at ``handle``
+        before it (:meth:`knows`: the message is a new revision of one seen)."""
         key = f"{sender}/{message.sid}"
         session = self._sessions.get(key)
         if session is None:
@@ -116,24 +121,27 @@ class ReplayGuard:
         if session.holds(k, i, handle):
             known_seq, rev, msg_id = session.entry(k, i)
             if known_seq != seq:
-                return "an edit keeps the sequence number of the message it replaces"
+                return "an edit keeps the sequence number of the message it replaces", True
             if message.rev > rev:
                 session.revise(k, i, message.rev, message.id)
-                return None
+                return None, True
             if message.rev == rev and message.id == msg_id:
-                return "duplicate"
-            return "replayed older revision of an edited message"
+                return "duplicate", True
+            return "replayed older revision of an edited message", True
         below = session.seq_before(k, i)
         if below is not None and below >= seq:
-            return "replayed or reordered message (its sequence number is not above the last)"
+            return (
+                "replayed or reordered message (its sequence number is not above the last)",
+                False,
+            )
         above = session.seq_after(k, i)
         if above is not None and above <= seq:
-            return "replayed or reordered message (its sequence number is out of order)"
+            return "replayed or reordered message (its sequence number is out of order)", False
         mark = self.marks.get(key)
         if mark is not None and (
             (handle > mark[0] and seq <= mark[1]) or (handle == mark[0] and seq != mark[1])
         ):
-            return "replayed message (older than one already delivered)"
+            return "replayed message (older than one already delivered)", False
         session.insert(k, i, handle, seq, message.rev, message.id)
         if mark is None or handle > mark[0]:
             self.marks[key] = (handle, seq)
@@ -142,7 +150,7 @@ class ReplayGuard:
                 # Forget the session heard from longest ago: memory stays bounded, and a
                 # replay of that session after a restart is then caught only in-session.
                 del self.marks[min(self.marks, key=lambda name: self.marks[name][0])]
-        return None
+        return None, False
 
 
 # --------------------------------------------------------------------------- delivery
@@ -392,8 +400,7 @@ class MemberCore:
         if seen is not None and seen != source:
             clash = "edit by someone other than the author" if edit else "another sender's handle"
             return Rejected(clash, source, handle)
-        revision = self.replay.knows(source, message.sid, handle)  # a new revision of one seen
-        why = self.replay.check(source, message, handle)
+        why, revision = self.replay.check_revision(source, message, handle)
         if why == "duplicate":
             return Opened(envelope, message, handle, duplicate=True)
         if why is not None:

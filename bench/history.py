@@ -1,8 +1,9 @@
 """History → DataFrame: stored messages fetched, verified, decrypted and framed.
 
 A sender seeds the channel through the async client (``--in-flight`` sends outstanding);
-then a fresh member, in its own process, reads the whole history with the sync facade
-(``space.history(before=cursor, limit=1000)`` until the cursor is None, one DataFrame per
+then for each read a fresh member, in a new process that joins after the seeding (so it
+has received none of the messages live), reads the whole history with the sync facade
+(``space.history(before=cursor, limit=page)`` until the cursor is None, one DataFrame per
 page, concatenated). The baseline, in the same reader process just before, is the floor
 of that work: verifying as many ECDSA P-256 signatures (over ~300-byte messages) in a bare
 ``cryptography`` loop. Peak memory is the reader process's peak RSS during the read.

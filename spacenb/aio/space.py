@@ -623,11 +623,19 @@ class AsyncSpace:
             await self._fetch_keys()
         messages = []
         items = page.items
+        open_message = self.core.open_message
         chunks = verify_pool.in_chunks(items, state) if len(items) >= verify_pool.MIN_PAGE else None
         for start, end, checked in chunks or [(0, len(items), None)]:
             verified = await verify_pool.wait(checked, end - start)
             for item, key in zip(items[start:end], verified, strict=True):
-                event = await self._open(item.envelope, item.handle, live=False, verified=key)
+                envelope, handle = item.envelope, item.handle
+                # What _open decides, without its two coroutines per message unless the
+                # core needs the log or keys first (it then decided nothing yet).
+                decision = open_message(envelope, handle, verified=key)
+                if isinstance(decision, Need):
+                    event = await self._open(envelope, handle, live=False, verified=key)
+                else:
+                    event = self._opened(envelope, handle, decision, live=False)
                 if event is not None:
                     messages.append(event)
         return History(tuple(messages), page.next_cursor, len(items) - len(messages))
@@ -701,6 +709,12 @@ class AsyncSpace:
         decision = await self._decide(
             envelope, handle, kind="msg", live=live, now=now, edit=edit, verified=verified
         )
+        return self._opened(envelope, handle, decision, live=live)
+
+    def _opened(
+        self, envelope: Envelope, handle: int, decision: Opened | Rejected | None, *, live: bool
+    ) -> SpaceMessageEvent | None:
+        """The event for the core's decision about a stored envelope (see :meth:`_open`)."""
         if decision is None:
             return None
         if isinstance(decision, Rejected):

@@ -1,8 +1,9 @@
 """History → DataFrame: stored messages fetched, verified, decrypted and framed.
 
 A sender seeds the channel through the async client (``--in-flight`` sends outstanding);
-then a fresh member, in its own process, reads the whole history with the sync facade
-(``space.history(before=cursor, limit=1000)`` until the cursor is None, one DataFrame per
+then for each read a fresh member, in a new process that joins after the seeding (so it
+has received none of the messages live), reads the whole history with the sync facade
+(``space.history(before=cursor, limit=page)`` until the cursor is None, one DataFrame per
 page, concatenated). The baseline, in the same reader process just before, is the floor
 of that work: verifying as many ECDSA P-256 signatures (over ~300-byte messages) in a bare
 ``cryptography`` loop. Peak memory is the reader process's peak RSS during the read.
@@ -13,6 +14,7 @@ of that work: verifying as many ECDSA P-256 signatures (over ~300-byte messages)
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 from .common import (
@@ -79,61 +81,71 @@ def _workers_cpu(verify_pool: Any) -> float:
     return sum(cpu_seconds(pid) for pid in pids)
 
 
-async def reader_worker(link: Link, target: Target, username: str = "reader") -> None:
-    """A sync-facade member; each ``("read", (n, page, pool))`` times a full history read
-    in pages of ``page`` between two bare verify loops of ``n`` signatures (the baseline is
-    their mean), and reports both with the read's peak RSS. ``pool`` False keeps every
-    signature check in this process (``spacenb.aio.verify_pool`` off)."""
+async def _warm_pool(verify_pool: Any) -> None:
+    """Start the verify workers and wait until each has answered once (imports done)."""
+    workers = await verify_pool.shared()._ensure()
+    await asyncio.gather(*(worker.verify([]) for worker in workers))
+
+
+async def reader_worker(
+    link: Link, target: Target, username: str, read: tuple[int, int, bool]
+) -> None:
+    """A fresh sync-facade member (joined after the seeding: it has seen no message yet)
+    that times one full history read in pages of ``page`` (``read`` is ``(n, page,
+    pool)``) between two bare verify loops of ``n`` signatures (the baseline is their
+    mean), and reports both with the read's peak RSS. ``pool`` False keeps every signature
+    check in this process (``spacenb.aio.verify_pool`` off); True starts its workers
+    before the clock starts."""
     import spacenb
     from spacenb.aio import verify_pool
 
-    min_page = verify_pool.MIN_PAGE
-
+    count, page, pool = read
     client = spacenb.connect(
         target.url, app_key=target.app_key, username=username, keystore=":memory:"
     )
     space = client.space.join_channel(target.channel)
-    link.send("ready")
-    while True:
-        kind, options = await link.recv()
-        if kind != "read":
-            break
-        count, page, pool = options
-        verify_pool.MIN_PAGE = min_page if pool else 1 << 30
-        baseline_before, verify_cpu_before = verify_rate(min(count, 20_000))
-        workers_before = _workers_cpu(verify_pool)
-        with usage() as used:
-            rows, history = read_history(space, page)
-        workers_cpu = _workers_cpu(verify_pool) - workers_before
-        ordered = bool(history["handle"].is_monotonic_increasing)
-        del history
-        baseline_after, verify_cpu_after = verify_rate(min(count, 20_000))
-        link.send(
-            "done",
-            {
-                "rows": rows,
-                "rate": rows / used.seconds,
-                "cpu_us": used.cpu * 1e6 / rows,
-                "workers_cpu_us": workers_cpu * 1e6 / rows,
-                "baseline": (baseline_before + baseline_after) / 2,
-                "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
-                "baseline_before": baseline_before,
-                "baseline_after": baseline_after,
-                "rss_before": used.rss_before,
-                "peak": used.peak,
-                "ordered": ordered,
-            },
-        )
+    if pool:
+        client.runner.run(_warm_pool(verify_pool))
+    else:
+        verify_pool.MIN_PAGE = 1 << 30
+    baseline_before, verify_cpu_before = verify_rate(min(count, 20_000))
+    workers_before = _workers_cpu(verify_pool)
+    with usage() as used:
+        rows, history = read_history(space, page)
+    workers_cpu = _workers_cpu(verify_pool) - workers_before
+    ordered = bool(history["handle"].is_monotonic_increasing)
+    del history
+    baseline_after, verify_cpu_after = verify_rate(min(count, 20_000))
+    link.send(
+        "done",
+        {
+            "rows": rows,
+            "rate": rows / used.seconds,
+            "cpu_us": used.cpu * 1e6 / rows,
+            "workers_cpu_us": workers_cpu * 1e6 / rows,
+            "baseline": (baseline_before + baseline_after) / 2,
+            "baseline_cpu_us": (verify_cpu_before + verify_cpu_after) / 2,
+            "baseline_before": baseline_before,
+            "baseline_after": baseline_after,
+            "rss_before": used.rss_before,
+            "peak": used.peak,
+            "ordered": ordered,
+        },
+    )
     client.close()
 
 
 def read_once(
-    report: Report, reader: Worker, topo: Topology, count: int, page: int, pool: bool, seed: float
+    report: Report, topo: Topology, count: int, page: int, pool: bool, seed: float, n: int
 ) -> None:
-    """One fresh read of ``count`` messages in pages of ``page``, its figures added."""
+    """One read of ``count`` messages in pages of ``page`` by a fresh reader (the ``n``-th),
+    its figures added."""
     relay_cpu = CpuMeter({"relay": topo.relay.pid})
-    reader.send("read", (count, page, pool))
-    got = reader.expect("done", 3600)
+    read = (count, page, pool)
+    with Worker(
+        reader_worker, topo.target, f"reader{n}", read, name=f"history-reader-{n}"
+    ) as reader:
+        got = reader.expect("done", 3600)
     relay_us = relay_cpu.per(count)["relay"]
     if got["rows"] != count or not got["ordered"]:
         raise RuntimeError(f"read {got['rows']} of {count} rows: {got}")
@@ -182,19 +194,19 @@ def read_once(
 def run(args: argparse.Namespace) -> Report:
     counts = sorted(args.counts)
     report = Report.of("history", args, page=PAGE, payload_bytes=PAYLOAD_BYTES)
-    with (
-        Topology("spacenb", [], shards=0) as topo,
-        Worker(reader_worker, topo.target, name="history-reader") as reader,
-    ):
-        reader.expect("ready", 120)
+    readers = 0
+    with Topology("spacenb", [], shards=0) as topo:
         stored = 0
         for count in counts:
-            sent, _ = topo.phase(count - stored, in_flight=args.in_flight, first_seq=stored)
+            sent, _ = topo.phase(
+                count - stored, in_flight=args.in_flight, first_seq=stored, timeout=3600
+            )
             seed_rate = (count - stored) / (sent["end"] - sent["start"])
             stored = count
             for page in args.pages:
                 for pool in (False, True) if args.pool == "both" else (args.pool == "on",):
-                    read_once(report, reader, topo, count, page, pool, seed_rate)
+                    readers += 1
+                    read_once(report, topo, count, page, pool, seed_rate, readers)
     return report
 
 

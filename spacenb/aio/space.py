@@ -137,7 +137,9 @@ class AsyncSpace:
         self._peers: tuple[str, ...] = ()
         self._subscribed = False
         self._seen_ephemeral: OrderedDict[str, None] = OrderedDict()
-        self._known_messages: dict[int, KnownMessage] = {}  # by handle: to check edits
+        # by handle, this member's own messages only (to edit them); others' authors are
+        # the core's (author_of): a history of 100,000 would keep 100,000 of these
+        self._known_messages: dict[int, KnownMessage] = {}
         # by handle, the newest revision handed to on_message_edited: an edit pushed twice
         # (by two relays) is delivered once, one history() already opened still once
         self._edits_delivered: dict[int, int] = {}
@@ -366,7 +368,12 @@ class AsyncSpace:
 
     def _author_of(self, handle: int) -> str | None:
         meta = self._known_messages.get(handle)
-        return meta[0] if meta else None
+        if meta is not None:
+            return meta.author
+        state = self.core.state
+        if state is not None and handle in state.deleted:
+            return None
+        return self.core.author_of(handle)
 
     def core_holds(self, epoch: int) -> bool:
         keyring = self.core.keyring
@@ -554,11 +561,13 @@ class AsyncSpace:
     ) -> None:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
         meta = self._known_messages.get(handle)
-        if meta is None:
+        if meta is None and self._author_of(handle) is None:
             await self.history(before=handle + 1, limit=1)
             meta = self._known_messages.get(handle)
         if meta is None:
-            raise NotFoundError(f"no message at handle {handle} in this space")
+            if self._author_of(handle) is None:
+                raise NotFoundError(f"no message at handle {handle} in this space")
+            raise PermissionDeniedError("only the message's author may change it")
         author, old_channel, old_type, seq, sid, rev = meta
         if author != self.client.username:
             raise PermissionDeniedError("only the message's author may change it")
@@ -617,11 +626,19 @@ class AsyncSpace:
             await self._fetch_keys()
         messages = []
         items = page.items
+        open_message = self.core.open_message
         chunks = verify_pool.in_chunks(items, state) if len(items) >= verify_pool.MIN_PAGE else None
         for start, end, checked in chunks or [(0, len(items), None)]:
             verified = await verify_pool.wait(checked, end - start)
             for item, key in zip(items[start:end], verified, strict=True):
-                event = await self._open(item.envelope, item.handle, live=False, verified=key)
+                envelope, handle = item.envelope, item.handle
+                # What _open decides, without its two coroutines per message unless the
+                # core needs the log or keys first (it then decided nothing yet).
+                decision = open_message(envelope, handle, verified=key)
+                if isinstance(decision, Need):
+                    event = await self._open(envelope, handle, live=False, verified=key)
+                else:
+                    event = self._opened(envelope, handle, decision, live=False)
                 if event is not None:
                     messages.append(event)
         return History(tuple(messages), page.next_cursor, len(items) - len(messages))
@@ -656,6 +673,8 @@ class AsyncSpace:
             )
 
         decision = decide()
+        if not isinstance(decision, Need):
+            return decision
         if decision is Need.LOG:
             try:
                 await self.sync_log()
@@ -693,6 +712,12 @@ class AsyncSpace:
         decision = await self._decide(
             envelope, handle, kind="msg", live=live, now=now, edit=edit, verified=verified
         )
+        return self._opened(envelope, handle, decision, live=live)
+
+    def _opened(
+        self, envelope: Envelope, handle: int, decision: Opened | Rejected | None, *, live: bool
+    ) -> SpaceMessageEvent | None:
+        """The event for the core's decision about a stored envelope (see :meth:`_open`)."""
         if decision is None:
             return None
         if isinstance(decision, Rejected):
@@ -706,13 +731,12 @@ class AsyncSpace:
                 return None
             self._edits_delivered[handle] = message.rev
         content_type = envelope.content_type or None
-        self._known_messages[handle] = KnownMessage(
-            envelope.source, envelope.subject, content_type, message.seq, message.sid,
-            message.rev,
-        )  # fmt: skip
-        return SpaceMessageEvent(
-            envelope.source, envelope.subject, envelope.epoch, content_type, handle, message
-        )
+        sender, channel = self.core.shared(envelope.source), self.core.shared(envelope.subject)
+        if sender == self.client.username:
+            self._known_messages[handle] = KnownMessage(
+                sender, channel, content_type, message.seq, message.sid, message.rev
+            )
+        return SpaceMessageEvent(sender, channel, envelope.epoch, content_type, handle, message)
 
     # ------------------------------------------------------------------ keys
 

@@ -151,18 +151,71 @@ class Envelope:
 
     def signed_bytes(self) -> bytes:
         """The canonical encoding the signature covers."""
-        return lp_encode(
-            f"spacenb/v2/envelope/{self.kind}",
-            self.source,
-            self.target,
-            self.subject,
-            self.epoch,
-            self.content_type,
-            self.head_seq,
-            self.head,
-            self.iv,
-            self.ciphertext,
+        prefix = _routing(
+            self.kind, self.source, self.target, self.subject, self.epoch,
+            self.content_type, self.head_seq, self.head,
+        )[0]  # fmt: skip
+        return prefix + lp_encode(self.iv, self.ciphertext)
+
+    def aad(self) -> bytes:
+        """The AEAD associated data (:func:`envelope_aad` of its routing fields)."""
+        return _routing(
+            self.kind, self.source, self.target, self.subject, self.epoch,
+            self.content_type, self.head_seq, self.head,
+        )[1]  # fmt: skip
+
+
+_ROUTING_CACHE: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+_ROUTING_CACHE_SIZE = 1024
+
+
+def _routing(
+    kind: str,
+    source: str,
+    target: str,
+    subject: str,
+    epoch: int,
+    content_type: str,
+    head_seq: int,
+    head: bytes,
+) -> tuple[bytes, bytes]:
+    """The signed bytes' fields before the IV (the canonical encoding is a concatenation of
+    its fields' encodings, so the rest follows) and the associated data.
+
+    Both depend only on the routing fields, which every message a sender sends on one
+    channel at one state head shares: a reader of history encodes them once per such run,
+    not twice per message. The cache is keyed by the exact values (ints and bytes by type
+    too, so that ``True`` does not pass for ``1``) and emptied when full."""
+    if type(epoch) is not int or type(head_seq) is not int or type(head) is not bytes:
+        return _signed_prefix(
+            kind, source, target, subject, epoch, content_type, head_seq, head
+        ), envelope_aad(kind, source, target, subject, epoch, content_type, head_seq, head)
+    key = (kind, source, target, subject, epoch, content_type, head_seq, head)
+    got = _ROUTING_CACHE.get(key)
+    if got is None:
+        got = (
+            _signed_prefix(kind, source, target, subject, epoch, content_type, head_seq, head),
+            envelope_aad(kind, source, target, subject, epoch, content_type, head_seq, head),
         )
+        if len(_ROUTING_CACHE) >= _ROUTING_CACHE_SIZE:
+            _ROUTING_CACHE.clear()
+        _ROUTING_CACHE[key] = got
+    return got
+
+
+def _signed_prefix(
+    kind: str,
+    source: str,
+    target: str,
+    subject: str,
+    epoch: int,
+    content_type: str,
+    head_seq: int,
+    head: bytes,
+) -> bytes:
+    return lp_encode(
+        f"spacenb/v2/envelope/{kind}", source, target, subject, epoch, content_type, head_seq, head
+    )
 
 
 def envelope_aad(
@@ -259,17 +312,7 @@ def open_envelope(
     a verification worker); only then is the check skipped."""
     if not verified:
         verify_envelope(envelope, signer)
-    aad = envelope_aad(
-        envelope.kind,
-        envelope.source,
-        envelope.target,
-        envelope.subject,
-        envelope.epoch,
-        envelope.content_type,
-        envelope.head_seq,
-        envelope.head,
-    )
-    plaintext = crypto.aead_open(group_key, envelope.iv, envelope.ciphertext, aad)
+    plaintext = crypto.aead_open(group_key, envelope.iv, envelope.ciphertext, envelope.aad())
     try:
         return Message.from_bytes(plaintext)
     except ProtocolError:

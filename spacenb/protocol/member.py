@@ -18,10 +18,9 @@ tests play every attack on it without a socket.
 
 from __future__ import annotations
 
-import bisect
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..exceptions import (
     ForkError,
@@ -35,6 +34,7 @@ from . import crypto
 from .envelope import Envelope, Message, open_envelope
 from .keyring import Keyring
 from .keys import IdentityKeys, decode_public_key
+from .sessionlog import SessionLog
 from .statelog import MemberState, SpaceState, StateEvent
 from .wrap import WrappedKey, unwrap_group_key, wrap_group_key
 
@@ -78,14 +78,8 @@ class Rejected:
 # --------------------------------------------------------------------------- replays
 
 
-@dataclass
-class _Session:
-    handles: list[int] = field(default_factory=list)  # sorted
-    seqs: list[int] = field(default_factory=list)  # parallel to handles, so also sorted
-    revs: dict[int, tuple[int, str]] = field(default_factory=dict)  # handle -> (rev, id)
-
-
 MAX_MARKS = 10_000  # sender sessions remembered per space across restarts
+MAX_NAMES = 4096  # distinct sender and channel names shared per space (MemberCore.shared)
 
 
 class ReplayGuard:
@@ -100,59 +94,63 @@ class ReplayGuard:
 
     def __init__(self, marks: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.marks: dict[str, tuple[int, int]] = dict(marks or {})
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, SessionLog] = {}
         self.changed = False  # marks moved since the owner last saved them
 
     def knows(self, sender: str, sid: str, handle: int) -> bool:
         """Whether a message of this session was recorded at ``handle``."""
         session = self._sessions.get(f"{sender}/{sid}")
-        return session is not None and handle in session.revs
+        return session is not None and handle in session
 
     def check(self, sender: str, message: Message, handle: int) -> str | None:
         """Record ``message`` at ``handle``; the reason to refuse it, or None.
 
         A message seen before at the same handle and revision returns ``"duplicate"``.
         """
+        return self.check_revision(sender, message, handle)[0]
+
+    def check_revision(self, sender: str, message: Message, handle: int) -> tuple[str | None, bool]:
+        """:meth:`check`, and whether a message of this session was recorded at ``handle``
+        before it (:meth:`knows`: the message is a new revision of one seen)."""
         key = f"{sender}/{message.sid}"
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = _Session()
-        handles, seqs, seq = session.handles, session.seqs, message.seq
-        known = session.revs.get(handle)
-        if known is not None:
-            if seqs[bisect.bisect_left(handles, handle)] != seq:
-                return "an edit keeps the sequence number of the message it replaces"
-            rev, msg_id = known
+            session = self._sessions[key] = SessionLog()
+        seq = message.seq
+        k, i = session.find(handle)
+        if session.holds(k, i, handle):
+            known_seq, rev, msg_id = session.entry(k, i)
+            if known_seq != seq:
+                return "an edit keeps the sequence number of the message it replaces", True
             if message.rev > rev:
-                session.revs[handle] = (message.rev, message.id)
-                return None
+                session.revise(k, i, message.rev, message.id)
+                return None, True
             if message.rev == rev and message.id == msg_id:
-                return "duplicate"
-            return "replayed older revision of an edited message"
-        if not handles or handle > handles[-1]:
-            i = len(handles)  # the usual case: the session's newest message so far
-        else:
-            i = bisect.bisect_left(handles, handle)
-        if i > 0 and seqs[i - 1] >= seq:
-            return "replayed or reordered message (its sequence number is not above the last)"
-        if i < len(handles) and seqs[i] <= seq:
-            return "replayed or reordered message (its sequence number is out of order)"
+                return "duplicate", True
+            return "replayed older revision of an edited message", True
+        below = session.seq_before(k, i)
+        if below is not None and below >= seq:
+            return (
+                "replayed or reordered message (its sequence number is not above the last)",
+                False,
+            )
+        above = session.seq_after(k, i)
+        if above is not None and above <= seq:
+            return "replayed or reordered message (its sequence number is out of order)", False
         mark = self.marks.get(key)
         if mark is not None and (
             (handle > mark[0] and seq <= mark[1]) or (handle == mark[0] and seq != mark[1])
         ):
-            return "replayed message (older than one already delivered)"
-        handles.insert(i, handle)
-        seqs.insert(i, seq)
-        session.revs[handle] = (message.rev, message.id)
+            return "replayed message (older than one already delivered)", False
+        session.insert(k, i, handle, seq, message.rev, message.id)
         if mark is None or handle > mark[0]:
             self.marks[key] = (handle, seq)
             self.changed = True
             if len(self.marks) > MAX_MARKS:
                 # Forget the session heard from longest ago: memory stays bounded, and a
                 # replay of that session after a restart is then caught only in-session.
-                del self.marks[min(self.marks, key=lambda k: self.marks[k][0])]
-        return None
+                del self.marks[min(self.marks, key=lambda name: self.marks[name][0])]
+        return None, False
 
 
 # --------------------------------------------------------------------------- delivery
@@ -224,6 +222,7 @@ class MemberCore:
         self._trust = trust or (lambda _name, _sig, _dh: None)
         self._sent: dict[bytes, tuple[Envelope, Message]] = {}
         self._authors: dict[int, str] = {}  # handle -> sender of the messages accepted
+        self._names: dict[str, str] = {}  # see shared()
 
     # ------------------------------------------------------------------ the log
 
@@ -401,14 +400,26 @@ class MemberCore:
         if seen is not None and seen != source:
             clash = "edit by someone other than the author" if edit else "another sender's handle"
             return Rejected(clash, source, handle)
-        revision = self.replay.knows(source, message.sid, handle)  # a new revision of one seen
-        why = self.replay.check(source, message, handle)
+        why, revision = self.replay.check_revision(source, message, handle)
         if why == "duplicate":
             return Opened(envelope, message, handle, duplicate=True)
         if why is not None:
             return Rejected(why, source, handle)
-        self._authors[handle] = source
+        self._authors[handle] = self.shared(source)
         return Opened(envelope, message, handle, edit=revision)
+
+    def shared(self, name: str) -> str:
+        """One string object for each sender or channel name (the first ``MAX_NAMES``):
+        each parsed envelope brings its own copies, and what is kept per message (its
+        author here, a history DataFrame's ``sender`` and ``channel`` cells) would otherwise
+        hold two strings per message."""
+        names = self._names
+        got = names.get(name)
+        if got is None:
+            if len(names) >= MAX_NAMES:
+                return name
+            names[name] = got = name
+        return got
 
     def deletion_applies(self, event: StateEvent) -> bool:
         """Whether a verified ``delete`` event hides the message at its handle: only when

@@ -97,6 +97,21 @@ async def test_only_the_author_edits_or_deletes(connect):
     assert [m.message.body for m in page.messages] == ["mine"]
 
 
+async def test_the_owner_deletes_a_message_it_read_in_history(connect):
+    """The owner keeps no per-message record of others' messages: the author its
+    deletion names comes from what its member core verified."""
+    a, b = await two_members(connect)
+    deleted = Inbox()
+    b.on_message_deleted(deleted)
+    theirs = await b.send_message("bob's")
+    page = await a.history()
+    assert [(m.handle, m.sender) for m in page.messages] == [(theirs, "bob")]
+    await a.delete_message(theirs)
+    (ev,) = await deleted.wait(1)
+    assert ev.handle == theirs
+    assert (await b.history()).messages == ()
+
+
 async def test_ephemeral_reaches_others_and_is_never_stored(connect):
     a, b = await two_members(connect)
     at_a, at_b = Inbox(), Inbox()

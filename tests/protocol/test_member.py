@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spacenb.exceptions import (
     ForkError,
@@ -18,6 +21,7 @@ from spacenb.exceptions import (
     PermissionDeniedError,
     ProtocolError,
 )
+from spacenb.protocol import sessionlog
 from spacenb.protocol.encoding import canonical_json
 from spacenb.protocol.envelope import Envelope, Message
 from spacenb.protocol.keyring import Keyring
@@ -36,6 +40,7 @@ from .chain import (
     raw_event,
     resign,
 )
+from .replay_reference import ReferenceGuard
 
 ALICE, BOB, CAROL, MALLORY = ident("alice"), ident("bob"), ident("carol"), ident("mallory")
 
@@ -924,6 +929,51 @@ def test_marks_are_copied_not_shared() -> None:
     guard = ReplayGuard(marks)
     assert guard.check("bob", msg(21), 8) is None
     assert marks == {f"bob/{SID}": (7, 20)}
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["bob", "carol"]),
+        st.sampled_from([SID, OTHER_SID]),
+        st.integers(1, 40),  # handle
+        st.integers(0, 40),  # seq
+        st.integers(0, 3),  # rev
+        st.sampled_from(["", "x"]),  # a different message id at the same seq and rev
+    ),
+    max_size=120,
+)
+_MARKS = st.dictionaries(
+    st.sampled_from([f"bob/{SID}", f"carol/{OTHER_SID}"]),
+    st.tuples(st.integers(1, 40), st.integers(0, 40)),
+)
+
+
+@settings(max_examples=300)
+@given(_OPS, _MARKS, st.booleans(), st.integers(1, 3))
+def test_replay_guard_decides_as_the_list_guard_did(
+    ops: list[tuple[str, str, int, int, int, str]],
+    marks: dict[str, tuple[int, int]],
+    newest_first: bool,
+    load: int,
+) -> None:
+    """Same answers, marks and ``changed`` as the guard on plain sorted lists, for any order
+    of arrivals (also sorted newest first, the way history is read) and tiny runs."""
+    import spacenb.protocol.member as member_module
+
+    if newest_first:
+        ops = sorted(ops, key=lambda op: -op[2])
+    with (
+        mock.patch.object(sessionlog, "LOAD", load),
+        mock.patch.object(member_module, "MAX_MARKS", 2),
+    ):
+        guard, reference = ReplayGuard(marks), ReferenceGuard(marks, max_marks=2)
+        for sender, sid, handle, seq, rev, tag in ops:
+            message = msg(seq, rev, sid, tag)
+            knew = reference.knows(sender, sid, handle)
+            assert guard.knows(sender, sid, handle) == knew
+            answer = guard.check_revision(sender, message, handle)
+            assert answer == (reference.check(sender, message, handle), knew)
+            assert guard.marks == reference.marks and guard.changed == reference.changed
 
 
 # =========================================================================== Delivery

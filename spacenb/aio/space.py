@@ -712,10 +712,16 @@ class AsyncSpace:
         decision = await self._decide(
             envelope, handle, kind="msg", live=live, now=now, edit=edit, verified=verified
         )
-        return self._opened(envelope, handle, decision, live=live)
+        return self._opened(envelope, handle, decision, live=live, edit=edit)
 
     def _opened(
-        self, envelope: Envelope, handle: int, decision: Opened | Rejected | None, *, live: bool
+        self,
+        envelope: Envelope,
+        handle: int,
+        decision: Opened | Rejected | None,
+        *,
+        live: bool,
+        edit: bool = False,
     ) -> SpaceMessageEvent | None:
         """The event for the core's decision about a stored envelope (see :meth:`_open`)."""
         if decision is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ..exceptions import (
+    ConnectionLostError,
     ForkError,
     IdentityChangedError,
     IntegrityError,
@@ -26,6 +27,8 @@ from ..exceptions import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    RateLimitedError,
+    ServerError,
     SpacenbError,
     SpacenbTimeoutError,
     StaleStateError,
@@ -73,13 +76,21 @@ _EPHEMERAL_MEMORY = 10_000
 _STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
 _BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
 _BACKOFF_CAP = 0.25
+# A message whose send had an unknown outcome is sent again as it is, this many times at
+# most, with a backoff bound of up to _RESEND_CAP (about 15 s in all at worst: enough for
+# a relay to reconnect or its database to come back after a restart).
+_RESENDS = 16
+_RESEND_CAP = 2.0
+# Failures after which a send may or may not have been stored.
+_OUTCOME_UNKNOWN = (ConnectionLostError, ServerError, SpacenbTimeoutError)
 
 
-async def stale_backoff(attempt: int) -> None:
-    """Wait before signing again on a head another member got first: a random time up to
-    a bound that doubles per attempt (so that many members joining or appending at once,
-    a class arriving together, do not retry in lock step and each get their turn)."""
-    await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**attempt)))
+async def stale_backoff(attempt: int, cap: float = _BACKOFF_CAP) -> None:
+    """Wait before trying again (signing again on a head another member got first, or
+    resending): a random time up to a bound that doubles per attempt, at most ``cap``
+    seconds (so that many members joining or appending at once, a class arriving
+    together, do not retry in lock step and each get their turn)."""
+    await asyncio.sleep(random.uniform(0, min(cap, _BACKOFF_FIRST * 2**attempt)))
 
 
 class KnownMessage(NamedTuple):
@@ -502,20 +513,46 @@ class AsyncSpace:
         return envelope
 
     async def _send_sealed(
-        self, make: Callable[[], Envelope], request: Callable[[Envelope], frames.Request[R]]
+        self,
+        make: Callable[[], Envelope],
+        request: Callable[[Envelope], frames.Request[R]],
+        *,
+        stored: bool = False,
     ) -> R:
         """Send ``request(envelope)`` for an envelope ``make`` seals; after a rotation or a
         state change the relay refuses it as stale: catch up on the log and keys, seal
-        again, once."""
+        again, once.
+
+        A ``stored`` request (``send``, ``edit``) whose outcome is unknown (the connection
+        lost before the answer, ``server_error``, no answer in time) is sent again, the
+        same envelope, once the client is reconnected, up to :data:`_RESENDS` times: the
+        relay answers a resend of a stored envelope with its handle and stores nothing
+        (PROTOCOL.md, "Requests"). Once an attempt may have been stored, the message is
+        never sealed again: a refusal then is raised as it is."""
         if self.core.state is None:
             await self.sync_log()
-        envelope = make()
-        try:
-            return await self.client.request(request(envelope))
-        except (KeyUnavailableError, StaleStateError):
-            await self.sync_log()
-            await self._fetch_keys()
-            return await self.client.request(request(make()))
+        sent = request(make())
+        sealed_again = False
+        unknown = 0  # attempts whose outcome is unknown so far
+        while True:
+            try:
+                return await self.client.request(sent)
+            except (KeyUnavailableError, StaleStateError):
+                if sealed_again or unknown:
+                    raise
+                sealed_again = True
+                await self.sync_log()
+                await self._fetch_keys()
+                sent = request(make())
+            except (*_OUTCOME_UNKNOWN, RateLimitedError) as exc:
+                # (a rate refusal of a resend says nothing of the first attempt's fate)
+                if not stored or self.client.connection.is_closed or unknown >= _RESENDS:
+                    raise
+                if isinstance(exc, RateLimitedError) and not unknown:
+                    raise
+                log.info("spacenb: %s had no sure answer (%s); sending it again", sent.OP, exc)
+                await stale_backoff(unknown, _RESEND_CAP)
+                unknown += 1
 
     async def send_message(
         self, payload: Any, *, channel: str = "default", content_type: str | None = None
@@ -529,6 +566,7 @@ class AsyncSpace:
         result = await self._send_sealed(
             lambda: self._seal("msg", channel, content_type, payload, seq=seq),
             lambda envelope: frames.Send(UNSENT, envelope=envelope),
+            stored=True,
         )
         handle = result.handle
         self._known_messages[handle] = KnownMessage(
@@ -566,6 +604,7 @@ class AsyncSpace:
                 "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev
             ),
             lambda envelope: frames.Edit(UNSENT, handle=handle, envelope=envelope),
+            stored=True,
         )
         self._known_messages[handle] = KnownMessage(
             author, channel or old_channel, ctype, seq, sid, new_rev

@@ -589,6 +589,10 @@ class Cluster:
             self._leases.clear()  # (gives back nothing: the service grants a little less)
         self._leases[username] = int(granted) - 1
 
+    def give_back_token(self, username: str) -> None:
+        """Return a token taken for a resend that stored nothing (to this relay's lease)."""
+        self._leases[username] = self._leases.get(username, 0) + 1
+
     def charge(self, username: str, size: int, count: int) -> None:
         """:meth:`RelayCore.charge_message` on the usage all relays share, in one statement;
         a message being sent (``count > 0``) is charged in its batch's transaction instead

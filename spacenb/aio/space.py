@@ -560,7 +560,12 @@ class AsyncSpace:
         """Seal ``payload`` once for the group, sign it and send it.
 
         Returns the relay's handle once the message is stored. The message also comes back
-        to this member's ``on_message`` handlers.
+        to this member's ``on_message`` handlers. If the answer is lost (the connection
+        drops, the relay answers ``server_error``, or no answer comes in time), the same
+        envelope is sent again once reconnected, and the relay stores it once; after 16
+        such attempts the last error is raised (:class:`ConnectionLostError`,
+        :class:`ServerError` or :class:`SpacenbTimeoutError`): the message may then be
+        stored or not.
         """
         seq = self.client.next_seq()
         result = await self._send_sealed(

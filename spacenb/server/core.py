@@ -306,10 +306,11 @@ class RelayCore:
         if wait:
             raise rate_limited(rate, self.limits.message_burst, wait)
 
-    def give_back_token(self, username: str | None) -> None:
-        """Return the token a metered request took, when it cost nothing: a resend of a
-        message stored already is not counted twice."""
-        if self.limits.message_rate is None or username is None:
+    def give_back_token(self, session: Session) -> None:
+        """Return the token a metered request of ``session`` took, when it cost nothing:
+        a resend of a message stored already is not counted twice."""
+        username = session.username
+        if self.limits.message_rate is None or username is None or session.connection is None:
             return
         if self.peers is not None:
             self.peers.give_back_token(username)
@@ -604,8 +605,8 @@ class RelayCore:
             if index < 0:
                 continue  # answered already (not staged)
             outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
-            if isinstance(outcome, StoredBefore):
-                self.give_back_token(targets[0].username if targets else None)
+            if isinstance(outcome, StoredBefore) and targets:
+                self.give_back_token(targets[0])
             if isinstance(outcome, int):
                 held[start] = (
                     targets,

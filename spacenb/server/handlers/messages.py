@@ -104,7 +104,7 @@ def send(core: RelayCore, session: Session, req: frames.Send) -> frames.HandleRe
     space = checked_envelope(core, session, envelope, "msg")
     before = stored_before(core, space, envelope)
     if before is not None:
-        core.give_back_token(session.username)
+        core.give_back_token(session)
         return frames.HandleResult(before)
     core.charge_message(user_of(session), len(envelope.ciphertext))
     handle = core.storage.add_message(envelope, core.now_us())
@@ -120,7 +120,7 @@ def edit(core: RelayCore, session: Session, req: frames.Edit) -> frames.HandleRe
     _author_check(core, session, space.space_id, req.handle)
     before = core.storage.message_handle(space.space_id, envelope.signature)
     if before == req.handle:
-        core.give_back_token(session.username)
+        core.give_back_token(session)
         return frames.HandleResult(req.handle)
     if before is not None:
         raise ProtocolError(

@@ -9,15 +9,17 @@ decisions to handlers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ..exceptions import (
+    ChannelNotFoundError,
     ConnectionLostError,
     ForkError,
     IdentityChangedError,
@@ -91,6 +93,10 @@ async def stale_backoff(attempt: int, cap: float = _BACKOFF_CAP) -> None:
     seconds (so that many members joining or appending at once, a class arriving
     together, do not retry in lock step and each get their turn)."""
     await asyncio.sleep(random.uniform(0, min(cap, _BACKOFF_FIRST * 2**attempt)))
+
+
+def _is_resend(request: frames.Request[Any]) -> bool:
+    return isinstance(request, frames.Send) and bool(request.resend)
 
 
 class KnownMessage(NamedTuple):
@@ -525,34 +531,42 @@ class AsyncSpace:
 
         A ``stored`` request (``send``, ``edit``) whose outcome is unknown (the connection
         lost before the answer, ``server_error``, no answer in time) is sent again, the
-        same envelope, once the client is reconnected, up to :data:`_RESENDS` times: the
-        relay answers a resend of a stored envelope with its handle and stores nothing
-        (PROTOCOL.md, "Requests"). Once an attempt may have been stored, the message is
-        never sealed again: a refusal then is raised as it is."""
+        same envelope, once the client is reconnected, up to :data:`_RESENDS` times
+        (PROTOCOL.md, "Requests"): a ``send`` as a ``resend``, which the relay answers
+        with the handle it stored it under, or ``not_found`` if it never did, and only
+        then is the message sealed again (under a new ``seq``, so that it does not land
+        behind a later message of this session); an ``edit`` as it is (the relay applies
+        an edit once). A message that may be stored is never sealed again."""
         if self.core.state is None:
             await self.sync_log()
         sent = request(make())
         sealed_again = False
-        unknown = 0  # attempts whose outcome is unknown so far
+        unknown = 0  # attempts whose outcome was unknown so far
         while True:
             try:
                 return await self.client.request(sent)
             except (KeyUnavailableError, StaleStateError):
-                if sealed_again or unknown:
+                if sealed_again or _is_resend(sent):
                     raise
                 sealed_again = True
                 await self.sync_log()
                 await self._fetch_keys()
                 sent = request(make())
+            except NotFoundError as exc:
+                if not _is_resend(sent) or isinstance(exc, ChannelNotFoundError):
+                    raise
+                sent = request(make())  # known not stored: a new seal, a new seq
             except (*_OUTCOME_UNKNOWN, RateLimitedError) as exc:
                 # (a rate refusal of a resend says nothing of the first attempt's fate)
                 if not stored or self.client.connection.is_closed or unknown >= _RESENDS:
                     raise
-                if isinstance(exc, RateLimitedError) and not unknown:
+                if isinstance(exc, RateLimitedError) and not _is_resend(sent):
                     raise
                 log.info("spacenb: %s had no sure answer (%s); sending it again", sent.OP, exc)
                 await stale_backoff(unknown, _RESEND_CAP)
                 unknown += 1
+                if isinstance(sent, frames.Send):
+                    sent = cast("frames.Request[R]", dataclasses.replace(sent, resend=True))
 
     async def send_message(
         self, payload: Any, *, channel: str = "default", content_type: str | None = None
@@ -567,12 +581,16 @@ class AsyncSpace:
         :class:`ServerError` or :class:`SpacenbTimeoutError`): the message may then be
         stored or not.
         """
-        seq = self.client.next_seq()
+        seqs: list[int] = []
+
+        def seal() -> Envelope:  # every seal under a new seq: never behind a later message
+            seqs.append(self.client.next_seq())
+            return self._seal("msg", channel, content_type, payload, seq=seqs[-1])
+
         result = await self._send_sealed(
-            lambda: self._seal("msg", channel, content_type, payload, seq=seq),
-            lambda envelope: frames.Send(UNSENT, envelope=envelope),
-            stored=True,
+            seal, lambda envelope: frames.Send(UNSENT, envelope=envelope), stored=True
         )
+        seq = seqs[-1]
         handle = result.handle
         self._known_messages[handle] = KnownMessage(
             self.client.username,

@@ -197,6 +197,7 @@ class Cluster:
             most_bytes=limits.max_message_bytes_per_user,
         )  # fmt: skip
         storage.stage = self.committer.stage
+        storage.stage_resend = self.committer.stage_resend
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()

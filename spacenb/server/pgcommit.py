@@ -44,7 +44,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from ..exceptions import ChannelNotFoundError, SpacenbError
+from ..exceptions import ChannelNotFoundError, NotFoundError, SpacenbError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import StoredMessage
 from ..protocol.relayrules import next_handle, quota_refusal
@@ -149,7 +149,7 @@ class Committer:
         self._origin = origin
         self._most_messages = most_messages
         self._most_bytes = most_bytes
-        self._staged: list[tuple[Envelope, int]] = []
+        self._staged: list[tuple[Envelope, int]] = []  # (now_us < 0: a resend's look-up)
         self._counted: set[str] = set()  # users whose usage row exists (the thread's)
         self._db: psycopg.Connection[Any] | None = None  # the thread's own
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spacenb-commit")
@@ -162,6 +162,12 @@ class Committer:
     def stage(self, envelope: Envelope, now_us: int) -> None:
         """Add a checked message to the next batch (no I/O)."""
         self._staged.append((envelope, now_us))
+
+    def stage_resend(self, envelope: Envelope) -> None:
+        """Add the look-up of a resent envelope to the next batch: answered with its handle
+        if stored (by any relay, committed before this batch takes the counter's lock),
+        else :class:`NotFoundError`; never stored."""
+        self._staged.append((envelope, -1))
 
     @property
     def staged(self) -> int:
@@ -263,6 +269,9 @@ class Committer:
             before = known.get((space_id, envelope.signature))
             if before is not None:
                 outcomes.append(StoredBefore(before))
+                continue
+            if now_us < 0:  # a resend that was never stored: the sender seals it again
+                outcomes.append(NotFoundError("this envelope was not stored: seal it again"))
                 continue
             counted = usage[user]
             size = len(envelope.ciphertext)

@@ -347,6 +347,7 @@ class PostgresStorage(Storage):
         # Set by the cluster: messages are then staged for its commit thread
         # (:mod:`spacenb.server.pgcommit`) instead of stored on this connection.
         self.stage: Callable[[Envelope, int], None] | None = None
+        self.stage_resend: Callable[[Envelope], None] | None = None
 
     def notify(self, db: psycopg.Connection[Any], kind: str, space_id: str, arg: object) -> None:
         """Send a notification to the other relays with the open transaction (on commit),
@@ -701,6 +702,14 @@ class PostgresStorage(Storage):
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
         return int(row[0])
+
+    def resent_handle(self, envelope: Envelope) -> int:
+        if self.stage_resend is not None:
+            # Looked up by the commit thread under the space counter's lock, so that a
+            # batch still committing the first attempt (on any relay) is waited for.
+            self.stage_resend(envelope)
+            return 0
+        return super().resent_handle(envelope)
 
     def last_handle(self, space_id: str) -> int:
         """The newest handle handed out in the space (0 for none)."""

@@ -28,7 +28,7 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..exceptions import UnsupportedVersionError
+from ..exceptions import NotFoundError, UnsupportedVersionError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, Role, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
@@ -205,6 +205,17 @@ class Storage(abc.ABC):
         """The handle the space stored a message with this signature under (a ``send``, or
         an edit applied to it), also if it was edited or deleted since; None if none. A
         signature is stored under one handle only (the table's primary key)."""
+
+    def resent_handle(self, envelope: Envelope) -> int:
+        """A ``send`` marked ``resend``: the handle the space stored the envelope's
+        signature under (a :class:`StoredBefore`), else :class:`NotFoundError`; stores
+        nothing. A backend whose sends commit on another thread (PostgreSQL in a cluster)
+        answers there, after the commits in flight (it returns 0; the core answers with
+        the outcome)."""
+        handle = self.message_handle(envelope.target, envelope.signature)
+        if handle is None:
+            raise NotFoundError("this envelope was not stored: seal the message again")
+        return StoredBefore(handle)
 
     @abc.abstractmethod
     def add_message(self, envelope: Envelope, now_us: int) -> int:

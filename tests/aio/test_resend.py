@@ -24,7 +24,8 @@ from spacenb.server.limits import Limits
 class Faulty:
     """A ``send`` or ``edit`` handler that lets the real one run (the message is stored),
     then, ``faults`` times, loses its answer: it drops the connection (``drop``) or
-    answers ``server_error``. Records the signature of every envelope it was sent."""
+    answers ``server_error`` (without ``store``, those times nothing is stored). Records
+    the signature of every envelope it was sent, and whether it came as a resend."""
 
     def __init__(self, op: str, faults: int, *, drop: bool, store: bool = True) -> None:
         self.real = messages.send if op == "send" else messages.edit
@@ -32,10 +33,12 @@ class Faulty:
         self.drop = drop
         self.store = store
         self.seen: list[bytes] = []
+        self.resends: list[bool] = []
 
     def __call__(self, core: Any, session: Any, req: Any) -> Any:
         self.seen.append(req.envelope.signature)
-        result = self.real(core, session, req) if self.store else None
+        self.resends.append(bool(getattr(req, "resend", False)))
+        result = self.real(core, session, req) if self.store or not self.faults else None
         if self.faults > 0:
             self.faults -= 1
             if self.drop:  # stored, committed with this loop turn; the answer never leaves
@@ -81,6 +84,7 @@ async def test_a_send_stored_but_unanswered_is_sent_again_and_stored_once(tmp_pa
         room = await alice.space.create_channel("room")
         handle = await room.send_message("hello")
         assert len(faulty.seen) == 3 and len(set(faulty.seen)) == 1  # the same envelope
+        assert faulty.resends == [False, True, True]
         assert [(m.handle, m.message.body) for m in await everything(room)] == [(handle, "hello")]
         later = await room.send_message("and more")
         assert [m.handle for m in await everything(room)] == [handle, later]
@@ -121,3 +125,16 @@ async def test_resends_are_bounded(tmp_path, monkeypatch):
             await room.send_message("never stored")
         assert len(faulty.seen) == 4 and len(set(faulty.seen)) == 1  # never sealed again
         assert await everything(room) == []
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["dropped", "server_error"])
+async def test_a_send_never_stored_is_sealed_again_once_the_relay_says_so(tmp_path, drop):
+    faulty = Faulty("send", 1, drop=drop, store=False)
+    async with relay_with(tmp_path, "send", faulty) as connect:
+        alice = await connect("alice")
+        room = await alice.space.create_channel("room")
+        handle = await room.send_message("hello")
+        # the first attempt, its resend (answered not_found), then a new seal
+        assert faulty.resends == [False, True, False]
+        assert faulty.seen[0] == faulty.seen[1] != faulty.seen[2]
+        assert [(m.handle, m.message.body) for m in await everything(room)] == [(handle, "hello")]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 
 from spacenb.exceptions import (
+    ChannelNotFoundError,
     KeyUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
     ProtocolError,
     QuotaExceededError,
     RateLimitedError,
@@ -180,3 +183,24 @@ async def test_an_edit_resent_is_applied_once(tmp_path):
         with pytest.raises(ProtocolError, match="stored already"):
             await alice.call(frames.Edit, handle=other, envelope=fixed)
         assert {m.handle: m.envelope for m in await history(bob, sid)} == stored
+
+
+async def test_a_resend_is_answered_with_its_handle_or_not_found_and_never_stored(tmp_path):
+    async with running(tmp_path) as srv:
+        alice, bob, info, ring = await two_members(srv, policy="rotate")
+        sid = info.space_id
+        sealed = alice.seal(ring, "stored")
+        handle = (await alice.call(frames.Send, envelope=sealed)).handle
+        lost = alice.seal(ring, "never stored")
+        with pytest.raises(NotFoundError, match="not stored") as refused:
+            await alice.call(frames.Send, envelope=lost, resend=True)
+        assert not isinstance(refused.value, ChannelNotFoundError)
+        await alice.rotate(sid, ring)
+        assert (await alice.call(frames.Send, envelope=sealed, resend=True)).handle == handle
+        with pytest.raises(NotFoundError):
+            await alice.call(frames.Send, envelope=lost, resend=True)
+        with pytest.raises(PermissionDeniedError):  # still only the author's own
+            await bob.call(frames.Send, envelope=sealed, resend=True)
+        assert [m.handle for m in await history(bob, sid)] == [handle]
+        await bob.event("message", handle=handle)
+        await bob.no_event("message")

@@ -21,6 +21,7 @@ from ...protocol.relayrules import (
     history_page,
 )
 from ...protocol.statelog import SpaceState
+from ..storage import StoredBefore
 from .base import known_space, member_space, stored_size, user_of
 from .membership import join_request_event
 
@@ -102,6 +103,11 @@ def send(core: RelayCore, session: Session, req: frames.Send) -> frames.HandleRe
     resend of a stored envelope is answered with its handle, and nothing else happens."""
     envelope = req.envelope
     space = checked_envelope(core, session, envelope, "msg")
+    if req.resend:
+        handle = core.storage.resent_handle(envelope)  # or NotFoundError: never stored
+        if isinstance(handle, StoredBefore):
+            core.give_back_token(session)
+        return frames.HandleResult(int(handle))
     before = stored_before(core, space, envelope)
     if before is not None:
         core.give_back_token(session)

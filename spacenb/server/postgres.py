@@ -442,11 +442,23 @@ class PostgresStorage(Storage):
         self.commit()
         return self._conn().execute(sql, args).rowcount
 
+    def _read(self, sql: str, args: Sequence[Any]) -> psycopg.Cursor[Any]:
+        """Run a read. A connection the database closed (a restart) is found broken only
+        when used: the read is then made again, once, on a new connection (a read changes
+        nothing; an open batch is lost all the same, and :meth:`commit` says so)."""
+        db = self._conn()
+        try:
+            return db.execute(sql, args)
+        except psycopg.OperationalError:
+            if not db.broken or db.info.transaction_status != pq.TransactionStatus.UNKNOWN:
+                raise
+        return self._conn().execute(sql, args)
+
     def _one(self, sql: str, *args: Any) -> Any:
-        return self._conn().execute(sql, args).fetchone()
+        return self._read(sql, args).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[Any]:
-        return self._conn().execute(sql, args).fetchall()
+        return self._read(sql, args).fetchall()
 
     # -- users
 

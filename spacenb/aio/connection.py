@@ -168,6 +168,11 @@ class RelayConnection:
     def is_open(self) -> bool:
         return self._connected.is_set() and not self._closing
 
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` was called: nothing will be sent again."""
+        return self._closing
+
     async def request(self, request: frames.Request[R], *, timeout: float | None = None) -> R:
         """Send ``request`` (built :data:`~spacenb.protocol.frames.UNSENT`: its id is this
         connection's next) and return its parsed result, or raise its error."""

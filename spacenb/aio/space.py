@@ -9,15 +9,18 @@ decisions to handlers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from ..exceptions import (
+    ChannelNotFoundError,
+    ConnectionLostError,
     ForkError,
     IdentityChangedError,
     IntegrityError,
@@ -26,6 +29,8 @@ from ..exceptions import (
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
+    RateLimitedError,
+    ServerError,
     SpacenbError,
     SpacenbTimeoutError,
     StaleStateError,
@@ -73,13 +78,25 @@ _EPHEMERAL_MEMORY = 10_000
 _STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
 _BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
 _BACKOFF_CAP = 0.25
+# A message whose send had an unknown outcome is sent again as it is, this many times at
+# most, with a backoff bound of up to _RESEND_CAP (about 15 s in all at worst: enough for
+# a relay to reconnect or its database to come back after a restart).
+_RESENDS = 16
+_RESEND_CAP = 2.0
+# Failures after which a send may or may not have been stored.
+_OUTCOME_UNKNOWN = (ConnectionLostError, ServerError, SpacenbTimeoutError)
 
 
-async def stale_backoff(attempt: int) -> None:
-    """Wait before signing again on a head another member got first: a random time up to
-    a bound that doubles per attempt (so that many members joining or appending at once,
-    a class arriving together, do not retry in lock step and each get their turn)."""
-    await asyncio.sleep(random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_FIRST * 2**attempt)))
+async def stale_backoff(attempt: int, cap: float = _BACKOFF_CAP) -> None:
+    """Wait before trying again (signing again on a head another member got first, or
+    resending): a random time up to a bound that doubles per attempt, at most ``cap``
+    seconds (so that many members joining or appending at once, a class arriving
+    together, do not retry in lock step and each get their turn)."""
+    await asyncio.sleep(random.uniform(0, min(cap, _BACKOFF_FIRST * 2**attempt)))
+
+
+def _is_resend(request: frames.Request[Any]) -> bool:
+    return isinstance(request, frames.Send) and bool(request.resend)
 
 
 class KnownMessage(NamedTuple):
@@ -512,20 +529,54 @@ class AsyncSpace:
         return envelope
 
     async def _send_sealed(
-        self, make: Callable[[], Envelope], request: Callable[[Envelope], frames.Request[R]]
+        self,
+        make: Callable[[], Envelope],
+        request: Callable[[Envelope], frames.Request[R]],
+        *,
+        stored: bool = False,
     ) -> R:
         """Send ``request(envelope)`` for an envelope ``make`` seals; after a rotation or a
         state change the relay refuses it as stale: catch up on the log and keys, seal
-        again, once."""
+        again, once.
+
+        A ``stored`` request (``send``, ``edit``) whose outcome is unknown (the connection
+        lost before the answer, ``server_error``, no answer in time) is sent again, the
+        same envelope, once the client is reconnected, up to :data:`_RESENDS` times
+        (PROTOCOL.md, "Requests"): a ``send`` as a ``resend``, which the relay answers
+        with the handle it stored it under, or ``not_found`` if it never did, and only
+        then is the message sealed again (under a new ``seq``, so that it does not land
+        behind a later message of this session); an ``edit`` as it is (the relay applies
+        an edit once). A message that may be stored is never sealed again."""
         if self.core.state is None:
             await self.sync_log()
-        envelope = make()
-        try:
-            return await self.client.request(request(envelope))
-        except (KeyUnavailableError, StaleStateError):
-            await self.sync_log()
-            await self._fetch_keys()
-            return await self.client.request(request(make()))
+        sent = request(make())
+        sealed_again = False
+        unknown = 0  # attempts whose outcome was unknown so far
+        while True:
+            try:
+                return await self.client.request(sent)
+            except (KeyUnavailableError, StaleStateError):
+                if sealed_again or _is_resend(sent):
+                    raise
+                sealed_again = True
+                await self.sync_log()
+                await self._fetch_keys()
+                sent = request(make())
+            except NotFoundError as exc:
+                if not _is_resend(sent) or isinstance(exc, ChannelNotFoundError):
+                    raise
+                sent = request(make())  # known not stored: a new seal, a new seq
+            except (*_OUTCOME_UNKNOWN, RateLimitedError) as exc:
+                # (a rate refusal of a resend says nothing of the first attempt's fate)
+                if not stored or self.client.connection.is_closed or unknown >= _RESENDS:
+                    raise
+                if isinstance(exc, RateLimitedError) and not _is_resend(sent):
+                    raise
+                log.info("spacenb: %s had no sure answer (%s); sending it again", sent.OP, exc)
+                await stale_backoff(unknown, _RESEND_CAP)
+                unknown += 1
+                if isinstance(sent, frames.Send):
+                    sent = cast("frames.Request[R]", dataclasses.replace(sent, resend=True))
 
     async def send_message(
         self, payload: Any, *, channel: str = "default", content_type: str | None = None
@@ -533,13 +584,23 @@ class AsyncSpace:
         """Seal ``payload`` once for the group, sign it and send it.
 
         Returns the relay's handle once the message is stored. The message also comes back
-        to this member's ``on_message`` handlers.
+        to this member's ``on_message`` handlers. If the answer is lost (the connection
+        drops, the relay answers ``server_error``, or no answer comes in time), the same
+        envelope is sent again once reconnected, and the relay stores it once; after 16
+        such attempts the last error is raised (:class:`ConnectionLostError`,
+        :class:`ServerError` or :class:`SpacenbTimeoutError`): the message may then be
+        stored or not.
         """
-        seq = self.client.next_seq()
+        seqs: list[int] = []
+
+        def seal() -> Envelope:  # every seal under a new seq: never behind a later message
+            seqs.append(self.client.next_seq())
+            return self._seal("msg", channel, content_type, payload, seq=seqs[-1])
+
         result = await self._send_sealed(
-            lambda: self._seal("msg", channel, content_type, payload, seq=seq),
-            lambda envelope: frames.Send(UNSENT, envelope=envelope),
+            seal, lambda envelope: frames.Send(UNSENT, envelope=envelope), stored=True
         )
+        seq = seqs[-1]
         handle = result.handle
         self._known_messages[handle] = KnownMessage(
             self.client.username,
@@ -578,6 +639,7 @@ class AsyncSpace:
                 "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev
             ),
             lambda envelope: frames.Edit(UNSENT, handle=handle, envelope=envelope),
+            stored=True,
         )
         self._known_messages[handle] = KnownMessage(
             author, channel or old_channel, ctype, seq, sid, new_rev

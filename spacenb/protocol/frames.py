@@ -424,7 +424,12 @@ class UnsubscribeRequest(Request[Ok]):
 
 @_request("send", HandleResult)
 class Send(Request[HandleResult]):
+    """Store a message. ``resend`` true: the same envelope again, after a send whose
+    outcome was unknown: answered with its handle if the space stored it, else
+    ``not_found``, and never stored (PROTOCOL.md, "Requests")."""
+
     envelope: Envelope
+    resend: bool | None = None
 
 
 @_request("edit", HandleResult)

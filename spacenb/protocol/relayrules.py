@@ -228,6 +228,10 @@ class TokenBucket:
             return 0.0
         return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
 
+    def give_back(self) -> None:
+        """Return a token taken for a request that turned out to cost nothing (a resend)."""
+        self.tokens = min(float(self.burst), self.tokens + 1.0)
+
     def full(self, now: float) -> bool:
         """Whether it is as good as new (so it can be forgotten)."""
         return self.tokens + (now - self.stamp) * self.rate >= self.burst

@@ -197,6 +197,7 @@ class Cluster:
             most_bytes=limits.max_message_bytes_per_user,
         )  # fmt: skip
         storage.stage = self.committer.stage
+        storage.stage_resend = self.committer.stage_resend
         self._loop: asyncio.AbstractEventLoop | None = None
         with contextlib.suppress(RuntimeError):
             self._loop = asyncio.get_running_loop()
@@ -589,6 +590,10 @@ class Cluster:
         if len(self._leases) > 10_000:
             self._leases.clear()  # (gives back nothing: the service grants a little less)
         self._leases[username] = int(granted) - 1
+
+    def give_back_token(self, username: str) -> None:
+        """Return a token taken for a resend that stored nothing (to this relay's lease)."""
+        self._leases[username] = self._leases.get(username, 0) + 1
 
     def charge(self, username: str, size: int, count: int) -> None:
         """:meth:`RelayCore.charge_message` on the usage all relays share, in one statement;

@@ -61,7 +61,7 @@ from ..protocol.statelog import SpaceState, StateEvent
 from .handlers import REQUEST_TABLE, Route
 from .handlers.membership import after_foreign_event
 from .limits import Limits
-from .storage import Storage
+from .storage import Storage, StoredBefore
 
 __all__ = ["Admission", "Outgoing", "Peers", "RelayCore", "Session"]
 
@@ -119,6 +119,7 @@ class Peers(Protocol):
     def end_commit(self, job: CommitJob) -> Sequence[int | SpacenbError] | None: ...
 
     def take_token(self, username: str) -> None: ...
+    def give_back_token(self, username: str) -> None: ...
     def charge(self, username: str, size: int, count: int) -> None: ...
     def watch(self, space_id: str) -> None: ...
     def unwatch(self, space_id: str) -> None: ...
@@ -304,6 +305,19 @@ class RelayCore:
         wait = bucket.take(now)
         if wait:
             raise rate_limited(rate, self.limits.message_burst, wait)
+
+    def give_back_token(self, session: Session) -> None:
+        """Return the token a metered request of ``session`` took, when it cost nothing:
+        a resend of a message stored already is not counted twice."""
+        username = session.username
+        if self.limits.message_rate is None or username is None or session.connection is None:
+            return
+        if self.peers is not None:
+            self.peers.give_back_token(username)
+            return
+        bucket = self._buckets.get(username)
+        if bucket is not None:
+            bucket.give_back()
 
     def _usage_of(self, username: str) -> list[int]:
         usage = self._usage.get(username)
@@ -591,6 +605,8 @@ class RelayCore:
             if index < 0:
                 continue  # answered already (not staged)
             outcome = outcomes[index] if outcomes is not None and index < len(outcomes) else None
+            if isinstance(outcome, StoredBefore) and targets:
+                self.give_back_token(targets[0])
             if isinstance(outcome, int):
                 held[start] = (
                     targets,

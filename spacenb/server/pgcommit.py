@@ -12,7 +12,9 @@ One batch is one transaction of three round trips, whatever its size:
 1. ``BEGIN``; lock the quota rows of the batch's authors (``FOR UPDATE``) and the
    counters of its spaces (``FOR NO KEY UPDATE``), each in sorted order, so that relays
    committing at once never wait on each other in a cycle; read them.
-2. Decide each message in order, as one relay on SQLite does: its author's quota
+2. Decide each message in order, as one relay on SQLite does: whether its space stored
+   its signature already (a resend, read in step 1 under the counter's lock, or earlier
+   in this batch: answered with that handle, nothing stored or charged), its author's quota
    (:func:`~spacenb.protocol.relayrules.quota_refusal` on the counted usage; a refused
    message is answered with its refusal, and nothing of it is stored) and its handle
    (:func:`~spacenb.protocol.relayrules.next_handle` on the space's ``last_handle``).
@@ -42,11 +44,12 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from ..exceptions import ChannelNotFoundError, SpacenbError
+from ..exceptions import ChannelNotFoundError, NotFoundError, SpacenbError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import StoredMessage
 from ..protocol.relayrules import next_handle, quota_refusal
 from .postgres import _MESSAGE_COLUMNS, NOTIFY_CHANNEL, _message
+from .storage import StoredBefore
 
 __all__ = ["READ_PAGE", "Committed", "Committer"]
 
@@ -70,6 +73,17 @@ INSERT INTO spacenb_live.usage (username, messages, bytes)
 SELECT u.username, count(m.source), coalesce(sum(length(m.ciphertext)), 0)
 FROM unnest(%s::text[]) AS u(username) LEFT JOIN messages m ON m.source = u.username
 GROUP BY u.username ORDER BY u.username
+ON CONFLICT DO NOTHING
+"""
+# The batch's signatures already stored (read once the counters are locked).
+_KNOWN = """
+SELECT i.space_id, i.signature, i.handle
+FROM unnest(%s::text[], %s::bytea[]) AS b(space_id, signature)
+JOIN message_ids i ON i.space_id = b.space_id AND i.signature = b.signature
+"""
+_RECORD = """
+INSERT INTO message_ids (space_id, signature, handle)
+SELECT * FROM unnest(%s::text[], %s::bytea[], %s::bigint[])
 ON CONFLICT DO NOTHING
 """
 _INSERT = """
@@ -135,7 +149,7 @@ class Committer:
         self._origin = origin
         self._most_messages = most_messages
         self._most_bytes = most_bytes
-        self._staged: list[tuple[Envelope, int]] = []
+        self._staged: list[tuple[Envelope, int]] = []  # (now_us < 0: a resend's look-up)
         self._counted: set[str] = set()  # users whose usage row exists (the thread's)
         self._db: psycopg.Connection[Any] | None = None  # the thread's own
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spacenb-commit")
@@ -148,6 +162,12 @@ class Committer:
     def stage(self, envelope: Envelope, now_us: int) -> None:
         """Add a checked message to the next batch (no I/O)."""
         self._staged.append((envelope, now_us))
+
+    def stage_resend(self, envelope: Envelope) -> None:
+        """Add the look-up of a resent envelope to the next batch: answered with its handle
+        if stored (by any relay, committed before this batch takes the counter's lock),
+        else :class:`NotFoundError`; never stored."""
+        self._staged.append((envelope, -1))
 
     @property
     def staged(self) -> int:
@@ -226,8 +246,12 @@ class Committer:
                 db.execute("BEGIN")
                 usage_rows = db.execute(_LOCK_USAGE, (users,))
                 space_rows = db.execute(_LOCK_SPACES, (spaces,))
+                known_rows = db.execute(
+                    _KNOWN, ([e.target for e, _ in batch], [e.signature for e, _ in batch])
+                )
                 usage = {u: [int(m), int(b)] for u, m, b in usage_rows.fetchall()}
                 last = {s: int(h) for s, h in space_rows.fetchall()}
+                known = {(s, bytes(sig)): int(h) for s, sig, h in known_rows.fetchall()}
             if len(usage) == len(users):
                 break
             db.execute("ROLLBACK")  # the usage table was emptied (a crash): count again
@@ -241,6 +265,13 @@ class Committer:
             space_id, user = envelope.target, envelope.source
             if space_id not in last:
                 outcomes.append(ChannelNotFoundError("no such space"))
+                continue
+            before = known.get((space_id, envelope.signature))
+            if before is not None:
+                outcomes.append(StoredBefore(before))
+                continue
+            if now_us < 0:  # a resend that was never stored: the sender seals it again
+                outcomes.append(NotFoundError("this envelope was not stored: seal it again"))
                 continue
             counted = usage[user]
             size = len(envelope.ciphertext)
@@ -257,6 +288,7 @@ class Committer:
             charge[0] += 1
             charge[1] += size
             handle = last[space_id] = next_handle(now_us, last[space_id])
+            known[space_id, envelope.signature] = handle
             stored.append((envelope, handle))
             outcomes.append(handle)
         if not stored:
@@ -265,7 +297,9 @@ class Committer:
         newest = {e.target: h for e, h in stored}  # (in order: the last one is the newest)
         names = sorted(charged)
         with db.pipeline():
-            db.execute(_INSERT, _columns(stored))
+            columns = _columns(stored)
+            db.execute(_RECORD, (columns[0], columns[-1], columns[1]))
+            db.execute(_INSERT, columns)
             db.execute(_COUNTERS, (list(newest), list(newest.values())))
             db.execute(
                 _CHARGE,

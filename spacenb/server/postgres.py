@@ -79,8 +79,9 @@ __all__ = [
 ]
 
 # The same numbering as SQLite's: version 2 is protocol v2's schema (there never was a
-# PostgreSQL version 1).
-SCHEMA_VERSION = 2
+# PostgreSQL version 1); version 3 adds ``message_ids`` (``send`` is idempotent by
+# signature).
+SCHEMA_VERSION = 3
 
 # Text is compared byte by byte (COLLATE "C"), as SQLite does: names sort the same on
 # both. ``subject`` and ``content_type`` are free text a client chooses, stored as UTF-8
@@ -158,12 +159,29 @@ CREATE TABLE service_secrets (
 );
 """
 
+# As SQLite's: every signature a space stored a message under, kept when it is edited or
+# deleted, so that a resend of one envelope is stored once. A send's row is written with
+# its space's ``spaces`` row locked (the group commit's FOR NO KEY UPDATE, or the
+# counter's UPDATE), so a batch that finds no row for a signature is alone in storing it.
+_SCHEMA_V3 = """
+CREATE TABLE message_ids (
+    space_id  TEXT COLLATE "C" NOT NULL REFERENCES spaces (space_id),
+    signature BYTEA NOT NULL,
+    handle    BIGINT NOT NULL,
+    PRIMARY KEY (space_id, signature)
+);
+
+INSERT INTO message_ids
+SELECT DISTINCT ON (space_id, signature) space_id, signature, handle FROM messages
+ORDER BY space_id, signature, handle;
+"""
+
 # MIGRATIONS maps a version found to the script that takes it to SCHEMA_VERSION.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2 + _SCHEMA_V3, 2: _SCHEMA_V3}
 # Added to version 2 after its first databases were made: created when missing.
 _INDEXES = "CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source)"
 _TABLES = ("users", "spaces", "channels", "state_events", "wrapped_keys", "join_requests",
-           "messages", "service_secrets")  # fmt: skip
+           "messages", "message_ids", "service_secrets")  # fmt: skip
 _MIGRATION_LOCK = 0x7370_6163_656E_6231  # pg_advisory_xact_lock key: "spacenb1"
 # No relay holds a row lock longer than one event-loop turn, so a longer wait means relays
 # stall each other (two relays on one event loop, say): fail that request instead.
@@ -186,12 +204,17 @@ WITH counter AS (
     UPDATE spaces SET last_handle = GREATEST(last_handle + 1, %(now_us)s)
     WHERE space_id = %(space_id)s {skip_locked}
     RETURNING last_handle
+), recorded AS (
+    INSERT INTO message_ids (space_id, signature, handle)
+    SELECT %(space_id)s, %(signature)s, last_handle FROM counter
+    ON CONFLICT DO NOTHING
+    RETURNING handle
 ), stored AS (
     INSERT INTO messages (space_id, handle, source, subject, epoch, content_type, head_seq,
                           head, iv, ciphertext, signature)
-    SELECT %(space_id)s, last_handle, %(source)s, %(subject)s, %(epoch)s, %(content_type)s,
+    SELECT %(space_id)s, handle, %(source)s, %(subject)s, %(epoch)s, %(content_type)s,
            %(head_seq)s, %(head)s, %(iv)s, %(ciphertext)s, %(signature)s
-    FROM counter
+    FROM recorded
     RETURNING handle
 )
 SELECT handle, pg_notify(%(channel)s, %(note)s || handle) FROM stored
@@ -324,6 +347,7 @@ class PostgresStorage(Storage):
         # Set by the cluster: messages are then staged for its commit thread
         # (:mod:`spacenb.server.pgcommit`) instead of stored on this connection.
         self.stage: Callable[[Envelope, int], None] | None = None
+        self.stage_resend: Callable[[Envelope], None] | None = None
 
     def notify(self, db: psycopg.Connection[Any], kind: str, space_id: str, arg: object) -> None:
         """Send a notification to the other relays with the open transaction (on commit),
@@ -661,6 +685,9 @@ class PostgresStorage(Storage):
             # the batch's transaction; the core answers with it after the commit.
             self.stage(envelope, now_us)
             return 0
+        known = self.message_handle(envelope.target, envelope.signature)
+        if known is not None:
+            return known
         params = _message_params(envelope, now_us)
         params["channel"] = NOTIFY_CHANNEL
         params["note"] = f"{self.origin} m {envelope.target} "
@@ -681,9 +708,21 @@ class PostgresStorage(Storage):
             row = db.execute(_ADD_MESSAGE_WAITING, params).fetchone()
             if row is None:
                 self.rollback()
+                # another relay stored this envelope meanwhile (its commit came first)
+                known = self.message_handle(envelope.target, envelope.signature)
+                if known is not None:
+                    return known
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
         return int(row[0])
+
+    def resent_handle(self, envelope: Envelope) -> int:
+        if self.stage_resend is not None:
+            # Looked up by the commit thread under the space counter's lock, so that a
+            # batch still committing the first attempt (on any relay) is waited for.
+            self.stage_resend(envelope)
+            return 0
+        return super().resent_handle(envelope)
 
     def last_handle(self, space_id: str) -> int:
         """The newest handle handed out in the space (0 for none)."""
@@ -706,6 +745,15 @@ class PostgresStorage(Storage):
         )
         return int(row[0]), int(row[1])
 
+    def message_handle(self, space_id: str, signature: bytes) -> int | None:
+        if not _storable(space_id):
+            return None
+        row = self._one(
+            "SELECT handle FROM message_ids WHERE space_id = %s AND signature = %s",
+            space_id, signature,
+        )  # fmt: skip
+        return None if row is None else int(row[0])
+
     def message_source(self, space_id: str, handle: int) -> str | None:
         row = self._one(
             "SELECT source FROM messages WHERE space_id = %s AND handle = %s", space_id, handle
@@ -717,7 +765,10 @@ class PostgresStorage(Storage):
             self._write(
                 "WITH changed AS (UPDATE messages SET source = %s, subject = %s, epoch = %s, "
                 "content_type = %s, head_seq = %s, head = %s, iv = %s, ciphertext = %s, "
-                "signature = %s WHERE space_id = %s AND handle = %s RETURNING handle) "
+                "signature = %s WHERE space_id = %s AND handle = %s "
+                "RETURNING space_id, signature, handle), "
+                "recorded AS (INSERT INTO message_ids SELECT * FROM changed "
+                "ON CONFLICT DO NOTHING) "
                 "SELECT pg_notify(%s, %s) FROM changed",
                 envelope.source,
                 envelope.subject.encode(),

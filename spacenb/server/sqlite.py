@@ -26,8 +26,9 @@ from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage, unsupported
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
 
 # Version 1 was protocol v1's schema (memberships, allowlist and links kept as tables, no
-# state log); version 2 keeps each space's signed state log and derives the rest from it.
-SCHEMA_VERSION = 2
+# state log); version 2 keeps each space's signed state log and derives the rest from it;
+# version 3 adds ``message_ids``, which makes ``send`` idempotent by signature.
+SCHEMA_VERSION = 3
 
 _SCHEMA_V2 = """
 CREATE TABLE users (
@@ -96,12 +97,25 @@ CREATE TABLE messages (
 
 CREATE INDEX messages_by_source ON messages (source);
 """
+# Every signature a space stored a message under (a send, or an edit applied to it), and
+# its handle; kept when the message is edited or deleted, so that a resend of the same
+# envelope is answered with that handle and never stored again.
+_SCHEMA_V3 = """
+CREATE TABLE message_ids (
+    space_id  TEXT NOT NULL REFERENCES spaces (space_id),
+    signature BLOB NOT NULL,
+    handle    INTEGER NOT NULL,
+    PRIMARY KEY (space_id, signature)
+) WITHOUT ROWID;
+
+INSERT OR IGNORE INTO message_ids SELECT space_id, signature, handle FROM messages ORDER BY handle;
+"""
 # Added to version 2 after its first files were written: created when missing.
 _INDEXES = "CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source)"
 
 # MIGRATIONS maps a version found to the script that takes it to SCHEMA_VERSION. A
 # version 1 file is refused: its messages are not bound to any state log.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2 + _SCHEMA_V3, 2: _SCHEMA_V3}
 
 _MESSAGE_COLUMNS = (
     "handle, source, space_id, subject, epoch, content_type, head_seq, head, iv, ciphertext, "
@@ -407,10 +421,25 @@ class SQLiteStorage(Storage):
             last = int(row[0] or 0)
         return last
 
+    def message_handle(self, space_id: str, signature: bytes) -> int | None:
+        row = self._one(
+            "SELECT handle FROM message_ids WHERE space_id = ? AND signature = ?",
+            space_id, signature,
+        )  # fmt: skip
+        return None if row is None else int(row[0])
+
     def add_message(self, envelope: Envelope, now_us: int) -> int:
         handle = next_handle(now_us, self._newest_handle(envelope.target))
         if not self._db.in_transaction:
             self._db.execute("BEGIN IMMEDIATE")
+        recorded = self._db.execute(
+            "INSERT INTO message_ids VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            (envelope.target, envelope.signature, handle),
+        ).rowcount
+        if not recorded:  # a resend: the handle it was stored under
+            known = self.message_handle(envelope.target, envelope.signature)
+            assert known is not None
+            return known
         self._db.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -436,24 +465,23 @@ class SQLiteStorage(Storage):
         return None if row is None else cast(str, row[0])
 
     def replace_message(self, handle: int, envelope: Envelope) -> bool:
-        return bool(
-            self._write(
+        with self._tx() as db:
+            changed = db.execute(
                 "UPDATE messages SET source = ?, subject = ?, epoch = ?, content_type = ?, "
                 "head_seq = ?, head = ?, iv = ?, ciphertext = ?, signature = ? "
                 "WHERE space_id = ? AND handle = ?",
-                envelope.source,
-                envelope.subject,
-                envelope.epoch,
-                envelope.content_type,
-                envelope.head_seq,
-                envelope.head,
-                envelope.iv,
-                envelope.ciphertext,
-                envelope.signature,
-                envelope.target,
-                handle,
-            )
-        )
+                (
+                    envelope.source, envelope.subject, envelope.epoch, envelope.content_type,
+                    envelope.head_seq, envelope.head, envelope.iv, envelope.ciphertext,
+                    envelope.signature, envelope.target, handle,
+                ),
+            ).rowcount  # fmt: skip
+            if changed:
+                db.execute(
+                    "INSERT INTO message_ids VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (envelope.target, envelope.signature, handle),
+                )
+        return bool(changed)
 
     def history(
         self, space_id: str, before: int | None, limit: int

@@ -28,13 +28,20 @@ import abc
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..exceptions import UnsupportedVersionError
+from ..exceptions import NotFoundError, UnsupportedVersionError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, Role, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
 
-__all__ = ["DB_FILENAME", "PendingJoin", "SpaceRecord", "Storage", "unsupported_schema"]
+__all__ = [
+    "DB_FILENAME",
+    "PendingJoin",
+    "SpaceRecord",
+    "Storage",
+    "StoredBefore",
+    "unsupported_schema",
+]
 
 DB_FILENAME = "spacenb.sqlite3"
 
@@ -52,6 +59,13 @@ def unsupported_schema(found: int, supported: int, fresh: str) -> UnsupportedVer
         + f"; this spacenb (protocol v2) reads schema version {supported} only. "
         f"Start the relay on {fresh} (nothing in this one was changed)."
     )
+
+
+class StoredBefore(int):
+    """A handle answered for a ``send`` whose envelope the space had stored already (a
+    resend after a lost answer): nothing was stored, charged or pushed this time."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,11 +201,30 @@ class Storage(abc.ABC):
 
     # -- messages
     @abc.abstractmethod
+    def message_handle(self, space_id: str, signature: bytes) -> int | None:
+        """The handle the space stored a message with this signature under (a ``send``, or
+        an edit applied to it), also if it was edited or deleted since; None if none. A
+        signature is stored under one handle only (the table's primary key)."""
+
+    def resent_handle(self, envelope: Envelope) -> int:
+        """A ``send`` marked ``resend``: the handle the space stored the envelope's
+        signature under (a :class:`StoredBefore`), else :class:`NotFoundError`; stores
+        nothing. A backend whose sends commit on another thread (PostgreSQL in a cluster)
+        answers there, after the commits in flight (it returns 0; the core answers with
+        the outcome)."""
+        handle = self.message_handle(envelope.target, envelope.signature)
+        if handle is None:
+            raise NotFoundError("this envelope was not stored: seal the message again")
+        return StoredBefore(handle)
+
+    @abc.abstractmethod
     def add_message(self, envelope: Envelope, now_us: int) -> int:
         """Add a message to the open message batch (opening one) and return its handle:
         :func:`~spacenb.protocol.relayrules.next_handle` of ``now_us`` (the time the core
         passes) and the space's newest handle ever, decided inside this one write so that
-        handles strictly increase even with several relays on one database.
+        handles strictly increase even with several relays on one database. If the space
+        stored a message with this signature already (a resend, see
+        :meth:`message_handle`), returns that handle and stores nothing.
 
         This is the one write that is not committed on return: consecutive messages share
         one commit (group commit), made by :meth:`commit` or by the next other write. The
@@ -209,7 +242,8 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def replace_message(self, handle: int, envelope: Envelope) -> bool:
-        """Replace the envelope stored at ``handle`` in ``envelope.target``."""
+        """Replace the envelope stored at ``handle`` in ``envelope.target`` (and record its
+        signature for that handle, :meth:`message_handle`); False if there is none."""
 
     @abc.abstractmethod
     def history(

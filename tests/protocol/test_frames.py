@@ -516,8 +516,9 @@ def test_integer_bounds_accepted() -> None:
 
 def test_only_state_log_link_fields_and_cursors_may_be_left_out() -> None:
     """v1's optional ``join`` token is gone: ``join`` carries ``event`` (null when already
-    a member) and it is required; only ``state_log``'s ``link_id`` and ``proof`` and the
-    paging cursors of ``list_channels`` and ``keys`` may be left out."""
+    a member) and it is required; only ``state_log``'s ``link_id`` and ``proof``, the
+    paging cursors of ``list_channels`` and ``keys``, and ``send``'s ``resend`` may be
+    left out."""
     optional = {
         (op, f.name)
         for op, cls in REQUESTS.items()
@@ -526,7 +527,7 @@ def test_only_state_log_link_fields_and_cursors_may_be_left_out() -> None:
     }
     assert optional == {
         ("state_log", "link_id"), ("state_log", "proof"), ("list_channels", "after"),
-        ("keys", "since_epoch"),
+        ("keys", "since_epoch"), ("send", "resend"),
     }  # fmt: skip
     assert parse_client_frame('{"t":"req","id":1,"op":"list_channels"}') == frames.ListChannels(
         id=1, after=None

@@ -83,8 +83,9 @@ def dump_tables(data_dir: Path, *, skip_spaces: Iterable[str] = ()) -> TableDump
     """Every row of every table of the relay's database, sorted, read through a second
     connection (the file is in WAL mode, so this sees exactly what is committed).
 
-    Rows of ``messages`` in ``skip_spaces`` are left out: a bystander's traffic is allowed
-    to change the database while a test checks that nothing else does.
+    Rows of ``messages`` (and their ``message_ids``) in ``skip_spaces`` are left out: a
+    bystander's traffic is allowed to change the database while a test checks that
+    nothing else does.
     """
     skipped = set(skip_spaces)
     with contextlib.closing(sqlite3.connect(data_dir / DB_FILENAME)) as db:
@@ -94,7 +95,7 @@ def dump_tables(data_dir: Path, *, skip_spaces: Iterable[str] = ()) -> TableDump
             cursor = db.execute(f"SELECT * FROM {table}")
             columns = [c[0] for c in cursor.description]
             rows = cursor.fetchall()
-            if table == "messages":
+            if table in ("messages", "message_ids"):
                 at = columns.index("space_id")
                 rows = [r for r in rows if r[at] not in skipped]
             dump[table] = sorted(rows, key=repr)

@@ -3,6 +3,7 @@ without a relay (test_storage.py, test_postgres.py)."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from spacenb.protocol.envelope import Envelope
@@ -64,7 +65,16 @@ def created(storage: Storage, name: str | None = "c", **options: Any) -> Space:
     return space
 
 
-def envelope(space_id: str, source: str = "alice", text: bytes = b"c") -> Envelope:
+_signatures = itertools.count()
+
+
+def envelope(
+    space_id: str, source: str = "alice", text: bytes = b"c", signature: bytes | None = None
+) -> Envelope:
+    """A stored-message envelope (not signed: storage checks nothing); each call has a
+    signature of its own unless given one (a space stores a signature once)."""
+    if signature is None:
+        signature = next(_signatures).to_bytes(8, "big") * 8
     return Envelope(
-        "msg", source, space_id, "default", 0, "", 3, b"h" * 32, b"\0" * 12, text * 16, b"s" * 64
+        "msg", source, space_id, "default", 0, "", 3, b"h" * 32, b"\0" * 12, text * 16, signature
     )

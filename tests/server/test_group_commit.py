@@ -109,3 +109,33 @@ async def test_two_relays_never_grant_more_than_the_quota(tmp_path, postgres_url
         assert {m.handle for m in page} == handles
     finally:
         stored.close()
+
+
+async def test_one_envelope_sent_through_two_relays_at_once_is_stored_once(tmp_path, postgres_url):
+    """A resend may reach another relay while the first attempt's batch still commits:
+    both batches wait on the space's counter row, and the second finds the signature the
+    first stored (PROTOCOL.md, "Requests": ``send`` is idempotent by signature)."""
+    async with relays(tmp_path, postgres_url, 2) as (a, b):
+        on_a = await user(a, "alice")
+        info, ring = await on_a.create_space(name="twice")
+        on_b = await user(b, "alice", identity=on_a.identity)
+        await on_b.sync(info.space_id)
+        sealed = on_a.seal(ring, "one message")
+        cores = [srv.relay.core for srv in (a, b)]
+        with psycopg.connect(postgres_url, autocommit=True) as blocker:
+            blocker.execute("BEGIN")
+            blocker.execute("SELECT 1 FROM spaces WHERE space_id = %s FOR UPDATE", (info.space_id,))
+            await asyncio.gather(send_all(on_a, [sealed] * 3), send_all(on_b, [sealed] * 3))
+            await eventually(lambda: all(c.committing for c in cores), "both relays commit")
+            blocker.execute("COMMIT")
+        answers = [await c.next_frame(DEADLINE) for c in (on_a, on_b) for _ in range(3)]
+        assert all(isinstance(x, frames.Response) for x in answers), answers
+        handles = {int(x.result["handle"]) for x in answers}  # type: ignore[union-attr]
+        assert len(handles) == 1
+    stored = PostgresStorage(postgres_url)
+    try:
+        page, _ = stored.history(info.space_id, None, 20)
+        assert [m.handle for m in page] == list(handles)
+        assert stored.message_usage("alice")[0] == 1
+    finally:
+        stored.close()

@@ -31,7 +31,7 @@ from spacenb.server.storage import PendingJoin
 from tests.server.records import ALICE, BOB, created, envelope
 
 TABLES = {"schema_version", "users", "spaces", "channels", "state_events", "wrapped_keys",
-          "join_requests", "messages", "service_secrets"}  # fmt: skip
+          "join_requests", "messages", "message_ids", "service_secrets"}  # fmt: skip
 
 
 def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -67,7 +67,7 @@ def test_schema_is_versioned_and_other_versions_are_refused_untouched(postgres_u
     PostgresStorage(postgres_url).close()
     rows = dump(postgres_url)
     assert set(rows) == TABLES and rows["schema_version"] == [(SCHEMA_VERSION,)]
-    assert SCHEMA_VERSION == 2 and set(MIGRATIONS) == {0}
+    assert SCHEMA_VERSION == 3 and set(MIGRATIONS) == {0, 2}
     PostgresStorage(postgres_url).close()  # reopening migrates nothing
     assert dump(postgres_url) == rows
     for version, words in ((99, "schema version 99.*newer"), (1, "schema version 1")):
@@ -77,6 +77,26 @@ def test_schema_is_versioned_and_other_versions_are_refused_untouched(postgres_u
             PostgresStorage(postgres_url)
         assert "new database" in str(refused.value)
         assert dump(postgres_url) == before
+
+
+def test_a_schema_2_database_is_migrated_and_its_stored_signatures_recorded(postgres_url):
+    storage = PostgresStorage(postgres_url)
+    space = created(storage)
+    kept = [storage.add_message(envelope(space.id, signature=bytes([i]) * 64), 10) for i in (1, 2)]
+    storage.commit()
+    storage.close()
+    # back to version 2, with a signature stored twice (as a retry could, before version 3)
+    sql(postgres_url, "DROP TABLE message_ids; UPDATE schema_version SET version = 2")
+    sql(
+        postgres_url,
+        "INSERT INTO messages SELECT space_id, handle + 100, source, subject, epoch, "
+        "content_type, head_seq, head, iv, ciphertext, signature FROM messages",
+    )
+    storage = PostgresStorage(postgres_url)
+    assert dump(postgres_url)["schema_version"] == [(SCHEMA_VERSION,)]
+    assert [storage.message_handle(space.id, bytes([i]) * 64) for i in (1, 2)] == kept  # oldest
+    assert storage.add_message(envelope(space.id, signature=b"\1" * 64), 20) == kept[0]
+    storage.close()
 
 
 def test_a_database_of_something_else_is_refused_untouched(postgres_url):
@@ -261,9 +281,9 @@ def test_a_broken_connection_is_reopened_and_its_lost_batch_reported(postgres_ur
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
         "WHERE application_name = 'spacenb-relay' AND datname = current_database()",
     )
-    with pytest.raises(psycopg.OperationalError):
-        storage.history(space.id, None, 10)  # finds the connection broken
-    assert storage.get_users(["bob"]) == [user]  # reopened
+    # a read finds the connection broken, and is made again on a new one
+    assert [m.handle for m in storage.history(space.id, None, 10)[0]] == [kept]
+    assert storage.get_users(["bob"]) == [user]
     with pytest.raises(ServerError, match="1 messages unsaved"):
         storage.commit()
     storage.commit()  # reported once

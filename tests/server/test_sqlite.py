@@ -9,10 +9,11 @@ import sqlite3
 import pytest
 
 from spacenb.exceptions import UnsupportedVersionError
-from spacenb.server.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
+from spacenb.server.sqlite import _SCHEMA_V2, MIGRATIONS, SCHEMA_VERSION, SQLiteStorage
+from tests.server.records import created, envelope
 
 TABLES = {"schema_version", "users", "spaces", "channels", "state_events", "wrapped_keys",
-          "join_requests", "messages"}  # fmt: skip
+          "join_requests", "messages", "message_ids"}  # fmt: skip
 
 
 def test_schema_is_versioned_and_newer_files_are_refused(tmp_path):
@@ -22,7 +23,7 @@ def test_schema_is_versioned_and_newer_files_are_refused(tmp_path):
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         names = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert SCHEMA_VERSION == 2 and names == TABLES
+    assert SCHEMA_VERSION == 3 and names == TABLES
     assert 1 not in MIGRATIONS  # a v1 file is never migrated
     SQLiteStorage(path).close()  # reopening migrates nothing
     with sqlite3.connect(path) as db:
@@ -32,6 +33,30 @@ def test_schema_is_versioned_and_newer_files_are_refused(tmp_path):
     with pytest.raises(UnsupportedVersionError, match=r"schema version 99.*newer"):
         SQLiteStorage(path)
     assert path.read_bytes() == before
+
+
+def test_a_schema_2_file_is_migrated_and_its_stored_signatures_recorded(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    storage = SQLiteStorage(path)
+    space = created(storage)
+    kept = [storage.add_message(envelope(space.id, signature=bytes([i]) * 64), 10) for i in (1, 2)]
+    storage.commit()
+    storage.close()
+    with sqlite3.connect(path) as db:  # back to version 2, with a signature stored twice
+        db.execute("DROP TABLE message_ids")
+        db.execute("UPDATE schema_version SET version = 2")
+        db.execute(
+            "INSERT INTO messages SELECT space_id, handle + 100, source, subject, epoch, "
+            "content_type, head_seq, head, iv, ciphertext, signature FROM messages"
+        )
+    assert "message_ids" not in _SCHEMA_V2
+    storage = SQLiteStorage(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert [storage.message_handle(space.id, bytes([i]) * 64) for i in (1, 2)] == kept  # oldest
+    again = storage.add_message(envelope(space.id, signature=b"\1" * 64), 20)
+    assert again == kept[0]
+    storage.close()
 
 
 @pytest.mark.parametrize("journal", ["delete", "wal"])

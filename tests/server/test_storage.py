@@ -204,13 +204,14 @@ def test_handles_increase_across_restarts_even_past_deletions(backend):
 def test_history_pages_and_envelopes_round_trip(backend):
     storage = backend.open()
     space = created(storage)
-    handles = [storage.add_message(envelope(space.id, text=bytes([65 + i])), 10) for i in range(5)]
+    sent = [envelope(space.id, text=bytes([65 + i])) for i in range(5)]
+    handles = [storage.add_message(e, 10) for e in sent]
     page, cursor = storage.history(space.id, None, 2)
     assert [m.handle for m in page] == handles[3:] and cursor == handles[3]
     page, cursor = storage.history(space.id, cursor, 3)
     assert [m.handle for m in page] == handles[:3] and cursor is None
     assert storage.history(space.id, handles[0], 3) == ([], None)
-    assert page[0].envelope == envelope(space.id, text=b"A")  # head_seq and head included
+    assert page[0].envelope == sent[0]  # head_seq and head included
     assert storage.history(created(storage, "empty").id, None, 5) == ([], None)
 
 
@@ -222,8 +223,9 @@ def test_free_text_envelope_fields_round_trip(backend):
     handle = storage.add_message(odd, 10)
     storage.commit()
     assert storage.history(space.id, None, 5)[0][0].envelope == odd
-    storage.replace_message(handle, envelope(space.id))
-    assert storage.history(space.id, None, 5)[0][0].envelope == envelope(space.id)
+    edited = envelope(space.id)
+    storage.replace_message(handle, edited)
+    assert storage.history(space.id, None, 5)[0][0].envelope == edited
 
 
 def test_replace_message_and_message_source(backend):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...exceptions import NotFoundError, PermissionDeniedError
+from ...exceptions import KeyUnavailableError, NotFoundError, PermissionDeniedError, ProtocolError
 from ...protocol import frames
 from ...protocol.envelope import Envelope
 from ...protocol.relayrules import (
@@ -21,6 +21,7 @@ from ...protocol.relayrules import (
     history_page,
 )
 from ...protocol.statelog import SpaceState
+from ..storage import StoredBefore
 from .base import known_space, member_space, stored_size, user_of
 from .membership import join_request_event
 
@@ -75,11 +76,42 @@ def unsubscribe(core: RelayCore, session: Session, req: frames.UnsubscribeReques
     return frames.Ok()
 
 
+def stored_before(core: RelayCore, state: SpaceState, envelope: Envelope) -> int | None:
+    """The handle of this very envelope if its space stored it already (a resend whose
+    first answer was lost, PROTOCOL.md "Requests"), else None once it may be stored: it
+    is sealed under the current epoch (else :class:`KeyUnavailableError`).
+
+    Looked up before the epoch check, so that a resend after a rotation still gets its
+    handle. With several relays the commit thread looks resends up in the batch's own
+    transaction (no round trip on the loop); here, only one the epoch check refuses."""
+    staged = core.peers is not None
+    if not staged:
+        handle = core.storage.message_handle(state.space_id, envelope.signature)
+        if handle is not None:
+            return handle
+    try:
+        check_current_epoch(state, envelope)
+    except KeyUnavailableError:
+        if staged and (handle := core.storage.message_handle(state.space_id, envelope.signature)):
+            return handle
+        raise
+    return None
+
+
 def send(core: RelayCore, session: Session, req: frames.Send) -> frames.HandleResult:
-    """Store a message (committed before the answer) and push it to the subscribers."""
+    """Store a message (committed before the answer) and push it to the subscribers; a
+    resend of a stored envelope is answered with its handle, and nothing else happens."""
     envelope = req.envelope
     space = checked_envelope(core, session, envelope, "msg")
-    check_current_epoch(space, envelope)
+    if req.resend:
+        handle = core.storage.resent_handle(envelope)  # or NotFoundError: never stored
+        if isinstance(handle, StoredBefore):
+            core.give_back_token(session)
+        return frames.HandleResult(int(handle))
+    before = stored_before(core, space, envelope)
+    if before is not None:
+        core.give_back_token(session)
+        return frames.HandleResult(before)
     core.charge_message(user_of(session), len(envelope.ciphertext))
     handle = core.storage.add_message(envelope, core.now_us())
     core.push_message(frames.MessagePushed(handle, envelope), space.space_id)
@@ -87,10 +119,19 @@ def send(core: RelayCore, session: Session, req: frames.Send) -> frames.HandleRe
 
 
 def edit(core: RelayCore, session: Session, req: frames.Edit) -> frames.HandleResult:
-    """Replace the author's own message in place (same handle) and push ``edited``."""
+    """Replace the author's own message in place (same handle) and push ``edited``; a
+    resend of an edit applied already is answered again, and nothing else happens."""
     envelope = req.envelope
     space = checked_envelope(core, session, envelope, "msg")
     _author_check(core, session, space.space_id, req.handle)
+    before = core.storage.message_handle(space.space_id, envelope.signature)
+    if before == req.handle:
+        core.give_back_token(session)
+        return frames.HandleResult(req.handle)
+    if before is not None:
+        raise ProtocolError(
+            f"this envelope is stored already, as message {before}", field="envelope"
+        )
     check_current_epoch(space, envelope)
     old = stored_size(core, space.space_id, req.handle)
     core.charge_message(user_of(session), len(envelope.ciphertext) - old, count=0)

@@ -449,17 +449,17 @@ class PostgresStorage(Storage):
         return self._read(sql, args).fetchall()
 
     def _read(self, sql: str, args: tuple[Any, ...]) -> psycopg.Cursor[Any]:
-        """A read statement. A connection idle since the server restarted only learns it
-        is gone when used (the first request after a restart failed with an internal
-        error): if it broke while idle, read once more on a new one (a read repeats)."""
+        """Run a read. A connection the database closed (a restart) is found broken only
+        when used (the first request after a restart failed with an internal error): the
+        read is then made again, once, on a new connection (a read changes nothing; an
+        open batch is lost all the same, and :meth:`commit` says so)."""
         db = self._conn()
-        idle = db.info.transaction_status == pq.TransactionStatus.IDLE
         try:
             return db.execute(sql, args)
         except psycopg.OperationalError:
-            if not (idle and db.broken):
+            if not db.broken or db.info.transaction_status != pq.TransactionStatus.UNKNOWN:
                 raise
-            return self._conn().execute(sql, args)
+        return self._conn().execute(sql, args)
 
     # -- users
 

@@ -795,8 +795,8 @@ class AsyncSpace:
         if live and edit:
             # once is the edit's delivery mark, not the replay guard's "duplicate" (which
             # history() may have set): as for a new message, see _deliver
-            if self._edits_delivered.get(handle, -1) >= message.rev:
-                return None
+            if message.rev == 0 or self._edits_delivered.get(handle, -1) >= message.rev:
+                return None  # not an edit (a message's first revision), or delivered
             self._edits_delivered[handle] = message.rev
         content_type = envelope.content_type or None
         sender, channel = self.core.shared(envelope.source), self.core.shared(envelope.subject)

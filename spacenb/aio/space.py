@@ -235,8 +235,7 @@ class AsyncSpace:
         async with self._log_lock:
             new: list[StateEvent] = []
             while True:
-                state = self.core.state
-                since = 0 if state is None else state.head_seq + 1
+                since = self.core.next_log_seq
                 link_id, proof = None, None
                 if self._link is not None and self.connection_nonce is not None:
                     link_id = self._link[0]
@@ -256,13 +255,17 @@ class AsyncSpace:
                     )
                 )
                 try:
-                    new.extend(self.core.extend_log(page.events))
+                    new.extend(self.core.extend_log(page.events, more=True))
                 except IntegrityError as exc:
                     self._reject(None, "relay", str(exc))
                     raise
-                state = self.core.state
-                if not page.events or state is None or state.head_seq >= page.head_seq:
+                if not page.events or self.core.next_log_seq > page.head_seq:
                     break
+            try:
+                new.extend(self.core.finish_log())  # a read from genesis: verified now
+            except IntegrityError as exc:
+                self._reject(None, "relay", str(exc))
+                raise
             self._check_pinned_head()
         if new:
             await self.after_state(new)
@@ -444,6 +447,22 @@ class AsyncSpace:
         self._peers = ()
         self.save_marks()
         self.client.unregister(self)
+
+    async def checkpoint(self) -> int:
+        """Sign a checkpoint at the head of the state log; returns its seq.
+
+        Whoever reads the log from scratch later (a newcomer, a fresh client) verifies
+        this one signature instead of every event before it (PROTOCOL.md, "Checkpoints";
+        the keeper writes them by itself in the channels it was admitted to). Only the
+        owner (or the keeper) may: others get :class:`PermissionDeniedError`.
+        """
+
+        def build(state: SpaceState) -> StateEvent:
+            if not state.may_checkpoint(self.client.username):
+                raise PermissionDeniedError("only the space's owner may sign a checkpoint")
+            return self.sign_event(state, "checkpoint", {})
+
+        return await self.append_event(build)
 
     async def leave(self) -> None:
         """Leave the space (not possible for its owner): a signed ``leave`` event."""

@@ -28,7 +28,7 @@ from ..exceptions import (
     StaleStateError,
 )
 from . import crypto
-from .codec import Size
+from .codec import Size, memoized
 from .encoding import b64d, b64e, canonical_json, lp_encode
 from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
 
@@ -157,6 +157,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+@memoized  # served again in every log a newcomer reads
 @dataclass(frozen=True, slots=True)
 class StateEvent:
     """One signed change of a space's state. ``body`` is canonical JSON (UTF-8 bytes)."""

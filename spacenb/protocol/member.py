@@ -228,6 +228,7 @@ class MemberCore:
         self._authors: dict[int, str] = {}  # handle -> sender of the messages accepted
         self.trust_checkpoints = trust_checkpoints
         self._loader: LogLoader | None = None  # a read from genesis under way
+        self._pins_due: list[tuple[str, str, str]] = []  # the read's members, to ask trust about
 
     # ------------------------------------------------------------------ the log
 
@@ -297,6 +298,9 @@ class MemberCore:
                 self._loader = LogLoader(event, checkpoints=self.trust_checkpoints)
             except SpacenbError as exc:
                 raise IntegrityError(f"the space's genesis does not verify: {exc}") from None
+            self._pins_due = [
+                (m.name, m.signing_key, m.ecdh_key) for m in self._loader.state.members.values()
+            ]
             return
         head = loader.state
         if event.seq <= head.head_seq:
@@ -318,6 +322,9 @@ class MemberCore:
         except SpacenbError as exc:
             self._loader = None
             raise _unsigned(event, exc) from None
+        if event.kind == "add":
+            member = loader.state.members[event.actor]  # asked about once the read verified
+            self._pins_due.append((member.name, member.signing_key, member.ecdh_key))
 
     def finish_log(self) -> list[StateEvent]:
         """Settle a read from genesis (see :meth:`extend_log`): verify what it put off and
@@ -333,16 +340,9 @@ class MemberCore:
                 f"the relay's state log does not verify (a forged event or checkpoint): {exc}"
             ) from None
         self.state = state
-        genesis = state.events[0].fields()
-        self._check_pin(genesis["owner"], genesis["signing_key"], genesis["ecdh_key"])
-        if genesis["keeper"] is not None:
-            self._check_pin(
-                genesis["keeper"], genesis["keeper_signing_key"], genesis["keeper_ecdh_key"]
-            )
-        for event in state.events:
-            if event.kind == "add":
-                body = event.fields()
-                self._check_pin(body["member"], body["signing_key"], body["ecdh_key"])
+        pins, self._pins_due = self._pins_due, []
+        for name, signing_key, ecdh_key in pins:  # genesis members, then each add in order
+            self._check_pin(name, signing_key, ecdh_key)
         return list(state.events)
 
     def _check_pins(self, members: Iterable[MemberState]) -> None:

@@ -170,6 +170,9 @@ class Keeper:
                 self._port.append(space_id, event)
             except StaleStateError:
                 continue  # another relay of the service appended first: read and sign again
+            except SpacenbError as exc:
+                log.warning("keeper could not checkpoint %s: %s", space_id, exc)
+                return None
             core.extend_log([event])
             log.info("keeper checkpointed %s at event %d", space_id, event.seq)
             return event.seq

@@ -70,6 +70,7 @@ __all__ = ["AsyncSpace", "History"]
 log = logging.getLogger("spacenb")
 R = TypeVar("R")
 _EPHEMERAL_MEMORY = 10_000
+_REACTED_TO = frozenset({"epoch", "delete", "remove", "leave"})  # kinds after_state acts on
 _STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
 _BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
 _BACKOFF_CAP = 0.25
@@ -337,13 +338,15 @@ class AsyncSpace:
         refetch_keys = False
         emitter = self.events
         for event in events:
-            body = json.loads(event.body)  # verified already: no need to check it again
             member_change = event.kind in ("add", "role", "remove", "leave")
             if emitter.has("state") or (member_change and emitter.has("member")):
                 entry = StateLogEntry.of(event)  # a hash and a parse: only when listened to
                 emitter.emit("state", entry)
                 if member_change:
                     emitter.emit("member", entry)
+            if event.kind not in _REACTED_TO:
+                continue  # a newcomer's whole log goes through here: parse only what matters
+            body = json.loads(event.body)  # verified already: no need to check it again
             if event.kind == "epoch":
                 epoch = body["epoch"]
                 if epoch != self._rotating_to and not self.core_holds(epoch):

@@ -5,7 +5,9 @@ state so far allows to make it, and each event carries the hash of the one befor
 first event (genesis) is signed by the space key, so the chain is self-certifying from the
 space id alone. :class:`SpaceState` verifies a chain event by event and derives from it
 everything a member or the relay needs to decide: members and their keys, roles, bans,
-invitations, invite links, epochs and who each was wrapped to, and deletions.
+invitations, invite links, epochs and who each was wrapped to, and deletions. A reader
+that holds none of a log verifies it with :class:`LogLoader`, which takes the last
+``checkpoint`` (signed by the owner or the genesis keeper) for the signatures before it.
 
 The relay runs the same checks before it stores an event, but nobody has to trust that
 it did: a client derives the state from the events alone, never from a relay answer.

@@ -9,7 +9,9 @@ each opening its clients ``--join-concurrency`` at a time (spacenb: sign up, the
 - relay memory per idle connection: the relay's RSS once everyone is in, minus its RSS
   before anyone connected, over the number of connections;
 - one message reaching all: ``--rounds`` single messages, each timed from the sender's
-  stamp to its last delivery anywhere (median of the rounds).
+  stamp to its last delivery anywhere (median of the rounds);
+- CPU per joining client (relay and clients, over the whole ramp) and the relay's CPU
+  per newcomer joining the full channel (while the ``--newcomers`` join one by one).
 
 ``python -m bench.scale [--smoke] [--json]``
 """
@@ -68,8 +70,10 @@ def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
             lasts.append(max(max(g["worst"].values()) for g in got))
             time.sleep(0.2)
         names = [f"late{i}" for i in range(args.newcomers)]
+        relay_before = cpu_seconds(topo.relay.pid)
         with Worker(receivers_worker, topo.target, names, 1, name=f"{kind}-newcomers") as late:
             newcomers = late.expect("ready", 300)
+        relay_newcomers = cpu_seconds(topo.relay.pid) - relay_before
     ramp = opening_times(kind, topo.receivers_ready)
     full = opening_times(kind, [newcomers])
     connects = [t for ready in topo.receivers_ready for t in ready["connect_s"]]
@@ -84,6 +88,7 @@ def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
         "last_delivery_max": max(lasts) * MS,
         "relay_cpu_per_join": setup_cpu["relay"] / args.clients * MS,
         "client_cpu_per_join": clients_cpu / args.clients * MS,
+        "relay_cpu_per_newcomer": relay_newcomers / max(args.newcomers, 1) * MS,
     }
 
 
@@ -136,6 +141,15 @@ def run(args: argparse.Namespace) -> Report:
                 better="lower",
             )
         )
+    report.add(
+        Metric(
+            f"relay CPU per newcomer joining the full channel of {args.clients}",
+            "ms",
+            spacenb["relay_cpu_per_newcomer"],
+            bare["relay_cpu_per_newcomer"],
+            better="lower",
+        )
+    )
     report.notes += [
         "join baseline: the bare relay's websocket handshake (it has no join); CPU per "
         "joining client: all CPU the relay and the client processes used from start until "

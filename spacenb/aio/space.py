@@ -75,6 +75,7 @@ __all__ = ["AsyncSpace", "History"]
 log = logging.getLogger("spacenb")
 R = TypeVar("R")
 _EPHEMERAL_MEMORY = 10_000
+_REACTED_TO = frozenset({"epoch", "delete", "remove", "leave"})  # kinds after_state acts on
 _STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
 _BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
 _BACKOFF_CAP = 0.25
@@ -257,8 +258,7 @@ class AsyncSpace:
         async with self._log_lock:
             new: list[StateEvent] = []
             while True:
-                state = self.core.state
-                since = 0 if state is None else state.head_seq + 1
+                since = self.core.next_log_seq
                 link_id, proof = None, None
                 if self._link is not None and self.connection_nonce is not None:
                     link_id = self._link[0]
@@ -278,13 +278,17 @@ class AsyncSpace:
                     )
                 )
                 try:
-                    new.extend(self.core.extend_log(page.events))
+                    new.extend(self.core.extend_log(page.events, more=True))
                 except IntegrityError as exc:
                     self._reject(None, "relay", str(exc))
                     raise
-                state = self.core.state
-                if not page.events or state is None or state.head_seq >= page.head_seq:
+                if not page.events or self.core.next_log_seq > page.head_seq:
                     break
+            try:
+                new.extend(self.core.finish_log())  # a read from genesis: verified now
+            except IntegrityError as exc:
+                self._reject(None, "relay", str(exc))
+                raise
             self._check_pinned_head()
         if new:
             await self.after_state(new)
@@ -356,13 +360,15 @@ class AsyncSpace:
         refetch_keys = False
         emitter = self.events
         for event in events:
-            body = json.loads(event.body)  # verified already: no need to check it again
             member_change = event.kind in ("add", "role", "remove", "leave")
             if emitter.has("state") or (member_change and emitter.has("member")):
                 entry = StateLogEntry.of(event)  # a hash and a parse: only when listened to
                 emitter.emit("state", entry)
                 if member_change:
                     emitter.emit("member", entry)
+            if event.kind not in _REACTED_TO:
+                continue  # a newcomer's whole log goes through here: parse only what matters
+            body = json.loads(event.body)  # verified already: no need to check it again
             if event.kind == "epoch":
                 epoch = body["epoch"]
                 if epoch != self._rotating_to and not self.core_holds(epoch):
@@ -471,6 +477,22 @@ class AsyncSpace:
         self._peers = ()
         self.save_marks()
         self.client.unregister(self)
+
+    async def checkpoint(self) -> int:
+        """Sign a checkpoint at the head of the state log; returns its seq.
+
+        Whoever reads the log from scratch later (a newcomer, a fresh client) verifies
+        this one signature instead of every event before it (PROTOCOL.md, "Checkpoints";
+        the keeper writes them by itself in the channels it was admitted to). Only the
+        owner (or the keeper) may: others get :class:`PermissionDeniedError`.
+        """
+
+        def build(state: SpaceState) -> StateEvent:
+            if not state.may_checkpoint(self.client.username):
+                raise PermissionDeniedError("only the space's owner may sign a checkpoint")
+            return self.sign_event(state, "checkpoint", {})
+
+        return await self.append_event(build)
 
     async def leave(self) -> None:
         """Leave the space (not possible for its owner): a signed ``leave`` event."""

@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import orjson as _orjson  # 2-3x faster frames (BENCHMARKS.md, "JSON codec")
 
@@ -39,6 +39,7 @@ __all__ = [
     "from_obj",
     "json_size",
     "loads_frame",
+    "memoized",
     "to_obj",
 ]
 
@@ -343,7 +344,37 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
 
 
 def to_obj(value: Any) -> dict[str, Any]:
+    if type(value) in _MEMOIZED:
+        return _memo(value)[0]
+    return _to_obj(value)
+
+
+def _to_obj(value: Any) -> dict[str, Any]:
     return {name: encode(getattr(value, name)) for name, encode in _plan(type(value)).encoders}
+
+
+_MEMOIZED: set[type] = set()
+_MEMO: dict[Any, tuple[dict[str, Any], int]] = {}
+_MEMO_MAX = 20_000  # records remembered (about 1 KiB each), then forgotten all at once
+
+_R = TypeVar("_R")
+
+
+def memoized(cls: type[_R]) -> type[_R]:
+    """Class decorator for an immutable record that is sent many times over (a state
+    event: in every log a newcomer reads): its JSON form and size are computed once per
+    record, not once per frame."""
+    _MEMOIZED.add(cls)
+    return cls
+
+
+def _memo(value: Any) -> tuple[dict[str, Any], int]:
+    known = _MEMO.get(value)
+    if known is None:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        known = _MEMO[value] = (_to_obj(value), _json_size(value))
+    return known
 
 
 def frame_bytes(text: str) -> int:
@@ -473,6 +504,12 @@ def json_size(record: Any) -> int:
     """The UTF-8 size of ``record`` (a frame record) as the codec writes it in a frame,
     computed without encoding it: ``json_size(r) == len(dumps_frame(to_obj(r)).encode())``.
     """
+    if type(record) in _MEMOIZED:
+        return _memo(record)[1]
+    return _json_size(record)
+
+
+def _json_size(record: Any) -> int:
     plan = _plan(type(record))
     size = plan.fixed_size
     for name, sizer in plan.sizers:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from ..exceptions import (
     ForkError,
     IntegrityError,
+    InvalidKeyError,
     KeyUnavailableError,
     PermissionDeniedError,
     ProtocolError,
@@ -35,7 +36,7 @@ from .envelope import Envelope, Message, open_envelope
 from .keyring import Keyring
 from .keys import IdentityKeys, decode_public_key
 from .sessionlog import SessionLog
-from .statelog import MemberState, SpaceState, StateEvent
+from .statelog import LogLoader, MemberState, SpaceState, StateEvent
 from .wrap import WrappedKey, unwrap_group_key, wrap_group_key
 
 __all__ = [
@@ -210,6 +211,7 @@ class MemberCore:
         keyring: Keyring | None = None,
         marks: Mapping[str, tuple[int, int]] | None = None,
         trust: Callable[[str, str, str], str | None] | None = None,
+        trust_checkpoints: bool = True,
     ) -> None:
         self.space_id = space_id
         self.username = username
@@ -223,16 +225,25 @@ class MemberCore:
         self._sent: dict[bytes, tuple[Envelope, Message]] = {}
         self._authors: dict[int, str] = {}  # handle -> sender of the messages accepted
         self._names: dict[str, str] = {}  # see shared()
+        self.trust_checkpoints = trust_checkpoints
+        self._loader: LogLoader | None = None  # a read from genesis under way
+        self._pins_due: list[tuple[str, str, str]] = []  # the read's members, to ask trust about
 
     # ------------------------------------------------------------------ the log
 
-    def extend_log(self, events: Iterable[StateEvent]) -> list[StateEvent]:
+    def extend_log(self, events: Iterable[StateEvent], *, more: bool = False) -> list[StateEvent]:
         """Verify and apply events that follow the head (those already held are checked
         against the held hashes, so a rewritten past is a :class:`ForkError`).
 
-        Returns the events that were new. Raises :class:`ForkError` when the relay's log
-        contradicts the one verified before, :class:`IntegrityError` (or a subclass) for
-        an event that breaks the rules.
+        A member that holds no state yet reads the log from its genesis with a
+        :class:`~spacenb.protocol.statelog.LogLoader`: ``more`` says that further pages
+        of the same read follow, so the signatures a later checkpoint attests can wait;
+        without it (and in :meth:`finish_log`) the read is settled and the state appears.
+
+        Returns the events that were new (for a read from genesis: all of them, once
+        settled). Raises :class:`ForkError` when the relay's log contradicts the one
+        verified before, :class:`IntegrityError` (or a subclass) for an event that breaks
+        the rules.
         """
         new: list[StateEvent] = []
         for event in events:
@@ -240,14 +251,7 @@ class MemberCore:
             if event.space_id != self.space_id:
                 raise IntegrityError("the relay served a state event of another space")
             if state is None:
-                if event.seq != 0:
-                    raise IntegrityError("the relay served a state log without its genesis")
-                try:
-                    self.state = SpaceState(event)
-                except SpacenbError as exc:
-                    raise IntegrityError(f"the space's genesis does not verify: {exc}") from None
-                self._check_pins(self.state.members.values())
-                new.append(event)
+                self._load(event)
                 continue
             known = state.hash_at(event.seq)
             if known is not None:
@@ -266,24 +270,90 @@ class MemberCore:
             try:
                 state.apply(event)
             except SpacenbError as exc:
-                raise IntegrityError(
-                    f"the relay served state event {event.seq} ({event.kind} by "
-                    f"{event.actor!r}) that no entitled member could sign: {exc}"
-                ) from None
+                raise _unsigned(event, exc) from None
             if event.kind == "add":
                 member = state.members.get(event.actor)
                 if member is not None:
                     self._check_pins([member])
             new.append(event)
+        if not more:
+            new.extend(self.finish_log())
         return new
+
+    @property
+    def next_log_seq(self) -> int:
+        """The seq of the next event to fetch (events read but not yet settled count)."""
+        if self.state is not None:
+            return self.state.head_seq + 1
+        return 0 if self._loader is None else self._loader.state.head_seq + 1
+
+    def _load(self, event: StateEvent) -> None:
+        """Feed an event of a read from genesis (see :meth:`extend_log`)."""
+        loader = self._loader
+        if loader is None:
+            if event.seq != 0:
+                raise IntegrityError("the relay served a state log without its genesis")
+            try:
+                self._loader = LogLoader(event, checkpoints=self.trust_checkpoints)
+            except SpacenbError as exc:
+                raise IntegrityError(f"the space's genesis does not verify: {exc}") from None
+            self._pins_due = [
+                (m.name, m.signing_key, m.ecdh_key) for m in self._loader.state.members.values()
+            ]
+            return
+        head = loader.state
+        if event.seq <= head.head_seq:
+            if head.hash_at(event.seq) != event.hash():
+                self._loader = None
+                raise IntegrityError(f"the relay served two different state events at {event.seq}")
+            return
+        if event.seq != head.head_seq + 1:
+            self._loader = None
+            raise IntegrityError(f"the relay skipped state events before {event.seq}")
+        if event.prev != head.head:
+            self._loader = None
+            raise IntegrityError(
+                f"state event {event.seq} does not carry the hash of the event before it: "
+                "the relay altered the log"
+            )
+        try:
+            loader.feed(event)
+        except SpacenbError as exc:
+            self._loader = None
+            raise _unsigned(event, exc) from None
+        if event.kind == "add":
+            member = loader.state.members[event.actor]  # asked about once the read verified
+            self._pins_due.append((member.name, member.signing_key, member.ecdh_key))
+
+    def finish_log(self) -> list[StateEvent]:
+        """Settle a read from genesis (see :meth:`extend_log`): verify what it put off and
+        make its state this member's. Returns its events ([] if none was under way)."""
+        loader = self._loader
+        if loader is None:
+            return []
+        self._loader = None
+        try:
+            state = loader.settle()
+        except SpacenbError as exc:
+            raise IntegrityError(
+                f"the relay's state log does not verify (a forged event or checkpoint): {exc}"
+            ) from None
+        self.state = state
+        pins, self._pins_due = self._pins_due, []
+        for name, signing_key, ecdh_key in pins:  # genesis members, then each add in order
+            self._check_pin(name, signing_key, ecdh_key)
+        return list(state.events)
 
     def _check_pins(self, members: Iterable[MemberState]) -> None:
         for member in members:
-            why = self._trust(member.name, member.signing_key, member.ecdh_key)
-            if why is not None:
-                self.distrusted[member.name] = why
-            else:
-                self.distrusted.pop(member.name, None)
+            self._check_pin(member.name, member.signing_key, member.ecdh_key)
+
+    def _check_pin(self, name: str, signing_key: str, ecdh_key: str) -> None:
+        why = self._trust(name, signing_key, ecdh_key)
+        if why is not None:
+            self.distrusted[name] = why
+        else:
+            self.distrusted.pop(name, None)
 
     def recheck_trust(self) -> None:
         """Ask ``trust`` again about every member (after a pin changed)."""
@@ -372,7 +442,10 @@ class MemberCore:
             if mine is not None and mine[0] == envelope:
                 message = mine[1]  # our own envelope, back unchanged: we sealed it ourselves
         if message is None:
-            signer = state.verify_key_at(source, envelope.head_seq)
+            try:
+                signer = state.verify_key_at(source, envelope.head_seq)
+            except InvalidKeyError as exc:  # only a checkpoint's signer could attest one
+                return Rejected(f"the log records a bad key for the sender: {exc}", source, handle)
             if signer is None:
                 return Rejected("sender was not a member at the state it signed", source, handle)
             if envelope.epoch != state.epoch_at(envelope.head_seq):
@@ -454,7 +527,10 @@ class MemberCore:
             raise IntegrityError(f"{wrapper!r} may not hand out the key of epoch {epoch}")
         if not state.may_hold(self.username, epoch):
             raise IntegrityError(f"the log does not give this member the key of epoch {epoch}")
-        signer = state.verify_key_at(wrapper, state.head_seq)
+        try:
+            signer = state.verify_key_at(wrapper, state.head_seq)
+        except InvalidKeyError as exc:
+            raise IntegrityError(f"the log records a bad key for {wrapper!r}: {exc}") from None
         assert signer is not None  # may_wrap checked it is a current member
         key = unwrap_group_key(wrapped, self.identity, signer)
         state.check_commitment(epoch, key)
@@ -545,6 +621,13 @@ class MemberCore:
             )
             for name in recipients
         ]
+
+
+def _unsigned(event: StateEvent, exc: SpacenbError) -> IntegrityError:
+    return IntegrityError(
+        f"the relay served state event {event.seq} ({event.kind} by {event.actor!r}) that "
+        f"no entitled member could sign: {exc}"
+    )
 
 
 def new_group_key() -> bytes:

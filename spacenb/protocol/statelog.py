@@ -5,7 +5,9 @@ state so far allows to make it, and each event carries the hash of the one befor
 first event (genesis) is signed by the space key, so the chain is self-certifying from the
 space id alone. :class:`SpaceState` verifies a chain event by event and derives from it
 everything a member or the relay needs to decide: members and their keys, roles, bans,
-invitations, invite links, epochs and who each was wrapped to, and deletions.
+invitations, invite links, epochs and who each was wrapped to, and deletions. A reader
+that holds none of a log verifies it with :class:`LogLoader`, which takes the last
+``checkpoint`` (signed by the owner or the genesis keeper) for the signatures before it.
 
 The relay runs the same checks before it stores an event, but nobody has to trust that
 it did: a client derives the state from the events alone, never from a relay answer.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -28,19 +30,22 @@ from ..exceptions import (
     StaleStateError,
 )
 from . import crypto
-from .codec import Size
+from .codec import Size, memoized
 from .encoding import b64d, b64e, canonical_json, lp_encode
 from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
 
 __all__ = [
     "GENESIS_PREV",
     "KINDS",
+    "MAX_UNCHECKED",
     "USERNAME_RE",
     "Invitation",
     "InviteLinkState",
+    "LogLoader",
     "MemberState",
     "SpaceState",
     "StateEvent",
+    "Unchecked",
     "check_username",
     "key_commitment",
     "link_id_of_key",
@@ -55,10 +60,21 @@ GENESIS_PREV = bytes(32)
 HASH_SIZE = 32
 
 EventKind = Literal[
-    "genesis", "add", "invite", "role", "remove", "leave", "epoch", "link", "unlink", "delete"
+    "genesis",
+    "add",
+    "invite",
+    "role",
+    "remove",
+    "leave",
+    "epoch",
+    "link",
+    "unlink",
+    "delete",
+    "checkpoint",
 ]
 KINDS: tuple[str, ...] = (
     "genesis", "add", "invite", "role", "remove", "leave", "epoch", "link", "unlink", "delete",
+    "checkpoint",
 )  # fmt: skip
 MemberRole = Literal["owner", "editor", "viewer"]
 
@@ -84,6 +100,7 @@ _SCHEMAS: dict[str, dict[str, str]] = {
     },
     "unlink": {"link_id": "str"},
     "delete": {"handle": "int", "author": "str"},
+    "checkpoint": {},
 }  # fmt: skip
 _MAX_INT = 2**53 - 1
 _MAX_TEXT = 4096
@@ -142,6 +159,7 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+@memoized  # served again in every log a newcomer reads
 @dataclass(frozen=True, slots=True)
 class StateEvent:
     """One signed change of a space's state. ``body`` is canonical JSON (UTF-8 bytes)."""
@@ -344,6 +362,17 @@ class EpochState:
     commitment: str
 
 
+@dataclass(frozen=True, slots=True)
+class Unchecked:
+    """An event :meth:`SpaceState.apply_unchecked` applied: every rule held, but its
+    signature (by ``signer``, a ``sig.`` key text) and the keys and link proof it names
+    are not checked yet."""
+
+    event: StateEvent
+    signer: str
+    checks: tuple[Callable[[], None], ...] = field(repr=False)
+
+
 class SpaceState:
     """A verified state log and the state it derives. Start with :meth:`from_genesis`,
     then :meth:`apply` each following event; :meth:`check` says whether one would apply.
@@ -410,6 +439,8 @@ class SpaceState:
         self._epoch_starts: list[int] = []  # seq at which epoch i began
         self._verify_keys: dict[str, crypto.PublicKey] = {}
         self._checking_keys = True  # False while replaying events checked before
+        self._deferred: list[Callable[[], None]] | None = None  # see apply_unchecked
+        self.checkpoint_seq = 0  # the newest checkpoint's seq (genesis counts as one)
 
         first = {owner}
         self._add_member(owner, "owner", body["signing_key"], body["ecdh_key"], 0)
@@ -542,6 +573,13 @@ class SpaceState:
         keys an event names (for events the caller already checked, as the relay does for
         what it stored itself).
         """
+        body, signer = self._check(event, keys=verify)
+        if verify:
+            self._verify_signature(event, signer)
+        return body
+
+    def _check(self, event: StateEvent, *, keys: bool) -> tuple[dict[str, Any], str]:
+        """Every check but the signature's: the body and the signer's key text."""
         if event.space_id != self.space_id:
             raise ProtocolError("event for another space", field="event.space_id")
         if event.seq != self.head_seq + 1:
@@ -559,15 +597,45 @@ class SpaceState:
         body = event.fields()
         actor = _username(event.actor, "event.actor")
         rule = getattr(self, f"_check_{event.kind}")
-        self._checking_keys = verify
+        self._checking_keys = keys
         try:
             signer: str = rule(actor, body, event)
         finally:
             self._checking_keys = True
-        if verify:
-            key = self._verify_keys.get(signer) or decode_public_key(signer, "sig")
-            crypto.verify(key, event.signature, event.signed_bytes())
-        return body
+        return body, signer
+
+    def _verify_signature(self, event: StateEvent, signer: str) -> None:
+        key = self._verify_keys.get(signer) or decode_public_key(signer, "sig")
+        crypto.verify(key, event.signature, event.signed_bytes())
+
+    def apply_unchecked(self, event: StateEvent) -> Unchecked:
+        """Check every rule of ``event`` and make it the head, but put off its signature
+        and the keys and link proof it names: :meth:`verify_unchecked` checks them, unless
+        a later checkpoint attests the event (:class:`LogLoader`). Raises as :meth:`check`.
+        """
+        self._deferred = []
+        try:
+            body, signer = self._check(event, keys=True)
+            checks = tuple(self._deferred)
+        finally:
+            self._deferred = None
+        getattr(self, f"_apply_{event.kind}")(event, body)
+        self._append(event)
+        return Unchecked(event, signer, checks)
+
+    def verify_unchecked(self, unchecked: Unchecked) -> None:
+        """The checks :meth:`apply_unchecked` put off: :class:`IntegrityError` for a bad
+        signature, :class:`ProtocolError` for a bad key."""
+        for check in unchecked.checks:
+            check()
+        self._verify_signature(unchecked.event, unchecked.signer)
+
+    def _crypto(self, check: Callable[[], None]) -> None:
+        """Run a cryptographic check of the event being checked now, or put it off."""
+        if self._deferred is None:
+            check()
+        else:
+            self._deferred.append(check)
 
     def _check_key(self, text: str | None, kind: str, where: str) -> None:
         """Decode a key an event names (a ``sig`` key is kept to verify with)."""
@@ -575,6 +643,9 @@ class SpaceState:
             return
         if kind == "sig" and isinstance(text, str) and text in self._verify_keys:
             return
+        self._crypto(lambda: self._decode_key(text, kind, where))
+
+    def _decode_key(self, text: str | None, kind: str, where: str) -> None:
         key = decode_public_key(text, kind, field=where)
         if kind == "sig" and isinstance(text, str):
             self._verify_keys[text] = key
@@ -648,8 +719,12 @@ class SpaceState:
             if role != link.role:
                 raise PermissionDeniedError(f"the link grants the role {link.role!r}")
             proof = _b64(body["proof"], "event.body.proof")
-            link_key = decode_public_key(link.link_key, "lnk", field="link_key")
-            crypto.verify(link_key, proof, link_proof_bytes(self.space_id, member, event.prev))
+            signed = link_proof_bytes(self.space_id, member, event.prev)
+            self._crypto(
+                lambda: crypto.verify(
+                    decode_public_key(link.link_key, "lnk", field="link_key"), proof, signed
+                )
+            )
         else:
             raise ProtocolError("via is 'open', 'invite' or 'link'", field="event.body.via")
         signer: str = body["signing_key"]
@@ -757,6 +832,18 @@ class SpaceState:
             raise InviteError("this invite link is already revoked")
         return owner.signing_key
 
+    def may_checkpoint(self, name: str) -> bool:
+        """Whether ``name`` may sign a checkpoint: the owner, or the keeper genesis names
+        while it is a member (both sign with the key genesis records for them)."""
+        return name == self.owner or (name == self.keeper and name in self.members)
+
+    def _check_checkpoint(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
+        if not self.may_checkpoint(actor):
+            raise PermissionDeniedError(
+                "only the owner or the keeper genesis names may sign a checkpoint"
+            )
+        return self.members[actor].signing_key  # the genesis key: neither can be re-added
+
     def _check_delete(self, actor: str, body: dict[str, Any], event: StateEvent) -> str:
         member = self._actor_member(actor)
         author = _username(body["author"], "event.body.author")
@@ -835,11 +922,66 @@ class SpaceState:
     def _apply_delete(self, event: StateEvent, body: dict[str, Any]) -> None:
         self.deleted[body["handle"]] = body["author"]
 
+    def _apply_checkpoint(self, event: StateEvent, body: dict[str, Any]) -> None:
+        self.checkpoint_seq = event.seq
+
     def __repr__(self) -> str:
         return (
             f"<SpaceState {self.space_id} seq={self.head_seq} epoch={self.epoch} "
             f"members={len(self.members)}>"
         )
+
+
+MAX_UNCHECKED = 4096  # events a LogLoader holds unchecked before it checks them anyway
+
+
+class LogLoader:
+    """Verifies a state log read from its genesis by a member that holds none of it (a
+    newcomer, a fresh reader), trusting the last checkpoint it reads (PROTOCOL.md,
+    "Checkpoints").
+
+    :meth:`feed` applies each event with every rule of :class:`SpaceState` (hash links,
+    seqs, who may sign what) but puts off its signature; :meth:`settle` then verifies the
+    last checkpoint's signature (one verify for every event before it, which its signer
+    attests through the hash chain) and every event after it in full. Until it settles,
+    :attr:`state` is not to be believed. At most ``max_unchecked`` events wait unchecked
+    (a relay serving an endless forged log costs bounded memory); at that many it
+    settles early. With ``checkpoints`` False every event is verified in full.
+    Raises what :meth:`SpaceState.apply` raises.
+    """
+
+    def __init__(
+        self,
+        genesis: StateEvent,
+        *,
+        checkpoints: bool = True,
+        max_unchecked: int = MAX_UNCHECKED,
+    ) -> None:
+        self.state = SpaceState(genesis)
+        self.checkpoints = checkpoints
+        self.max_unchecked = max_unchecked
+        self._unchecked: list[Unchecked] = []
+        self._checkpoint: int | None = None  # index in _unchecked of the last checkpoint
+
+    def feed(self, event: StateEvent) -> None:
+        """Apply the next event, its signature put off."""
+        unchecked = self.state.apply_unchecked(event)
+        self._unchecked.append(unchecked)
+        if event.kind == "checkpoint" and self.checkpoints:
+            self._checkpoint = len(self._unchecked) - 1
+        if len(self._unchecked) >= self.max_unchecked:
+            self.settle()
+
+    def settle(self) -> SpaceState:
+        """Verify what :meth:`feed` put off (see the class) and return the state."""
+        pending, start = self._unchecked, 0
+        if self._checkpoint is not None:
+            self.state.verify_unchecked(pending[self._checkpoint])
+            start = self._checkpoint + 1
+        for unchecked in pending[start:]:
+            self.state.verify_unchecked(unchecked)
+        self._unchecked, self._checkpoint = [], None
+        return self.state
 
 
 def _replace_link(link: InviteLinkState, **changes: Any) -> InviteLinkState:

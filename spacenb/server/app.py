@@ -416,7 +416,11 @@ async def start_server(
             limits=limits,
             table=table,
         )
-        keeper = Keeper(keeper_keys, LocalMember(relay, KEEPER_USERNAME))
+        keeper = Keeper(
+            keeper_keys,
+            LocalMember(relay, KEEPER_USERNAME),
+            checkpoint_every=limits.checkpoint_every,
+        )
         relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
         if database is not None:  # several relays: delivery, presence, limits, one keeper
             from .cluster import Cluster

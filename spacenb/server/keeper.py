@@ -8,6 +8,10 @@ state log from genesis with the same member core every client runs
 (only from wrappers the log entitles), wraps the epochs the log gives the newcomer (every
 epoch of a ``static`` space, the current one of a ``rotate`` space) and admits it.
 
+After each join it also signs a **checkpoint** at the head of the log it verified once
+``checkpoint_every`` events have come since the last one (PROTOCOL.md, "Checkpoints"): a
+newcomer then verifies that one signature instead of every event before it.
+
 The keeper talks to the relay only through :class:`KeeperPort`, the handful of requests
 any member could make; it never sees message storage. Its keys at rest are the wrapped
 blobs the relay stores for it, as opaque to the database as anyone's; the keys it has
@@ -22,18 +26,20 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from ..exceptions import SpacenbError
+from ..exceptions import SpacenbError, StaleStateError
 from ..protocol.keyring import Keyring
 from ..protocol.keys import IdentityKeys
 from ..protocol.member import MemberCore
-from ..protocol.statelog import StateEvent
+from ..protocol.statelog import StateEvent, make_event
 from ..protocol.wrap import WrappedKey
 
-__all__ = ["KEEPER_USERNAME", "Keeper", "KeeperPort"]
+__all__ = ["CHECKPOINT_EVERY", "KEEPER_USERNAME", "Keeper", "KeeperPort"]
 
 log = logging.getLogger("spacenb.server.keeper")
 
 KEEPER_USERNAME = "keeper"
+CHECKPOINT_EVERY = 128  # state events between the keeper's checkpoints (Limits.checkpoint_every)
+_CHECKPOINT_TRIES = 3  # a checkpoint raced by another relay's append: try again at the next join
 
 
 class KeeperPort(Protocol):
@@ -45,6 +51,14 @@ class KeeperPort(Protocol):
     def fetch_keys(self, space_id: str) -> Sequence[WrappedKey]: ...
 
     def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None: ...
+
+    def append(self, space_id: str, event: StateEvent) -> None:
+        """Append a signed state event (:class:`StaleStateError` if the head moved)."""
+        ...
+
+    def now_us(self) -> int:
+        """The relay's clock, µs since the Unix epoch."""
+        ...
 
     def pending_joins(self) -> Sequence[tuple[str, str]]:
         """``(space_id, member_id)`` of every open join request."""
@@ -59,10 +73,16 @@ class Keeper:
     """
 
     def __init__(
-        self, identity: IdentityKeys, port: KeeperPort, *, username: str = KEEPER_USERNAME
+        self,
+        identity: IdentityKeys,
+        port: KeeperPort,
+        *,
+        username: str = KEEPER_USERNAME,
+        checkpoint_every: int = CHECKPOINT_EVERY,
     ) -> None:
         self.identity = identity
         self.username = username
+        self.checkpoint_every = checkpoint_every  # 0: never
         self._port = port
         self._cores: dict[str, MemberCore] = {}
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -95,6 +115,7 @@ class Keeper:
             space_id, member_id = await self._queue.get()
             try:
                 self.admit(space_id, member_id)
+                self.checkpoint_if_due(space_id)
             except SpacenbError as exc:
                 log.warning("keeper could not admit %s to %s: %s", member_id, space_id, exc)
             except Exception:
@@ -120,6 +141,43 @@ class Keeper:
         log.info("keeper admitted %s to %s (epochs %s)", member_id, space_id, epochs)
         return True
 
+    def checkpoint_if_due(self, space_id: str) -> int | None:
+        """Sign and append a checkpoint at the head of the verified log if at least
+        ``checkpoint_every`` events came after the last checkpoint (or genesis) and the
+        log lets the keeper sign one; its seq, or None."""
+        if self.checkpoint_every <= 0:
+            return None
+        for _ in range(_CHECKPOINT_TRIES):
+            core = self._core(space_id)
+            if core is None or core.state is None:
+                return None
+            state = core.state
+            if state.head_seq - state.checkpoint_seq < self.checkpoint_every:
+                return None
+            if not state.may_checkpoint(self.username):
+                return None
+            event = make_event(
+                self.identity,
+                space_id=space_id,
+                seq=state.head_seq + 1,
+                prev=state.head,
+                kind="checkpoint",
+                actor=self.username,
+                at_us=self._port.now_us(),
+                body={},
+            )
+            try:
+                self._port.append(space_id, event)
+            except StaleStateError:
+                continue  # another relay of the service appended first: read and sign again
+            except SpacenbError as exc:
+                log.warning("keeper could not checkpoint %s: %s", space_id, exc)
+                return None
+            core.extend_log([event])
+            log.info("keeper checkpointed %s at event %d", space_id, event.seq)
+            return event.seq
+        return None
+
     def _core(self, space_id: str) -> MemberCore | None:
         """The keeper's verified view of the space, brought up to the relay's head."""
         core = self._cores.get(space_id)
@@ -129,10 +187,13 @@ class Keeper:
         try:
             while True:
                 events = self._port.state_log(space_id, since)
-                core.extend_log(events)
-                if len(events) == 0 or core.state is None:
+                core.extend_log(events, more=True)
+                if len(events) == 0:
                     break
-                since = core.state.head_seq + 1
+                since = core.next_log_seq
+            core.finish_log()
+            if core.state is None:
+                return None
         except SpacenbError as exc:
             log.info("keeper cannot read the log of %s: %s", space_id, exc)
             return None

@@ -45,6 +45,8 @@ class Limits:
     shard_bytes_per_user: int | None = 10 << 30  # bytes of shares uploaded by one user
     shard_store_bytes: int | None = None  # bytes of shares in all
     shard_min_free_bytes: int = 1 << 30  # refuse a share that would leave less disk free
+    # the keeper
+    checkpoint_every: int = 128  # state events between the keeper's checkpoints (0: none)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

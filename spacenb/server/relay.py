@@ -334,5 +334,11 @@ class LocalMember:
     def admit(self, space_id: str, member: str, keys: Sequence[WrappedKey]) -> None:
         self._call(frames.Admit(0, space_id, member, tuple(keys)))
 
+    def append(self, space_id: str, event: StateEvent) -> None:
+        self._call(frames.Append(0, space_id, event, ()))
+
+    def now_us(self) -> int:
+        return self._relay.core.now_us()
+
     def pending_joins(self) -> Sequence[tuple[str, str]]:
         return [(p.space_id, p.username) for p in self._relay.core.storage.join_requests()]

@@ -201,6 +201,12 @@ class Space(Displayable):
         """Mint a new epoch key for ``roster`` (default: all members); returns the epoch."""
         return self._run(self.aio.rotate(roster))
 
+    def checkpoint(self) -> int:
+        """Sign a checkpoint at the head of the state log (the owner only): later readers
+        of the log verify this one signature instead of every event before it. Returns
+        its seq."""
+        return self._run(self.aio.checkpoint())
+
     def connect(self) -> None:
         """Subscribe to live events."""
         return self._run(self.aio.connect())

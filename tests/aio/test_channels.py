@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+import spacenb.aio as aio
 from spacenb.exceptions import (
     ChannelExistsError,
     ChannelNotFoundError,
@@ -14,8 +15,11 @@ from spacenb.exceptions import (
     ProtocolError,
     SpacenbTimeoutError,
 )
+from spacenb.protocol import crypto
+from spacenb.server.app import start_server
+from spacenb.server.limits import Limits
 
-from .conftest import Inbox
+from .conftest import Inbox, wait_until
 
 
 async def test_create_list_resolve_join(connect):
@@ -157,3 +161,61 @@ async def test_a_class_joining_at_once_all_get_in(connect):
     assert state is not None
     assert {f"student{i}" for i in range(30)} <= set(state.members)
     assert state.head_seq == 30  # the genesis, then one add each: none twice, none lost
+
+
+async def test_a_newcomer_verifies_the_log_from_its_last_checkpoint(tmp_path, monkeypatch):
+    """The owner's ``checkpoint()`` (and the keeper's, every ``checkpoint_every`` events)
+    attests the log before it: a newcomer joining afterwards verifies no signature of
+    an event under the last checkpoint, and holds the same log as everyone. A viewer
+    may not sign a checkpoint."""
+    server = await start_server(
+        data_dir=tmp_path / "cp", shards=0, limits=Limits(checkpoint_every=3)
+    )
+    clients = []
+    try:
+
+        async def connect(name):
+            client = await aio.connect(
+                server.url, app_key=server.app_key, username=name, keystore=":memory:"
+            )
+            clients.append(client)
+            return client
+
+        alice = await connect("alice")
+        a = await alice.space.create_channel("general")
+        user0 = await connect("user0")
+        u = await user0.space.join_channel("general")
+        for i in range(1, 4):
+            await (await connect(f"user{i}")).space.join_channel("general")
+        with pytest.raises(PermissionDeniedError, match="owner"):
+            await u.checkpoint()
+        await a.sync_log()
+        assert [e.kind for e in a.core.require_state().events] == [
+            "genesis", "add", "add", "add", "checkpoint", "add",
+        ]  # fmt: skip
+        seq = await a.checkpoint()
+        assert seq == 6 and a.state_log()[-1].kind == "checkpoint"
+        assert a.state_log()[-1].actor == "alice"
+
+        events = list(a.core.require_state().events)
+        by_bytes = {e.signed_bytes(): e.seq for e in events}
+        verified = []
+        real = crypto.verify
+
+        def spy(key, signature, data):
+            if bytes(data) in by_bytes:
+                verified.append(by_bytes[bytes(data)])
+            real(key, signature, data)
+
+        monkeypatch.setattr(crypto, "verify", spy)
+        erin = await connect("erin")
+        e = await erin.space.join_channel("general")
+        monkeypatch.undo()
+        assert sorted(set(verified)) == [0, 6]  # genesis and alice's checkpoint
+        assert e.core.require_state().events[:7] == events
+        await wait_until(lambda: len(u.core.require_state().events) == 8)
+        assert u.core.require_state().head == e.core.require_state().head
+    finally:
+        for client in clients:
+            await client.close()
+        await server.stop()

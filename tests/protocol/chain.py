@@ -377,6 +377,13 @@ class Chain:
     def delete(self, by: str, handle: int, author: str | None = None) -> StateEvent:
         return self.push(self.delete_event(by, handle, author))
 
+    def checkpoint_event(self, by: str | None = None, **kw: Any) -> StateEvent:
+        return self.event("checkpoint", by or self.owner, {}, **kw)
+
+    def checkpoint(self, by: str | None = None) -> StateEvent:
+        """A checkpoint at the head, signed by ``by`` (default the owner)."""
+        return self.push(self.checkpoint_event(by))
+
     # ------------------------------------------------------------------ members
 
     def keyring(self, epochs: Iterable[int]) -> Keyring:

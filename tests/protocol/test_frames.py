@@ -1008,3 +1008,25 @@ def test_protocol_md_error_codes_match_the_exceptions() -> None:
         assert cls.code == code
         assert type(error_for_code(code, "m")) is cls
     assert type(error_for_code("no such code", "m")) is exceptions.ServerError
+
+
+def test_a_state_event_is_encoded_once_and_the_same_every_time() -> None:
+    """State events are memoized by the codec (a log page re-sends every one of them):
+    the remembered form is the one the codec computes, and a page built from them is
+    the same frame as without the memo."""
+    from spacenb.protocol import codec
+
+    from .chain import Chain
+
+    chain = Chain(keeper=True)
+    for i in range(3):
+        chain.add(f"user{i}")
+    page = frames.StateLogPage(tuple(chain.events), chain.state.head_seq)
+    text = frames.Response.of(7, page).to_json()
+    for event in chain.events:
+        assert codec.to_obj(event) is codec.to_obj(event)
+        assert codec.to_obj(event) == codec._to_obj(event)
+        assert codec.json_size(event) == codec._json_size(event)
+    codec._MEMO.clear()
+    assert frames.Response.of(7, page).to_json() == text
+    assert codec.json_size(page) == len(json.dumps(codec.to_obj(page), separators=(",", ":")))

@@ -604,7 +604,7 @@ def test_make_event_writes_the_canonical_body() -> None:
     assert event.fields()["member"] == "bob"
     assert set(KINDS) == {
         "genesis", "add", "invite", "role", "remove", "leave", "epoch", "link", "unlink",
-        "delete",
+        "delete", "checkpoint",
     }  # fmt: skip
 
 

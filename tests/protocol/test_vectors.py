@@ -777,6 +777,52 @@ def test_state_log_verifies_and_derives_the_final_state() -> None:
         assert state.seq_of(bytes.fromhex(v["hash_hex"])) == v["seq"]
 
 
+def _verified_by_a_newcomer(events: list[StateEvent], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The seqs whose signatures a member holding nothing verifies reading ``events``."""
+    signed: list[bytes] = []
+    real = crypto.verify
+
+    def spy(key: crypto.PublicKey, signature: bytes, data: bytes) -> None:
+        signed.append(bytes(data))
+        real(key, signature, data)
+
+    monkeypatch.setattr(crypto, "verify", spy)
+    core = MemberCore(events[0].space_id, "erin", identity("relay"))
+    core.extend_log(events)
+    monkeypatch.undo()
+    assert core.require_state().head == events[-1].hash()
+    seqs = {e.signed_bytes(): e.seq for e in events}
+    return [seqs[b] for b in signed if b in seqs]
+
+
+def test_checkpoint_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newcomer verifies genesis, the keeper's checkpoint and the events after it; every
+    event before the checkpoint only by its rules and the hash chain."""
+    doc = load("state_log.json")
+    cp = doc["checkpoint"]
+    vector = _log_events()[cp["seq"]]
+    assert (vector["kind"], vector["signer"], vector["body"]) == ("checkpoint", cp["signer"], {})
+    assert vector["body_hex"] == b"{}".hex()
+    assert cp["signer"] == _log_state().keeper
+    assert cp["covers"] == list(range(1, cp["seq"]))
+    assert _verified_by_a_newcomer(list(_chain()), monkeypatch) == cp["newcomer_verifies"]
+
+
+@pytest.mark.parametrize("index", range(1, 12))
+def test_an_event_altered_under_the_checkpoint_is_refused_by_a_newcomer(index: int) -> None:
+    """Whatever event before the checkpoint the relay alters (re-signed by anyone, the
+    rest re-linked), the checkpoint's signature no longer covers the chain."""
+    chain = list(_chain())
+    assert _log_events()[12]["kind"] == "checkpoint"
+    chain[index] = _resign(replace(chain[index], at_us=chain[index].at_us + 1), "relay")
+    for i in range(index + 1, len(chain)):
+        chain[i] = replace(chain[i], prev=chain[i - 1].hash())
+    core = MemberCore(chain[0].space_id, "erin", identity("relay"))
+    with pytest.raises(IntegrityError, match="does not verify"):
+        core.extend_log(chain)
+    assert core.state is None
+
+
 def test_state_log_epochs_and_key_commitments() -> None:
     doc = load("state_log.json")
     state = _log_state()
@@ -923,6 +969,7 @@ OTHER_ACTOR = {
     "genesis": "bob", "add via open": "carol", "invite": "bob", "add via invite": "bob",
     "link": "bob", "add via link": "bob", "role": "carol", "epoch (rotate)": "alice",
     "delete": "bob", "unlink": "carol", "remove": "carol", "leave": "carol",
+    "checkpoint": "carol", "invite back": "dave",
 }  # fmt: skip
 # Who else could have made the event: then only the signature shows the forgery.
 ACTOR_PERMITTED = {"genesis", "epoch (rotate)", "delete"}
@@ -944,6 +991,8 @@ def _body_change(name: str) -> dict[str, Any]:
         "unlink": {"link_id": "0000000000000000"},  # no such link
         "remove": {"member": "carol"},
         "leave": {"member": "carol"},  # a member leaves only by itself
+        "checkpoint": {"seq": 11},  # a checkpoint's body is empty
+        "invite back": {"role": "editor"},
     }
     return changes[name]
 
@@ -952,6 +1001,7 @@ BODY_CHANGE_ERROR: dict[str, type[SpacenbError]] = {
     "add via invite": PermissionDeniedError,
     "unlink": InviteError,
     "leave": PermissionDeniedError,
+    "checkpoint": ProtocolError,
 }
 
 

@@ -400,3 +400,9 @@ class EvilKeeperPort(KeeperPort):
 
     def pending_joins(self) -> Sequence[tuple[str, str]]:
         return self._real.pending_joins()
+
+    def append(self, space_id: str, event: StateEvent) -> None:
+        self._real.append(space_id, event)
+
+    def now_us(self) -> int:
+        return self._real.now_us()

@@ -36,6 +36,7 @@ from spacenb.protocol.envelope import Envelope, new_session_id, open_envelope, s
 from spacenb.protocol.keyring import HistoryPolicy
 from spacenb.protocol.keys import IdentityKeys, decode_public_key
 from spacenb.protocol.statelog import (
+    SpaceState,
     key_commitment,
     link_id_of_key,
     link_keys_from_token,
@@ -45,6 +46,7 @@ from spacenb.protocol.statelog import (
 from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 from spacenb.server.app import RunningServer
 from spacenb.server.keeper import Keeper
+from spacenb.server.limits import Limits
 from spacenb.server.relay import LocalMember
 
 from .conftest import Connect, StartRelay
@@ -1110,3 +1112,76 @@ async def test_a_forked_log_is_detected_by_both_sides_and_across_restarts(
     alice = await dir_client(server, "alice", evil.url)
     with pytest.raises(ForkError):
         await alice.space.join_channel("general")
+
+
+def _checkpoint_forgeries() -> dict[str, tuple[str, Callable[[list[Any]], list[Any]]]]:
+    """name -> (what the newcomer's error says, rewrite(real log) -> the log served).
+    The real log: genesis, three adds, the keeper's checkpoint (seq 4), one more add."""
+
+    def impostor(log: list[Any]) -> list[Any]:
+        forged = IMPOSTOR.sign(log[4].signed_bytes())  # the keeper's checkpoint, re-signed
+        return [*log[:4], dataclasses.replace(log[4], signature=forged)]
+
+    def by_a_member(log: list[Any]) -> list[Any]:
+        state = SpaceState.from_events(log)
+        return [*log, forge_event(IMPOSTOR, state, "checkpoint", {}, actor="user0")]
+
+    def ghost_under(log: list[Any], relink: bool) -> list[Any]:
+        before = SpaceState.from_events(log[:2])
+        ghost = forge_event(GHOST, before, "add", _add_body("ghost", GHOST, "open"), actor="ghost")
+        forged = [*log[:2], ghost, *log[3:]]
+        for i in range(3, len(forged) if relink else 3):
+            forged[i] = dataclasses.replace(forged[i], prev=forged[i - 1].hash())
+        return forged
+
+    return {
+        "checkpoint-by-an-impostor": ("does not verify", impostor),
+        "checkpoint-by-a-member": ("no entitled member could sign", by_a_member),
+        "event-under-the-checkpoint-relinked": ("does not verify",
+                                                lambda log: ghost_under(log, True)),
+        "event-under-the-checkpoint": ("hash of the event before it",
+                                       lambda log: ghost_under(log, False)),
+    }  # fmt: skip
+
+
+CHECKPOINT_FORGERIES = _checkpoint_forgeries()
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_FORGERIES))
+async def test_a_newcomer_refuses_a_log_its_checkpoint_does_not_cover(
+    start_relay: StartRelay, connect: Connect, name: str
+) -> None:
+    """The keeper checkpoints every 3 events; a newcomer then checks the signature of the
+    checkpoint only, not of the events under it. The relay serves it a forged checkpoint,
+    a checkpoint by a member who may not sign one, or a made-up add under the real
+    checkpoint (with the chain after it re-linked, or not): each is refused before the
+    newcomer signs anything on it, and the honest log then lets it in."""
+    words, rewrite = CHECKPOINT_FORGERIES[name]
+    server = await start_relay(limits=Limits(checkpoint_every=3))
+    evil = await EvilRelay(server.url).start()
+    try:
+        alice = await connect(server, "alice")
+        a = await alice.space.create_channel("general")
+        for i in range(4):
+            await (await connect(server, f"user{i}")).space.join_channel("general")
+        await wait_until(lambda: a.core.require_state().head_seq == 5)
+        real = list(a.core.require_state().events)
+        assert [e.kind for e in real] == ["genesis", "add", "add", "add", "checkpoint", "add"]
+        served = rewrite(real)
+
+        def serve(conn: Any, req: Any, page: frames.StateLogPage) -> frames.StateLogPage:
+            events = tuple(e for e in served if e.seq >= req.since)
+            return frames.StateLogPage(events, served[-1].seq)
+
+        evil.rewrite_result(frames.GetStateLog, serve, user="erin")
+        erin = await connect(server, "erin", evil.url)
+        with pytest.raises(IntegrityError, match=words):
+            await erin.space.join_channel("general")
+        assert evil.requests(frames.Join, user="erin") == []
+        assert "erin" not in [m.member_id for m in await alice.space.members(a.id)]
+        evil.reset()
+        e = await erin.space.join_channel("general")
+        assert e.core.require_state().events[: len(real)] == real
+        assert "ghost" not in e.core.require_state().members
+    finally:
+        await evil.stop()

@@ -28,6 +28,7 @@ from spacenb.protocol.statelog import (
     link_proof_bytes,
     new_link_token,
 )
+from spacenb.server.limits import Limits
 from tests.server.rawclient import entry, member, running, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
@@ -833,3 +834,41 @@ async def test_any_add_uses_the_invitation_up(tmp_path):
         await bob.leave(sid)
         with pytest.raises(PermissionDeniedError, match="no invitation"):
             await bob.join(sid, via="invite", role="editor")
+
+
+async def test_the_keeper_checkpoints_every_k_events_and_the_relay_checks_the_signer(tmp_path):
+    """With ``checkpoint_every=3`` the keeper signs a checkpoint after the join that
+    brings three events since the last one; the relay takes one from the owner and
+    refuses one from anyone else, or one not signed by the owner's key."""
+    async with running(tmp_path, limits=Limits(checkpoint_every=3)) as srv:
+        alice = await user(srv, "alice")
+        info, _ = await alice.create_space(name="general")
+        sid = info.space_id
+        joined = [(await member(srv, alice, sid, f"user{i}"))[0] for i in range(6)]
+        state = await alice.sync(sid)
+        kinds = [(e.kind, e.actor) for e in state.events]
+        assert kinds == [
+            ("genesis", "alice"), ("add", "user0"), ("add", "user1"), ("add", "user2"),
+            ("checkpoint", "keeper"), ("add", "user3"), ("add", "user4"), ("add", "user5"),
+            ("checkpoint", "keeper"),
+        ]  # fmt: skip
+        assert state.checkpoint_seq == 8
+        user0 = joined[0]
+        await user0.sync(sid)
+        with pytest.raises(PermissionDeniedError, match="owner or the keeper"):
+            await user0.append(sid, "checkpoint", {})
+        await alice.sync(sid)
+        with pytest.raises(IntegrityError):
+            await alice.append_event(alice.make(sid, "checkpoint", {}, signer=user0.keys))
+        assert await alice.append(sid, "checkpoint", {}) == 9
+        assert (await user0.sync(sid)).checkpoint_seq == 9
+
+
+async def test_no_checkpoints_when_the_keeper_is_told_not_to(tmp_path):
+    async with running(tmp_path, limits=Limits(checkpoint_every=0)) as srv:
+        alice = await user(srv, "alice")
+        info, _ = await alice.create_space(name="general")
+        for i in range(3):
+            await member(srv, alice, info.space_id, f"user{i}")
+        state = await alice.sync(info.space_id)
+        assert [e.kind for e in state.events] == ["genesis", "add", "add", "add"]

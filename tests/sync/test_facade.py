@@ -330,14 +330,16 @@ def test_state_log_and_trusted_identities_are_dataframes(make_client: MakeClient
     bob.space.join_channel(room.name)
     alice.space.set_member_role(room.id, bob.username, "editor")
     epoch = room.rotate()
+    assert room.checkpoint() == 4
     log = room.state_log()
     assert dict(log.dtypes) == schema_dtypes(STATE_LOG_COLUMNS)
-    assert list(log["kind"]) == ["genesis", "add", "role", "epoch"]
-    assert list(log["seq"]) == [0, 1, 2, 3]
-    assert list(log["actor"]) == [alice.username, bob.username, alice.username, alice.username]
+    assert list(log["kind"]) == ["genesis", "add", "role", "epoch", "checkpoint"]
+    assert list(log["seq"]) == [0, 1, 2, 3, 4]
+    assert list(log["actor"]) == [alice.username, bob.username, alice.username, alice.username,
+                                  alice.username]  # fmt: skip
     assert log["member"].tolist()[1:3] == [bob.username, bob.username]
     assert log["epoch"].tolist()[0] == 0 and log["epoch"].tolist()[3] == epoch
-    assert pd.isna(log["epoch"].tolist()[1])
+    assert pd.isna(log["epoch"].tolist()[1]) and pd.isna(log["epoch"].tolist()[4])
     assert log["hash"].str.fullmatch("[0-9a-f]{64}").all()
 
     pins = alice.trusted_identities()

@@ -578,6 +578,9 @@ def _chain_steps(space_id: str) -> list[tuple[str, str, str, dict[str, Any]]]:
         ("unlink", "unlink", "alice", {"link_id": link_id}),
         ("remove", "remove", "alice", {"member": "dave"}),
         ("leave", "leave", "bob", {"member": "bob"}),
+        ("checkpoint", "checkpoint", "keeper", {}),
+        ("invite back", "invite", "alice",
+         {"member": "dave", "role": "viewer", "signing_key": None, "ecdh_key": None}),
     ]  # fmt: skip
 
 
@@ -689,6 +692,18 @@ def _final_state(state: SpaceState) -> dict[str, Any]:
     }
 
 
+def _checkpoint_json(chain: Chain) -> dict[str, Any]:
+    """What a newcomer reading the whole log verifies: genesis, the last checkpoint and
+    every event after it (PROTOCOL.md, "Checkpoints")."""
+    (last,) = [e.seq for e in chain.events if e.kind == "checkpoint"][-1:]
+    return {
+        "seq": last,
+        "signer": chain.signers[last],
+        "covers": list(range(1, last)),
+        "newcomer_verifies": [0, last, *range(last + 1, len(chain.events))],
+    }
+
+
 def state_log_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
     ids = identities()
     space_id = chain.state.space_id
@@ -716,7 +731,8 @@ def state_log_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
         "(genesis by the space key, each add by the member it adds, the rest by their actor). "
         "Bodies are canonical JSON; everything but the signatures (and the link proof, "
         "itself a signature) is deterministic. Also: key commitments, the invite link's "
-        "token -> key -> id derivation, the link proof and the link holder's log-read proof.",
+        "token -> key -> id derivation, the link proof and the link holder's log-read proof; "
+        "and which signatures a newcomer verifies, given the keeper's checkpoint.",
         "space_id": space_id,
         "group_keys": [
             {"epoch": epoch, "key_hex": key.hex()} for epoch, key in sorted(LOG_KEYS.items())
@@ -750,6 +766,7 @@ def state_log_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
             "frame": read_frame,
         },
         "events": events,
+        "checkpoint": _checkpoint_json(chain),
         "final_state": _final_state(chain.state),
     }
 

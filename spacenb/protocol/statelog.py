@@ -6,8 +6,9 @@ first event (genesis) is signed by the space key, so the chain is self-certifyin
 space id alone. :class:`SpaceState` verifies a chain event by event and derives from it
 everything a member or the relay needs to decide: members and their keys, roles, bans,
 invitations, invite links, epochs and who each was wrapped to, and deletions. A reader
-that holds none of a log verifies it with :class:`LogLoader`, which takes the last
-``checkpoint`` (signed by the owner or the genesis keeper) for the signatures before it.
+that holds none of a log verifies it with :class:`LogLoader`, which takes the owner's last
+``checkpoint`` for the signatures before it, and the genesis keeper's for those of the
+self-signed adds before it only.
 
 The relay runs the same checks before it stores an event, but nobody has to trust that
 it did: a client derives the state from the events alone, never from a relay answer.
@@ -36,6 +37,7 @@ from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, de
 
 __all__ = [
     "GENESIS_PREV",
+    "KEEPER_ATTESTS",
     "KINDS",
     "MAX_UNCHECKED",
     "USERNAME_RE",
@@ -934,20 +936,27 @@ class SpaceState:
 
 MAX_UNCHECKED = 4096  # events a LogLoader holds unchecked before it checks them anyway
 
+# What a checkpoint by the keeper stands for (PROTOCOL.md, "Checkpoints"): only the
+# self-signed adds, whose forgery gives whoever holds the keeper's key nothing it lacks
+# where genesis admits the keeper. Every other event under it is verified in full.
+KEEPER_ATTESTS: frozenset[str] = frozenset({"add"})
+
 
 class LogLoader:
     """Verifies a state log read from its genesis by a member that holds none of it (a
-    newcomer, a fresh reader), trusting the last checkpoint it reads (PROTOCOL.md,
+    newcomer, a fresh reader), trusting the last checkpoints it reads (PROTOCOL.md,
     "Checkpoints").
 
     :meth:`feed` applies each event with every rule of :class:`SpaceState` (hash links,
-    seqs, who may sign what) but puts off its signature; :meth:`settle` then verifies the
-    last checkpoint's signature (one verify for every event before it, which its signer
-    attests through the hash chain) and every event after it in full. Until it settles,
-    :attr:`state` is not to be believed. At most ``max_unchecked`` events wait unchecked
-    (a relay serving an endless forged log costs bounded memory); at that many it
-    settles early. With ``checkpoints`` False every event is verified in full.
-    Raises what :meth:`SpaceState.apply` raises.
+    seqs, who may sign what) but puts off its signature; :meth:`settle` then verifies
+    them: the last checkpoint by the owner stands for every event before it (one verify,
+    its signer attesting them through the hash chain); a later checkpoint by the keeper
+    stands only for the adds between the two (:data:`KEEPER_ATTESTS`), every other event
+    there being verified; every event after the last checkpoint is verified in full.
+    Until it settles, :attr:`state` is not to be believed. At most ``max_unchecked``
+    events wait unchecked (a relay serving an endless forged log costs bounded memory);
+    at that many it settles early. With ``checkpoints`` False every event is verified in
+    full. Raises what :meth:`SpaceState.apply` raises.
     """
 
     def __init__(
@@ -961,26 +970,35 @@ class LogLoader:
         self.checkpoints = checkpoints
         self.max_unchecked = max_unchecked
         self._unchecked: list[Unchecked] = []
-        self._checkpoint: int | None = None  # index in _unchecked of the last checkpoint
+        self._by_owner: int | None = None  # index in _unchecked of the owner's last checkpoint
+        self._by_keeper: int | None = None  # and of the keeper's last one after it
 
     def feed(self, event: StateEvent) -> None:
         """Apply the next event, its signature put off."""
         unchecked = self.state.apply_unchecked(event)
         self._unchecked.append(unchecked)
         if event.kind == "checkpoint" and self.checkpoints:
-            self._checkpoint = len(self._unchecked) - 1
+            if event.actor == self.state.owner:
+                self._by_owner, self._by_keeper = len(self._unchecked) - 1, None
+            else:  # the keeper: the rules let no one else sign one
+                self._by_keeper = len(self._unchecked) - 1
         if len(self._unchecked) >= self.max_unchecked:
             self.settle()
 
     def settle(self) -> SpaceState:
         """Verify what :meth:`feed` put off (see the class) and return the state."""
         pending, start = self._unchecked, 0
-        if self._checkpoint is not None:
-            self.state.verify_unchecked(pending[self._checkpoint])
-            start = self._checkpoint + 1
+        if self._by_owner is not None:
+            self.state.verify_unchecked(pending[self._by_owner])
+            start = self._by_owner + 1
+        if self._by_keeper is not None:
+            for unchecked in pending[start : self._by_keeper]:
+                if unchecked.event.kind not in KEEPER_ATTESTS:
+                    self.state.verify_unchecked(unchecked)
+            start = self._by_keeper
         for unchecked in pending[start:]:
             self.state.verify_unchecked(unchecked)
-        self._unchecked, self._checkpoint = [], None
+        self._unchecked, self._by_owner, self._by_keeper = [], None, None
         return self.state
 
 

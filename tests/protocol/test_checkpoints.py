@@ -9,16 +9,16 @@ Signature checks are counted with a spy on :func:`spacenb.protocol.crypto.verify
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from spacenb.exceptions import IntegrityError, PermissionDeniedError, ProtocolError
+from spacenb.exceptions import ForkError, IntegrityError, PermissionDeniedError, ProtocolError
 from spacenb.protocol import crypto
-from spacenb.protocol.member import MemberCore, Need
+from spacenb.protocol.member import MemberCore, Need, Rejected
 from spacenb.protocol.statelog import LogLoader, SpaceState, StateEvent
 
-from .chain import KEEPER, Chain, ident, raw_event, resign
+from .chain import KEEPER, Chain, ident, raw_event, resign, token_for
 
 MALLORY = ident("mallory")
 
@@ -300,3 +300,139 @@ def test_a_log_that_skips_or_repeats_differently_is_refused() -> None:
     core.extend_log(chain.events[:3], more=True)
     with pytest.raises(IntegrityError, match="two different"):
         core.extend_log([resign(chain.events[2], MALLORY)], more=True)
+
+
+# =========================================================================== the keeper's word
+
+
+def rotate_channel(joins: int = 4) -> Chain:
+    """A public rotate channel (keeper admitted) that ``joins`` viewers joined."""
+    chain = Chain(keeper=True, policy="rotate")
+    for i in range(joins):
+        chain.add(f"user{i}")
+    return chain
+
+
+def test_a_keeper_checkpoint_stands_for_the_adds_only(spy: VerifySpy) -> None:
+    """Under the keeper's checkpoint a newcomer skips the adds' signatures (and link
+    proofs) and verifies every other event, the checkpoint and what follows."""
+    chain = rotate_channel(2)  # adds at 1, 2
+    token = chain.link("alice", max_uses=5)  # 3
+    chain.add("vialink", token=token)  # 4
+    chain.join("bob", "editor")  # 5 invite, 6 add
+    chain.push(chain.role_event("alice", "user0", "editor"))  # 7
+    chain.rotate("bob")  # 8
+    chain.leave("user1")  # 9
+    chain.delete("user0", 3)  # 10
+    cp = chain.checkpoint(KEEPER)  # 11
+    chain.add("late")  # 12
+    spy.signed.clear()
+    core = fresh(chain)
+    assert core.extend_log(chain.events) == chain.events
+    assert spy.seqs(chain.events) == [0, 3, 5, 7, 8, 9, 10, cp.seq, cp.seq + 1]
+    assert spy.others(chain.events) == 0  # vialink's proof: attested with its add
+
+
+def test_an_owner_checkpoint_before_the_keepers_still_stands_for_everything(
+    spy: VerifySpy,
+) -> None:
+    chain = rotate_channel(2)
+    chain.push(chain.role_event("alice", "user0", "editor"))  # 3
+    owner = chain.checkpoint("alice")  # 4
+    chain.add("mid0")  # 5
+    chain.push(chain.remove_event("alice", "user1"))  # 6
+    chain.add("mid1")  # 7
+    keeper = chain.checkpoint(KEEPER)  # 8
+    chain.add("late")  # 9
+    spy.signed.clear()
+    fresh(chain).extend_log(chain.events)
+    assert spy.seqs(chain.events) == [0, owner.seq, 6, keeper.seq, keeper.seq + 1]
+    chain.checkpoint("alice")  # 10: the owner's, last, stands for everything before it
+    spy.signed.clear()
+    fresh(chain).extend_log(chain.events)
+    assert spy.seqs(chain.events) == [0, 10]
+
+
+def _forge(chain: Chain, event: StateEvent) -> StateEvent:
+    """Put ``event`` (a forgery) in ``chain`` as the relay's made-up history does."""
+    chain.state.apply(event, verify=False)
+    chain.events.append(event)
+    return event
+
+
+def _forgeries() -> dict[str, Callable[[Chain], StateEvent]]:
+    """Events in another's name that whoever holds the keeper's key might slip under its
+    own checkpoint, each signed with that key (not the signer the rules name)."""
+    k = ident(KEEPER)
+    return {
+        "role": lambda c: c.role_event("alice", "user0", "editor", signer=k),
+        "remove": lambda c: c.remove_event("alice", "user1", signer=k),
+        "leave": lambda c: c.leave_event("user1", signer=k),
+        "epoch": lambda c: c.epoch_event("alice", signer=k, key=b"\x07" * 32),
+        "link": lambda c: c.link_event("alice", token_for("forged"), role="editor", signer=k),
+        "invite": lambda c: c.invite_event("alice", "mallory", "editor", signer=k),
+        "delete": lambda c: c.delete_event("alice", 1, "user0", signer=k),
+        "unlink": lambda c: c.unlink_event("alice", c.token, signer=k),  # type: ignore[attr-defined]
+    }
+
+
+FORGERIES = _forgeries()
+
+
+@pytest.mark.parametrize("kind", sorted(FORGERIES))
+def test_an_event_forged_under_a_keeper_checkpoint_is_refused(kind: str) -> None:
+    """The relay holds ``keeper.key``: it signs a checkpoint over a past with a forged
+    role, removal, rotation, link, ... in it. A newcomer verifies those kinds' signatures
+    under the keeper's checkpoint, so the forgery is refused and nothing is believed."""
+    chain = rotate_channel(3)
+    chain.token = chain.link("alice")  # type: ignore[attr-defined]
+    honest = chain.fork()
+    forged = _forge(chain, FORGERIES[kind](chain))
+    assert forged.kind == kind
+    chain.checkpoint(KEEPER)  # genuinely the keeper's signature
+    core = fresh(chain)
+    with pytest.raises(IntegrityError, match="does not verify"):
+        core.extend_log(chain.events)
+    assert core.state is None
+    assert fresh(honest).extend_log(honest.events) == honest.events
+
+
+def test_under_an_owner_checkpoint_only_the_owner_could_have_signed_it() -> None:
+    """The same forged role under a checkpoint only the owner's key can sign: the relay
+    cannot make one, and re-signing the owner's breaks its signature."""
+    chain = rotate_channel(3)
+    _forge(chain, chain.role_event("alice", "user0", "editor", signer=ident(KEEPER)))
+    cp = chain.checkpoint_event("alice", signer=ident(KEEPER))
+    chain.state.apply(cp, verify=False)
+    chain.events.append(cp)
+    with pytest.raises(IntegrityError, match="does not verify"):
+        fresh(chain).extend_log(chain.events)
+
+
+def test_a_fake_add_under_a_keeper_checkpoint_puts_the_newcomer_on_a_fork() -> None:
+    """The keeper's checkpoint stands for the adds, so whoever holds its key can show a
+    newcomer a made-up past of adds (here one in bob's name that bob never signed, after
+    the real log's seq 3). The read verifies, but it is a fork: an honest member's message
+    bound to the real head is refused as one, and the real log, once served, is a
+    ForkError."""
+    real = channel(3)
+    fabricated = real.fork()
+    real.add("bob")  # 4, bob's own
+    real.add("carol")  # 5: the real head
+    _forge(fabricated, fabricated.add_event("bob", signer=MALLORY))  # 4, not bob's signature
+    fabricated.checkpoint(KEEPER)  # 5
+    newcomer = fresh(fabricated)
+    assert newcomer.extend_log(fabricated.events) == fabricated.events
+    state = newcomer.require_state()
+    assert state.members["bob"].signing_key == ident("bob").signing_key
+    assert state.head_seq == real.state.head_seq and state.head != real.state.head
+
+    for at in (4, 5):
+        env, _ = real.seal("user0", "from the real log", head_seq=at)
+        rejected = newcomer.open_message(env, 1)
+        assert isinstance(rejected, Rejected) and "a fork" in rejected.reason
+    env, _ = real.seal("user0", "before the fork", head_seq=3)
+    assert newcomer.open_message(env, 1) is Need.KEYS  # shared history: only the keys lack
+    with pytest.raises(ForkError, match="differs from the one verified before"):
+        newcomer.extend_log(real.events)
+    assert newcomer.require_state().head == fabricated.state.head

@@ -796,22 +796,27 @@ def _verified_by_a_newcomer(events: list[StateEvent], monkeypatch: pytest.Monkey
 
 
 def test_checkpoint_vector(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A newcomer verifies genesis, the keeper's checkpoint and the events after it; every
-    event before the checkpoint only by its rules and the hash chain."""
+    """A newcomer verifies genesis, every event before the keeper's checkpoint but the
+    adds, the checkpoint and the events after it; the adds under it only by their rules
+    and the hash chain."""
     doc = load("state_log.json")
     cp = doc["checkpoint"]
     vector = _log_events()[cp["seq"]]
     assert (vector["kind"], vector["signer"], vector["body"]) == ("checkpoint", cp["signer"], {})
     assert vector["body_hex"] == b"{}".hex()
     assert cp["signer"] == _log_state().keeper
-    assert cp["covers"] == list(range(1, cp["seq"]))
+    events = _log_events()
+    assert cp["covers"] == [v["seq"] for v in events[1 : cp["seq"]] if v["kind"] == "add"]
+    assert cp["covers"] == [1, 3, 5]
+    assert cp["newcomer_verifies"] == [s for s in range(len(events)) if s not in cp["covers"]]
     assert _verified_by_a_newcomer(list(_chain()), monkeypatch) == cp["newcomer_verifies"]
 
 
 @pytest.mark.parametrize("index", range(1, 12))
 def test_an_event_altered_under_the_checkpoint_is_refused_by_a_newcomer(index: int) -> None:
     """Whatever event before the checkpoint the relay alters (re-signed by anyone, the
-    rest re-linked), the checkpoint's signature no longer covers the chain."""
+    rest re-linked), its own signature (an event the keeper's checkpoint does not stand
+    for) or the checkpoint's no longer verifies."""
     chain = list(_chain())
     assert _log_events()[12]["kind"] == "checkpoint"
     chain[index] = _resign(replace(chain[index], at_us=chain[index].at_us + 1), "relay")

@@ -49,6 +49,7 @@ from spacenb.protocol.keys import (
 )
 from spacenb.protocol.statelog import (
     GENESIS_PREV,
+    KEEPER_ATTESTS,
     SpaceState,
     StateEvent,
     key_commitment,
@@ -693,14 +694,17 @@ def _final_state(state: SpaceState) -> dict[str, Any]:
 
 
 def _checkpoint_json(chain: Chain) -> dict[str, Any]:
-    """What a newcomer reading the whole log verifies: genesis, the last checkpoint and
-    every event after it (PROTOCOL.md, "Checkpoints")."""
+    """What a newcomer reading the whole log verifies: genesis, every event before the
+    keeper's last checkpoint that is not an ``add`` (a keeper checkpoint stands only for
+    the adds), the checkpoint, and every event after it (PROTOCOL.md, "Checkpoints")."""
     (last,) = [e.seq for e in chain.events if e.kind == "checkpoint"][-1:]
+    assert chain.signers[last] == "keeper"
+    covers = [e.seq for e in chain.events[1:last] if e.kind in KEEPER_ATTESTS]
     return {
         "seq": last,
         "signer": chain.signers[last],
-        "covers": list(range(1, last)),
-        "newcomer_verifies": [0, last, *range(last + 1, len(chain.events))],
+        "covers": covers,
+        "newcomer_verifies": [s for s in range(len(chain.events)) if s not in covers],
     }
 
 
@@ -732,7 +736,8 @@ def state_log_vectors(chain: Chain, previous: dict[str, Any]) -> dict[str, Any]:
         "Bodies are canonical JSON; everything but the signatures (and the link proof, "
         "itself a signature) is deterministic. Also: key commitments, the invite link's "
         "token -> key -> id derivation, the link proof and the link holder's log-read proof; "
-        "and which signatures a newcomer verifies, given the keeper's checkpoint.",
+        "and which signatures a newcomer verifies, given the keeper's checkpoint (which "
+        "stands for the adds before it only).",
         "space_id": space_id,
         "group_keys": [
             {"epoch": epoch, "key_hex": key.hex()} for epoch, key in sorted(LOG_KEYS.items())

@@ -35,6 +35,7 @@ from spacenb.protocol.encoding import b64e
 from spacenb.protocol.envelope import Envelope, new_session_id, open_envelope, seal_envelope
 from spacenb.protocol.keyring import HistoryPolicy
 from spacenb.protocol.keys import IdentityKeys, decode_public_key
+from spacenb.protocol.member import Rejected
 from spacenb.protocol.statelog import (
     SpaceState,
     key_commitment,
@@ -1183,5 +1184,105 @@ async def test_a_newcomer_refuses_a_log_its_checkpoint_does_not_cover(
         e = await erin.space.join_channel("general")
         assert e.core.require_state().events[: len(real)] == real
         assert "ghost" not in e.core.require_state().members
+    finally:
+        await evil.stop()
+
+
+async def _served_to_erin(
+    server: RunningServer, connect: Connect, served: list[Any]
+) -> tuple[EvilRelay, aio.AsyncSpace]:
+    """A proxy that serves ``erin`` the log ``served``, and erin's handle on the space,
+    read from scratch through it (a newcomer: she holds none of the log)."""
+    evil = await EvilRelay(server.url).start()
+
+    def serve(conn: Any, req: Any, page: frames.StateLogPage) -> frames.StateLogPage:
+        events = tuple(e for e in served if e.seq >= req.since)
+        return frames.StateLogPage(events, served[-1].seq)
+
+    evil.rewrite_result(frames.GetStateLog, serve, user="erin")
+    erin = await connect(server, "erin", evil.url)
+    return evil, await erin.space.get(served[0].space_id)
+
+
+@pytest.mark.parametrize("kind", ["role", "remove"])
+async def test_a_governance_event_under_the_keepers_own_checkpoint_is_refused(
+    start_relay: StartRelay, connect: Connect, kind: str
+) -> None:
+    """The operator takes the relay's own keeper.key and signs, over the real log, an
+    event in the owner's name (making user0 an editor, or removing user1) and a keeper
+    checkpoint on top. A newcomer verifies every event but the adds under a keeper
+    checkpoint: the log is refused and nothing is believed; the honest log is read."""
+    server = await start_relay()
+    alice = await connect(server, "alice")
+    a = await alice.space.create_channel("general")
+    for i in range(3):
+        await (await connect(server, f"user{i}")).space.join_channel("general")
+    await wait_until(lambda: a.core.require_state().head_seq == 3)
+    real = list(a.core.require_state().events)
+    state = SpaceState.from_events(real)
+    keeper = keeper_identity(server.data_dir)
+    assert state.keeper is not None
+    body = {"member": "user0", "role": "editor"} if kind == "role" else {"member": "user1"}
+    forged = forge_event(keeper, state, kind, body, actor="alice")
+    state.apply(forged, verify=False)
+    checkpoint = forge_event(keeper, state, "checkpoint", {}, actor=state.keeper)
+    state.check(checkpoint)  # genuinely the keeper's signature
+    evil, e = await _served_to_erin(server, connect, [*real, forged, checkpoint])
+    try:
+        with pytest.raises(IntegrityError, match="does not verify"):
+            await e.sync_log()
+        assert e.core.state is None
+        evil.reset()
+        await e.sync_log()
+        assert e.core.require_state().events == real
+    finally:
+        await evil.stop()
+
+
+async def test_a_fake_add_under_the_keepers_own_checkpoint_is_a_fork(
+    start_relay: StartRelay, connect: Connect
+) -> None:
+    """The keeper's checkpoint stands for the adds under it, so the operator, with
+    keeper.key, can show a newcomer a made-up past of adds: here the real log up to
+    user1, then an add of user2 that user2 never signed, then its own checkpoint. The
+    newcomer's read verifies, but it holds a fork: alice's message, bound to the real
+    head, is refused as one, and the real log, once served (and past the fork's head),
+    raises ForkError."""
+    server = await start_relay()
+    alice = await connect(server, "alice")
+    a = await alice.space.create_channel("general")
+    user2 = None
+    for i in range(3):
+        user2 = await connect(server, f"user{i}")
+        await user2.space.join_channel("general")
+    await wait_until(lambda: a.core.require_state().head_seq == 3)
+    real = list(a.core.require_state().events)
+    assert real[3].kind == "add" and real[3].actor == "user2" and user2 is not None
+    await a.send_message("bound to the real head")
+    await wait_until(lambda: len(stored(server, a.id)) == 1)
+    (message,) = stored(server, a.id)
+    assert message.envelope.head_seq == 3 and message.envelope.head == real[3].hash()
+
+    before = SpaceState.from_events(real[:3])
+    body = _add_body("user2", user2.identity, "open")
+    fake = forge_event(IMPOSTOR, before, "add", body, actor="user2")  # not user2's signature
+    before.apply(fake, verify=False)
+    assert before.keeper is not None
+    keeper = keeper_identity(server.data_dir)
+    checkpoint = forge_event(keeper, before, "checkpoint", {}, actor=before.keeper)
+    evil, e = await _served_to_erin(server, connect, [*real[:3], fake, checkpoint])
+    try:
+        await e.sync_log()  # the fake add is attested by the keeper's checkpoint
+        held = e.core.require_state()
+        assert held.head == checkpoint.hash() and held.hash_at(3) == fake.hash()
+        verdict = e.core.open_message(message.envelope, message.handle)
+        assert isinstance(verdict, Rejected) and "a fork" in verdict.reason
+        for i in (3, 4):  # the real log grows past the fork's head (seq 4)
+            await (await connect(server, f"user{i}")).space.join_channel("general")
+        await wait_until(lambda: a.core.require_state().head_seq == 5)
+        evil.reset()
+        with pytest.raises(ForkError, match="does not follow the head"):
+            await e.sync_log()
+        assert e.core.require_state().head == checkpoint.hash()
     finally:
         await evil.stop()

@@ -66,7 +66,7 @@ from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
-from .storage import PendingJoin, SpaceRecord, Storage, unsupported_schema
+from .storage import PendingJoin, SpaceRecord, Storage, StoredBefore, unsupported_schema
 
 __all__ = [
     "MIGRATIONS",
@@ -687,7 +687,7 @@ class PostgresStorage(Storage):
             return 0
         known = self.message_handle(envelope.target, envelope.signature)
         if known is not None:
-            return known
+            return StoredBefore(known)
         params = _message_params(envelope, now_us)
         params["channel"] = NOTIFY_CHANNEL
         params["note"] = f"{self.origin} m {envelope.target} "
@@ -711,7 +711,7 @@ class PostgresStorage(Storage):
                 # another relay stored this envelope meanwhile (its commit came first)
                 known = self.message_handle(envelope.target, envelope.signature)
                 if known is not None:
-                    return known
+                    return StoredBefore(known)
                 raise ChannelNotFoundError("no such space")
         self._batch += 1
         return int(row[0])

@@ -21,7 +21,14 @@ from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
 from ..protocol.relayrules import next_handle
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
-from .storage import DB_FILENAME, PendingJoin, SpaceRecord, Storage, unsupported_schema
+from .storage import (
+    DB_FILENAME,
+    PendingJoin,
+    SpaceRecord,
+    Storage,
+    StoredBefore,
+    unsupported_schema,
+)
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStorage", "migrate"]
 
@@ -439,7 +446,7 @@ class SQLiteStorage(Storage):
         if not recorded:  # a resend: the handle it was stored under
             known = self.message_handle(envelope.target, envelope.signature)
             assert known is not None
-            return known
+            return StoredBefore(known)
         self._db.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...exceptions import KeyUnavailableError, NotFoundError, PermissionDeniedError, ProtocolError
+from ...exceptions import (
+    KeyUnavailableError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    QuotaExceededError,
+)
 from ...protocol import frames
 from ...protocol.envelope import Envelope
 from ...protocol.relayrules import (
@@ -81,18 +87,15 @@ def stored_before(core: RelayCore, state: SpaceState, envelope: Envelope) -> int
     first answer was lost, PROTOCOL.md "Requests"), else None once it may be stored: it
     is sealed under the current epoch (else :class:`KeyUnavailableError`).
 
-    Looked up before the epoch check, so that a resend after a rotation still gets its
-    handle. With several relays the commit thread looks resends up in the batch's own
-    transaction (no round trip on the loop); here, only one the epoch check refuses."""
-    staged = core.peers is not None
-    if not staged:
-        handle = core.storage.message_handle(state.space_id, envelope.signature)
-        if handle is not None:
-            return handle
+    Looked up here only for an envelope the epoch check refuses (a resend after a
+    rotation still gets its handle): otherwise :meth:`Storage.add_message` finds a stored
+    one itself, in the insert that records its signature (a :class:`StoredBefore`), and
+    with several relays the commit thread does, in the batch's own transaction. So a new
+    message costs no lookup of its own."""
     try:
         check_current_epoch(state, envelope)
     except KeyUnavailableError:
-        if staged and (handle := core.storage.message_handle(state.space_id, envelope.signature)):
+        if handle := core.storage.message_handle(state.space_id, envelope.signature):
             return handle
         raise
     return None
@@ -112,8 +115,18 @@ def send(core: RelayCore, session: Session, req: frames.Send) -> frames.HandleRe
     if before is not None:
         core.give_back_token(session)
         return frames.HandleResult(before)
-    core.charge_message(user_of(session), len(envelope.ciphertext))
+    try:
+        core.charge_message(user_of(session), len(envelope.ciphertext))
+    except QuotaExceededError:
+        if before := core.storage.message_handle(space.space_id, envelope.signature):
+            core.give_back_token(session)  # stored already: a full quota does not matter
+            return frames.HandleResult(before)
+        raise
     handle = core.storage.add_message(envelope, core.now_us())
+    if isinstance(handle, StoredBefore):  # the same envelope again: nothing is new
+        core.charge_message(user_of(session), -len(envelope.ciphertext), count=-1)
+        core.give_back_token(session)
+        return frames.HandleResult(int(handle))
     core.push_message(frames.MessagePushed(handle, envelope), space.space_id)
     return frames.HandleResult(handle)
 

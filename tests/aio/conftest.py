@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import spacenb.aio as aio
 from spacenb.server.app import start_server
+from spacenb.server.handlers import Route
 
 
 @pytest.fixture
@@ -57,3 +60,27 @@ class Inbox:
     async def wait(self, count: int = 1, timeout: float = 10.0) -> list[Any]:
         await wait_until(lambda: len(self.items) >= count, timeout)
         return self.items
+
+
+@contextlib.asynccontextmanager
+async def relay_on(
+    tmp_path: Path, table: Mapping[str, Route], **options: Any
+) -> AsyncIterator[Callable[[str], Awaitable[aio.AsyncClient]]]:
+    """A relay whose request table is ``table`` (a handler replaced to misbehave or to
+    watch), and ``connect(username)`` for it; both closed on exit."""
+    server = await start_server(tmp_path / "relay", shards=0, table=table, **options)
+    clients: list[aio.AsyncClient] = []
+
+    async def connect(username: str) -> aio.AsyncClient:
+        client = await aio.connect(
+            server.url, app_key=server.app_key, username=username, keystore=":memory:"
+        )
+        clients.append(client)
+        return client
+
+    try:
+        yield connect
+    finally:
+        for client in clients:
+            await client.close()
+        await server.stop()

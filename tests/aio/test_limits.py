@@ -7,10 +7,8 @@ task behind."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,39 +32,15 @@ from spacenb.protocol import frames
 from spacenb.protocol.envelope import MAX_SEALED_BYTES
 from spacenb.protocol.filecodec import FileEncoder
 from spacenb.server import Limits, start_server
-from spacenb.server.handlers import REQUEST_TABLE, Route, with_handler
+from spacenb.server.handlers import REQUEST_TABLE, with_handler
 from spacenb.server.shards import ShardStore
 from tests.faults import drop_connection
 from tests.server.crowd import add_members
 
-from .conftest import Inbox, wait_until
+from .conftest import Inbox, relay_on, wait_until
 from .mitm import MitmRelay
 
 QUARTER_MB = "q" * 250_000
-
-
-@contextlib.asynccontextmanager
-async def relay_on(
-    tmp_path: Path, table: Mapping[str, Route]
-) -> AsyncIterator[Callable[[str], Awaitable[aio.AsyncClient]]]:
-    """A relay whose request table is ``table`` (a handler replaced to misbehave or to
-    watch), and ``connect(username)`` for it; both closed on exit."""
-    server = await start_server(tmp_path / "relay", shards=0, table=table)
-    clients: list[aio.AsyncClient] = []
-
-    async def connect(username: str) -> aio.AsyncClient:
-        client = await aio.connect(
-            server.url, app_key=server.app_key, username=username, keystore=":memory:"
-        )
-        clients.append(client)
-        return client
-
-    try:
-        yield connect
-    finally:
-        for client in clients:
-            await client.close()
-        await server.stop()
 
 
 async def all_history(space: aio.AsyncSpace) -> list[Any]:

@@ -7,7 +7,7 @@ whose outcome is known is raised at once, and a message is never sealed twice.""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ import pytest
 import spacenb.aio as aio
 import spacenb.aio.space as aio_space
 from spacenb.exceptions import QuotaExceededError, ServerError
-from spacenb.server.app import start_server
 from spacenb.server.handlers import messages, with_handler
 from spacenb.server.limits import Limits
+from tests.aio.conftest import relay_on
 
 
 class Faulty:
@@ -48,28 +48,11 @@ class Faulty:
         return result
 
 
-@contextlib.asynccontextmanager
-async def relay_with(
+def relay_with(
     tmp_path: Path, op: str, handler: Faulty, **options: Any
-) -> AsyncIterator[Callable[[str], Awaitable[aio.AsyncClient]]]:
-    server = await start_server(
-        tmp_path / "relay", shards=0, table=with_handler(op, handler), **options
-    )
-    clients: list[aio.AsyncClient] = []
-
-    async def connect(username: str) -> aio.AsyncClient:
-        client = await aio.connect(
-            server.url, app_key=server.app_key, username=username, keystore=":memory:"
-        )
-        clients.append(client)
-        return client
-
-    try:
-        yield connect
-    finally:
-        for client in clients:
-            await client.close()
-        await server.stop()
+) -> contextlib.AbstractAsyncContextManager[Callable[[str], Awaitable[aio.AsyncClient]]]:
+    """A relay whose ``op`` handler is ``handler``, and ``connect(username)`` for it."""
+    return relay_on(tmp_path, with_handler(op, handler), **options)
 
 
 async def everything(space: aio.AsyncSpace) -> list[Any]:

@@ -604,3 +604,14 @@ async def member(
     await guest.join(space_id)
     pushed = await guest.event("keys", space_id=space_id)
     return guest, await guest.keyring(space_id, pushed.keys)
+
+
+async def two_members(srv, **options):
+    """alice's channel with bob admitted by the keeper; both subscribed and at the head."""
+    alice = await user(srv, "alice")
+    info, ring = await alice.create_space(name="chat", **options)
+    bob, _ = await member(srv, alice, info.space_id, "bob")
+    for client in (alice, bob):
+        await client.call(frames.Subscribe, space_id=info.space_id)
+        await client.sync(info.space_id)
+    return alice, bob, info, ring

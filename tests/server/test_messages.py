@@ -22,20 +22,9 @@ from spacenb.protocol import frames
 from spacenb.protocol.envelope import Message, open_envelope
 from spacenb.protocol.keys import decode_public_key
 from spacenb.server.limits import Limits
-from tests.server.rawclient import RawClient, member, running, user
+from tests.server.rawclient import RawClient, member, running, two_members, user
 
 pytestmark = pytest.mark.usefixtures("backend")  # each test on SQLite and PostgreSQL
-
-
-async def two_members(srv, **options):
-    """alice's channel with bob admitted by the keeper; both subscribed."""
-    alice = await user(srv, "alice")
-    info, ring = await alice.create_space(name="chat", **options)
-    bob, _ = await member(srv, alice, info.space_id, "bob")
-    for client in (alice, bob):
-        await client.call(frames.Subscribe, space_id=info.space_id)
-        await client.sync(info.space_id)
-    return alice, bob, info, ring
 
 
 def opened(client: RawClient, ring, envelope) -> Message:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,20 @@ async def test_a_listener_that_lost_its_connection_catches_up_once(tmp_path, pos
         assert cluster.reconnects >= 1
 
 
+@contextlib.contextmanager
+def notifications_held(cluster: Any) -> Iterator[list[str]]:
+    """A relay that learns of nothing for a while (its listener's notifications are kept
+    back, and its quiet-spell sweep does not run), as when its listener reconnects; yields
+    the notifications kept back, for the test to hear once the relay listens again."""
+    held: list[str] = []
+    hear, sweep = cluster._on_notification, cluster._sweep
+    cluster._on_notification, cluster._sweep = held.append, lambda: None
+    try:
+        yield held
+    finally:
+        cluster._on_notification, cluster._sweep = hear, sweep
+
+
 async def test_a_message_read_in_history_before_its_push_still_reaches_the_handlers(
     tmp_path, postgres_url
 ):
@@ -185,20 +199,14 @@ async def test_a_message_read_in_history_before_its_push_still_reaches_the_handl
         await received.wait(1, timeout=30)
         cluster = b.relay.cluster
         assert cluster is not None
-        held: list[str] = []
-        hear = cluster._on_notification
-        sweep = cluster._sweep
-        cluster._on_notification = held.append  # type: ignore[method-assign]
-        cluster._sweep = lambda: None  # type: ignore[method-assign]
-        late = await general.send_message("late")
-        await wait_until(lambda: any(f" m {general.id} " in note for note in held), 30)
-        page = await bobs.history(limit=10)
-        assert [m.handle for m in page.messages] == [first, late]  # read before pushed
-        assert [e.handle for e in received.items] == [first]
-        cluster._on_notification = hear  # type: ignore[method-assign]
-        cluster._sweep = sweep  # type: ignore[method-assign]
+        with notifications_held(cluster) as held:
+            late = await general.send_message("late")
+            await wait_until(lambda: any(f" m {general.id} " in note for note in held), 30)
+            page = await bobs.history(limit=10)
+            assert [m.handle for m in page.messages] == [first, late]  # read before pushed
+            assert [e.handle for e in received.items] == [first]
         for note in held:
-            hear(note)
+            cluster._on_notification(note)
         after = await general.send_message("after")
         await received.wait(3, timeout=30)
         assert [e.handle for e in received.items] == [first, late, after]
@@ -227,20 +235,14 @@ async def test_an_edit_read_in_history_before_its_push_reaches_the_handlers_once
         await received.wait(1, timeout=30)
         cluster = b.relay.cluster
         assert cluster is not None
-        held: list[str] = []
-        hear = cluster._on_notification
-        sweep = cluster._sweep
-        cluster._on_notification = held.append  # type: ignore[method-assign]
-        cluster._sweep = lambda: None  # type: ignore[method-assign]
-        await general.edit_message(handle, "second draft")
-        await wait_until(lambda: any(f" e {general.id} {handle}" in n for n in held), 30)
-        page = await bobs.history(limit=10)
-        assert [m.message.body for m in page.messages] == ["second draft"]  # read before pushed
-        assert edited.items == []
-        cluster._on_notification = hear  # type: ignore[method-assign]
-        cluster._sweep = sweep  # type: ignore[method-assign]
+        with notifications_held(cluster) as held:
+            await general.edit_message(handle, "second draft")
+            await wait_until(lambda: any(f" e {general.id} {handle}" in n for n in held), 30)
+            page = await bobs.history(limit=10)
+            assert [m.message.body for m in page.messages] == ["second draft"]  # read first
+            assert edited.items == []
         for note in held + held:  # heard twice: pushed twice
-            hear(note)
+            cluster._on_notification(note)
         await edited.wait(1, timeout=30)
         after = await general.send_message("after")  # pushed behind the edits
         await received.wait(2, timeout=30)

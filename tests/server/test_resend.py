@@ -20,21 +20,10 @@ from spacenb.exceptions import (
 )
 from spacenb.protocol import frames
 from spacenb.server.limits import Limits
-from tests.server.rawclient import RawClient, member, running, user
+from tests.server.rawclient import RawClient, running, two_members
 from tests.server.records import created, envelope
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-
-async def two_members(srv, **options):
-    """alice's channel with bob admitted; both subscribed and at the head."""
-    alice = await user(srv, "alice")
-    info, ring = await alice.create_space(name="chat", **options)
-    bob, _ = await member(srv, alice, info.space_id, "bob")
-    for client in (alice, bob):
-        await client.call(frames.Subscribe, space_id=info.space_id)
-        await client.sync(info.space_id)
-    return alice, bob, info, ring
 
 
 async def all_at_once(client: RawClient, sent: list[frames.Send]) -> list[frames.Response]:

@@ -37,7 +37,8 @@ RELAY_CORE_MODULES = [
     "spacenb.server.limits",
 ]
 RELAY_ADAPTERS = ("spacenb.server.relay", "spacenb.server.app", "spacenb.server.cluster",
-                  "spacenb.server.connections", "spacenb.server.postgres",
+                  "spacenb.server.pglive", "spacenb.server.connections",
+                  "spacenb.server.postgres", "spacenb.server.pgschema",
                   "spacenb.server.sqlite")  # fmt: skip
 OTHER_LAYERS = ("spacenb.server", "spacenb.aio", "spacenb.sync", "spacenb.widgets")
 

@@ -84,3 +84,17 @@ class Backend:
             for path in sorted(p for p in self.cluster.rglob("*") if p.is_file()):
                 with contextlib.suppress(OSError):  # files come and go while it runs
                     yield f"cluster {path.relative_to(self.cluster)}", path.read_bytes()
+
+
+def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every committed row of every table (and the tables there are)."""
+    with psycopg.connect(url) as db:
+        query = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        tables = [r[0] for r in db.execute(query)]
+        return {t: sorted(db.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+
+
+def sql(url: str, statement: str) -> None:
+    """Run one statement on the database at ``url``, committed at once."""
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute(statement)

@@ -22,10 +22,12 @@ import spacenb.aio as aio
 from spacenb.server.app import RunningServer, start_server
 from spacenb.sync.runner import Runner
 
+from .evil import EvilRelay
 from .helpers import Mitm, no_errors_logged, sign_in
 
 StartRelay = Callable[..., Awaitable[RunningServer]]
 Connect = Callable[..., Awaitable[aio.AsyncClient]]
+DirClient = Callable[..., Awaitable[aio.AsyncClient]]
 
 
 class Figures:
@@ -122,3 +124,40 @@ async def mitm() -> AsyncIterator[Callable[[str], Awaitable[Mitm]]]:
     yield make
     for proxy in proxies:
         await proxy.stop()
+
+
+# --------------------------------------------------------------------------- a malicious relay
+
+
+@pytest.fixture
+async def server(start_relay: StartRelay) -> RunningServer:
+    return await start_relay()
+
+
+@pytest.fixture
+async def evil(server: RunningServer) -> AsyncIterator[EvilRelay]:
+    proxy = await EvilRelay(server.url).start()
+    yield proxy
+    await proxy.stop()
+
+
+@pytest.fixture
+async def dir_client(tmp_path: Path) -> AsyncIterator[DirClient]:
+    """``await dir_client(server, username, url)``: a client whose keystore is a
+    directory (under ``tmp_path``), so it remembers pins, marks and log heads across a
+    restart; every client made here is closed at the end."""
+    made: list[aio.AsyncClient] = []
+
+    async def make(server: RunningServer, username: str, url: str = "") -> aio.AsyncClient:
+        client = await aio.connect(
+            url or server.url,
+            app_key=server.app_key,
+            username=username,
+            keystore=tmp_path / "keystores",
+        )
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

@@ -282,7 +282,16 @@ class AsyncSpace:
                     break
                 below = relay_head if relay_head < held else None
                 now = loop.time()
-                deadline = now + self.client.log_lag_grace if deadline is None else deadline
+                if deadline is None:
+                    deadline = now + self.client.log_lag_grace
+                    log.info(
+                        "spacenb: the relay serves the log of %s up to event %d, below event "
+                        "%d held here: asking again for %g s",
+                        self.id,
+                        served,
+                        held,
+                        self.client.log_lag_grace,
+                    )
                 if now >= deadline:
                     error = ForkError(
                         f"the relay serves the state log of {self.id} up to event {served}, "

@@ -15,6 +15,7 @@ is a prefix of the fork.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import SpaceState, StateEvent
 from spacenb.server.app import RunningServer
+from tests.server.relays import relays
+from tests.server.test_multirelay import notifications_held
 
 from .conftest import Connect, StartRelay
 from .evil import EvilRelay, forge_event, keeper_identity
@@ -126,6 +129,15 @@ def from_relay(rejected: Inbox, *words: str) -> list[Any]:
     return [e for e in rejected.items if e.sender == "relay" and all(w in e.reason for w in words)]
 
 
+def lagged(caplog: pytest.LogCaptureFixture) -> int:
+    """How many syncs found the relay below the member's head (the client logs each)."""
+    return sum("below event" in r.getMessage() for r in caplog.records)
+
+
+def heads(space: aio.AsyncSpace) -> bytes:
+    return space.core.require_state().head
+
+
 def log_reads(evil: EvilRelay, user: str) -> int:
     return len(evil.requests(frames.GetStateLog, user=user))
 
@@ -204,6 +216,71 @@ async def test_a_relay_that_lags_once_then_serves_the_real_head_raises_nothing(
     await wait_until(lambda: any(m.message.body == "bob is still here" for m in a_msgs.items))
     assert from_relay(rejected) == []
     assert b.core.require_state().head == a.core.require_state().head
+
+
+async def test_a_failover_to_a_relay_whose_cached_head_lags_raises_nothing(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two relays on one PostgreSQL database; relay B has the space cached and is deaf for
+    a while (its notifications held back). alice, through A, makes bob an editor; bob, on
+    A, holds that event. A stops: bob and alice move to B, whose cached head is one event
+    behind theirs. They ask again until B hears of the event, report nothing, and go on:
+    carol (on B) and bob exchange messages."""
+    caplog.set_level(logging.INFO, logger="spacenb")
+    async with relays(tmp_path, postgres_url) as (a, b):
+        made: list[aio.AsyncClient] = []
+
+        async def make(name: str, *urls: str) -> aio.AsyncClient:
+            client = await aio.connect(
+                list(urls),
+                app_key=a.app_key,
+                username=name,
+                keystore=":memory:",
+                log_lag_grace=30.0,  # B is deaf until the test lets it hear: no race
+            )
+            made.append(client)
+            return client
+
+        try:
+            alice = await make("alice", a.url, b.url)
+            bob = await make("bob", a.url, b.url)
+            carol = await make("carol", b.url)
+            general = await alice.space.create_channel("general")
+            bobs = await bob.space.join_channel("general")
+            carols = await carol.space.join_channel("general")  # B caches the space
+            await wait_until(lambda: heads(bobs) == heads(general) == heads(carols))
+            b_msgs, c_msgs, rejected = Inbox(), Inbox(), Inbox()
+            bobs.on_message(b_msgs)
+            carols.on_message(c_msgs)
+            bobs.on_rejected(rejected)
+            general.on_rejected(rejected)
+            cluster = b.relay.cluster
+            assert cluster is not None
+            with notifications_held(cluster) as held:
+                await alice.space.set_member_role(general.id, "bob", "editor")
+                head = general.core.require_state()
+                await wait_until(lambda: bobs.core.require_state().head == head.head)
+                cached = b.relay.core.cached_state(general.id)
+                assert cached is not None and cached.head_seq == head.head_seq - 1
+                await a.stop()
+                await wait_until(lambda: lagged(caplog) >= 2, 60)  # alice's and bob's syncs
+                assert bobs.core.require_state().head == head.head  # its own, not B's
+            for note in held:
+                cluster._on_notification(note)
+            await carols.send_message("from carol, on B")
+            await wait_until(
+                lambda: [m.message.body for m in b_msgs.items] == ["from carol, on B"], 60
+            )
+            await bobs.send_message("from bob, moved to B")
+            await wait_until(
+                lambda: "from bob, moved to B" in [m.message.body for m in c_msgs.items], 60
+            )
+            assert from_relay(rejected) == []
+            assert bobs.core.require_state().role_of("bob") == "editor"
+            assert bob.url == alice.url == b.url
+        finally:
+            for client in made:
+                await client.close()
 
 
 # --------------------------------------------------------------------------- across a restart

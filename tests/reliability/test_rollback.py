@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import spacenb.aio as aio
-from spacenb.exceptions import ForkError
+from spacenb.exceptions import ForkError, UsageError
 from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import SpaceState, StateEvent
@@ -170,7 +170,7 @@ async def test_a_relay_that_keeps_a_member_below_its_head_is_a_fork_after_the_gr
     await wait_until(lambda: bool(from_relay(rejected, "rolled this member back")), 30)
     reported_at = asyncio.get_running_loop().time()
     assert reported_at - roll.served[0][0] >= GRACE
-    assert len(roll.served) > 2  # asked again, a bounded number of times
+    assert len(roll.served) >= 2  # asked again (at once, then with backoff)
     assert {head for _at, head in roll.served} == {held.head}  # never believed the lower one
     assert b.core.require_state().head == held.head
     assert b.core.require_state().role_of("bob") == "editor"
@@ -178,7 +178,7 @@ async def test_a_relay_that_keeps_a_member_below_its_head_is_a_fork_after_the_gr
     asked = len(roll.served)
     with pytest.raises(ForkError, match="rolled this member back"):
         await b.sync_log()
-    assert len(roll.served) > asked + 1
+    assert len(roll.served) >= asked + 2
     assert b.core.require_state().head == held.head
 
 
@@ -190,7 +190,7 @@ async def test_a_relay_that_lags_once_then_serves_the_real_head_raises_nothing(
     nothing, and goes on: alice's next message reaches him, his reaches her."""
     alice = await connect(server, "alice")
     bob = await connect(server, "bob", evil.url)
-    bob.log_lag_grace = GRACE
+    bob.log_lag_grace = 10.0  # far more than the lag: no race on a loaded machine
     a = await alice.space.create_channel("general")
     b = await bob.space.join_channel("general")
     a_msgs, b_msgs, rejected = Inbox(), Inbox(), Inbox()
@@ -403,7 +403,7 @@ async def test_a_newcomer_on_a_longer_fork_is_flagged_at_the_sync(
         if shape == "prefix":
             with pytest.raises(ForkError, match="rolled this member back"):
                 await e.sync_log()
-            assert log_reads(evil, "erin") > reads + 2  # asked again, then gave up
+            assert log_reads(evil, "erin") >= reads + 2  # asked again, then gave up
         else:
             at = 3 if shape == "diverged" else 4
             with pytest.raises(
@@ -415,3 +415,12 @@ async def test_a_newcomer_on_a_longer_fork_is_flagged_at_the_sync(
         assert from_relay(rejected)
     finally:
         await evil.stop()
+
+
+@pytest.mark.parametrize("grace", [-1, float("nan"), "3", True, 3600])
+async def test_log_lag_grace_is_checked(server: RunningServer, grace: Any) -> None:
+    with pytest.raises(UsageError, match="log_lag_grace"):
+        await aio.connect(
+            server.url, app_key=server.app_key, username="bob", keystore=":memory:",
+            log_lag_grace=grace,
+        )  # fmt: skip

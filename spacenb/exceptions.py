@@ -125,7 +125,11 @@ class IdentityChangedError(IntegrityError):
 
 class ForkError(IntegrityError):
     """The relay showed this member a state log that contradicts what it showed before,
-    or what another member's message was bound to: members no longer share one history."""
+    or what another member's message was bound to: members no longer share one history.
+
+    Also raised when the relay keeps serving a log whose head is below the one this
+    member holds (a rollback: its newest events hidden) for longer than the client's
+    ``log_lag_grace``."""
 
 
 class StaleStateError(SpacenbError):

@@ -82,6 +82,11 @@ class AsyncClient:
     ``allowed_stores``: shard store URLs to read files from besides the relay's own (the
     ones it names at sign-in); shares are never fetched from any other store, whatever a
     manifest says.
+
+    ``log_lag_grace``: how many seconds a relay may serve a space's state log with a head
+    below the one this client holds, asked again with backoff, before that is a
+    :class:`ForkError` (a relay of the service that just took over after a failover may
+    lag behind for a moment; one that stays behind rolled the client back).
     """
 
     def __init__(
@@ -94,8 +99,16 @@ class AsyncClient:
         clock: Clock | None = None,
         request_timeout: float = 30.0,
         allowed_stores: Iterable[str] = (),
+        log_lag_grace: float = 3.0,
     ) -> None:
         self.urls = check_relay_urls(url)
+        if (
+            isinstance(log_lag_grace, bool)
+            or not isinstance(log_lag_grace, int | float)
+            or not 0 <= log_lag_grace < 3600
+        ):
+            raise UsageError("log_lag_grace is seconds, 0 to 3600", field="log_lag_grace")
+        self.log_lag_grace = float(log_lag_grace)
         self.allowed_stores = frozenset(allowed_stores)
         self.app_key = app_key
         self.username = username
@@ -458,6 +471,7 @@ async def connect(
     keystore: str | os.PathLike[str] | None = None,
     clock: Clock | None = None,
     allowed_stores: Iterable[str] = (),
+    log_lag_grace: float = 3.0,
 ) -> AsyncClient:
     """Sign up (first use of ``username``) or sign in, and return the client.
 
@@ -469,7 +483,7 @@ async def connect(
     ``wss://`` (or an empty list), :class:`AuthenticationError` for a wrong app key or a
     username bound to another key, :class:`ConnectionLimitError` when the relay holds as
     many connections of this user or address as it allows, :class:`ConnectionLostError`
-    when no relay can be reached.
+    when no relay can be reached. ``log_lag_grace``: see :class:`AsyncClient`.
     """
     if not isinstance(username, str) or not username:
         raise UsageError("username must be a non-empty string", field="username")
@@ -480,5 +494,6 @@ async def connect(
         keystore=keystore,
         clock=clock,
         allowed_stores=allowed_stores,
+        log_lag_grace=log_lag_grace,
     )
     return await client.start()

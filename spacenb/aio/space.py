@@ -79,6 +79,10 @@ _REACTED_TO = frozenset({"epoch", "delete", "remove", "leave"})  # kinds after_s
 _STALE_RETRIES = 40  # appends raced by others; with jittered backoff, ~5 s at worst
 _BACKOFF_FIRST = 0.005  # seconds: the first retry's backoff bound, doubling to _BACKOFF_CAP
 _BACKOFF_CAP = 0.25
+# A relay serving a state-log head below this member's is asked again at once, then after
+# 50 ms, doubling to 0.5 s, until the client's log_lag_grace is over (then: ForkError).
+_LAG_FIRST = 0.05
+_LAG_CAP = 0.5
 # A message whose send had an unknown outcome is sent again as it is, this many times at
 # most, with a backoff bound of up to _RESEND_CAP (about 15 s in all at worst: enough for
 # a relay to reconnect or its database to come back after a restart).
@@ -254,36 +258,53 @@ class AsyncSpace:
         contradicts the one this member verified before (also across restarts, through
         the keystore), :class:`IntegrityError` for an event no entitled member signed;
         both are also reported through ``on_rejected``.
+
+        The relay must serve the member's own head event again, with its hash, and a head
+        no lower than the one the member holds (in memory, or persisted from an earlier
+        session). A relay whose head is lower (a member rolled back, its newest events,
+        such as its removal or a rotation, hidden) is asked again with backoff for
+        ``client.log_lag_grace`` seconds, since another relay of the service may just not
+        have caught up yet after a failover; meanwhile the member keeps its own head (a
+        read from genesis stays unsettled), and if the relay is still lower then, that is
+        a :class:`ForkError` (PROTOCOL.md, "The fork rule").
         """
         async with self._log_lock:
             new: list[StateEvent] = []
+            loop = asyncio.get_running_loop()
+            deadline: float | None = None
+            attempt = 0
+            below: int | None = None  # the relay's head, while it is below this member's
             while True:
-                since = self.core.next_log_seq
-                link_id, proof = None, None
-                if self._link is not None and self.connection_nonce is not None:
-                    link_id = self._link[0]
-                    proof = self._link[1](
-                        frames.log_read_signed_bytes(
-                            self.id, self.client.username, self.connection_nonce
-                        )
-                    )
-                page = await self.client.request(
-                    frames.GetStateLog(
-                        UNSENT,
-                        space_id=self.id,
-                        since=since,
-                        limit=frames.MAX_LOG_PAGE,
-                        link_id=link_id,
-                        proof=proof,
-                    )
-                )
-                try:
-                    new.extend(self.core.extend_log(page.events, more=True))
-                except IntegrityError as exc:
-                    self._reject(None, "relay", str(exc))
-                    raise
-                if not page.events or self.core.next_log_seq > page.head_seq:
+                relay_head = await self._read_log(new, below)
+                held = self._held_seq()
+                served = min(relay_head, self.core.next_log_seq - 1)
+                if served >= held:
                     break
+                below = relay_head if relay_head < held else None
+                now = loop.time()
+                if deadline is None:
+                    deadline = now + self.client.log_lag_grace
+                    log.info(
+                        "spacenb: the relay serves the log of %s up to event %d, below event "
+                        "%d held here: asking again for %g s",
+                        self.id,
+                        served,
+                        held,
+                        self.client.log_lag_grace,
+                    )
+                if now >= deadline:
+                    error = ForkError(
+                        f"the relay serves the state log of {self.id} up to event {served}, "
+                        f"below event {held} that this member holds, and still did after "
+                        f"{self.client.log_lag_grace:g} s: it rolled this member back, or "
+                        "withholds the newest events"
+                    )
+                    self._reject(None, "relay", str(error))
+                    raise error
+                # At once first: the relay's event at its head shows a fork without waiting.
+                delay = 0.0 if attempt == 0 else _LAG_FIRST * 2 ** (attempt - 1)
+                await asyncio.sleep(min(deadline - now, delay, _LAG_CAP))
+                attempt += 1
             try:
                 new.extend(self.core.finish_log())  # a read from genesis: verified now
             except IntegrityError as exc:
@@ -293,6 +314,54 @@ class AsyncSpace:
         if new:
             await self.after_state(new)
         return new
+
+    async def _read_log(self, new: list[StateEvent], below: int | None) -> int:
+        """Read the relay's log, page by page, into the core (the new events go to
+        ``new``); returns the relay's head. A member holding the log asks from its own
+        head event on (or from ``below``, the relay's lower head, whose event it compares
+        with its own), so the relay must show it the events it already holds."""
+        since = self.core.next_log_seq
+        if self.core.state is not None:
+            since = max(0, since - 1 if below is None else min(since - 1, below))
+        while True:
+            link_id, proof = None, None
+            if self._link is not None and self.connection_nonce is not None:
+                link_id = self._link[0]
+                proof = self._link[1](
+                    frames.log_read_signed_bytes(
+                        self.id, self.client.username, self.connection_nonce
+                    )
+                )
+            page = await self.client.request(
+                frames.GetStateLog(
+                    UNSENT,
+                    space_id=self.id,
+                    since=since,
+                    limit=frames.MAX_LOG_PAGE,
+                    link_id=link_id,
+                    proof=proof,
+                )
+            )
+            events, state = page.events, self.core.state
+            if state is not None and len(events) > 1 and events[0].seq == state.head_seq:
+                events = events[1:]  # the next event's prev shows whether it holds our head
+            try:
+                new.extend(self.core.extend_log(events, more=True))
+            except IntegrityError as exc:
+                self._reject(None, "relay", str(exc))
+                raise
+            asked, since = since, self.core.next_log_seq
+            if not page.events or since > page.head_seq or since <= asked:
+                return page.head_seq  # the relay's head, or a page that brought nothing new
+
+    def _held_seq(self) -> int:
+        """The newest log event this member holds: its verified head, or the head it
+        persisted in an earlier session (-1 for none)."""
+        state, secrets = self.core.state, self._secrets
+        held = -1 if state is None else state.head_seq
+        if secrets is not None and secrets.log_head is not None:
+            held = max(held, secrets.log_head[0])
+        return held
 
     def use_link(self, link_keys: LinkKeyPair) -> None:
         """Read this (private) space's log as the holder of an invite link, before joining."""
@@ -343,7 +412,7 @@ class AsyncSpace:
                 self._reject(None, "relay", str(error))
                 raise error
             if known is None:
-                return  # the relay serves fewer events than we saw: withheld, not yet proven
+                return  # not reached yet (sync_log refuses a relay that stays below it)
         if secrets.log_head != (state.head_seq, state.head):
             secrets.log_head = (state.head_seq, state.head)
             self._head_changed = True
@@ -461,8 +530,8 @@ class AsyncSpace:
         self._subscribed = True
         self.core.delivery.behind = False
         self._set_peers(result.peers)
-        if refresh or self.core.state is None or self.core.state.head_seq < result.head_seq:
-            await self.sync_log()
+        if refresh or self.core.state is None or self.core.state.head_seq != result.head_seq:
+            await self.sync_log()  # a lower head too: sync_log holds the relay to the rule
         if refresh or self.keyring is None:
             await self._fetch_keys()
 

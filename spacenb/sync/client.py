@@ -260,6 +260,7 @@ def connect(
     keystore: str | os.PathLike[str] | None = None,
     timeout: float | None = None,
     allowed_stores: Iterable[str] = (),
+    log_lag_grace: float = 3.0,
 ) -> Client:
     """Sign up (first use of ``username``) or sign in, and return a :class:`Client`.
 
@@ -269,9 +270,12 @@ def connect(
 
     ``keystore`` is a directory for your keys (default under ``SPACENB_HOME`` or your
     home), or ``":memory:"``. Files are read only from the relay's shard stores and from
-    ``allowed_stores``. Raises UsageError (a ValueError: a URL that is not ws:// or
-    wss://), AuthenticationError (wrong app key, username taken by another key),
-    ConnectionLostError (relay unreachable), SpacenbTimeoutError.
+    ``allowed_stores``. ``log_lag_grace`` is how long (seconds) a relay may serve a
+    space's state log below the head this client holds before that is a ForkError (a
+    relay just taken over after a failover may lag a moment). Raises UsageError (a
+    ValueError: a URL that is not ws:// or wss://), AuthenticationError (wrong app key,
+    username taken by another key), ConnectionLostError (relay unreachable),
+    SpacenbTimeoutError.
     """
     runner = get_runner()
     inner = runner.run(
@@ -281,6 +285,7 @@ def connect(
             username=username,
             keystore=keystore,
             allowed_stores=allowed_stores,
+            log_lag_grace=log_lag_grace,
         ),
         timeout,
     )

@@ -28,8 +28,7 @@ from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys
 from spacenb.protocol.statelog import SpaceState, StateEvent
 from spacenb.server.app import RunningServer
-from tests.server.relays import relays
-from tests.server.test_multirelay import notifications_held
+from tests.server.relays import notifications_held, relays
 
 from .conftest import Connect, StartRelay
 from .evil import EvilRelay, forge_event, keeper_identity

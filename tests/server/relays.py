@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +31,17 @@ async def relays(
     finally:
         for srv in reversed(started):
             await srv.stop()
+
+
+@contextlib.contextmanager
+def notifications_held(cluster: Any) -> Iterator[list[str]]:
+    """A relay that learns of nothing for a while (its listener's notifications are kept
+    back, and its quiet-spell sweep does not run), as when its listener reconnects; yields
+    the notifications kept back, for the test to hear once the relay listens again."""
+    held: list[str] = []
+    hear, sweep = cluster._on_notification, cluster._sweep
+    cluster._on_notification, cluster._sweep = held.append, lambda: None
+    try:
+        yield held
+    finally:
+        cluster._on_notification, cluster._sweep = hear, sweep

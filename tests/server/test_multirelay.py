@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from spacenb.exceptions import PermissionDeniedError, QuotaExceededError, RateLi
 from spacenb.server import RunningServer, pgcommit
 from spacenb.server.limits import Limits
 from tests.aio.conftest import Inbox, wait_until
-from tests.server.relays import relays
+from tests.server.relays import notifications_held, relays
 
 DEADLINE = 60.0  # "it must eventually happen", never a speed bound
 
@@ -161,20 +161,6 @@ async def test_a_listener_that_lost_its_connection_catches_up_once(tmp_path, pos
         assert [e.handle for e in received.items] == first + during + after
         assert [e.message.body for e in received.items] == list(range(30))
         assert cluster.reconnects >= 1
-
-
-@contextlib.contextmanager
-def notifications_held(cluster: Any) -> Iterator[list[str]]:
-    """A relay that learns of nothing for a while (its listener's notifications are kept
-    back, and its quiet-spell sweep does not run), as when its listener reconnects; yields
-    the notifications kept back, for the test to hear once the relay listens again."""
-    held: list[str] = []
-    hear, sweep = cluster._on_notification, cluster._sweep
-    cluster._on_notification, cluster._sweep = held.append, lambda: None
-    try:
-        yield held
-    finally:
-        cluster._on_notification, cluster._sweep = hear, sweep
 
 
 async def test_a_message_read_in_history_before_its_push_still_reaches_the_handlers(

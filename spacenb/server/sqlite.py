@@ -1,7 +1,8 @@
 """The SQLite implementation of :class:`~spacenb.server.storage.Storage`.
 
 One file (``spacenb.sqlite3`` in the data directory), WAL journal, ``synchronous=NORMAL``
-(a commit survives a crash of the process; a power cut may lose the last few). The schema
+(a commit survives a crash of the process; a power cut may lose the last few messages),
+``FULL`` for the commits of the state log and the wrapped keys (a power cut keeps them). The schema
 is versioned: ``schema_version`` holds the version and :func:`migrate` applies the missing
 steps of :data:`MIGRATIONS`, each in one transaction. PROTOCOL.md ("Server operation")
 summarises the tables.
@@ -207,16 +208,29 @@ class SQLiteStorage(Storage):
         self._db.close()
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any exception."""
+    def _tx(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any exception.
+
+        ``durable`` commits it with ``synchronous=FULL`` (the WAL is fsynced at its
+        ``COMMIT``, with every commit before it), for what a power cut must not take back:
+        the state log, whose members never move their head back (a relay serving a head
+        below a member's is a ``ForkError``, PROTOCOL.md "The fork rule"), and the wrapped
+        keys. SQLite refuses to change the level inside a transaction, so it is set around
+        it; messages keep ``NORMAL``."""
         self.commit()
-        self._db.execute("BEGIN IMMEDIATE")
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _write(self, sql: str, *args: Any) -> int:
         """One write statement as its own transaction; the number of rows it changed."""
@@ -265,7 +279,7 @@ class SQLiteStorage(Storage):
     def create_space(
         self, space: SpaceRecord, genesis: StateEvent, keys: Sequence[WrappedKey]
     ) -> None:
-        with self._tx() as db:
+        with self._tx(durable=True) as db:
             if self._one("SELECT 1 FROM spaces WHERE space_id = ?", space.space_id):
                 raise ChannelExistsError("a space with this id already exists")
             if space.name is not None and self.resolve_channel(space.name) is not None:
@@ -346,7 +360,7 @@ class SQLiteStorage(Storage):
         delete_handle: int | None = None,
         now_us: int = 0,
     ) -> None:
-        with self._tx() as db:
+        with self._tx(durable=True) as db:
             try:
                 db.execute(
                     f"INSERT INTO state_events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -397,7 +411,7 @@ class SQLiteStorage(Storage):
         return row is not None
 
     def add_keys(self, keys: Sequence[WrappedKey], admitted: str | None = None) -> None:
-        with self._tx() as db:
+        with self._tx(durable=True) as db:
             db.executemany(
                 "INSERT INTO wrapped_keys VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [_key_row(k) for k in keys],

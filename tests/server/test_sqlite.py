@@ -90,3 +90,35 @@ def test_messages_are_counted_by_source_through_an_index():
         "EXPLAIN QUERY PLAN SELECT count(*) FROM messages WHERE source = 'x'"
     ).fetchall()
     assert "messages_by_source" in str(plan)
+
+
+def test_the_state_log_and_keys_are_committed_with_fsync_and_messages_are_not(tmp_path):
+    """A member never moves its head back (PROTOCOL.md, "The fork rule"), so a state
+    event the relay stored must survive a power cut: its transaction commits with
+    ``synchronous=FULL`` (the WAL fsynced at its COMMIT, with the message batch before it,
+    committed first), and the level goes back to NORMAL for messages."""
+    storage = SQLiteStorage(tmp_path / "db.sqlite3")
+    space = created(storage)
+    space.add_bob()
+    statements: list[str] = []
+    storage._db.set_trace_callback(statements.append)
+    storage.add_message(envelope(space.id), 10)
+    storage.append_event(space.state.events[1])
+    storage.add_message(envelope(space.id, signature=b"\2" * 64), 20)
+    storage.add_keys([space.key("bob")])
+    storage.commit()
+    storage._db.set_trace_callback(None)
+    sync = [i for i, s in enumerate(statements) if s.startswith("PRAGMA synchronous")]
+    assert [statements[i] for i in sync] == [
+        "PRAGMA synchronous=FULL",
+        "PRAGMA synchronous=NORMAL",
+        "PRAGMA synchronous=FULL",
+        "PRAGMA synchronous=NORMAL",
+    ]
+    full, normal = sync[:2]
+    assert statements[full - 1] == "COMMIT"  # the message batch before it, at NORMAL
+    assert statements[full + 1] == "BEGIN IMMEDIATE" and statements[normal - 1] == "COMMIT"
+    assert any(s.startswith("INSERT INTO state_events") for s in statements[full:normal])
+    assert not any(s.startswith("INSERT INTO messages") for s in statements[full:normal])
+    assert storage._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL again
+    storage.close()

@@ -58,15 +58,15 @@ from ..protocol import frames
 from ..protocol.relayrules import bytes_quota_refusal, quota_refusal, rate_limited
 from .pgcommit import READ_PAGE, Committed, Committer
 from .pglive import (
-    _CHARGE,
-    _COUNT_USAGE,
-    _EXPIRE,
-    _HEARTBEAT,
-    _REMOTE_PRESENCE,
-    _SCHEMA,
-    _TAKE_TOKENS,
+    CHARGE,
+    COUNT_USAGE,
+    EXPIRE,
+    HEARTBEAT,
+    REMOTE_PRESENCE,
+    SCHEMA,
+    TAKE_TOKENS,
 )
-from .pgschema import _MIGRATION_LOCK
+from .pgschema import MIGRATION_LOCK
 from .postgres import NOTIFY_CHANNEL, PostgresStorage, redacted_url
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ class Cluster:
         self._url = url
         self._db = self._connect()
         with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            self._db.execute(_SCHEMA)
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            self._db.execute(SCHEMA)
         self._cursors: dict[str, int] = {}  # watched space → newest handle pushed there
         self._remote: dict[str, dict[str, set[str]]] = {}  # space → user → relay ids
         self._dirty: set[str] = set()
@@ -462,7 +462,7 @@ class Cluster:
             log.warning("could not publish presence: %s", exc)
 
     def _reload_presence(self, space_id: str) -> None:
-        rows = self._execute(_REMOTE_PRESENCE, (space_id, self.origin, self.expiry))
+        rows = self._execute(REMOTE_PRESENCE, (space_id, self.origin, self.expiry))
         before = self._remote.get(space_id, {})
         now: dict[str, set[str]] = {}
         for user, relay_id in rows:
@@ -514,7 +514,7 @@ class Cluster:
         burst = max(limits.message_burst, 1)
         want = max(1, burst // 20)
         ((granted, tokens),) = self._execute(
-            _TAKE_TOKENS, {"user": username, "want": want, "burst": burst, "rate": rate}
+            TAKE_TOKENS, {"user": username, "want": want, "burst": burst, "rate": rate}
         )
         if granted < 1:
             wait = (1.0 - tokens) / rate if rate > 0 else math.inf
@@ -539,10 +539,10 @@ class Cluster:
             "most_messages": limits.max_messages_per_user,
             "most_bytes": limits.max_message_bytes_per_user,
         }  # fmt: skip
-        if self._execute(_CHARGE, params):
+        if self._execute(CHARGE, params):
             return
-        self._execute(_COUNT_USAGE, params)  # first charge (or the table was emptied)
-        if self._execute(_CHARGE, params):
+        self._execute(COUNT_USAGE, params)  # first charge (or the table was emptied)
+        if self._execute(CHARGE, params):
             return
         ((messages, stored),) = self._execute(
             "SELECT messages, bytes FROM spacenb_live.usage WHERE username = %s", (username,)
@@ -560,13 +560,13 @@ class Cluster:
     # ------------------------------------------------------------------ the keeper lock
 
     def _heartbeat_now(self) -> None:
-        ((inserted,),) = self._execute(_HEARTBEAT, (self.origin,))
+        ((inserted,),) = self._execute(HEARTBEAT, (self.origin,))
         if inserted:  # we were taken for dead: say who is here
             for space_id, users in self.relay.online_here().items():
                 for user in users:
                     self._publish_presence(space_id, user, "+")
         rows = self._execute(
-            _EXPIRE, {"expiry": self.expiry, "channel": NOTIFY_CHANNEL, "origin": self.origin}
+            EXPIRE, {"expiry": self.expiry, "channel": NOTIFY_CHANNEL, "origin": self.origin}
         )
         for relay_id, _ in rows:
             log.info("relay %s stopped heartbeating: its presence is removed", relay_id)

@@ -48,7 +48,7 @@ from ..exceptions import ChannelNotFoundError, NotFoundError, SpacenbError
 from ..protocol.envelope import Envelope
 from ..protocol.frames import StoredMessage
 from ..protocol.relayrules import next_handle, quota_refusal
-from .postgres import _MESSAGE_COLUMNS, NOTIFY_CHANNEL, _message
+from .postgres import MESSAGE_COLUMNS, NOTIFY_CHANNEL, stored_message
 from .storage import StoredBefore
 
 __all__ = ["READ_PAGE", "Committed", "Committer"]
@@ -106,7 +106,7 @@ _NOTIFY = "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
 _READ_BACK = f"""
 SELECT m.* FROM unnest(%s::text[], %s::bigint[]) AS c(space_id, after)
 CROSS JOIN LATERAL (
-    SELECT {_MESSAGE_COLUMNS} FROM messages
+    SELECT {MESSAGE_COLUMNS} FROM messages
     WHERE space_id = c.space_id AND handle > c.after ORDER BY handle LIMIT %s
 ) AS m
 ORDER BY m.space_id, m.handle
@@ -319,7 +319,7 @@ class Committer:
         rows = db.execute(_READ_BACK, (names, [reads[s] for s in names], READ_PAGE)).fetchall()
         found: dict[str, list[StoredMessage]] = {s: [] for s in names}
         for row in rows:
-            item = _message(row)
+            item = stored_message(row)
             found[item.envelope.target].append(item)
         return found
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__: list[str] = []
 
-_SCHEMA = """
+SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS spacenb_live;
 CREATE UNLOGGED TABLE IF NOT EXISTS spacenb_live.relays (
     relay_id TEXT COLLATE "C" PRIMARY KEY,
@@ -42,7 +42,7 @@ _REFILLED = (
     "LEAST(%(burst)s, b.tokens + %(rate)s * "
     "GREATEST(extract(epoch FROM clock_timestamp() - b.stamp), 0))"
 )
-_TAKE_TOKENS = f"""
+TAKE_TOKENS = f"""
 INSERT INTO spacenb_live.buckets AS b (username, tokens, stamp, granted)
 VALUES (%(user)s, %(burst)s - LEAST(%(want)s, %(burst)s), clock_timestamp(),
         LEAST(%(want)s, %(burst)s))
@@ -52,7 +52,7 @@ ON CONFLICT (username) DO UPDATE SET
     stamp = clock_timestamp()
 RETURNING granted, tokens
 """
-_CHARGE = """
+CHARGE = """
 UPDATE spacenb_live.usage SET messages = GREATEST(messages + %(count)s, 0),
                               bytes = GREATEST(bytes + %(size)s, 0)
 WHERE username = %(user)s
@@ -62,18 +62,18 @@ WHERE username = %(user)s
        OR bytes + %(size)s <= %(most_bytes)s::bigint)
 RETURNING messages
 """
-_COUNT_USAGE = """
+COUNT_USAGE = """
 INSERT INTO spacenb_live.usage (username, messages, bytes)
 SELECT %(user)s, count(*), coalesce(sum(length(ciphertext)), 0) FROM messages
 WHERE source = %(user)s
 ON CONFLICT DO NOTHING
 """
-_HEARTBEAT = """
+HEARTBEAT = """
 INSERT INTO spacenb_live.relays AS r VALUES (%s, clock_timestamp())
 ON CONFLICT (relay_id) DO UPDATE SET seen = clock_timestamp()
 RETURNING (xmax = 0) AS inserted
 """
-_EXPIRE = """
+EXPIRE = """
 WITH gone AS (
     DELETE FROM spacenb_live.relays
     WHERE seen < clock_timestamp() - make_interval(secs => %(expiry)s) RETURNING relay_id
@@ -82,7 +82,7 @@ WITH gone AS (
 )
 SELECT relay_id, pg_notify(%(channel)s, %(origin)s || ' g - ' || relay_id) FROM gone
 """
-_REMOTE_PRESENCE = """
+REMOTE_PRESENCE = """
 SELECT p.username, p.relay_id FROM spacenb_live.presence p
 JOIN spacenb_live.relays r USING (relay_id)
 WHERE p.space_id = %s AND p.relay_id <> %s

@@ -120,10 +120,10 @@ ORDER BY space_id, signature, handle;
 # MIGRATIONS maps a version found to the script that takes it to SCHEMA_VERSION.
 MIGRATIONS: dict[int, str] = {0: _SCHEMA_V2 + _SCHEMA_V3, 2: _SCHEMA_V3}
 # Added to version 2 after its first databases were made: created when missing.
-_INDEXES = "CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source)"
+INDEXES = "CREATE INDEX IF NOT EXISTS messages_by_source ON messages (source)"
 _TABLES = ("users", "spaces", "channels", "state_events", "wrapped_keys", "join_requests",
            "messages", "message_ids", "service_secrets")  # fmt: skip
-_MIGRATION_LOCK = 0x7370_6163_656E_6231  # pg_advisory_xact_lock key: "spacenb1"
+MIGRATION_LOCK = 0x7370_6163_656E_6231  # pg_advisory_xact_lock key: "spacenb1"
 
 
 def _exists(db: psycopg.Connection[Any], table: str) -> bool:
@@ -140,7 +140,7 @@ def migrate(db: psycopg.Connection[Any]) -> int:
     something else.
     """
     with db.transaction():
-        db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         if _exists(db, "schema_version"):
             row = db.execute("SELECT max(version) FROM schema_version").fetchone()
             found = 0 if row is None or row[0] is None else int(row[0])

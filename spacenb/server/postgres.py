@@ -58,7 +58,7 @@ from ..protocol.envelope import Envelope
 from ..protocol.frames import ChannelEntry, StoredMessage, UserEntry
 from ..protocol.statelog import StateEvent
 from ..protocol.wrap import WrappedKey
-from .pgschema import _INDEXES, MIGRATIONS, SCHEMA_VERSION, migrate
+from .pgschema import INDEXES, MIGRATIONS, SCHEMA_VERSION, migrate
 from .storage import PendingJoin, SpaceRecord, Storage, StoredBefore
 
 __all__ = [
@@ -80,7 +80,7 @@ LOCK_TIMEOUT = "10s"
 NOTIFY_CHANNEL = "spacenb"
 
 _EVENT_COLUMNS = "space_id, seq, prev, kind, actor, at_us, body, signature"
-_MESSAGE_COLUMNS = (
+MESSAGE_COLUMNS = (
     "handle, source, space_id, subject, epoch, content_type, head_seq, head, iv, ciphertext, "
     "signature"
 )
@@ -139,7 +139,7 @@ def _storable(text: str) -> bool:
     return "\x00" not in text
 
 
-def _message(row: Sequence[Any]) -> StoredMessage:
+def stored_message(row: Sequence[Any]) -> StoredMessage:
     handle, source, space_id, subject, epoch, content_type, *rest = row
     envelope = Envelope(
         "msg", source, space_id, subject.decode(), epoch, content_type.decode(), *rest
@@ -185,7 +185,7 @@ class PostgresStorage(Storage):
         self._db = self._connect()
         try:
             migrate(self._db)
-            self._db.execute(_INDEXES)
+            self._db.execute(INDEXES)
         except BaseException:
             self._db.close()
             raise
@@ -583,11 +583,11 @@ class PostgresStorage(Storage):
     def messages_after(self, space_id: str, after: int, limit: int) -> list[StoredMessage]:
         """Up to ``limit`` stored messages with handles above ``after``, oldest first."""
         rows = self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE space_id = %s AND handle > %s "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE space_id = %s AND handle > %s "
             "ORDER BY handle LIMIT %s",
             space_id, after, limit,
         )  # fmt: skip
-        return [_message(row) for row in rows]
+        return [stored_message(row) for row in rows]
 
     def message_usage(self, username: str) -> tuple[int, int]:
         row = self._one(
@@ -641,10 +641,10 @@ class PostgresStorage(Storage):
         self, space_id: str, before: int | None, limit: int
     ) -> tuple[list[StoredMessage], int | None]:
         rows = self._all(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE space_id = %s AND handle < %s "
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE space_id = %s AND handle < %s "
             "ORDER BY handle DESC LIMIT %s",
             space_id, before if before is not None else 2**63 - 1, limit + 1,
         )  # fmt: skip
         more = len(rows) > limit
-        page = [_message(row) for row in reversed(rows[:limit])]
+        page = [stored_message(row) for row in reversed(rows[:limit])]
         return page, (page[0].handle if more else None)

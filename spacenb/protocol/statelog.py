@@ -33,7 +33,14 @@ from ..exceptions import (
 from . import crypto
 from .codec import Size, memoized
 from .encoding import b64d, b64e, canonical_json, lp_encode
-from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
+from .keys import (
+    IdentityKeys,
+    LinkKeyPair,
+    SpaceKeyPair,
+    check_public_key,
+    decode_public_key,
+    decode_space_id,
+)
 
 __all__ = [
     "GENESIS_PREV",
@@ -607,7 +614,11 @@ class SpaceState:
         return body, signer
 
     def _verify_signature(self, event: StateEvent, signer: str) -> None:
-        key = self._verify_keys.get(signer) or decode_public_key(signer, "sig")
+        key = self._verify_keys.get(signer)
+        if key is None:  # first use of the key (an add's own signature, say): decoded now
+            key = self._verify_keys[signer] = decode_public_key(
+                signer, "sig", field=f"the signing key of {event.actor!r}"
+            )
         crypto.verify(key, event.signature, event.signed_bytes())
 
     def apply_unchecked(self, event: StateEvent) -> Unchecked:
@@ -640,10 +651,14 @@ class SpaceState:
             self._deferred.append(check)
 
     def _check_key(self, text: str | None, kind: str, where: str) -> None:
-        """Decode a key an event names (a ``sig`` key is kept to verify with)."""
-        if not self._checking_keys:
+        """Check a key an event names. A member's ``sig`` and ``dh`` keys only by their
+        form (kind, base64url, length, version, suite, point prefix): their points are
+        decoded where first used (a signature verified, a key wrapped to the member), by
+        every reader alike (PROTOCOL.md, "Keys"); others (a link key) are decoded."""
+        if kind in ("sig", "dh"):
+            check_public_key(text, kind, field=where)
             return
-        if kind == "sig" and isinstance(text, str) and text in self._verify_keys:
+        if not self._checking_keys:
             return
         self._crypto(lambda: self._decode_key(text, kind, where))
 

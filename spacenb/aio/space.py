@@ -886,11 +886,21 @@ class AsyncSpace:
         """Wait until this member holds a group key; :class:`SpacenbTimeoutError` if not."""
         if self.keyring is not None:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._key_waiters.append(waiter)
+        deadline = loop.time() + timeout
+        # Ask for keys already stored and take whichever comes first, their answer or a
+        # key-holder's push: a newcomer's key is often pushed first (bench.scale
+        # --breakdown), and need not wait for an answer that brings it again.
+        fetch = asyncio.ensure_future(self._fetch_keys())
         try:
-            await self._fetch_keys()
-            await asyncio.wait_for(waiter, timeout)
+            first = asyncio.FIRST_COMPLETED
+            await asyncio.wait({fetch, waiter}, timeout=timeout, return_when=first)
+            if not waiter.done():
+                if fetch.done():
+                    fetch.result()  # its error, if it failed
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise SpacenbTimeoutError(
                 f"not admitted to {self.id} within {timeout} s: no key-holder (keeper or "
@@ -898,6 +908,10 @@ class AsyncSpace:
             ) from None
         finally:
             self._key_waiters.remove(waiter)
+            if not fetch.done():
+                fetch.cancel()  # the keys are in hand (its late answer is dropped)
+            elif not fetch.cancelled():
+                fetch.exception()  # read, or asyncio logs it as never retrieved
 
     async def admit(self, member_id: str, identity_ecdh_pub: str) -> None:
         """Hand the group keys the log entitles ``member_id`` to (every epoch in a static

@@ -170,9 +170,15 @@ async def create_channel(
 async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
     """Serve a relay of ``kind`` until the parent says stop. Reports its URL (and key).
 
-    ``("stop_shard_stores", n)`` stops the first ``n`` shard stores of a spacenb relay.
+    ``("stop_shard_stores", n)`` stops the first ``n`` shard stores of a spacenb relay;
+    with ``bench_trace`` in ``options``, ``("relay_log", None)`` answers what
+    :func:`bench.joinstages.trace_relay` recorded.
     """
     raise_nofile()
+    if options.pop("bench_trace", False):
+        from .joinstages import trace_relay
+
+        trace_relay()
     if kind == "bare":
         server = await start_bare_relay()
         link.send("ready", {"url": url_of(server)})
@@ -196,6 +202,11 @@ async def relay_worker(link: Link, kind: Kind, options: dict[str, Any]) -> None:
                         "service_key": running.service_key})  # fmt: skip
     while True:
         command, count = await link.recv()
+        if command == "relay_log":  # what bench.joinstages.trace_relay recorded
+            from .joinstages import relay_log
+
+            link.send("relay_log", relay_log())
+            continue
         if command != "stop_shard_stores":
             break
         for store in running.shard_stores[:count]:

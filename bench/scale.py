@@ -11,7 +11,12 @@ each opening its clients ``--join-concurrency`` at a time (spacenb: sign up, the
 - one message reaching all: ``--rounds`` single messages, each timed from the sender's
   stamp to its last delivery anywhere (median of the rounds);
 - CPU per joining client (relay and clients, over the whole ramp) and the relay's CPU
-  per newcomer joining the full channel (while the ``--newcomers`` join one by one).
+  per newcomer joining the full channel (while the ``--newcomers`` join one by one), and
+  the member processes' CPU per newcomer (each verifies every newcomer's ``add``);
+- with ``--breakdown``, the median of each stage of the newcomers' joins, the keeper's
+  part included (:mod:`bench.joinstages`); with ``--members-idle``, another
+  ``--newcomers`` join, each once the members and the relay are idle: a separate figure
+  (the main one has the members' CPU for the previous joins on the same cores).
 
 ``python -m bench.scale [--smoke] [--json]``
 """
@@ -34,6 +39,13 @@ from .common import (
     percentile,
     rss,
 )
+from .joinstages import (
+    RELAY_STAGES,
+    STAGES,
+    keeper_stages,
+    median_stages,
+    newcomers_worker,
+)
 from .peers import KINDS, Kind, Topology, receivers_worker
 
 MS = 1000.0
@@ -50,11 +62,13 @@ def opening_times(kind: str, readies: list[dict[str, list[float]]]) -> list[floa
 def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
     """Joins, memory and time to last delivery on a fresh relay of ``kind``."""
     layout = [len(run) for run in partition(range(args.clients), args.processes)]
+    trace = {"bench_trace": True} if args.breakdown and kind == "spacenb" else {}
     with Topology(
         kind,
         layout,
         join_concurrency=args.join_concurrency,
         setup_timeout=900,
+        **trace,
     ) as topo:
         time.sleep(1.0)  # let the relay settle after the last join
         setup_cpu = {name: cpu_seconds(pid) for name, pid in topo.pids.items()}
@@ -70,14 +84,38 @@ def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
             lasts.append(max(max(g["worst"].values()) for g in got))
             time.sleep(0.2)
         names = [f"late{i}" for i in range(args.newcomers)]
+        members = [r.pid for r in topo.receivers]
         relay_before = cpu_seconds(topo.relay.pid)
-        with Worker(receivers_worker, topo.target, names, 1, name=f"{kind}-newcomers") as late:
+        members_before = sum(cpu_seconds(pid) for pid in members)
+        fn, extra = (newcomers_worker, ()) if args.breakdown else (receivers_worker, (1,))
+        with Worker(fn, topo.target, names, *extra, name=f"{kind}-newcomers") as late:
             newcomers = late.expect("ready", 300)
         relay_newcomers = cpu_seconds(topo.relay.pid) - relay_before
+        members_newcomers = sum(cpu_seconds(pid) for pid in members) - members_before
+        idle: dict[str, Any] | None = None
+        if args.members_idle:
+            names = [f"idle{i}" for i in range(args.newcomers)]
+            pids = [*members, topo.relay.pid, topo.sender.pid]
+            with Worker(newcomers_worker, topo.target, names, pids, name=f"{kind}-idle") as late:
+                idle = late.expect("ready", 600)
+        record = None
+        if trace:
+            topo.relay.send("relay_log")
+            record = topo.relay.expect("relay_log", 60)
     ramp = opening_times(kind, topo.receivers_ready)
     full = opening_times(kind, [newcomers])
     connects = [t for ready in topo.receivers_ready for t in ready["connect_s"]]
+    extra_figures: dict[str, Any] = {}
+    if idle is not None:
+        quiet = opening_times(kind, [idle])
+        extra_figures["idle_p50"] = percentile(quiet, 50) * MS
+        extra_figures["idle_p99"] = percentile(quiet, 99) * MS
+        extra_figures["idle_stages"] = breakdown(idle["stages"], names, record)
+    if args.breakdown:
+        late_names = [f"late{i}" for i in range(args.newcomers)]
+        extra_figures["stages"] = breakdown(newcomers["stages"], late_names, record)
     return {
+        **extra_figures,
         "ramp_p50": percentile(ramp, 50) * MS,
         "ramp_p99": percentile(ramp, 99) * MS,
         "join_p50": percentile(full, 50) * MS,
@@ -89,7 +127,27 @@ def measure(kind: Kind, args: argparse.Namespace) -> dict[str, Any]:
         "relay_cpu_per_join": setup_cpu["relay"] / args.clients * MS,
         "client_cpu_per_join": clients_cpu / args.clients * MS,
         "relay_cpu_per_newcomer": relay_newcomers / max(args.newcomers, 1) * MS,
+        "members_cpu_per_newcomer": members_newcomers / max(args.newcomers, 1) * MS,
     }
+
+
+def breakdown(
+    rows: list[dict[str, Any]], names: list[str], record: dict[str, Any] | None
+) -> dict[str, float]:
+    """The median of each stage of the newcomers' joins (ms), the relay's part included
+    when it was traced."""
+    rows = [dict(r) for r in rows]
+    if record is not None:
+        for row, name in zip(rows, names, strict=True):
+            row.update(keeper_stages(row, name, record))
+    keys = [k for k, _ in STAGES] + [k for k, _ in RELAY_STAGES]
+    return median_stages(rows, keys)
+
+
+def stage_notes(title: str, stages: dict[str, float]) -> list[str]:
+    """The breakdown as report notes, one stage a line."""
+    labels = dict(STAGES) | dict(RELAY_STAGES)
+    return [title] + [f"  {labels[k]}: {v:.1f} ms" for k, v in stages.items()]
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -150,6 +208,33 @@ def run(args: argparse.Namespace) -> Report:
             better="lower",
         )
     )
+    report.add(
+        Metric(
+            "member processes' CPU per newcomer joining the full channel",
+            "ms",
+            spacenb["members_cpu_per_newcomer"],
+            None,  # the bare relay's clients verify nothing
+            better="lower",
+        )
+    )
+    if args.members_idle:
+        for name in ("p50", "p99"):
+            report.add(
+                Metric(
+                    f"join latency, {args.newcomers} newcomers into the full channel, each "
+                    f"once the members are idle (not the bench's main figure), {name}",
+                    "ms",
+                    spacenb[f"idle_{name}"],
+                    bare[f"idle_{name}"],
+                    better="lower",
+                )
+            )
+    for key, title in (
+        ("stages", "newcomers' join, median of each stage (the members busy with joins):"),
+        ("idle_stages", "newcomers' join once the members are idle, median of each stage:"),
+    ):
+        if key in spacenb:
+            report.notes += stage_notes(title, spacenb[key])
     report.notes += [
         "join baseline: the bare relay's websocket handshake (it has no join); CPU per "
         "joining client: all CPU the relay and the client processes used from start until "
@@ -172,6 +257,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--newcomers", type=int, default=20, help="clients joining the full channel, one by one"
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds per kind (median)")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="trace the newcomers' joins and the keeper, report each stage's median",
+    )
+    parser.add_argument(
+        "--members-idle",
+        action="store_true",
+        help="then another --newcomers, each joining once the members and relay are idle",
+    )
 
 
 if __name__ == "__main__":

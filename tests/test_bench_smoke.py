@@ -21,9 +21,9 @@ from bench.run_all import BENCHMARKS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_smoke(name: str) -> dict[str, Any]:
+def run_smoke(name: str, *extra: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}", "--smoke", "--json"],
+        [sys.executable, "-m", f"bench.{name}", "--smoke", "--json", *extra],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -64,3 +64,14 @@ def test_run_all_table_rows() -> None:
     rows = markdown_rows(report)
     assert len(rows) == len(report["metrics"])
     assert all(row.startswith("| rotation | ") and row.endswith(" |") for row in rows)
+
+
+def test_scale_breakdown_reports_each_stage_of_a_join() -> None:
+    """``bench.scale --breakdown --members-idle``: the stages of the newcomers' joins (the
+    keeper's part from the relay's process) and the separate members-idle figure."""
+    report = run_smoke("scale", "--breakdown", "--members-idle")
+    names = [m["name"] for m in report["metrics"]]
+    assert any("once the members are idle" in n for n in names), names
+    notes = "\n".join(report["notes"])
+    for stage in ("state log verification (", "join request round trip", "keeper admit ("):
+        assert notes.count(stage) == 2, notes  # members busy, then members idle

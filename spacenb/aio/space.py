@@ -9,6 +9,7 @@ decisions to handlers.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
 import json
 import logging
@@ -954,11 +955,21 @@ class AsyncSpace:
         """Wait until this member holds a group key; :class:`SpacenbTimeoutError` if not."""
         if self.keyring is not None:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._key_waiters.append(waiter)
+        deadline = loop.time() + timeout
+        # Ask for keys already stored and take whichever comes first, their answer or a
+        # key-holder's push: a newcomer's key is often pushed first (bench.scale
+        # --breakdown), and need not wait for an answer that brings it again.
+        fetch = asyncio.ensure_future(self._fetch_keys())
         try:
-            await self._fetch_keys()
-            await asyncio.wait_for(waiter, timeout)
+            first = asyncio.FIRST_COMPLETED
+            await asyncio.wait({fetch, waiter}, timeout=timeout, return_when=first)
+            if not waiter.done():
+                if fetch.done():
+                    fetch.result()  # its error, if it failed
+                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise SpacenbTimeoutError(
                 f"not admitted to {self.id} within {timeout} s: no key-holder (keeper or "
@@ -966,6 +977,10 @@ class AsyncSpace:
             ) from None
         finally:
             self._key_waiters.remove(waiter)
+            if not fetch.done():
+                fetch.cancel()  # the keys are in hand (its late answer is dropped)
+            elif not fetch.cancelled():
+                fetch.exception()  # read, or asyncio logs it as never retrieved
 
     async def admit(self, member_id: str, identity_ecdh_pub: str) -> None:
         """Hand the group keys the log entitles ``member_id`` to (every epoch in a static
@@ -1114,6 +1129,25 @@ class AsyncSpace:
         self._peers = tuple(sorted(p for p in peers if members is None or p in members))
         self.events.emit("presence", PresenceEvent(self.id, self._peers))
 
+    def _change_peers(self, joined: Iterable[str], left: Iterable[str]) -> None:
+        """Apply a presence delta: O(log n) per name, not a sort of everyone (every member
+        gets one per join, so a channel of n would cost n² a join)."""
+        state = self.core.state
+        members = state.members if state is not None else None
+        peers = list(self._peers)
+        for name in joined:
+            if members is not None and name not in members:
+                continue
+            i = bisect.bisect_left(peers, name)
+            if i == len(peers) or peers[i] != name:
+                peers.insert(i, name)
+        for name in left:  # (a name in both has left, as before)
+            i = bisect.bisect_left(peers, name)
+            if i < len(peers) and peers[i] == name:
+                del peers[i]
+        self._peers = tuple(peers)
+        self.events.emit("presence", PresenceEvent(self.id, self._peers))
+
     async def _deliver(self, handle: int, envelope: Envelope, *, now: bool = True) -> None:
         """Verify, open and hand a stored message to the handlers, once, in handle order
         (``now`` False for one missed while disconnected).
@@ -1144,7 +1178,7 @@ class AsyncSpace:
         elif isinstance(event, frames.EphemeralPushed):
             await self._handle_ephemeral(event.envelope)
         elif isinstance(event, frames.Presence):
-            self._set_peers(set(self._peers).union(event.joined).difference(event.left))
+            self._change_peers(event.joined, event.left)
         elif isinstance(event, frames.KeysPushed):
             await self.ingest_keys(event.keys)
         elif isinstance(event, frames.StatePushed):

@@ -22,6 +22,7 @@ __all__ = [
     "LinkKeyPair",
     "PublicIdentity",
     "SpaceKeyPair",
+    "check_public_key",
     "decode_public_key",
     "decode_space_id",
     "encode_public_key",
@@ -49,6 +50,28 @@ def decode_public_key(text: object, kind: str, *, field: str = "key") -> crypto.
     Raises :class:`InvalidKeyError` for a wrong kind, version or suite, or a point that is
     not on the curve.
     """
+    raw = _key_bytes(text, kind, field)
+    try:
+        return crypto.public_key_from_point(raw[2:])
+    except InvalidKeyError as exc:
+        raise InvalidKeyError(exc.detail, field=field) from None
+
+
+def check_public_key(text: object, kind: str, *, field: str = "key") -> str:
+    """Check the text form of a public key of ``kind`` without decoding its point: its
+    kind, base64url, length, version, suite and the compressed point's prefix (what a
+    state event's keys must pass where it is checked; whether the point is on the curve
+    is checked where the key is first used, PROTOCOL.md "Keys"). Returns the text;
+    raises :class:`InvalidKeyError` as :func:`decode_public_key` does."""
+    raw = _key_bytes(text, kind, field)
+    if raw[2] not in (2, 3):
+        raise InvalidKeyError("expected a 33-byte SEC1 compressed P-256 point", field=field)
+    assert isinstance(text, str)
+    return text
+
+
+def _key_bytes(text: object, kind: str, field: str) -> bytes:
+    """The binary form of a key text, its kind, length, version and suite checked."""
     if not isinstance(text, str) or "." not in text:
         raise InvalidKeyError(f"expected '{kind}.<base64url>'", field=field)
     prefix, _, body = text.partition(".")
@@ -64,10 +87,7 @@ def decode_public_key(text: object, kind: str, *, field: str = "key") -> crypto.
         raise InvalidKeyError(f"unsupported key version {raw[0]}", field=field)
     if raw[1] != SUITE_P256:
         raise InvalidKeyError(f"unsupported key suite {raw[1]}", field=field)
-    try:
-        return crypto.public_key_from_point(raw[2:])
-    except InvalidKeyError as exc:
-        raise InvalidKeyError(exc.detail, field=field) from None
+    return raw
 
 
 def decode_space_id(space_id: object, *, field: str = "space_id") -> crypto.PublicKey:

@@ -444,7 +444,7 @@ class MemberCore:
         if message is None:
             try:
                 signer = state.verify_key_at(source, envelope.head_seq)
-            except InvalidKeyError as exc:  # only a checkpoint's signer could attest one
+            except InvalidKeyError as exc:  # decoded at first use (PROTOCOL.md, "Keys")
                 return Rejected(f"the log records a bad key for the sender: {exc}", source, handle)
             if signer is None:
                 return Rejected("sender was not a member at the state it signed", source, handle)
@@ -578,7 +578,7 @@ class MemberCore:
         if member in self.distrusted:
             raise IntegrityError(self.distrusted[member])
         keyring = self.keyring
-        recipient = decode_public_key(target.ecdh_key, "dh")
+        recipient = _ecdh_key_of(member, target.ecdh_key)
         out = []
         for epoch in epochs:
             if keyring is None or not keyring.has(epoch):
@@ -615,12 +615,26 @@ class MemberCore:
                 space_id=self.space_id,
                 epoch=epoch,
                 recipient=name,
-                recipient_ecdh=decode_public_key(state.members[name].ecdh_key, "dh"),
+                recipient_ecdh=_ecdh_key_of(name, state.members[name].ecdh_key),
                 wrapper=self.username,
                 wrapper_identity=self.identity,
             )
             for name in recipients
         ]
+
+
+def _ecdh_key_of(member: str, text: str) -> crypto.PublicKey:
+    """A member's key-agreement key as the log records it, decoded at its first use (the
+    log checks only its form: PROTOCOL.md, "Keys"); :class:`InvalidKeyError` if its
+    point is not on the curve."""
+    try:
+        return decode_public_key(text, "dh", field="ecdh_key")
+    except InvalidKeyError as exc:
+        raise InvalidKeyError(
+            f"the key-agreement key the log records for {member!r} does not decode "
+            f"({exc.detail}): no key can be wrapped to it",
+            field="ecdh_key",
+        ) from None
 
 
 def _unsigned(event: StateEvent, exc: SpacenbError) -> IntegrityError:

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import orjson as _orjson
+
 from ..exceptions import (
     IntegrityError,
     InviteError,
@@ -33,7 +35,14 @@ from ..exceptions import (
 from . import crypto
 from .codec import Size, memoized
 from .encoding import b64d, b64e, canonical_json, lp_encode
-from .keys import IdentityKeys, LinkKeyPair, SpaceKeyPair, decode_public_key, decode_space_id
+from .keys import (
+    IdentityKeys,
+    LinkKeyPair,
+    SpaceKeyPair,
+    check_public_key,
+    decode_public_key,
+    decode_space_id,
+)
 
 __all__ = [
     "GENESIS_PREV",
@@ -195,12 +204,29 @@ class StateEvent:
         """
         if self.kind not in _SCHEMAS:
             raise ProtocolError(f"unknown state event kind {self.kind!r}"[:200], field="event.kind")
+        data = self.body
+        if data.isascii() and b"\\" not in data:
+            # Fast path (a newcomer parses every event of the log): ASCII without escapes,
+            # whose schema allows only text, integers, booleans, null and lists of text,
+            # which orjson writes as the canonical form does; anything else, or a body that
+            # orjson writes otherwise, takes the path below.
+            try:
+                obj = _orjson.loads(data)
+            except _orjson.JSONDecodeError:
+                pass
+            else:
+                body = _check_body(self.kind, obj)
+                if _orjson.dumps(body, option=_orjson.OPT_SORT_KEYS) == data:
+                    return body
+                if canonical_json(body) != data:
+                    raise ProtocolError("not in canonical form", field="event.body")
+                return body
         try:
-            obj = json.loads(self.body.decode("utf-8"))
+            obj = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ProtocolError("not JSON", field="event.body") from None
         body = _check_body(self.kind, obj)
-        if canonical_json(body) != self.body:
+        if canonical_json(body) != data:
             raise ProtocolError("not in canonical form", field="event.body")
         return body
 
@@ -607,7 +633,11 @@ class SpaceState:
         return body, signer
 
     def _verify_signature(self, event: StateEvent, signer: str) -> None:
-        key = self._verify_keys.get(signer) or decode_public_key(signer, "sig")
+        key = self._verify_keys.get(signer)
+        if key is None:  # first use of the key (an add's own signature, say): decoded now
+            key = self._verify_keys[signer] = decode_public_key(
+                signer, "sig", field=f"the signing key of {event.actor!r}"
+            )
         crypto.verify(key, event.signature, event.signed_bytes())
 
     def apply_unchecked(self, event: StateEvent) -> Unchecked:
@@ -640,10 +670,14 @@ class SpaceState:
             self._deferred.append(check)
 
     def _check_key(self, text: str | None, kind: str, where: str) -> None:
-        """Decode a key an event names (a ``sig`` key is kept to verify with)."""
-        if not self._checking_keys:
+        """Check a key an event names. A member's ``sig`` and ``dh`` keys only by their
+        form (kind, base64url, length, version, suite, point prefix): their points are
+        decoded where first used (a signature verified, a key wrapped to the member), by
+        every reader alike (PROTOCOL.md, "Keys"); others (a link key) are decoded."""
+        if kind in ("sig", "dh"):
+            check_public_key(text, kind, field=where)
             return
-        if kind == "sig" and isinstance(text, str) and text in self._verify_keys:
+        if not self._checking_keys:
             return
         self._crypto(lambda: self._decode_key(text, kind, where))
 

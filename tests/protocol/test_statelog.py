@@ -11,7 +11,10 @@ import dataclasses
 import json
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spacenb.exceptions import (
     IntegrityError,
@@ -30,6 +33,7 @@ from spacenb.protocol.statelog import (
     Invitation,
     SpaceState,
     StateEvent,
+    _check_body,
     check_username,
     key_commitment,
     link_id_of_key,
@@ -1617,3 +1621,49 @@ def test_a_ban_holds_in_a_replayed_log() -> None:
     assert state.banned == {"carol"}
     with pytest.raises(PermissionDeniedError):
         state.check(chain.add_event("carol", token=token))
+
+
+def _reference_fields(kind: str, data: bytes) -> dict[str, Any] | None:
+    """What a body means by the spec's steps alone (stdlib JSON): its fields, or None."""
+    try:
+        body = _check_body(kind, json.loads(data.decode("utf-8")))
+    except (ValueError, ProtocolError):
+        return None
+    return body if canonical_json(body) == data else None
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=8) | st.sampled_from(
+    ["carol", "caf\u00e9", "a\x7fb", "a\x1fb", 'q"q', "b\\s", "\u2028"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    member=_TEXT,
+    role=_TEXT | st.integers(0, 2**60) | st.none() | st.booleans(),
+    writer=st.sampled_from(["canonical", "orjson", "ascii", "spaced", "unsorted"]),
+)
+def test_the_fast_body_check_agrees_with_the_spec(member: str, role: Any, writer: str) -> None:
+    """StateEvent.fields (orjson for ASCII bodies without escapes) accepts exactly the
+    bodies the stdlib's canonical form accepts, with the same fields."""
+    obj = {"member": member, "role": role}
+    data = {
+        "canonical": lambda: canonical_json(obj),
+        "orjson": lambda: orjson.dumps(obj, option=orjson.OPT_SORT_KEYS),
+        "ascii": lambda: json.dumps(obj, sort_keys=True, separators=(",", ":")).encode(),
+        "spaced": lambda: json.dumps(obj, sort_keys=True, ensure_ascii=False).encode(),
+        "unsorted": lambda: json.dumps(
+            {"role": role, "member": member}, separators=(",", ":"), ensure_ascii=False
+        ).encode(),
+    }[writer]
+    try:
+        body = data()
+    except (TypeError, UnicodeEncodeError):
+        return  # no such text (a lone surrogate, an integer orjson cannot write)
+    expected = _reference_fields("role", body)
+    event = StateEvent("spc.x", 1, bytes(32), "role", "alice", 0, body)
+    if expected is None:
+        with pytest.raises(ProtocolError):
+            event.fields()
+    else:
+        assert event.fields() == expected

@@ -21,6 +21,7 @@ import pytest
 from spacenb.clock import FixedClock
 from spacenb.exceptions import (
     IntegrityError,
+    InvalidKeyError,
     InviteError,
     PermissionDeniedError,
     ProtocolError,
@@ -51,6 +52,7 @@ from spacenb.protocol.keyring import Keyring
 from spacenb.protocol.keys import (
     IdentityKeys,
     SpaceKeyPair,
+    check_public_key,
     decode_public_key,
     decode_space_id,
     encode_public_key,
@@ -157,6 +159,25 @@ def test_generator_replaces_a_signature_that_no_longer_verifies() -> None:
 
 
 # --------------------------------------------------------------------------- keys
+
+
+KEY_FORM = load("identities.json")["key_form"]
+
+
+@pytest.mark.parametrize("case", KEY_FORM["off_curve"], ids=lambda c: c["why"])
+def test_key_form_vector_off_the_curve(case: dict[str, Any]) -> None:
+    """Of a valid form (what checking a state event's keys looks at), refused decoded
+    (where the key is first used)."""
+    assert check_public_key(case["text"], KEY_FORM["kind"]) == case["text"]
+    with pytest.raises(InvalidKeyError):
+        decode_public_key(case["text"], KEY_FORM["kind"])
+
+
+@pytest.mark.parametrize("case", KEY_FORM["refused"], ids=lambda c: c["why"])
+def test_key_form_vector_refused(case: dict[str, Any]) -> None:
+    for check in (check_public_key, decode_public_key):
+        with pytest.raises(InvalidKeyError):
+            check(case["text"], KEY_FORM["kind"])
 
 
 @pytest.mark.parametrize("vector", vectors("identities.json"), ids=lambda v: v["name"])

@@ -155,8 +155,44 @@ def identity_vectors() -> dict[str, Any]:
         )
     return {
         "description": "Identity keys derived from seeds: scalars, public key texts, "
-        "fingerprint (sig key text, dh key text), private blob and its text form.",
+        "fingerprint (sig key text, dh key text), private blob and its text form. "
+        "key_form: the keys a state event names are checked by form when it is checked "
+        "(off_curve: texts of a valid form whose point is not on the curve, taken there "
+        "and refused where the key is first used; refused: texts any check refuses).",
         "vectors": vectors,
+        "key_form": _key_form_json(identities()["bob"].ecdh_key),
+    }
+
+
+_P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+
+
+def _key_form_json(ecdh_key: str) -> dict[str, Any]:
+    """Key texts of a valid form off the curve, and texts of an invalid form."""
+    x = 0  # the smallest x for which x^3 - 3x + b is not a square mod p: no y exists
+    while pow((x**3 - 3 * x + _P256_B) % _P256_P, (_P256_P - 1) // 2, _P256_P) == 1:
+        x += 1
+    raw = b64d(ecdh_key.partition(".")[2])
+
+    def text(binary: bytes) -> str:
+        return "dh." + b64e(binary)
+
+    return {
+        "kind": "dh",
+        "off_curve": [
+            {"text": text(raw[:2] + b"\x02" + x.to_bytes(32, "big")), "why": "x with no y"},
+            {"text": text(raw[:2] + b"\x03" + _P256_P.to_bytes(32, "big")), "why": "x = p"},
+        ],
+        "refused": [
+            {"text": "sig." + ecdh_key.partition(".")[2], "why": "wrong kind"},
+            {"text": text(raw[:2] + b"\x04" + raw[3:]), "why": "not a compressed point's prefix"},
+            {"text": text(b"\x02" + raw[1:]), "why": "version 2"},
+            {"text": text(raw[:1] + b"\x02" + raw[2:]), "why": "suite 2"},
+            {"text": text(raw[:-1]), "why": "34 bytes"},
+            {"text": text(raw + b"\x00"), "why": "36 bytes"},
+            {"text": ecdh_key + "=", "why": "not unpadded base64url"},
+        ],
     }
 
 

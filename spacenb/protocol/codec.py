@@ -283,14 +283,48 @@ def from_obj(
     cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
 ) -> Any:
     plan = _plan(cls)
-    if not plan.names.issuperset(obj):
-        unknown = set(obj) - plan.names - set(skip)
-        if unknown:
-            raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    allowed = plan.names if not skip else _allowed(cls, plan, skip)
+    if not allowed.issuperset(obj):
+        unknown = set(obj) - allowed
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
     read = _READERS.get(cls)
     if read is None:
         read = _READERS[cls] = _compile_reader(cls, plan)
     return read(obj, prefix)
+
+
+_ALLOWED: dict[tuple[type, tuple[str, ...]], frozenset[str]] = {}
+
+
+def _allowed(cls: type, plan: _Plan, skip: tuple[str, ...]) -> frozenset[str]:
+    """A record's field names and the frame keys around it (``t``, ``op``)."""
+    allowed = _ALLOWED.get((cls, skip))
+    if allowed is None:
+        allowed = _ALLOWED[(cls, skip)] = plan.names | frozenset(skip)
+    return allowed
+
+
+def reference_from_obj(
+    cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
+) -> Any:
+    """:func:`from_obj` as the plan states it, field by field through each converter,
+    without the compiled reader: the definition the compiled readers are tested against
+    (``tests/protocol/test_codec_fast.py``). Not used on any path."""
+    plan = _plan(cls)
+    unknown = set(obj) - plan.names - set(skip)
+    if unknown:
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    kw: dict[str, Any] = {}
+    for name, decode, optional in plan.decoders:
+        if name not in obj:
+            if optional:
+                continue
+            raise ProtocolError("missing", field=prefix + name)
+        kw[name] = decode(obj[name], prefix + name)
+    try:
+        return cls(**kw)
+    except SpacenbError as exc:
+        raise ProtocolError(str(exc), field=prefix.rstrip(".") or None) from None
 
 
 _READERS: dict[type, Callable[[dict[str, Any], str], Any]] = {}
@@ -304,11 +338,64 @@ _INLINE: dict[Decoder, str] = {
 }
 
 
+def _text_length(size: int) -> int:
+    """The length of the unpadded base64url text of ``size`` bytes."""
+    return (4 * size + 2) // 3
+
+
+def _inline(tp: Any, env: dict[str, Any], i: int) -> str | None:
+    """An expression of ``v``: its converted value when ``v`` is plainly good (the
+    commonest case, tested inline), else ``FALLBACK``, the field's converter itself, which
+    accepts it or raises its error. None when ``tp`` has no inline test."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        inner_tp, *extras = get_args(tp)
+        sizes = [e for e in extras if isinstance(e, Size)]
+        if inner_tp is bytes and sizes:
+            size = sizes[0]
+            # Unpadded base64url text of a length in this range decodes (if it decodes)
+            # to a size in the field's range: only b64d's own checks remain.
+            least, most = _text_length(size.least), _text_length(size.upper)
+            fits = f"len(v) == {least}" if least == most else f"{least} <= len(v) <= {most}"
+            return f"(b64d(v, field=NAME) if type(v) is str and {fits} else FALLBACK)"
+        return _inline(inner_tp, env, i)
+    if tp is bytes:
+        most = _text_length(MAX_BYTES_FIELD)
+        return f"(b64d(v, field=NAME) if type(v) is str and len(v) <= {most} else FALLBACK)"
+    if origin is Literal:
+        env[f"c{i}"] = get_args(tp)
+        return f"(v if type(v) is str and v in c{i} else FALLBACK)"
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if _NONE in args:
+            (inner_tp,) = (a for a in args if a is not _NONE)
+            inner = _inline(inner_tp, env, i)
+            if inner is not None:
+                return f"(None if v is None else {inner})"
+        return None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        plan = _plan(tp)
+        env[f"n{i}"] = plan.names
+        env[f"r{i}"] = _reader(tp, plan)
+        return f"(r{i}(v, NAME + '.') if type(v) is dict and n{i}.issuperset(v) else FALLBACK)"
+    test = _INLINE.get(_decoder(tp))
+    return None if test is None else f"(v if {test} else FALLBACK)"
+
+
+def _reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], Any]:
+    read = _READERS.get(cls)
+    if read is None:
+        read = _READERS[cls] = _compile_reader(cls, plan)
+    return read
+
+
 def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], Any]:
     """One function per record type that checks and converts its fields in order, then
-    builds it: the loop over the plan's converters unrolled (as ``dataclasses`` builds
-    ``__init__``), with the commonest checks inline. It accepts and refuses exactly what
-    the converters do, with the same errors."""
+    builds it: the loop of :func:`reference_from_obj` unrolled (as ``dataclasses`` builds
+    ``__init__``), with the commonest checks inline (a nested record's reader called
+    directly, base64 text of a fitting length decoded at once). It accepts and refuses
+    exactly what the converters do, with the same errors."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     env: dict[str, Any] = {
         "cls": cls,
         "ProtocolError": ProtocolError,
@@ -316,25 +403,32 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
         "MISSING": _MISSING,
         "MAX_INT": MAX_INT,
         "MAX_STR": MAX_STR,
+        "b64d": b64d,
     }
-    lines = ["def read(obj, prefix):", "    get = obj.get", "    kw = {}"]
+    lines = ["def read(obj, prefix):", "    get = obj.get"]
+    names = []
     for i, (fname, decode, optional) in enumerate(plan.decoders):
         env[f"d{i}"] = decode
+        name = f"prefix + {fname!r}"
+        fallback = f"d{i}(v, {name})"
         lines.append(f"    v = get({fname!r}, MISSING)")
         if optional:
-            lines.append("    if v is not MISSING:")
+            lines.append(f"    if v is MISSING:\n        a{i} = None")
+            lines.append("    else:")
         else:
             lines.append("    if v is MISSING:")
-            lines.append(f"        raise ProtocolError('missing', field=prefix + {fname!r})")
+            lines.append(f"        raise ProtocolError('missing', field={name})")
             lines.append("    if True:")
-        test = _INLINE.get(decode)
-        if test is not None:
-            lines.append(f"        kw[{fname!r}] = v if {test} else d{i}(v, prefix + {fname!r})")
+        expr = _inline(hints[fname], env, i)
+        if expr is None:
+            lines.append(f"        a{i} = {fallback}")
         else:
-            lines.append(f"        kw[{fname!r}] = d{i}(v, prefix + {fname!r})")
+            expr = expr.replace("FALLBACK", fallback).replace("NAME", f"({name})")
+            lines.append(f"        a{i} = {expr}")
+        names.append(f"a{i}")
     lines += [
         "    try:",
-        "        return cls(**kw)",
+        f"        return cls({', '.join(names)})",
         "    except SpacenbError as exc:",
         "        raise ProtocolError(str(exc), field=prefix.rstrip('.') or None) from None",
     ]
@@ -350,7 +444,38 @@ def to_obj(value: Any) -> dict[str, Any]:
 
 
 def _to_obj(value: Any) -> dict[str, Any]:
+    write = _WRITERS.get(type(value))
+    if write is None:
+        write = _WRITERS[type(value)] = _compile_writer(type(value))
+    return write(value)
+
+
+def reference_to_obj(value: Any) -> dict[str, Any]:
+    """:func:`to_obj` as the plan states it, through each field's encoder, without the
+    compiled writer (the definition it is tested against; not used on any path)."""
     return {name: encode(getattr(value, name)) for name, encode in _plan(type(value)).encoders}
+
+
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _compile_writer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """One function per record type that builds its JSON object in one expression: the
+    plan's encoders, with ``bytes`` values (the commonest binary case) base64url-encoded
+    inline and values written as they are taken as they are."""
+    env: dict[str, Any] = {"b64e": b64e}
+    items = []
+    for i, (fname, encode) in enumerate(_plan(cls).encoders):
+        env[f"e{i}"] = encode
+        if encode is _same:
+            items.append(f"{fname!r}: value.{fname}")
+        elif encode is _encode_bytes:
+            items.append(f"{fname!r}: b64e(x) if type(x := value.{fname}) is bytes else e{i}(x)")
+        else:
+            items.append(f"{fname!r}: e{i}(value.{fname})")
+    exec(f"def write(value):\n    return {{{', '.join(items)}}}", env)
+    writer: Callable[[Any], dict[str, Any]] = env["write"]
+    return writer
 
 
 _MEMOIZED: set[type] = set()

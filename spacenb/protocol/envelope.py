@@ -286,15 +286,13 @@ def seal_envelope(
         )
     ctype = content_type or ""
     nonce = iv if iv is not None else crypto.random_bytes(crypto.GCM_IV_SIZE)
-    aad = envelope_aad(kind, source, target, subject, epoch, ctype, head_seq, head)
+    # The same routing fields for every message of a run: their encodings are cached.
+    prefix, aad = _routing(kind, source, target, subject, epoch, ctype, head_seq, head)
     ciphertext = crypto.aead_seal(group_key, nonce, plaintext, aad)
-    unsigned = Envelope(
-        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext
-    )
+    signature = identity.sign(prefix + lp_encode(nonce, ciphertext))  # = signed_bytes()
     signed = Envelope(
-        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext,
-        identity.sign(unsigned.signed_bytes()),
-    )  # fmt: skip
+        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext, signature
+    )
     return signed, message
 
 

@@ -36,8 +36,11 @@ __all__ = [
     "MAX_STR",
     "Size",
     "dumps_frame",
+    "echoed",
+    "expect_echo",
     "from_obj",
     "json_size",
+    "keep_wire",
     "loads_frame",
     "memoized",
     "to_obj",
@@ -406,6 +409,23 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
         "b64d": b64d,
     }
     lines = ["def read(obj, prefix):", "    get = obj.get"]
+    key = _ECHOED.get(cls)
+    if key is not None:
+        # A record this process wrote and now reads back unchanged (a sender's own
+        # message, pushed back): the very record, if every value is the one written,
+        # of the same type (``1`` is not ``true``). See :func:`expect_echo`.
+        same = " and ".join(f"type(v[{f!r}]) is type(w[{f!r}])" for f, _, _ in plan.decoders)
+        env["ECHOES"] = _ECHOES
+        lines += [
+            "    if ECHOES:",
+            f"        k = get({key!r})",
+            "        hit = ECHOES.get(k) if type(k) is str else None",
+            "        if hit is not None:",
+            "            w, v = hit[0], obj",
+            f"            if w == v and {same or 'True'}:",
+            "                del ECHOES[k]",
+            "                return hit[1]",
+        ]
     names = []
     for i, (fname, decode, optional) in enumerate(plan.decoders):
         env[f"d{i}"] = decode
@@ -438,9 +458,114 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
 
 
 def to_obj(value: Any) -> dict[str, Any]:
+    if _WIRES:
+        kept = _WIRES.pop(id(value), None)
+        if kept is not None and kept[0] is value:
+            return kept[1]
     if type(value) in _MEMOIZED:
         return _memo(value)[0]
     return _to_obj(value)
+
+
+# --------------------------------------------------------------------------- passed on
+
+# Records that travel on unchanged (BENCHMARKS.md, "Issue 16: Python out of the message
+# path"): the relay pushes a send's envelope as it came, and the sender reads its own
+# envelope back in that push. At most this many of each are remembered, then all forgotten.
+_PASSED_ON = 256
+_ECHOED: dict[type, str] = {}  # record type -> its field that tells records apart
+_ECHOES: dict[str, tuple[dict[str, Any], Any]] = {}  # that field's text -> (object, record)
+_WIRES: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(record) -> (record, its object)
+_FLAT: dict[type, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None] = {}
+
+
+def echoed(key: str) -> Callable[[type[_R]], type[_R]]:
+    """Class decorator for a record that is sent and may come back unchanged (an
+    envelope: a sender's message is pushed back to it), told apart by its text field
+    ``key``: see :func:`expect_echo`. Only flat records (no nested record or list)."""
+
+    def mark(cls: type[_R]) -> type[_R]:
+        _ECHOED[cls] = key
+        return cls
+
+    return mark
+
+
+def _flat_checks(cls: type) -> tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None:
+    """Per field of a flat record: ``(name, (least, most))``, the length its base64url
+    text may have, for a binary field, else ``(name, converter)``; and the field names in
+    order. None if the record is not flat."""
+    if cls in _FLAT:
+        return _FLAT[cls]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    checks: list[tuple[str, Any]] = []
+    flat: tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None = None
+    for name, decode, _ in _plan(cls).decoders:
+        tp = hints[name]
+        sizes = [e for e in get_args(tp)[1:] if isinstance(e, Size)]
+        inner = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+        if inner is bytes:
+            upper = sizes[0].upper if sizes else MAX_BYTES_FIELD
+            least = sizes[0].least if sizes else 0
+            checks.append((name, (_text_length(least), _text_length(upper))))
+        elif inner in (str, int, bool) or get_origin(inner) is Literal:
+            checks.append((name, decode))
+        else:
+            break
+    else:
+        flat = (tuple(checks), tuple(name for name, _ in checks))
+    _FLAT[cls] = flat
+    return flat
+
+
+def _readable(cls: type, obj: dict[str, Any]) -> bool:
+    """Whether the reader would take ``obj``, which :func:`to_obj` made (so its binary
+    fields hold canonical base64url of their bytes: only their lengths need checking)."""
+    flat = _flat_checks(cls)
+    if flat is None or len(obj) != len(flat[1]):
+        return False
+    try:
+        for name, check in flat[0]:
+            value = obj[name]
+            if type(check) is tuple:
+                if type(value) is not str or not check[0] <= len(value) <= check[1]:
+                    return False
+            else:
+                check(value, name)
+    except SpacenbError:
+        return False
+    return True
+
+
+def expect_echo(record: Any, obj: dict[str, Any]) -> None:
+    """``obj``, :func:`to_obj` of ``record`` (of an :func:`echoed` type), is being sent and
+    may come back: the reader, given an object equal to it with values of the same types,
+    returns ``record`` itself instead of decoding it again (once). Only a record the
+    reader would take from ``obj`` is remembered, so that one coming back is refused as
+    it would be without this."""
+    key = _ECHOED.get(type(record))
+    if key is None or not _readable(type(record), obj):
+        return
+    if len(_ECHOES) >= _PASSED_ON:
+        _ECHOES.clear()
+    _ECHOES[obj[key]] = (obj, record)
+
+
+def keep_wire(record: Any, obj: dict[str, Any]) -> None:
+    """``record`` was just read from ``obj`` and may be written again (a send's envelope,
+    pushed to the space): the next :func:`to_obj` of it gives ``obj`` back (with its keys
+    in field order) instead of encoding it again: the same object, as the reader took
+    only canonical values (base64url that decodes to exactly its bytes, plain ints and
+    strings). Only for flat records."""
+    flat = _flat_checks(type(record))
+    if flat is None:
+        return
+    names = flat[1]
+    if tuple(obj) != names:
+        obj = {name: obj.get(name) for name in names}
+    if len(_WIRES) >= _PASSED_ON:
+        _WIRES.clear()
+    _WIRES[id(record)] = (record, obj)
 
 
 def _to_obj(value: Any) -> dict[str, Any]:

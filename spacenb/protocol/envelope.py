@@ -17,7 +17,7 @@ import orjson
 from ..clock import Clock, SystemClock
 from ..exceptions import IntegrityError, LimitExceededError, ProtocolError, UsageError
 from . import crypto
-from .codec import MAX_BYTES_FIELD, Size
+from .codec import MAX_BYTES_FIELD, Size, echoed
 from .encoding import canonical_json, lp_encode
 from .keys import IdentityKeys
 
@@ -132,6 +132,7 @@ class Message:
             raise UsageError("a session id is 16 lowercase hex digits", field="sid")
 
 
+@echoed("signature")  # a sender reads its own message back: see codec.expect_echo
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels and is stored: cleartext routing fields, the sealed body, a signature."""

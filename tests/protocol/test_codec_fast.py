@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 from spacenb.protocol import codec, frames
 from spacenb.protocol.codec import MAX_INT, MAX_STR, Size, b64e
 from spacenb.protocol.encoding import b64d
+from spacenb.protocol.envelope import Envelope, seal_envelope
+from spacenb.protocol.keys import IdentityKeys
 
 RECORDS: list[type] = sorted(
     {
@@ -169,3 +171,94 @@ def test_b64e_is_unpadded_urlsafe_base64(data: bytes) -> None:
     assert b64e(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
     assert b64d(b64e(data)) == data
     assert b64e(bytearray(data)) == b64e(memoryview(data)) == b64e(data)
+
+
+# --------------------------------------------------------------------------- passed on
+
+IDENTITY = IdentityKeys.from_seed(b"codec-fast")
+KEY = bytes(range(32))
+
+
+def sealed(subject: str = "general", seq: int = 1) -> Envelope:
+    envelope, _ = seal_envelope(
+        IDENTITY,
+        KEY,
+        source="alice",
+        target="space-1",
+        subject=subject,
+        epoch=1,
+        content_type=None,
+        body={"text": "hi"},
+        head_seq=3,
+        head=bytes(32),
+        seq=seq,
+        sid="0123456789abcdef",
+    )
+    return envelope
+
+
+def pushed(obj: dict[str, Any], handle: int = 5) -> str:
+    return codec.dumps_frame({"t": "evt", "ev": "message", "handle": handle, "envelope": obj})
+
+
+def test_own_envelope_read_back_is_the_one_sent() -> None:
+    envelope = sealed()
+    frames.Send(0, envelope=envelope).to_json(3)
+    echo = frames.parse_server_frame(pushed(codec.to_obj(envelope)))
+    assert isinstance(echo, frames.MessagePushed)
+    assert echo.envelope is envelope
+    again = frames.parse_server_frame(pushed(codec.to_obj(envelope)))  # remembered once
+    assert isinstance(again, frames.MessagePushed)
+    assert again.envelope == envelope and again.envelope is not envelope
+
+
+@given(change=st.sampled_from(["epoch", "head_seq", "kind", "subject", "iv", "signature"]))
+def test_changed_echo_is_read_as_any_frame(change: str) -> None:
+    """An echo that differs in a value, or only in its type (``true`` for ``1``, ``1.0``
+    for ``1``), is read by the reader as if nothing had been remembered."""
+    envelope = sealed(seq=7)
+    frames.Send(0, envelope=envelope).to_json(3)
+    obj = dict(codec.to_obj(envelope))
+    obj[change] = {
+        "epoch": True,
+        "head_seq": 3.0,
+        "kind": "eph",
+        "subject": "other",
+        "iv": b64e(bytes(12)),
+        "signature": obj["signature"][:-2] + "AA",
+    }[change]
+    text = pushed(obj)
+    got = outcome(frames.parse_server_frame, text)
+    assert got == outcome(reference, frames.parse_server_frame, text)
+    if got[0] == "ok":
+        assert got[1].envelope is not envelope
+
+
+def test_unreadable_envelope_is_not_remembered() -> None:
+    """A sender may build an envelope the reader refuses (a channel name over
+    ``MAX_STR``): pushed back, it is refused as before, not taken from memory."""
+    envelope = sealed(subject="c" * (MAX_STR + 1))
+    frames.Send(0, envelope=envelope).to_json(3)
+    text = pushed(codec.to_obj(envelope))
+    got = outcome(frames.parse_server_frame, text)
+    assert got[0] == "error" and got[3] == "envelope.subject"
+    assert got == outcome(reference, frames.parse_server_frame, text)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_relay_pushes_a_sent_envelope_as_if_encoded_again(data: st.DataObject) -> None:
+    """The relay's push of a send's envelope reuses the object it read (keys put in field
+    order): the same text as encoding the envelope anew, whatever order the keys came in."""
+    obj = data.draw(valid(Envelope))
+    keys = data.draw(st.permutations(sorted(obj)))
+    request = {"t": "req", "id": 1, "op": "send", "envelope": {k: obj[k] for k in keys}}
+    parsed = outcome(frames.parse_client_frame, codec.dumps_frame(request))
+    if parsed[0] != "ok":
+        return
+    envelope = parsed[1].envelope
+    fresh = codec.dumps_frame(
+        {"t": "evt", "ev": "message", "handle": 9, "envelope": codec.reference_to_obj(envelope)}
+    )
+    assert frames.MessagePushed(9, envelope).to_json() == fresh
+    assert frames.MessagePushed(9, envelope).to_json() == fresh  # (and once forgotten)

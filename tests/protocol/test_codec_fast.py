@@ -262,3 +262,35 @@ def test_relay_pushes_a_sent_envelope_as_if_encoded_again(data: st.DataObject) -
     )
     assert frames.MessagePushed(9, envelope).to_json() == fresh
     assert frames.MessagePushed(9, envelope).to_json() == fresh  # (and once forgotten)
+
+
+ANY_TEXT = st.one_of(st.text(max_size=8), st.sampled_from(["\udc80x", "a" * (MAX_STR + 1), "é"]))
+ANY_INT = st.one_of(st.integers(-2, 5), st.integers(MAX_INT - 1, MAX_INT + 1), st.booleans())
+
+
+@settings(max_examples=300)
+@given(
+    kind=st.sampled_from(["msg", "eph", "other", ""]),
+    texts=st.tuples(ANY_TEXT, ANY_TEXT, ANY_TEXT, ANY_TEXT),
+    ints=st.tuples(ANY_INT, ANY_INT),
+    sizes=st.tuples(
+        st.sampled_from([31, 32, 33]),
+        st.sampled_from([11, 12, 13]),
+        st.sampled_from([0, 15, 16, 17, 40]),
+        st.sampled_from([63, 64, 65]),
+    ),
+)
+def test_remembered_only_what_the_reader_takes(
+    kind: str, texts: tuple[str, ...], ints: tuple[Any, ...], sizes: tuple[int, ...]
+) -> None:
+    """Whatever a sender's envelope holds, ``expect_echo`` remembers it exactly when the
+    reader would take its JSON object."""
+    source, target, subject, content_type = texts
+    head, iv, ciphertext, signature = (bytes(n) for n in sizes)
+    envelope = Envelope(
+        kind,  # type: ignore[arg-type]
+        source, target, subject, ints[0], content_type, ints[1], head, iv, ciphertext, signature,
+    )  # fmt: skip
+    obj = codec.to_obj(envelope)
+    read = outcome(codec.reference_from_obj, Envelope, obj)
+    assert codec._readable(Envelope, obj) == (read[0] == "ok")

@@ -409,7 +409,7 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
         "b64d": b64d,
     }
     lines = ["def read(obj, prefix):", "    get = obj.get"]
-    key = _ECHOED.get(cls)
+    key = _ECHOED.get(cls, (None,))[0]
     if key is not None:
         # A record this process wrote and now reads back unchanged (a sender's own
         # message, pushed back): the very record, if every value is the one written,
@@ -471,21 +471,27 @@ def to_obj(value: Any) -> dict[str, Any]:
 
 # Records that travel on unchanged (BENCHMARKS.md, "Issue 16: Python out of the message
 # path"): the relay pushes a send's envelope as it came, and the sender reads its own
-# envelope back in that push. At most this many of each are remembered, then all forgotten.
+# envelope back in that push. Only small records (their bulk field's text at most
+# _PASSED_ON_TEXT characters: where the Python around the codec counts) are remembered,
+# at most this many of each, then all forgotten: the relay's push follows its read in the
+# same call; a sender's echo comes back once its send is answered.
 _PASSED_ON = 256
-_ECHOED: dict[type, str] = {}  # record type -> its field that tells records apart
+_RELAYED_KEPT = 16
+_PASSED_ON_TEXT = 16 << 10
+_ECHOED: dict[type, tuple[str, str]] = {}  # record type -> its tell-apart and bulk fields
 _ECHOES: dict[str, tuple[dict[str, Any], Any]] = {}  # that field's text -> (object, record)
 _WIRES: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(record) -> (record, its object)
 _FLAT: dict[type, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None] = {}
 
 
-def echoed(key: str) -> Callable[[type[_R]], type[_R]]:
-    """Class decorator for a record that is sent and may come back unchanged (an
-    envelope: a sender's message is pushed back to it), told apart by its text field
-    ``key``: see :func:`expect_echo`. Only flat records (no nested record or list)."""
+def echoed(key: str, bulk: str) -> Callable[[type[_R]], type[_R]]:
+    """Class decorator for a flat record (no nested record or list) that travels on
+    unchanged (an envelope: pushed by the relay as it came, and back to its sender), told
+    apart by its text field ``key``, and whose field ``bulk`` is its largest: see
+    :func:`expect_echo` and :func:`keep_wire`."""
 
     def mark(cls: type[_R]) -> type[_R]:
-        _ECHOED[cls] = key
+        _ECHOED[cls] = (key, bulk)
         return cls
 
     return mark
@@ -562,8 +568,11 @@ def expect_echo(record: Any, obj: dict[str, Any]) -> None:
     returns ``record`` itself instead of decoding it again (once). Only a record the
     reader would take from ``obj`` is remembered, so that one coming back is refused as
     it would be without this."""
-    key = _ECHOED.get(type(record))
-    if key is None or not _readable(type(record), obj):
+    fields = _ECHOED.get(type(record))
+    if fields is None or not _readable(type(record), obj):
+        return
+    key, bulk = fields
+    if len(obj[bulk]) > _PASSED_ON_TEXT:
         return
     if len(_ECHOES) >= _PASSED_ON:
         _ECHOES.clear()
@@ -575,14 +584,15 @@ def keep_wire(record: Any, obj: dict[str, Any]) -> None:
     pushed to the space): the next :func:`to_obj` of it gives ``obj`` back (with its keys
     in field order) instead of encoding it again: the same object, as the reader took
     only canonical values (base64url that decodes to exactly its bytes, plain ints and
-    strings). Only for flat records."""
+    strings). Only for an :func:`echoed` type, and a small record."""
+    fields = _ECHOED.get(type(record))
     flat = _flat_checks(type(record))
-    if flat is None:
+    if fields is None or flat is None or len(obj[fields[1]]) > _PASSED_ON_TEXT:
         return
     names = flat[1]
     if tuple(obj) != names:
         obj = {name: obj.get(name) for name in names}
-    if len(_WIRES) >= _PASSED_ON:
+    if len(_WIRES) >= _RELAYED_KEPT:
         _WIRES.clear()
     _WIRES[id(record)] = (record, obj)
 

@@ -132,7 +132,7 @@ class Message:
             raise UsageError("a session id is 16 lowercase hex digits", field="sid")
 
 
-@echoed("signature")  # a sender reads its own message back: see codec.expect_echo
+@echoed("signature", bulk="ciphertext")  # travels on unchanged: see codec.keep_wire
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels and is stored: cleartext routing fields, the sealed body, a signature."""

@@ -294,3 +294,20 @@ def test_remembered_only_what_the_reader_takes(
     obj = codec.to_obj(envelope)
     read = outcome(codec.reference_from_obj, Envelope, obj)
     assert codec._readable(Envelope, obj) == (read[0] == "ok")
+
+
+def test_large_envelopes_are_not_remembered() -> None:
+    """Only small envelopes are kept for their echo or their push (memory stays small
+    whatever is sent); a large one is read and written as any other."""
+    envelope = dataclasses.replace(sealed(), ciphertext=bytes(20_000))
+    frames.Send(0, envelope=envelope).to_json(3)
+    echo = frames.parse_server_frame(pushed(codec.to_obj(envelope)))
+    assert isinstance(echo, frames.MessagePushed)
+    assert echo.envelope == envelope and echo.envelope is not envelope
+    request = {"t": "req", "id": 1, "op": "send", "envelope": codec.to_obj(envelope)}
+    parsed = frames.parse_client_frame(codec.dumps_frame(request))
+    assert isinstance(parsed, frames.Send)
+    assert id(parsed.envelope) not in codec._WIRES
+    assert frames.MessagePushed(9, parsed.envelope).to_json() == pushed(
+        codec.reference_to_obj(envelope), 9
+    )

@@ -36,8 +36,11 @@ __all__ = [
     "MAX_STR",
     "Size",
     "dumps_frame",
+    "echoed",
+    "expect_echo",
     "from_obj",
     "json_size",
+    "keep_wire",
     "loads_frame",
     "memoized",
     "to_obj",
@@ -283,14 +286,48 @@ def from_obj(
     cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
 ) -> Any:
     plan = _plan(cls)
-    if not plan.names.issuperset(obj):
-        unknown = set(obj) - plan.names - set(skip)
-        if unknown:
-            raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    allowed = plan.names if not skip else _allowed(cls, plan, skip)
+    if not allowed.issuperset(obj):
+        unknown = set(obj) - allowed
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
     read = _READERS.get(cls)
     if read is None:
         read = _READERS[cls] = _compile_reader(cls, plan)
     return read(obj, prefix)
+
+
+_ALLOWED: dict[tuple[type, tuple[str, ...]], frozenset[str]] = {}
+
+
+def _allowed(cls: type, plan: _Plan, skip: tuple[str, ...]) -> frozenset[str]:
+    """A record's field names and the frame keys around it (``t``, ``op``)."""
+    allowed = _ALLOWED.get((cls, skip))
+    if allowed is None:
+        allowed = _ALLOWED[(cls, skip)] = plan.names | frozenset(skip)
+    return allowed
+
+
+def reference_from_obj(
+    cls: type, obj: dict[str, Any], *, prefix: str = "", skip: tuple[str, ...] = ()
+) -> Any:
+    """:func:`from_obj` as the plan states it, field by field through each converter,
+    without the compiled reader: the definition the compiled readers are tested against
+    (``tests/protocol/test_codec_fast.py``). Not used on any path."""
+    plan = _plan(cls)
+    unknown = set(obj) - plan.names - set(skip)
+    if unknown:
+        raise ProtocolError("unknown field", field=prefix + sorted(map(str, unknown))[0])
+    kw: dict[str, Any] = {}
+    for name, decode, optional in plan.decoders:
+        if name not in obj:
+            if optional:
+                continue
+            raise ProtocolError("missing", field=prefix + name)
+        kw[name] = decode(obj[name], prefix + name)
+    try:
+        return cls(**kw)
+    except SpacenbError as exc:
+        raise ProtocolError(str(exc), field=prefix.rstrip(".") or None) from None
 
 
 _READERS: dict[type, Callable[[dict[str, Any], str], Any]] = {}
@@ -304,11 +341,64 @@ _INLINE: dict[Decoder, str] = {
 }
 
 
+def _text_length(size: int) -> int:
+    """The length of the unpadded base64url text of ``size`` bytes."""
+    return (4 * size + 2) // 3
+
+
+def _inline(tp: Any, env: dict[str, Any], i: int) -> str | None:
+    """An expression of ``v``: its converted value when ``v`` is plainly good (the
+    commonest case, tested inline), else ``FALLBACK``, the field's converter itself, which
+    accepts it or raises its error. None when ``tp`` has no inline test."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        inner_tp, *extras = get_args(tp)
+        sizes = [e for e in extras if isinstance(e, Size)]
+        if inner_tp is bytes and sizes:
+            size = sizes[0]
+            # Unpadded base64url text of a length in this range decodes (if it decodes)
+            # to a size in the field's range: only b64d's own checks remain.
+            least, most = _text_length(size.least), _text_length(size.upper)
+            fits = f"len(v) == {least}" if least == most else f"{least} <= len(v) <= {most}"
+            return f"(b64d(v, field=NAME) if type(v) is str and {fits} else FALLBACK)"
+        return _inline(inner_tp, env, i)
+    if tp is bytes:
+        most = _text_length(MAX_BYTES_FIELD)
+        return f"(b64d(v, field=NAME) if type(v) is str and len(v) <= {most} else FALLBACK)"
+    if origin is Literal:
+        env[f"c{i}"] = get_args(tp)
+        return f"(v if type(v) is str and v in c{i} else FALLBACK)"
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if _NONE in args:
+            (inner_tp,) = (a for a in args if a is not _NONE)
+            inner = _inline(inner_tp, env, i)
+            if inner is not None:
+                return f"(None if v is None else {inner})"
+        return None
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        plan = _plan(tp)
+        env[f"n{i}"] = plan.names
+        env[f"r{i}"] = _reader(tp, plan)
+        return f"(r{i}(v, NAME + '.') if type(v) is dict and n{i}.issuperset(v) else FALLBACK)"
+    test = _INLINE.get(_decoder(tp))
+    return None if test is None else f"(v if {test} else FALLBACK)"
+
+
+def _reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], Any]:
+    read = _READERS.get(cls)
+    if read is None:
+        read = _READERS[cls] = _compile_reader(cls, plan)
+    return read
+
+
 def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], Any]:
     """One function per record type that checks and converts its fields in order, then
-    builds it: the loop over the plan's converters unrolled (as ``dataclasses`` builds
-    ``__init__``), with the commonest checks inline. It accepts and refuses exactly what
-    the converters do, with the same errors."""
+    builds it: the loop of :func:`reference_from_obj` unrolled (as ``dataclasses`` builds
+    ``__init__``), with the commonest checks inline (a nested record's reader called
+    directly, base64 text of a fitting length decoded at once). It accepts and refuses
+    exactly what the converters do, with the same errors."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     env: dict[str, Any] = {
         "cls": cls,
         "ProtocolError": ProtocolError,
@@ -316,25 +406,49 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
         "MISSING": _MISSING,
         "MAX_INT": MAX_INT,
         "MAX_STR": MAX_STR,
+        "b64d": b64d,
     }
-    lines = ["def read(obj, prefix):", "    get = obj.get", "    kw = {}"]
+    lines = ["def read(obj, prefix):", "    get = obj.get"]
+    key = _ECHOED.get(cls, (None,))[0]
+    if key is not None:
+        # A record this process wrote and now reads back unchanged (a sender's own
+        # message, pushed back): the very record, if every value is the one written,
+        # of the same type (``1`` is not ``true``). See :func:`expect_echo`.
+        same = " and ".join(f"type(v[{f!r}]) is type(w[{f!r}])" for f, _, _ in plan.decoders)
+        env["ECHOES"] = _ECHOES
+        lines += [
+            "    if ECHOES:",
+            f"        k = get({key!r})",
+            "        hit = ECHOES.get(k) if type(k) is str else None",
+            "        if hit is not None:",
+            "            w, v = hit[0], obj",
+            f"            if w == v and {same or 'True'}:",
+            "                del ECHOES[k]",
+            "                return hit[1]",
+        ]
+    names = []
     for i, (fname, decode, optional) in enumerate(plan.decoders):
         env[f"d{i}"] = decode
+        name = f"prefix + {fname!r}"
+        fallback = f"d{i}(v, {name})"
         lines.append(f"    v = get({fname!r}, MISSING)")
         if optional:
-            lines.append("    if v is not MISSING:")
+            lines.append(f"    if v is MISSING:\n        a{i} = None")
+            lines.append("    else:")
         else:
             lines.append("    if v is MISSING:")
-            lines.append(f"        raise ProtocolError('missing', field=prefix + {fname!r})")
+            lines.append(f"        raise ProtocolError('missing', field={name})")
             lines.append("    if True:")
-        test = _INLINE.get(decode)
-        if test is not None:
-            lines.append(f"        kw[{fname!r}] = v if {test} else d{i}(v, prefix + {fname!r})")
+        expr = _inline(hints[fname], env, i)
+        if expr is None:
+            lines.append(f"        a{i} = {fallback}")
         else:
-            lines.append(f"        kw[{fname!r}] = d{i}(v, prefix + {fname!r})")
+            expr = expr.replace("FALLBACK", fallback).replace("NAME", f"({name})")
+            lines.append(f"        a{i} = {expr}")
+        names.append(f"a{i}")
     lines += [
         "    try:",
-        "        return cls(**kw)",
+        f"        return cls({', '.join(names)})",
         "    except SpacenbError as exc:",
         "        raise ProtocolError(str(exc), field=prefix.rstrip('.') or None) from None",
     ]
@@ -344,13 +458,178 @@ def _compile_reader(cls: type, plan: _Plan) -> Callable[[dict[str, Any], str], A
 
 
 def to_obj(value: Any) -> dict[str, Any]:
+    if _WIRES:
+        kept = _WIRES.pop(id(value), None)
+        if kept is not None and kept[0] is value:
+            return kept[1]
     if type(value) in _MEMOIZED:
         return _memo(value)[0]
     return _to_obj(value)
 
 
+# --------------------------------------------------------------------------- passed on
+
+# Records that travel on unchanged (BENCHMARKS.md, "Issue 16: Python out of the message
+# path"): the relay pushes a send's envelope as it came, and the sender reads its own
+# envelope back in that push. Only small records (their bulk field's text at most
+# _PASSED_ON_TEXT characters: where the Python around the codec counts) are remembered,
+# at most this many of each, then all forgotten: the relay's push follows its read in the
+# same call; a sender's echo comes back once its send is answered.
+_PASSED_ON = 256
+_RELAYED_KEPT = 16
+_PASSED_ON_TEXT = 16 << 10
+_ECHOED: dict[type, tuple[str, str]] = {}  # record type -> its tell-apart and bulk fields
+_ECHOES: dict[str, tuple[dict[str, Any], Any]] = {}  # that field's text -> (object, record)
+_WIRES: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(record) -> (record, its object)
+_FLAT: dict[type, tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None] = {}
+
+
+def echoed(key: str, bulk: str) -> Callable[[type[_R]], type[_R]]:
+    """Class decorator for a flat record (no nested record or list) that travels on
+    unchanged (an envelope: pushed by the relay as it came, and back to its sender), told
+    apart by its text field ``key``, and whose field ``bulk`` is its largest: see
+    :func:`expect_echo` and :func:`keep_wire`."""
+
+    def mark(cls: type[_R]) -> type[_R]:
+        _ECHOED[cls] = (key, bulk)
+        return cls
+
+    return mark
+
+
+def _flat_checks(cls: type) -> tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None:
+    """Per field of a flat record: ``(name, (least, most))``, the length its base64url
+    text may have, for a binary field, else ``(name, converter)``; and the field names in
+    order. None if the record is not flat."""
+    if cls in _FLAT:
+        return _FLAT[cls]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    checks: list[tuple[str, Any]] = []
+    flat: tuple[tuple[tuple[str, Any], ...], tuple[str, ...]] | None = None
+    for name, decode, _ in _plan(cls).decoders:
+        tp = hints[name]
+        sizes = [e for e in get_args(tp)[1:] if isinstance(e, Size)]
+        inner = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+        if inner is bytes:
+            upper = sizes[0].upper if sizes else MAX_BYTES_FIELD
+            least = sizes[0].least if sizes else 0
+            checks.append((name, (_text_length(least), _text_length(upper))))
+        elif inner in (str, int, bool) or get_origin(inner) is Literal:
+            checks.append((name, decode))
+        else:
+            break
+    else:
+        flat = (tuple(checks), tuple(name for name, _ in checks))
+    _FLAT[cls] = flat
+    return flat
+
+
+def _readable(cls: type, obj: dict[str, Any]) -> bool:
+    """Whether the reader would take ``obj``, which :func:`to_obj` made (so its binary
+    fields hold canonical base64url of their bytes: only their lengths need checking)."""
+    check = _READABLE.get(cls)
+    if check is None:
+        check = _READABLE[cls] = _compile_readable(cls)
+    return check(obj)
+
+
+_READABLE: dict[type, Callable[[dict[str, Any]], bool]] = {}
+
+
+def _compile_readable(cls: type) -> Callable[[dict[str, Any]], bool]:
+    """:func:`_readable` for one flat record type, its tests inline where the reader has
+    them (else the field's converter, in a ``try``)."""
+    flat = _flat_checks(cls)
+    if flat is None:
+        return lambda obj: False
+    env: dict[str, Any] = {"SpacenbError": SpacenbError, "MAX_INT": MAX_INT, "MAX_STR": MAX_STR}
+    lines = ["def readable(obj):", f"    if len(obj) != {len(flat[1])}:", "        return False"]
+    for i, (name, check) in enumerate(flat[0]):
+        lines.append(f"    v = obj.get({name!r}, obj)")  # (obj: a value no field has)
+        if type(check) is tuple:
+            lines.append(f"    if type(v) is not str or not {check[0]} <= len(v) <= {check[1]}:")
+            lines.append("        return False")
+            continue
+        env[f"d{i}"] = check
+        lines.append(f"    if not ({_INLINE.get(check, 'False')}):")
+        lines.append("        try:")
+        lines.append(f"            d{i}(v, {name!r})")
+        lines.append("        except SpacenbError:")
+        lines.append("            return False")
+    lines.append("    return True")
+    exec("\n".join(lines), env)  # the source is built here, from field names only
+    readable: Callable[[dict[str, Any]], bool] = env["readable"]
+    return readable
+
+
+def expect_echo(record: Any, obj: dict[str, Any]) -> None:
+    """``obj``, :func:`to_obj` of ``record`` (of an :func:`echoed` type), is being sent and
+    may come back: the reader, given an object equal to it with values of the same types,
+    returns ``record`` itself instead of decoding it again (once). Only a record the
+    reader would take from ``obj`` is remembered, so that one coming back is refused as
+    it would be without this."""
+    fields = _ECHOED.get(type(record))
+    if fields is None or not _readable(type(record), obj):
+        return
+    key, bulk = fields
+    if len(obj[bulk]) > _PASSED_ON_TEXT:
+        return
+    if len(_ECHOES) >= _PASSED_ON:
+        _ECHOES.clear()
+    _ECHOES[obj[key]] = (obj, record)
+
+
+def keep_wire(record: Any, obj: dict[str, Any]) -> None:
+    """``record`` was just read from ``obj`` and may be written again (a send's envelope,
+    pushed to the space): the next :func:`to_obj` of it gives ``obj`` back (with its keys
+    in field order) instead of encoding it again: the same object, as the reader took
+    only canonical values (base64url that decodes to exactly its bytes, plain ints and
+    strings). Only for an :func:`echoed` type, and a small record."""
+    fields = _ECHOED.get(type(record))
+    flat = _flat_checks(type(record))
+    if fields is None or flat is None or len(obj[fields[1]]) > _PASSED_ON_TEXT:
+        return
+    names = flat[1]
+    if tuple(obj) != names:
+        obj = {name: obj.get(name) for name in names}
+    if len(_WIRES) >= _RELAYED_KEPT:
+        _WIRES.clear()
+    _WIRES[id(record)] = (record, obj)
+
+
 def _to_obj(value: Any) -> dict[str, Any]:
+    write = _WRITERS.get(type(value))
+    if write is None:
+        write = _WRITERS[type(value)] = _compile_writer(type(value))
+    return write(value)
+
+
+def reference_to_obj(value: Any) -> dict[str, Any]:
+    """:func:`to_obj` as the plan states it, through each field's encoder, without the
+    compiled writer (the definition it is tested against; not used on any path)."""
     return {name: encode(getattr(value, name)) for name, encode in _plan(type(value)).encoders}
+
+
+_WRITERS: dict[type, Callable[[Any], dict[str, Any]]] = {}
+
+
+def _compile_writer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """One function per record type that builds its JSON object in one expression: the
+    plan's encoders, with ``bytes`` values (the commonest binary case) base64url-encoded
+    inline and values written as they are taken as they are."""
+    env: dict[str, Any] = {"b64e": b64e}
+    items = []
+    for i, (fname, encode) in enumerate(_plan(cls).encoders):
+        env[f"e{i}"] = encode
+        if encode is _same:
+            items.append(f"{fname!r}: value.{fname}")
+        elif encode is _encode_bytes:
+            items.append(f"{fname!r}: b64e(x) if type(x := value.{fname}) is bytes else e{i}(x)")
+        else:
+            items.append(f"{fname!r}: e{i}(value.{fname})")
+    exec(f"def write(value):\n    return {{{', '.join(items)}}}", env)
+    writer: Callable[[Any], dict[str, Any]] = env["write"]
+    return writer
 
 
 _MEMOIZED: set[type] = set()

@@ -183,7 +183,23 @@ def aead_seal(key: bytes, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
     12 (a fresh one for every seal), else :class:`UsageError`."""
     _aead_arguments(key, iv, plaintext, aad)
     _need_size(iv, GCM_IV_SIZE, "iv")
-    return AESGCM(key).encrypt(iv, plaintext, aad)
+    return _aesgcm(key).encrypt(iv, plaintext, aad)
+
+
+_last_aead: tuple[bytes, AESGCM] | None = None
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    """The cipher for ``key``: the last one made is kept (messages of one epoch share a
+    key), so that a run of seals or opens does not set up a cipher each."""
+    global _last_aead
+    last = _last_aead
+    if last is not None and last[0] == key:
+        return last[1]
+    aead = AESGCM(key)
+    if type(key) is bytes:  # (immutable: a bytearray could change under the cache)
+        _last_aead = (key, aead)
+    return aead
 
 
 def aead_open(key: bytes, iv: bytes, ciphertext: bytes | memoryview, aad: bytes) -> bytes:
@@ -194,6 +210,6 @@ def aead_open(key: bytes, iv: bytes, ciphertext: bytes | memoryview, aad: bytes)
     if len(iv) != GCM_IV_SIZE or len(ciphertext) < GCM_TAG_SIZE:
         raise IntegrityError("ciphertext does not authenticate")
     try:
-        return AESGCM(key).decrypt(iv, ciphertext, aad)
+        return _aesgcm(key).decrypt(iv, ciphertext, aad)
     except InvalidTag:
         raise IntegrityError("ciphertext does not authenticate") from None

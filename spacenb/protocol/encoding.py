@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import string
@@ -22,6 +21,7 @@ __all__ = ["b64d", "b64e", "canonical_json", "lp_encode"]
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PAD = (b"", b"", b"==", b"=")
 # The value of each base64url character, and which of the last character's bits carry
 # nothing (must be zero) when the text ends with a partial group of 2 or 3 characters.
@@ -34,7 +34,8 @@ _SPARE_BITS = (0, 0, 0x0F, 0x03)
 
 def b64e(data: bytes) -> str:
     """Encode bytes as unpadded base64url text."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    # base64.urlsafe_b64encode(data).rstrip(b"="), without its two Python frames.
+    return binascii.b2a_base64(data, newline=False).translate(_TO_URLSAFE).rstrip(b"=").decode()
 
 
 def b64d(text: object, *, field: str = "value") -> bytes:
@@ -92,6 +93,10 @@ def lp_encode(*fields: bytes | str | int) -> bytes:
 
 def canonical_json(value: Any) -> bytes:
     """JSON with sorted keys, no spaces and UTF-8 text: one byte string per value."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
+
+
+# What ``json.dumps(value, sort_keys=True, ...)`` builds on every call, built once.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)

@@ -17,7 +17,7 @@ import orjson
 from ..clock import Clock, SystemClock
 from ..exceptions import IntegrityError, LimitExceededError, ProtocolError, UsageError
 from . import crypto
-from .codec import MAX_BYTES_FIELD, Size
+from .codec import MAX_BYTES_FIELD, Size, echoed
 from .encoding import canonical_json, lp_encode
 from .keys import IdentityKeys
 
@@ -132,6 +132,7 @@ class Message:
             raise UsageError("a session id is 16 lowercase hex digits", field="sid")
 
 
+@echoed("signature", bulk="ciphertext")  # travels on unchanged: see codec.keep_wire
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """What travels and is stored: cleartext routing fields, the sealed body, a signature."""
@@ -286,15 +287,13 @@ def seal_envelope(
         )
     ctype = content_type or ""
     nonce = iv if iv is not None else crypto.random_bytes(crypto.GCM_IV_SIZE)
-    aad = envelope_aad(kind, source, target, subject, epoch, ctype, head_seq, head)
+    # The same routing fields for every message of a run: their encodings are cached.
+    prefix, aad = _routing(kind, source, target, subject, epoch, ctype, head_seq, head)
     ciphertext = crypto.aead_seal(group_key, nonce, plaintext, aad)
-    unsigned = Envelope(
-        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext
-    )
+    signature = identity.sign(prefix + lp_encode(nonce, ciphertext))  # = signed_bytes()
     signed = Envelope(
-        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext,
-        identity.sign(unsigned.signed_bytes()),
-    )  # fmt: skip
+        kind, source, target, subject, epoch, ctype, head_seq, head, nonce, ciphertext, signature
+    )
     return signed, message
 
 

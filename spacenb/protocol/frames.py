@@ -43,8 +43,10 @@ from .codec import (
     MAX_STR,
     Size,
     dumps_frame,
+    expect_echo,
     from_obj,
     json_size,
+    keep_wire,
     loads_frame,
     to_obj,
 )
@@ -283,6 +285,10 @@ class Request(Generic[ResultT]):
 
     OP: ClassVar[str] = ""
     RESULT: ClassVar[type] = Ok
+    # The field the relay passes on to the space as it came (a message's envelope), and
+    # whether it comes back to the sender too (stored messages and edits do).
+    RELAYED: ClassVar[str] = ""
+    ECHOED: ClassVar[bool] = False
     id: int
 
     def stamped(self, request_id: int) -> Self:
@@ -294,7 +300,10 @@ class Request(Generic[ResultT]):
         obj = to_obj(self)
         if request_id is not None:
             obj["id"] = request_id  # (the key keeps its place: the same text)
-        return dumps_frame({"t": "req", "op": self.OP, **obj})
+        text = dumps_frame({"t": "req", "op": self.OP, **obj})
+        if self.ECHOED:
+            expect_echo(getattr(self, self.RELAYED), obj[self.RELAYED])
+        return text
 
 
 _R = TypeVar("_R", bound="Request[Any]")
@@ -428,18 +437,23 @@ class Send(Request[HandleResult]):
     outcome was unknown: answered with its handle if the space stored it, else
     ``not_found``, and never stored (PROTOCOL.md, "Requests")."""
 
+    RELAYED: ClassVar[str] = "envelope"
+    ECHOED: ClassVar[bool] = True
     envelope: Envelope
     resend: bool | None = None
 
 
 @_request("edit", HandleResult)
 class Edit(Request[HandleResult]):
+    RELAYED: ClassVar[str] = "envelope"
+    ECHOED: ClassVar[bool] = True
     handle: int
     envelope: Envelope
 
 
 @_request("ephemeral")
 class SendEphemeral(Request[Ok]):
+    RELAYED: ClassVar[str] = "envelope"  # (to the others only)
     envelope: Envelope
 
 
@@ -603,6 +617,8 @@ def parse_client_frame(text: str | bytes) -> Request[Any]:
     if cls is None:
         raise ProtocolError(f"unknown operation {op!r}"[:200], field="op")
     req: Request[Any] = from_obj(cls, obj, skip=("t", "op"))
+    if cls.RELAYED:
+        keep_wire(getattr(req, cls.RELAYED), obj[cls.RELAYED])
     return req
 
 

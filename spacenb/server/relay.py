@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import CloseCode
 from websockets.protocol import OPEN
 
 from ..clock import Clock
@@ -278,7 +279,7 @@ class Relay:
                     chunks.extend(protocol.data_to_send())
                     continue
                 if wire is None:
-                    wire = Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
+                    wire = server_text_frame(text.encode())
                 chunks.append(wire)
         for connection, chunks in queued.items():
             if chunks:
@@ -321,6 +322,23 @@ class Relay:
         )
         self.dropped_slow += 1
         connection.transport.abort()
+
+
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def server_text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame of ``payload`` (RFC 6455 section 5.2): what
+    ``websockets.frames.Frame(Opcode.TEXT, payload).serialize(mask=False)`` gives without
+    extensions, without building a frame object and a buffer per frame (the relay frames
+    two per message: ``tests/server/test_wire_frames.py``)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return _HEADER_16.pack(0x81, 126, size) + payload
+    return _HEADER_64.pack(0x81, 127, size) + payload
 
 
 class LocalMember:

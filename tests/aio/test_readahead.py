@@ -85,8 +85,8 @@ async def test_the_pages_read_ahead_are_the_pages_read_one_by_one(
     room, handles = await seeded(connect)
     await room.edit_message(handles[50], {"n": "edited"})
     await room.delete_message(handles[120])
-    bob, fast = await reader(connect, evil, "bob")
-    carol, slow = await reader(connect, evil, "carol", ahead=False)
+    _bob, fast = await reader(connect, evil, "bob")
+    _carol, slow = await reader(connect, evil, "carol", ahead=False)
     for limit in (100, 7):
         got = await pages(fast, limit)
         assert got == await pages(slow, limit)

@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> Report:
             stored = count
             for page in args.pages:
                 for pool in _choice(args.pool):
-                    for ahead in _choice(args.read_ahead):
+                    aheads = _choice(args.read_ahead)
+                    for ahead in reversed(aheads) if args.ahead_first else aheads:
                         readers += 1
                         read_once(report, topo, (count, page, pool, ahead), seed_rate, readers)
     return report
@@ -239,6 +240,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=["both", "on", "off"],
         default="on",
         help="the next page fetched and verified while the caller builds one",
+    )
+    parser.add_argument(
+        "--ahead-first", action="store_true", help="with --read-ahead both: read with it first"
     )
 
 

@@ -665,7 +665,7 @@ class AsyncSpace:
             raise PermissionDeniedError("only the message's author may change it")
         new_rev = max(rev + 1, self.client.clock.now_us())
         ctype = content_type if content_type else old_type
-        self._edits_seen += 1
+        self._edits_seen += 1  # pages fetched ahead before the edit; after: those during
         await self._send_sealed(
             lambda: self._seal(
                 "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev

@@ -8,7 +8,10 @@ page, concatenated). The baseline, in the same reader process just before, is th
 of that work: verifying as many ECDSA P-256 signatures (over ~300-byte messages) in a bare
 ``cryptography`` loop. Peak memory is the reader process's peak RSS during the read.
 
-``python -m bench.history [--smoke] [--json] [--counts 10000 100000]``
+The reader reads the next page ahead (``AsyncSpace.read_ahead``) unless ``--read-ahead
+off``; ``both`` reads without it, then with it, by two fresh readers in turn.
+
+``python -m bench.history [--smoke] [--json] [--counts 10000 100000] [--read-ahead both]``
 """
 
 from __future__ import annotations
@@ -88,22 +91,24 @@ async def _warm_pool(verify_pool: Any) -> None:
 
 
 async def reader_worker(
-    link: Link, target: Target, username: str, read: tuple[int, int, bool]
+    link: Link, target: Target, username: str, read: tuple[int, int, bool, bool]
 ) -> None:
     """A fresh sync-facade member (joined after the seeding: it has seen no message yet)
     that times one full history read in pages of ``page`` (``read`` is ``(n, page,
-    pool)``) between two bare verify loops of ``n`` signatures (the baseline is their
+    pool, ahead)``) between two bare verify loops of ``n`` signatures (the baseline is their
     mean), and reports both with the read's peak RSS. ``pool`` False keeps every signature
     check in this process (``spacenb.aio.verify_pool`` off); True starts its workers
-    before the clock starts."""
+    before the clock starts. ``ahead`` False turns the read-ahead of pages off."""
     import spacenb
     from spacenb.aio import verify_pool
 
-    count, page, pool = read
+    count, page, pool, ahead = read
     client = spacenb.connect(
         target.url, app_key=target.app_key, username=username, keystore=":memory:"
     )
     space = client.space.join_channel(target.channel)
+    if not ahead:
+        space.aio.read_ahead = False
     if pool:
         client.runner.run(_warm_pool(verify_pool))
     else:
@@ -136,12 +141,16 @@ async def reader_worker(
 
 
 def read_once(
-    report: Report, topo: Topology, count: int, page: int, pool: bool, seed: float, n: int
+    report: Report,
+    topo: Topology,
+    read: tuple[int, int, bool, bool],
+    seed: float,
+    n: int,
 ) -> None:
-    """One read of ``count`` messages in pages of ``page`` by a fresh reader (the ``n``-th),
-    its figures added."""
+    """One read ``(count, page, pool, ahead)`` (see :func:`reader_worker`) by a fresh
+    reader (the ``n``-th), its figures added."""
     relay_cpu = CpuMeter({"relay": topo.relay.pid})
-    read = (count, page, pool)
+    count, page, pool, ahead = read
     with Worker(
         reader_worker, topo.target, f"reader{n}", read, name=f"history-reader-{n}"
     ) as reader:
@@ -150,6 +159,7 @@ def read_once(
     if got["rows"] != count or not got["ordered"]:
         raise RuntimeError(f"read {got['rows']} of {count} rows: {got}")
     where = f"{count:,}, pages of {page:,}, {'verify pool' if pool else 'in-process'}"
+    where += "" if ahead else ", no read-ahead"
     target = {100: 9000.0}.get(page) if pool else None
     target_ratio = 1.0 if pool and page >= 1000 else None
     report.add(
@@ -204,10 +214,16 @@ def run(args: argparse.Namespace) -> Report:
             seed_rate = (count - stored) / (sent["end"] - sent["start"])
             stored = count
             for page in args.pages:
-                for pool in (False, True) if args.pool == "both" else (args.pool == "on",):
-                    readers += 1
-                    read_once(report, topo, count, page, pool, seed_rate, readers)
+                for pool in _choice(args.pool):
+                    aheads = _choice(args.read_ahead)
+                    for ahead in reversed(aheads) if args.ahead_first else aheads:
+                        readers += 1
+                        read_once(report, topo, (count, page, pool, ahead), seed_rate, readers)
     return report
+
+
+def _choice(option: str) -> tuple[bool, ...]:
+    return (False, True) if option == "both" else (option == "on",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +234,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pages", type=int, nargs="+", default=[100, 1000], help="page sizes")
     parser.add_argument(
         "--pool", choices=["both", "on", "off"], default="both", help="verify workers"
+    )
+    parser.add_argument(
+        "--read-ahead",
+        choices=["both", "on", "off"],
+        default="on",
+        help="the next page fetched and verified while the caller builds one",
+    )
+    parser.add_argument(
+        "--ahead-first", action="store_true", help="with --read-ahead both: read with it first"
     )
 
 

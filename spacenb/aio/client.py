@@ -30,7 +30,7 @@ from ..protocol.envelope import new_session_id
 from ..protocol.frames import UNSENT
 from ..protocol.keys import IdentityKeys, PublicIdentity
 from ..protocol.keys import fingerprint as _fingerprint
-from . import verify_pool
+from . import readahead, verify_pool
 from .connection import RelayConnection
 from .events import TrustedIdentity
 from .handlers import Emitter
@@ -146,6 +146,7 @@ class AsyncClient:
     async def close(self) -> None:
         """Sign out and close the connection; live spaces stop receiving. No task of this
         client is left behind (async handlers still running are cancelled)."""
+        await readahead.close_all(self)
         for space in list(self._spaces.values()):
             space.save_marks()
         if self._pins_dirty:

@@ -15,7 +15,7 @@ import json
 import logging
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
@@ -53,7 +53,7 @@ from ..protocol.statelog import (
 )
 from ..protocol.wrap import WrappedKey
 from ..typing import Handler, Progress, Unsubscribe
-from . import verify_pool
+from . import readahead, verify_pool
 from .events import (
     EphemeralEvent,
     JoinRequest,
@@ -131,7 +131,11 @@ class History:
 
 
 class AsyncSpace:
-    """A handle on one space. Get one from ``client.space`` (create, join or ``get``)."""
+    """A handle on one space. Get one from ``client.space`` (create, join or ``get``).
+
+    ``read_ahead`` (True unless set False): :meth:`history` fetches the page after the one
+    it returns, and has its signatures checked, while the caller works on that one.
+    """
 
     def __init__(
         self,
@@ -173,6 +177,9 @@ class AsyncSpace:
         self._marks_saved = 0.0
         self._page_limit = frames.MAX_HISTORY_LIMIT  # catch-up pages (halved if refused)
         self._head_changed = False
+        self.read_ahead = True
+        self._ahead = readahead.PageAhead(client)
+        self._edits_seen = 0  # edits pushed or made here: a page fetched ahead may be stale
 
     # ------------------------------------------------------------------ description
 
@@ -517,6 +524,7 @@ class AsyncSpace:
     async def attach(self, *, refresh: bool) -> None:
         """Subscribe; with ``refresh`` False the caller has just fetched the log and keys
         (a create or a join), and changes after the subscription arrive as events."""
+        self._ahead.drop()
         self.client.register(self)
         if self.core.delivery.last_handle == 0:
             # What is stored now is history; what comes after is pushed. The mark is read
@@ -538,6 +546,7 @@ class AsyncSpace:
 
     async def disconnect(self) -> None:
         """Stop receiving live events (the client stays signed in)."""
+        await self._ahead.close()
         if self._subscribed and self.client.connection.is_open:
             try:
                 await self.client.request(frames.UnsubscribeRequest(UNSENT, space_id=self.id))
@@ -726,6 +735,7 @@ class AsyncSpace:
             raise PermissionDeniedError("only the message's author may change it")
         new_rev = max(rev + 1, self.client.clock.now_us())
         ctype = content_type if content_type else old_type
+        self._edits_seen += 1  # pages fetched ahead before the edit; after: those during
         await self._send_sealed(
             lambda: self._seal(
                 "msg", channel or old_channel, ctype, payload, seq=seq, sid=sid, rev=new_rev
@@ -733,6 +743,7 @@ class AsyncSpace:
             lambda envelope: frames.Edit(UNSENT, handle=handle, envelope=envelope),
             stored=True,
         )
+        self._edits_seen += 1
         self._known_messages[handle] = KnownMessage(
             author, channel or old_channel, ctype, seq, sid, new_rev
         )
@@ -762,16 +773,22 @@ class AsyncSpace:
     async def history(self, *, before: int | None = None, limit: int = 50) -> History:
         """Fetch, verify and decrypt one page of stored messages (oldest first): the
         newest ``limit`` (1..1000) before ``before``, or fewer when they would not fit in
-        one frame (1 MiB); ``next_cursor`` leads to the older ones either way."""
+        one frame (1 MiB); ``next_cursor`` leads to the older ones either way.
+
+        With :attr:`read_ahead`, the page at ``next_cursor`` (same ``limit``) is fetched
+        and its signatures checked in the background; the call that asks for it takes it
+        and decides about its messages then, as about a page fetched then."""
         if not isinstance(limit, int) or not 1 <= limit <= frames.MAX_HISTORY_LIMIT:
             raise UsageError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
         if self.core.state is None:
             await self.sync_log()
         if limit >= verify_pool.MIN_PAGE:
             verify_pool.shared().start()
-        page = await self.client.request(
-            frames.HistoryRequest(UNSENT, space_id=self.id, before=before, limit=limit)
-        )
+        fetched = await self._ahead.take((before, limit, self._ahead_mark()), self._ahead_mark)
+        if fetched is None:
+            page, chunks = await self._history_request(before, limit), None
+        else:
+            page, chunks = fetched
         state, me = self.core.require_state(), self.client.username
         missing = {i.envelope.epoch for i in page.items if not self.core_holds(i.envelope.epoch)}
         if any(e not in state.epochs or state.may_hold(me, e) for e in missing):
@@ -781,7 +798,10 @@ class AsyncSpace:
         messages = []
         items = page.items
         open_message = self.core.open_message
-        chunks = verify_pool.in_chunks(items, state) if len(items) >= verify_pool.MIN_PAGE else None
+        if chunks is None and len(items) >= verify_pool.MIN_PAGE:
+            chunks = verify_pool.in_chunks(items, state)
+        if self.read_ahead and page.next_cursor is not None:
+            self._read_ahead(page.next_cursor, limit)
         for start, end, checked in chunks or [(0, len(items), None)]:
             verified = await verify_pool.wait(checked, end - start)
             for item, key in zip(items[start:end], verified, strict=True):
@@ -796,6 +816,32 @@ class AsyncSpace:
                 if event is not None:
                     messages.append(event)
         return History(tuple(messages), page.next_cursor, len(items) - len(messages))
+
+    async def _history_request(self, before: int | None, limit: int) -> frames.HistoryPage:
+        return await self.client.request(
+            frames.HistoryRequest(UNSENT, space_id=self.id, before=before, limit=limit)
+        )
+
+    def _read_ahead(self, before: int, limit: int) -> None:
+        """Fetch the page ``history(before=before, limit=limit)`` will ask for, and start
+        its signature checks in the verify workers (see :mod:`spacenb.aio.readahead`)."""
+
+        async def fetch() -> readahead.Fetched:
+            page = await self._history_request(before, limit)
+            items = page.items
+            if len(items) < verify_pool.MIN_PAGE:
+                return page, None
+            return page, verify_pool.in_chunks(items, self.core.require_state())
+
+        self._ahead.start((before, limit, self._ahead_mark()), fetch)
+
+    def _ahead_mark(self) -> Hashable:
+        """What a page fetched ahead is kept under. When it moves, the relay may serve that
+        page otherwise (a state event: a deletion, or anything else; an edit; another
+        connection, perhaps to another relay), and the page is fetched again."""
+        state, connection = self.core.state, self.client.connection
+        head = (state.head_seq, state.head) if state is not None else None
+        return (head, self._edits_seen, connection.reconnects, connection.url)
 
     # ------------------------------------------------------------------ verifying
 
@@ -1172,6 +1218,7 @@ class AsyncSpace:
             if self.core.delivery.on_push(event.handle) == "deliver":
                 await self._deliver(event.handle, event.envelope)
         elif isinstance(event, frames.MessageEdited):
+            self._edits_seen += 1
             opened = await self._open(event.envelope, event.handle, live=True, now=True, edit=True)
             if opened is not None:
                 self.events.emit("message_edited", opened)
@@ -1255,6 +1302,7 @@ class AsyncSpace:
         """
         if not self._subscribed:
             return
+        self._ahead.drop()
         delivery = self.core.delivery
         delivery.behind = True
         result = await self.client.request(frames.Subscribe(UNSENT, space_id=self.id))

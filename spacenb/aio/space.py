@@ -724,7 +724,7 @@ class AsyncSpace:
         """Replace a stored message (yours) with ``payload``, keeping its handle."""
         meta = self._known_messages.get(handle)
         if meta is None and self._author_of(handle) is None:
-            await self.history(before=handle + 1, limit=1)
+            await self._page(handle + 1, 1, ahead=False)  # the one message, none ahead
             meta = self._known_messages.get(handle)
         if meta is None:
             if self._author_of(handle) is None:
@@ -753,7 +753,7 @@ class AsyncSpace:
         event; the relay then removes its ciphertext."""
         author = self._author_of(handle)
         if author is None:
-            await self.history(before=handle + 1, limit=1)
+            await self._page(handle + 1, 1, ahead=False)  # the one message, none ahead
             author = self._author_of(handle) or self.client.username
         await self.append_event(
             lambda s: self.sign_event(s, "delete", {"handle": handle, "author": author})
@@ -780,6 +780,10 @@ class AsyncSpace:
         and decides about its messages then, as about a page fetched then."""
         if not isinstance(limit, int) or not 1 <= limit <= frames.MAX_HISTORY_LIMIT:
             raise UsageError(f"limit must be 1..{frames.MAX_HISTORY_LIMIT}", field="limit")
+        return await self._page(before, limit, ahead=self.read_ahead)
+
+    async def _page(self, before: int | None, limit: int, *, ahead: bool) -> History:
+        """:meth:`history`'s page; ``ahead``: read the next one ahead."""
         if self.core.state is None:
             await self.sync_log()
         if limit >= verify_pool.MIN_PAGE:
@@ -800,7 +804,7 @@ class AsyncSpace:
         open_message = self.core.open_message
         if chunks is None and len(items) >= verify_pool.MIN_PAGE:
             chunks = verify_pool.in_chunks(items, state)
-        if self.read_ahead and page.next_cursor is not None:
+        if ahead and page.next_cursor is not None:
             self._read_ahead(page.next_cursor, limit)
         for start, end, checked in chunks or [(0, len(items), None)]:
             verified = await verify_pool.wait(checked, end - start)

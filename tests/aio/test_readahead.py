@@ -279,3 +279,24 @@ async def test_a_reconnect_drops_the_page_ahead(connect: Any, evil: EvilRelay) -
     second = await space.history(before=first.next_cursor, limit=10)
     assert len(second.messages) == 10 and second.unreadable == 0
     assert asked(evil, "bob", 10)[:3] == [None, first.next_cursor, first.next_cursor]
+
+
+async def test_an_edit_or_deletion_looking_up_its_message_reads_nothing_ahead(
+    connect: Any, evil: EvilRelay, tmp_path: Any
+) -> None:
+    """Editing or deleting a message this client has not seen reads that one message
+    from history first; that lookup asks the relay for it alone, no page after it."""
+    keys = str(tmp_path / "alice.keys")
+    first = await connect("alice", keystore=keys)
+    room = await first.space.create_channel("room")
+    handles = [await room.send_message({"n": i}) for i in range(12)]
+    await first.close()
+    again = await connect("alice", keystore=keys, url=evil.url)  # the author, back
+    space = await again.space.join_channel("room")
+    joined = len(evil.requests(frames.HistoryRequest, user="alice"))  # its history mark
+    await space.edit_message(handles[5], {"n": "edited"})
+    await space.delete_message(handles[9])
+    lookups = evil.requests(frames.HistoryRequest, user="alice")[joined:]
+    assert [(r.before, r.limit) for r in lookups] == [(handles[5] + 1, 1), (handles[9] + 1, 1)]
+    page = await space.history(before=handles[6], limit=1)
+    assert [m[:3] for m in seen(page)] == [(handles[5], "alice", {"n": "edited"})]

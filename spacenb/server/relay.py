@@ -221,12 +221,11 @@ class Relay:
         """Drain the core (it commits the message batch first), hand the keeper its join
         requests, then write every queued answer and event in order.
 
-        The newcomers' own frames (their join answers) are written first, then the keeper
-        is handed the joins, before the rest is written: it admits at once when it has
-        no backlog (:meth:`Keeper.admit_now`), so a newcomer's keys follow its join
-        answer instead of coming after the join's fan-out to every member (~45 µs per
-        member, BENCHMARKS.md "Where a newcomer's join goes"). What the admission queues
-        (its flushes land here) is written after what was drained first, so every
+        The keeper is handed them before the writes: it admits at once when it has no
+        backlog (:meth:`Keeper.admit_now`), so a newcomer's keys leave in the same pass
+        as its join answer instead of after the join's fan-out to every member (~45 µs
+        per member, BENCHMARKS.md "Where a newcomer's join goes"). What the admission
+        queues (its flushes land here) is written after what was drained first, so every
         connection's frames keep the core's order."""
         self._flush_scheduled = False
         if self._closed:
@@ -237,9 +236,6 @@ class Relay:
             self._held_joins.extend(joins)
             return
         inbox = self.core.keeper_inbox
-        newcomers = {event.member_id for event in joins} if inbox is not None else set()
-        if newcomers:
-            outbox = self._write_first(newcomers, outbox)
         while joins and inbox is not None:
             self._held, self._held_joins = outbox, []
             try:
@@ -250,26 +246,8 @@ class Relay:
                 joins = self._held_joins + later
             finally:
                 self._held = None
-        if newcomers:  # their keys, before the fan-out of their adds
-            outbox = self._write_first(newcomers, outbox)
         if outbox:
             self._write_outbox(outbox)
-
-    def _write_first(self, names: set[str], outbox: list[Outgoing]) -> list[Outgoing]:
-        """Write now the frames of ``outbox`` that go to sessions of ``names``, in order;
-        return the rest of it (the same frames, without those sessions)."""
-        first: list[Outgoing] = []
-        rest: list[Outgoing] = []
-        for sessions, text in outbox:
-            theirs = [s for s in sessions if s.username in names]
-            if theirs:
-                first.append((theirs, text))
-                rest.append(([s for s in sessions if s.username not in names], text))
-            else:
-                rest.append((sessions, text))
-        if first:
-            self._write_outbox(first)
-        return rest
 
     def _write(self, sessions: Iterable[Session], text: str) -> None:
         """Write ``text`` to each session now (see :meth:`_write_outbox`)."""

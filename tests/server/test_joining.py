@@ -59,9 +59,9 @@ async def test_join_public_channel_keeper_hands_over_the_key(tmp_path):
 
 
 async def test_the_keeper_admits_before_the_joins_fan_out_is_written(tmp_path, monkeypatch):
-    """The relay writes a newcomer's join answer, then hands the keeper the join before
-    it writes the join's fan-out: the newcomer's keys leave ahead of the `add` pushed to
-    every member (BENCHMARKS.md, "Where a newcomer's join goes"); each
+    """The relay hands the keeper a join before it writes the join's fan-out: the
+    newcomer's keys leave in its first write, with its join answer, ahead of the `add`
+    pushed to every member (BENCHMARKS.md, "Where a newcomer's join goes"); each
     connection still gets its frames in the core's order."""
     async with running(tmp_path) as srv:
         alice = await user(srv, "alice")
@@ -89,8 +89,8 @@ async def test_the_keeper_admits_before_the_joins_fan_out_is_written(tmp_path, m
         keys_at = next(i for i, w in enumerate(writes) if b'"keys"' in w and b'"bob"' in w)
         adds = [i for i, w in enumerate(writes) if b'"add"' in w and b'"bob"' in w]
         assert len(adds) >= len(members)
-        answer_at = next(i for i, w in enumerate(writes) if b'"pending":true' in w)
-        assert answer_at <= keys_at < min(adds)  # bob's answer, his keys, then the fan-out
+        assert keys_at < min(adds)  # the keys went out before the fan-out of bob's add
+        assert b'"result"' in writes[keys_at]  # in one write with bob's join answer
 
 
 async def test_join_unknown_space(tmp_path):

@@ -421,7 +421,7 @@ async def start_server(
             LocalMember(relay, KEEPER_USERNAME),
             checkpoint_every=limits.checkpoint_every,
         )
-        relay.keeper_inbox = lambda event: keeper.admit_now(event.space_id, event.member_id)
+        relay.keeper_inbox = lambda event: keeper.notify(event.space_id, event.member_id)
         if database is not None:  # several relays: delivery, presence, limits, one keeper
             from .cluster import Cluster
 

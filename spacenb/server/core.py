@@ -171,7 +171,7 @@ class RelayCore:
         self.wake = wake
         self.admission = admission
         self.monotonic = monotonic
-        self.keeper_inbox: Callable[[JoinRequested], object] | None = None
+        self.keeper_inbox: Callable[[JoinRequested], None] | None = None
         self.peers: Peers | None = None  # several relays on one database (None on SQLite)
         self._buckets: dict[str, TokenBucket] = {}
         self._usage: dict[str, list[int]] = {}  # username → [messages, ciphertext bytes]

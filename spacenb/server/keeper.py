@@ -87,22 +87,10 @@ class Keeper:
         self._cores: dict[str, MemberCore] = {}
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._busy = False  # handling a request (admit_now must not run inside one)
 
     def notify(self, space_id: str, member_id: str) -> None:
         """Queue a join request; it is handled after the ones before it."""
         self._queue.put_nowait((space_id, member_id))
-
-    def admit_now(self, space_id: str, member_id: str) -> bool:
-        """Handle a join request in the caller's turn if the keeper runs and nothing is
-        queued before it (the relay calls this before it writes the join's fan-out, so
-        the newcomer's keys leave with its join answer); otherwise queue it. Whether it
-        was handled now."""
-        if self._task is None or self._busy or not self._queue.empty():
-            self.notify(space_id, member_id)
-            return False
-        self._handle(space_id, member_id)
-        return True
 
     async def start(self) -> None:
         """Start admitting, beginning with requests left open while the keeper was down."""
@@ -126,22 +114,14 @@ class Keeper:
         while True:
             space_id, member_id = await self._queue.get()
             try:
-                self._handle(space_id, member_id)
+                self.admit(space_id, member_id)
+                self.checkpoint_if_due(space_id)
+            except SpacenbError as exc:
+                log.warning("keeper could not admit %s to %s: %s", member_id, space_id, exc)
+            except Exception:
+                log.exception("keeper failed on %s joining %s", member_id, space_id)
             finally:
                 self._queue.task_done()
-
-    def _handle(self, space_id: str, member_id: str) -> None:
-        """Admit, checkpoint if due; a failure is logged (the request stays open)."""
-        self._busy = True
-        try:
-            self.admit(space_id, member_id)
-            self.checkpoint_if_due(space_id)
-        except SpacenbError as exc:
-            log.warning("keeper could not admit %s to %s: %s", member_id, space_id, exc)
-        except Exception:
-            log.exception("keeper failed on %s joining %s", member_id, space_id)
-        finally:
-            self._busy = False
 
     def admit(self, space_id: str, member_id: str) -> bool:
         """Wrap the keys the log gives ``member_id`` and admit it; False if the keeper

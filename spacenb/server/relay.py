@@ -44,7 +44,7 @@ from ..protocol.keys import IdentityKeys
 from ..protocol.statelog import SpaceState, StateEvent
 from ..protocol.wrap import WrappedKey
 from .connections import ConnectionGuard
-from .core import Outgoing, RelayCore, Session
+from .core import RelayCore, Session
 from .handlers import REQUEST_TABLE, Route
 from .limits import Limits
 from .storage import Storage
@@ -104,9 +104,6 @@ class Relay:
         self._cluster: Cluster | None = None
         self._flush_scheduled = False
         self._closed = False
-        # While the keeper admits inside flush(): the frames to write after it, in order.
-        self._held: list[Outgoing] | None = None
-        self._held_joins: list[JoinRequested] = []
         self._pages = asyncio.Lock()
         self._pages_waiting = 0
 
@@ -129,11 +126,11 @@ class Relay:
         self._cluster = self.core.peers = cluster
 
     @property
-    def keeper_inbox(self) -> Callable[[JoinRequested], object] | None:
+    def keeper_inbox(self) -> Callable[[JoinRequested], None] | None:
         return self.core.keeper_inbox
 
     @keeper_inbox.setter
-    def keeper_inbox(self, inbox: Callable[[JoinRequested], object] | None) -> None:
+    def keeper_inbox(self, inbox: Callable[[JoinRequested], None] | None) -> None:
         self.core.keeper_inbox = inbox
 
     def state(self, space_id: str) -> SpaceState | None:
@@ -218,36 +215,18 @@ class Relay:
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
-        """Drain the core (it commits the message batch first), hand the keeper its join
-        requests, then write every queued answer and event in order.
-
-        The keeper is handed them before the writes: it admits at once when it has no
-        backlog (:meth:`Keeper.admit_now`), so a newcomer's keys leave in the same pass
-        as its join answer instead of after the join's fan-out to every member (~45 µs
-        per member, BENCHMARKS.md "Where a newcomer's join goes"). What the admission
-        queues (its flushes land here) is written after what was drained first, so every
-        connection's frames keep the core's order."""
+        """Drain the core (it commits the message batch first), then write every queued
+        answer and event in order and hand the keeper its join requests."""
         self._flush_scheduled = False
         if self._closed:
             return
         outbox, joins = self.core.drain()
-        if self._held is not None:  # a flush inside the keeper's admission below
-            self._held.extend(outbox)
-            self._held_joins.extend(joins)
-            return
-        inbox = self.core.keeper_inbox
-        while joins and inbox is not None:
-            self._held, self._held_joins = outbox, []
-            try:
-                for event in joins:
-                    inbox(event)
-                more, later = self.core.drain()
-                outbox.extend(more)
-                joins = self._held_joins + later
-            finally:
-                self._held = None
         if outbox:
             self._write_outbox(outbox)
+        inbox = self.core.keeper_inbox
+        if inbox is not None:
+            for event in joins:
+                inbox(event)
 
     def _write(self, sessions: Iterable[Session], text: str) -> None:
         """Write ``text`` to each session now (see :meth:`_write_outbox`)."""

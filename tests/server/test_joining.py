@@ -58,41 +58,6 @@ async def test_join_public_channel_keeper_hands_over_the_key(tmp_path):
         assert again.space.head_seq == 1
 
 
-async def test_the_keeper_admits_before_the_joins_fan_out_is_written(tmp_path, monkeypatch):
-    """The relay hands the keeper a join before it writes the join's fan-out: the
-    newcomer's keys leave in its first write, with its join answer, ahead of the `add`
-    pushed to every member (BENCHMARKS.md, "Where a newcomer's join goes"); each
-    connection still gets its frames in the core's order."""
-    async with running(tmp_path) as srv:
-        alice = await user(srv, "alice")
-        info, _ = await alice.create_space(name="general")
-        sid = info.space_id
-        members = [alice, *[await user(srv, f"m{i}") for i in range(4)]]
-        for m in members[1:]:
-            await m.join(sid)
-            await m.event("keys", space_id=sid)
-        for m in members:
-            await m.call(frames.Subscribe, space_id=sid)
-        writes: list[bytes] = []
-        send = srv.relay._send
-        monkeypatch.setattr(
-            srv.relay,
-            "_send",
-            lambda conn, chunks: (writes.append(b"".join(chunks)), send(conn, chunks)),
-        )
-        bob = await user(srv, "bob")
-        writes.clear()
-        await bob.join(sid)
-        await bob.event("keys", space_id=sid)
-        for m in members:
-            await m.state_event("add", member="bob")
-        keys_at = next(i for i, w in enumerate(writes) if b'"keys"' in w and b'"bob"' in w)
-        adds = [i for i, w in enumerate(writes) if b'"add"' in w and b'"bob"' in w]
-        assert len(adds) >= len(members)
-        assert keys_at < min(adds)  # the keys went out before the fan-out of bob's add
-        assert b'"result"' in writes[keys_at]  # in one write with bob's join answer
-
-
 async def test_join_unknown_space(tmp_path):
     async with running(tmp_path) as srv:
         bob = await user(srv, "bob")

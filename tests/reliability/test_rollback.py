@@ -30,7 +30,7 @@ from spacenb.protocol.statelog import SpaceState, StateEvent
 from spacenb.server.app import RunningServer
 from tests.server.relays import notifications_held, relays
 
-from .conftest import Connect, StartRelay
+from .conftest import Connect
 from .evil import EvilRelay, forge_event, keeper_identity
 from .helpers import Inbox, wait_until
 
@@ -41,18 +41,6 @@ IMPOSTOR = IdentityKeys.generate()  # a key the relay made up
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-async def server(start_relay: StartRelay) -> RunningServer:
-    return await start_relay()
-
-
-@pytest.fixture
-async def evil(server: RunningServer) -> AsyncIterator[EvilRelay]:
-    proxy = await EvilRelay(server.url).start()
-    yield proxy
-    await proxy.stop()
 
 
 DirClient = Callable[..., Awaitable[aio.AsyncClient]]

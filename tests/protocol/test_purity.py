@@ -71,7 +71,8 @@ def imported_by_core(modules: list[str] = CORE_MODULES) -> list[str]:
 
 def test_core_module_list_is_complete() -> None:
     for expected in (
-        "crypto", "encoding", "envelope", "frames", "keyring", "keys", "relayrules", "wrap",
+        "crypto", "encoding", "envelope", "frames", "invitelinks", "keyring", "keys",
+        "relayrules", "stateevent", "statelog", "wrap",
     ):  # fmt: skip
         assert f"spacenb.protocol.{expected}" in CORE_MODULES
 

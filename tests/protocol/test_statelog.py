@@ -27,13 +27,13 @@ from spacenb.exceptions import (
 from spacenb.protocol import crypto
 from spacenb.protocol.encoding import b64d, b64e, canonical_json, lp_encode
 from spacenb.protocol.keys import decode_space_id
+from spacenb.protocol.stateevent import _check_body
 from spacenb.protocol.statelog import (
     GENESIS_PREV,
     KINDS,
     Invitation,
     SpaceState,
     StateEvent,
-    _check_body,
     check_username,
     key_commitment,
     link_id_of_key,

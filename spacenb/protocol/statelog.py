@@ -12,6 +12,9 @@ self-signed adds before it only.
 
 The relay runs the same checks before it stores an event, but nobody has to trust that
 it did: a client derives the state from the events alone, never from a relay answer.
+
+An event's form, bodies and signature are :mod:`.stateevent`'s, and invite-link tokens
+and proofs :mod:`.invitelinks`'; this module exports their names too.
 """
 
 from __future__ import annotations

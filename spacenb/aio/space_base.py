@@ -133,7 +133,7 @@ class SpaceBase:
         keyring = self.core.keyring
         return keyring is not None and keyring.has(epoch)
 
-    # ------------------------------------------------------------------ shared
+    # ------------------------------------------------------------------ reporting and persisting
 
     def _reject(self, handle: int | None, sender: str, reason: str) -> None:
         log.warning("spacenb: dropped envelope from %r at %s: %s", sender, handle, reason)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import spacenb.aio as aio
-import spacenb.aio.space as aio_space
+import spacenb.aio.space_messages as space_messages
 from spacenb.exceptions import QuotaExceededError, ServerError
 from spacenb.server.handlers import messages, with_handler
 from spacenb.server.limits import Limits
@@ -99,7 +99,7 @@ async def test_a_known_refusal_is_raised_at_once(tmp_path):
 
 
 async def test_resends_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(aio_space, "_RESENDS", 3)
+    monkeypatch.setattr(space_messages, "_RESENDS", 3)
     faulty = Faulty("send", 100, drop=False, store=False)
     async with relay_with(tmp_path, "send", faulty) as connect:
         alice = await connect("alice")

@@ -143,17 +143,21 @@ async def evil(server: RunningServer) -> AsyncIterator[EvilRelay]:
 
 @pytest.fixture
 async def dir_client(tmp_path: Path) -> AsyncIterator[DirClient]:
-    """``await dir_client(server, username, url)``: a client whose keystore is a
-    directory (under ``tmp_path``), so it remembers pins, marks and log heads across a
-    restart; every client made here is closed at the end."""
+    """``await dir_client(server, username, url, **options)``: a client whose keystore
+    is a directory (under ``tmp_path``), so it remembers pins, marks and log heads across
+    a restart (``options`` go to ``aio.connect``); every client made here is closed at
+    the end."""
     made: list[aio.AsyncClient] = []
 
-    async def make(server: RunningServer, username: str, url: str = "") -> aio.AsyncClient:
+    async def make(
+        server: RunningServer, username: str, url: str = "", **options: Any
+    ) -> aio.AsyncClient:
         client = await aio.connect(
             url or server.url,
             app_key=server.app_key,
             username=username,
             keystore=tmp_path / "keystores",
+            **options,
         )
         made.append(client)
         return client

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from spacenb.protocol.statelog import SpaceState, StateEvent
 from spacenb.server.app import RunningServer
 from tests.server.relays import notifications_held, relays
 
-from .conftest import Connect
+from .conftest import Connect, DirClient
 from .evil import EvilRelay, forge_event, keeper_identity
 from .helpers import Inbox, wait_until
 
@@ -41,31 +41,6 @@ IMPOSTOR = IdentityKeys.generate()  # a key the relay made up
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-DirClient = Callable[..., Awaitable[aio.AsyncClient]]
-
-
-@pytest.fixture
-async def dir_client(tmp_path: Path) -> AsyncIterator[DirClient]:
-    """``await dir_client(server, username, url)``: a client with a directory keystore
-    (it persists the log head it verified across a restart) and ``log_lag_grace=GRACE``."""
-    made: list[aio.AsyncClient] = []
-
-    async def make(server: RunningServer, username: str, url: str = "") -> aio.AsyncClient:
-        client = await aio.connect(
-            url or server.url,
-            app_key=server.app_key,
-            username=username,
-            keystore=tmp_path / "keystores",
-            log_lag_grace=GRACE,
-        )
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
 
 
 class RolledBack:
@@ -281,11 +256,11 @@ async def test_a_restarted_member_is_not_rolled_back_to_before_a_removal(
     his read from scratch stays unsettled (no state, so carol is no member to him and the
     old epoch is not his to seal under) and ends in ForkError after the grace. Served
     the real log again, he reads it and holds the removal."""
-    alice = await dir_client(server, "alice")
-    bob = await dir_client(server, "bob", evil.url)
+    alice = await dir_client(server, "alice", log_lag_grace=GRACE)
+    bob = await dir_client(server, "bob", evil.url, log_lag_grace=GRACE)
     a = await alice.space.create_channel("general", history_policy="rotate")
     b = await bob.space.join_channel("general")
-    carol = await dir_client(server, "carol")
+    carol = await dir_client(server, "carol", log_lag_grace=GRACE)
     await carol.space.join_channel("general")
     before_removal = a.core.require_state().head_seq
     await alice.space.remove_member(a.id, "carol")
@@ -295,7 +270,7 @@ async def test_a_restarted_member_is_not_rolled_back_to_before_a_removal(
     await bob.close()
 
     RolledBack(evil, a.id, "bob", before_removal)
-    bob = await dir_client(server, "bob", evil.url)
+    bob = await dir_client(server, "bob", evil.url, log_lag_grace=GRACE)
     b = await bob.space.get(a.id)
     rejected = Inbox()
     b.on_rejected(rejected)

@@ -21,6 +21,7 @@ from typing import Any
 import spacenb.aio as aio
 from spacenb.protocol import frames
 from spacenb.protocol.keys import IdentityKeys, decode_public_key
+from spacenb.protocol.statelog import StateEvent
 from spacenb.protocol.wrap import WrappedKey, wrap_group_key
 from spacenb.server.app import RunningServer
 
@@ -29,6 +30,23 @@ from .helpers import Inbox, wait_until
 
 IMPOSTOR = IdentityKeys.generate()  # a key the relay made up, in a member's name
 GHOST = IdentityKeys.generate()  # a user the relay made up
+
+
+async def channel_with_members(
+    server: RunningServer, connect: Any, members: int, *, head: int | None = None
+) -> tuple[aio.AsyncSpace, list[aio.AsyncClient], list[StateEvent]]:
+    """alice's channel ``general`` joined by ``user0`` .. ``user{members-1}``, once her
+    verified log reaches ``head`` (the last add unless given): her space, the members'
+    clients and the log's events."""
+    alice = await connect(server, "alice")
+    space = await alice.space.create_channel("general")
+    joined = []
+    for i in range(members):
+        joined.append(user := await connect(server, f"user{i}"))
+        await user.space.join_channel("general")
+    end = members if head is None else head
+    await wait_until(lambda: space.core.require_state().head_seq == end)
+    return space, joined, list(space.core.require_state().events)
 
 
 def watch(space: aio.AsyncSpace) -> tuple[Inbox, Inbox]:

@@ -24,7 +24,16 @@ from spacenb.server.limits import Limits
 from .conftest import Connect, DirClient, StartRelay
 from .evil import EvilRelay, forge_event, keeper_identity
 from .helpers import wait_until
-from .malicious import GHOST, IMPOSTOR, _add_body, bodies, reported, stored, watch
+from .malicious import (
+    GHOST,
+    IMPOSTOR,
+    _add_body,
+    bodies,
+    channel_with_members,
+    reported,
+    stored,
+    watch,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -174,12 +183,7 @@ async def test_a_newcomer_refuses_a_log_its_checkpoint_does_not_cover(
     server = await start_relay(limits=Limits(checkpoint_every=3))
     evil = await EvilRelay(server.url).start()
     try:
-        alice = await connect(server, "alice")
-        a = await alice.space.create_channel("general")
-        for i in range(4):
-            await (await connect(server, f"user{i}")).space.join_channel("general")
-        await wait_until(lambda: a.core.require_state().head_seq == 5)
-        real = list(a.core.require_state().events)
+        a, _, real = await channel_with_members(server, connect, 4, head=5)  # a checkpoint
         assert [e.kind for e in real] == ["genesis", "add", "add", "add", "checkpoint", "add"]
         served = rewrite(real)
 
@@ -192,7 +196,7 @@ async def test_a_newcomer_refuses_a_log_its_checkpoint_does_not_cover(
         with pytest.raises(IntegrityError, match=words):
             await erin.space.join_channel("general")
         assert evil.requests(frames.Join, user="erin") == []
-        assert "erin" not in [m.member_id for m in await alice.space.members(a.id)]
+        assert "erin" not in [m.member_id for m in await a.client.space.members(a.id)]
         evil.reset()
         e = await erin.space.join_channel("general")
         assert e.core.require_state().events[: len(real)] == real
@@ -226,12 +230,7 @@ async def test_a_governance_event_under_the_keepers_own_checkpoint_is_refused(
     checkpoint on top. A newcomer verifies every event but the adds under a keeper
     checkpoint: the log is refused and nothing is believed; the honest log is read."""
     server = await start_relay()
-    alice = await connect(server, "alice")
-    a = await alice.space.create_channel("general")
-    for i in range(3):
-        await (await connect(server, f"user{i}")).space.join_channel("general")
-    await wait_until(lambda: a.core.require_state().head_seq == 3)
-    real = list(a.core.require_state().events)
+    _, _, real = await channel_with_members(server, connect, 3)
     state = SpaceState.from_events(real)
     keeper = keeper_identity(server.data_dir)
     assert state.keeper is not None
@@ -262,15 +261,8 @@ async def test_a_fake_add_under_the_keepers_own_checkpoint_is_a_fork(
     head, is refused as one, and the real log, once served (and past the fork's head),
     raises ForkError."""
     server = await start_relay()
-    alice = await connect(server, "alice")
-    a = await alice.space.create_channel("general")
-    user2 = None
-    for i in range(3):
-        user2 = await connect(server, f"user{i}")
-        await user2.space.join_channel("general")
-    await wait_until(lambda: a.core.require_state().head_seq == 3)
-    real = list(a.core.require_state().events)
-    assert real[3].kind == "add" and real[3].actor == "user2" and user2 is not None
+    a, (*_, user2), real = await channel_with_members(server, connect, 3)
+    assert real[3].kind == "add" and real[3].actor == "user2"
     await a.send_message("bound to the real head")
     await wait_until(lambda: len(stored(server, a.id)) == 1)
     (message,) = stored(server, a.id)

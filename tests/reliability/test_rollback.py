@@ -33,6 +33,7 @@ from tests.server.relays import notifications_held, relays
 from .conftest import Connect, DirClient
 from .evil import EvilRelay, forge_event, keeper_identity
 from .helpers import Inbox, wait_until
+from .malicious import channel_with_members
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -332,12 +333,7 @@ async def test_a_newcomer_on_a_longer_fork_is_flagged_at_the_sync(
     log is a prefix of her fork, so she waits out the grace, then ForkError;
     ``same-length``: the honest log grew to her head's seq with another event there, a
     ForkError at once. Her head stays the fork's all along."""
-    alice = await connect(server, "alice")
-    a = await alice.space.create_channel("general")
-    for i in range(3):
-        await (await connect(server, f"user{i}")).space.join_channel("general")
-    await wait_until(lambda: a.core.require_state().head_seq == 3)
-    real = list(a.core.require_state().events)
+    a, _, real = await channel_with_members(server, connect, 3)
     keeper = keeper_identity(server.data_dir)
     fork = _fork_of(real, "prefix" if shape == "prefix" else "diverged", keeper)
     evil = await EvilRelay(server.url).start()

@@ -281,9 +281,14 @@ class SpaceState:
         text = self.signing_key_at(name, seq)
         if text is None:
             return None
+        return self._verify_key(text)
+
+    def _verify_key(self, text: str, field: str = "key") -> crypto.PublicKey:
+        """The signing key ``text`` decoded: at its first use (a signature by it verified),
+        then kept."""
         key = self._verify_keys.get(text)
         if key is None:
-            key = self._verify_keys[text] = decode_public_key(text, "sig")
+            key = self._verify_keys[text] = decode_public_key(text, "sig", field=field)
         return key
 
     def epoch_at(self, seq: int) -> int:
@@ -380,11 +385,7 @@ class SpaceState:
         return body, signer
 
     def _verify_signature(self, event: StateEvent, signer: str) -> None:
-        key = self._verify_keys.get(signer)
-        if key is None:  # first use of the key (an add's own signature, say): decoded now
-            key = self._verify_keys[signer] = decode_public_key(
-                signer, "sig", field=f"the signing key of {event.actor!r}"
-            )
+        key = self._verify_key(signer, f"the signing key of {event.actor!r}")
         crypto.verify(key, event.signature, event.signed_bytes())
 
     def apply_unchecked(self, event: StateEvent) -> Unchecked:
@@ -426,12 +427,7 @@ class SpaceState:
             return
         if not self._checking_keys:
             return
-        self._crypto(lambda: self._decode_key(text, kind, where))
-
-    def _decode_key(self, text: str | None, kind: str, where: str) -> None:
-        key = decode_public_key(text, kind, field=where)
-        if kind == "sig" and isinstance(text, str):
-            self._verify_keys[text] = key
+        self._crypto(lambda: _key(text, kind, where))
 
     def _actor_member(self, actor: str) -> MemberState:
         member = self.members.get(actor)

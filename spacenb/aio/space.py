@@ -235,8 +235,9 @@ class AsyncSpace(SpaceMessages):
         self.events.emit("presence", PresenceEvent(self.id, self._peers))
 
     def _change_peers(self, joined: Iterable[str], left: Iterable[str]) -> None:
-        """Apply a presence delta: O(log n) per name, not a sort of everyone (every member
-        gets one per join, so a channel of n would cost n² a join)."""
+        """Apply a presence delta: a binary search per name and one copy of the tuple, not
+        a filter and sort of everyone (every member gets one per join, so a channel of n
+        paid n sorts of n names a join)."""
         state = self.core.state
         members = state.members if state is not None else None
         peers = list(self._peers)
